@@ -1,0 +1,1 @@
+"""Evaluation building blocks: FID, latent probes, coherence and likelihood estimates."""
