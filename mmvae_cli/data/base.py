@@ -1,0 +1,145 @@
+"""The in-memory form every dataset family produces.
+
+A `MultimodalData` holds one tensor per modality with a shared first dimension:
+images as (N, C, H, W) — uint8 in [0, 255] (datasets we ship) or float in [0, 1]
+(a user's own data) — and vectors as float32 (N, D). Batches are index gathers
+on these tensors; conversion to float happens on the device (`to_float`).
+Labels, when known, are int64 (N,).
+
+`tensors` is either a plain dict or a `GatheredTensors` mapping (used by
+MNIST-SVHN, whose ~1.7M training pairs re-use 60k + 73k images: row j of
+modality m is `store[m][index[m][j]]`). Both behave as a mapping of full-length
+(N, ...) tensors; prefer `batch`, `rows` and `subset`, which never materialise
+more than the rows asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import DataError
+
+
+class GatheredTensors(Mapping):
+    """Read-only mapping modality -> (N, ...) tensor whose row j is `store[m][index[m][j]]`.
+
+    `mapping[m]` materialises the full-length tensor (correct, but can be large);
+    `take(m, rows)` gathers only `rows`.
+    """
+
+    def __init__(self, store: dict[str, torch.Tensor], index: dict[str, torch.Tensor]):
+        if set(store) != set(index):
+            raise DataError(f"gathered data: modalities {sorted(store)} vs index {sorted(index)}")
+        self.store = dict(store)
+        self.index = {m: index[m].long() for m in store}
+
+    def __getitem__(self, m: str) -> torch.Tensor:
+        return self.store[m][self.index[m]]
+
+    def __iter__(self):
+        return iter(self.store)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def take(self, m: str, rows: torch.Tensor) -> torch.Tensor:
+        return self.store[m][self.index[m][rows]]
+
+    def rows_of(self, m: str) -> int:
+        return int(self.index[m].shape[0])
+
+    def subset(self, rows: torch.Tensor) -> "GatheredTensors":
+        return GatheredTensors(self.store, {m: i[rows] for m, i in self.index.items()})
+
+
+@dataclass
+class MultimodalData:
+    name: str                       # dataset name, e.g. "polymnist-mini"
+    split: str                      # "train" or "test"
+    tensors: dict[str, torch.Tensor]  # modality name -> (N, ...) image (N,C,H,W) or float32 vector (N, D)
+    labels: torch.Tensor | None = None  # (N,) int64 or None
+    fingerprint: str = ""           # stable hash of the source files/cache, recorded in manifests
+    location: str = ""              # where it lives on disk (for `data info`)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.tensors:
+            raise DataError(f"{self.name}: no modalities")
+        lengths = {m: self._rows(m) for m in self.tensors}
+        if len(set(lengths.values())) != 1:
+            raise DataError(f"{self.name}: modalities have different lengths {lengths}")
+        if self.labels is not None and int(self.labels.shape[0]) != next(iter(lengths.values())):
+            raise DataError(f"{self.name}: {self.labels.shape[0]} labels for {next(iter(lengths.values()))} samples")
+
+    def _rows(self, m: str) -> int:
+        if isinstance(self.tensors, GatheredTensors):
+            return self.tensors.rows_of(m)
+        return int(self.tensors[m].shape[0])
+
+    def _base(self, m: str) -> torch.Tensor:
+        """A tensor with the modality's per-sample shape and dtype (never materialises a gather)."""
+        if isinstance(self.tensors, GatheredTensors):
+            return self.tensors.store[m]
+        return self.tensors[m]
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.tensors)
+
+    def __len__(self) -> int:
+        return self._rows(next(iter(self.tensors)))
+
+    def shape(self, modality: str) -> tuple[int, ...]:
+        return tuple(self._base(modality).shape[1:])
+
+    def dtype(self, modality: str) -> torch.dtype:
+        return self._base(modality).dtype
+
+    def is_image(self, modality: str) -> bool:
+        """Image modalities are 4-D (N, C, H, W), uint8 in [0, 255] or float in [0, 1]."""
+        return self._base(modality).dim() == 4
+
+    def rows(self, modality: str, index: torch.Tensor) -> torch.Tensor:
+        """Rows `index` of one modality in its stored dtype (uint8 images stay uint8)."""
+        if isinstance(self.tensors, GatheredTensors):
+            return self.tensors.take(modality, index)
+        return self.tensors[modality][index]
+
+    def batch(self, index: torch.Tensor, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Gather rows `index` of every modality and convert to float on `device`."""
+        return {m: to_float(self.rows(m, index).to(device, non_blocking=True)) for m in self.tensors}
+
+    def subset(self, index: torch.Tensor) -> "MultimodalData":
+        if isinstance(self.tensors, GatheredTensors):
+            tensors = self.tensors.subset(index)
+        else:
+            tensors = {m: t[index] for m, t in self.tensors.items()}
+        return MultimodalData(
+            self.name, self.split, tensors,
+            None if self.labels is None else self.labels[index], self.fingerprint, self.location, dict(self.extra))
+
+
+def to_float(t: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1]; float tensors pass through."""
+    return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float images in [0, 1] -> uint8 (clamped, rounded)."""
+    return (x.detach().clamp(0, 1) * 255.0).round().to(torch.uint8)
+
+
+def fingerprint_tensors(tensors: Mapping[str, torch.Tensor], labels: torch.Tensor | None = None) -> str:
+    """sha256 over modality names, shapes, dtypes and bytes (first 16 hex digits)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.numpy().tobytes())
+    if labels is not None:
+        h.update(labels.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

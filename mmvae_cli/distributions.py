@@ -1,0 +1,101 @@
+"""Experts, priors and likelihoods: Gaussian and Laplace densities, products of experts, KL.
+
+Conventions: latent tensors are (..., B, D); `log_prob` results are summed over the
+last (latent) dimension; image log-likelihoods are summed over (C, H, W).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import distributions as td
+
+POSTERIORS = ("gaussian", "laplace")
+LIKELIHOODS = ("laplace", "gaussian", "bernoulli", "categorical")
+
+
+def expert(kind: str, loc: torch.Tensor, raw: torch.Tensor) -> td.Distribution:
+    """A unimodal posterior q(z | x_m) from an encoder's two heads.
+
+    gaussian: N(loc, exp(raw)), raw = log-variance.
+    laplace:  Laplace(loc, softmax(raw) * D + 1e-6), the MMVAE/MMVAE+ scale parameterisation
+              (the scales average to 1 over the D latent dimensions).
+    """
+    if kind == "gaussian":
+        return td.Normal(loc, torch.exp(0.5 * raw))
+    if kind == "laplace":
+        return td.Laplace(loc, F.softmax(raw, dim=-1) * raw.shape[-1] + 1e-6)
+    raise ValueError(f"unknown posterior {kind!r}")
+
+
+def product_of_gaussians(loc: torch.Tensor, scale: torch.Tensor, mask: torch.Tensor,
+                         prior_loc: torch.Tensor | None = None, prior_scale: torch.Tensor | None = None,
+                         with_prior: torch.Tensor | None = None) -> td.Normal:
+    """Products of Gaussian experts for S subsets at once.
+
+    For subset s with experts {m : mask[s, m]} (and the prior expert where with_prior[s]):
+        T_m = 1 / sigma_m^2,   sigma_s^2 = 1 / sum_m T_m,   mu_s = sigma_s^2 * sum_m T_m mu_m.
+    loc, scale: (M, B, D); mask: (S, M) bool; with_prior: (S,) bool; prior_*: broadcastable to (B, D).
+    Returns Normal with batch shape (S, B, D).
+    """
+    w = mask.to(loc.dtype)                                        # (S, M)
+    precision = scale.pow(-2)                                     # (M, B, D)
+    total = torch.einsum("sm,mbd->sbd", w, precision)
+    weighted = torch.einsum("sm,mbd->sbd", w, precision * loc)
+    if with_prior is not None:
+        p = with_prior.to(loc.dtype)[:, None, None]               # (S, 1, 1)
+        prior_precision = prior_scale.pow(-2).expand_as(loc[0])
+        total = total + p * prior_precision
+        weighted = weighted + p * prior_precision * prior_loc.expand_as(loc[0])
+    var = 1.0 / total
+    return td.Normal(weighted * var, var.sqrt())
+
+
+def kl(q: td.Distribution, p: td.Distribution) -> torch.Tensor:
+    """KL(q || p) summed over the latent dimension; closed form for Normal/Normal and Laplace/Laplace."""
+    return td.kl_divergence(q, p).sum(-1)
+
+
+def log_mean_exp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """log (1/K) sum_k exp(x_k), stably."""
+    return torch.logsumexp(x, dim=dim) - math.log(x.shape[dim])
+
+
+def likelihood(kind: str, out: torch.Tensor, scale: float) -> td.Distribution:
+    """p(x | z) from a decoder output.
+
+    laplace:   Laplace(out, scale)       (PolyMNIST reference: scale 0.75, no sigmoid)
+    gaussian:  Normal(out, scale)
+    bernoulli: Bernoulli(logits=out)
+    categorical: Categorical(logits=out) over the last axis (one-hot targets are accepted in log_likelihood)
+    """
+    if kind == "laplace":
+        return td.Laplace(out, torch.full_like(out, scale))
+    if kind == "gaussian":
+        return td.Normal(out, torch.full_like(out, scale))
+    if kind == "bernoulli":
+        return td.Bernoulli(logits=out)
+    if kind == "categorical":
+        return td.Categorical(logits=out)
+    raise ValueError(f"unknown likelihood {kind!r}")
+
+
+def log_likelihood(kind: str, out: torch.Tensor, x: torch.Tensor, scale: float) -> torch.Tensor:
+    """log p(x | z) summed over each sample's dimensions. out: (..., B, *shape), x: (B, *shape) -> (..., B)."""
+    if kind == "categorical":
+        # x is one-hot (or class probabilities) over the last axis: sum_c x_c log softmax(out)_c
+        lp = (x * F.log_softmax(out, dim=-1))
+    else:
+        lp = likelihood(kind, out, scale).log_prob(x.expand_as(out))
+    return lp.flatten(start_dim=lp.dim() - x.dim() + 1).sum(-1)
+
+
+def mean(kind: str, out: torch.Tensor) -> torch.Tensor:
+    """The likelihood's mean, used for display and for classifiers: identity, sigmoid or softmax."""
+    if kind == "bernoulli":
+        return torch.sigmoid(out)
+    if kind == "categorical":
+        return F.softmax(out, dim=-1)
+    return out

@@ -1,0 +1,54 @@
+"""Encoders and decoders by data shape.
+
+An encoder maps x_m to two heads (loc, raw) of size `out_dim` (the shared latent,
+plus the private latent for MMVAE+); a decoder maps a latent of size `in_dim` to
+the likelihood's parameter with x_m's shape. Decoders accept any leading batch
+dimensions (S, K, B, D) and flatten them for the convolution.
+
+`build(arch, shape, out_dim)` picks by name; `default_arch(shape)` picks by shape:
+  conv28: the PolyMNIST reference nets for (C, 28, 28)
+  conv32: the MMVAE SVHN nets for (C, 32, 32)
+  mlp:    an MLP for vectors (D,) or flattened images (the MMVAE MNIST net: 400 hidden units)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import MMVAEError
+from .conv import Conv28Decoder, Conv28Encoder, Conv32Decoder, Conv32Encoder
+from .mlp import MLPDecoder, MLPEncoder
+
+ARCHS = ("conv28", "conv32", "mlp")
+
+
+def default_arch(shape: tuple[int, ...]) -> str:
+    if len(shape) == 3 and shape[1:] == (28, 28):
+        return "conv28"
+    if len(shape) == 3 and shape[1:] == (32, 32):
+        return "conv32"
+    return "mlp"
+
+
+def build(arch: str, shape: tuple[int, ...], latent: int, hidden: int | None = None) -> tuple[nn.Module, nn.Module]:
+    """(encoder, decoder) for data of `shape` and a latent of size `latent`."""
+    shape = tuple(shape)
+    if arch == "conv28":
+        if len(shape) != 3 or shape[1:] != (28, 28):
+            raise MMVAEError(f"arch conv28 needs (C, 28, 28) data, got {shape}")
+        return Conv28Encoder(shape[0], latent), Conv28Decoder(shape[0], latent)
+    if arch == "conv32":
+        if len(shape) != 3 or shape[1:] != (32, 32):
+            raise MMVAEError(f"arch conv32 needs (C, 32, 32) data, got {shape}")
+        return Conv32Encoder(shape[0], latent), Conv32Decoder(shape[0], latent)
+    if arch == "mlp":
+        return MLPEncoder(shape, latent, hidden or 400), MLPDecoder(shape, latent, hidden or 400)
+    raise MMVAEError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
+
+
+def apply_flat(net: nn.Module, z: torch.Tensor, n_in: int) -> torch.Tensor:
+    """Run `net` on z with arbitrary leading dims: (..., n_in) -> (..., *out)."""
+    lead = z.shape[:-1]
+    out = net(z.reshape(-1, n_in))
+    return out.reshape(*lead, *out.shape[1:])
