@@ -1,0 +1,332 @@
+"""Energy-based models over latents: energy MLP, Langevin sampler, training losses.
+
+Sign convention (used everywhere in the project): an energy network returns the
+energy E(z) of each sample, shape (B,), and LOWER energy means MORE likely.
+
+* Shared-latent EBM prior (Yuan et al., "Learning multimodal latent generative
+  models with energy-based prior", eq. 3):
+      log p_alpha(z) = -E(z) + log p0(z) - log Z(alpha),
+  i.e. the paper's f_alpha(z) is -E(z) here. Trained by maximum likelihood
+  (eq. 10, `maximum_likelihood_loss`) with negatives from short-run Langevin
+  (eq. 11, `langevin`) started from p0 = N(0, I) (Algorithm 1).
+* EB-MVAE (Yuan/Daunhawer-style joint latent EBM, eq. 1-3):
+      p(z) ∝ exp(-E(z)),   score S(z) = -grad_z E(z),
+  trained by score matching (eq. 1, `score_matching_loss`); conditional
+  generation by Langevin on the unobserved latents with the observed ones
+  clamped (eq. 2-3, `langevin(..., mask=...)`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Callable, NamedTuple
+
+import torch
+from torch import nn
+
+from .errors import BundleError, MMVAEError, NumericalError
+
+LogProb = Callable[[torch.Tensor], torch.Tensor]
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "softplus": nn.Softplus,
+    "leaky_relu": lambda: nn.LeakyReLU(0.2),
+    "elu": nn.ELU,
+}
+
+
+# --------------------------------------------------------------------------- energy net
+
+
+@dataclass(frozen=True)
+class EnergyConfig:
+    """Architecture of an `EnergyNet`, JSON-serialisable so a bundle can rebuild it.
+
+    dim: latent size; hidden: units per hidden layer; layers: number of Linear
+    layers (>= 1; the paper's best is 4 layers of 400 units:
+    dim-400-400-400-1); activation: one of gelu | silu | softplus | leaky_relu
+    (slope 0.2) | elu. Score matching needs a twice-differentiable energy: use a
+    smooth activation (gelu, silu, softplus, elu) there, not leaky_relu.
+    """
+
+    dim: int
+    hidden: int = 400
+    layers: int = 4
+    activation: str = "gelu"
+
+    def __post_init__(self):
+        for name in ("dim", "hidden", "layers"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise MMVAEError(f"energy {name} must be a positive integer, got {v!r}")
+        if self.activation not in ACTIVATIONS:
+            raise MMVAEError(f"unknown energy activation {self.activation!r}; "
+                             f"choose one of {', '.join(ACTIVATIONS)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EnergyConfig":
+        """Inverse of `to_dict`; a malformed dict raises BundleError."""
+        if not isinstance(d, dict):
+            raise BundleError(f"energy config must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise BundleError(f"energy config has unknown keys: {', '.join(sorted(unknown))}")
+        if "dim" not in d:
+            raise BundleError("energy config lacks 'dim'")
+        try:
+            return cls(**d)
+        except MMVAEError as e:
+            raise BundleError(f"bad energy config: {e}") from None
+
+
+class EnergyNet(nn.Module):
+    """MLP energy E(z): dim -> hidden -> ... -> hidden -> 1 with `layers` Linear layers.
+
+    forward(z) with z of shape (..., dim) returns E(z) of shape (...), i.e. (B,)
+    for a batch. Lower energy = more likely (log p = -E + const).
+    """
+
+    def __init__(self, dim: int, hidden: int = 400, layers: int = 4, activation: str = "gelu"):
+        super().__init__()
+        self.config = EnergyConfig(dim=dim, hidden=hidden, layers=layers, activation=activation)
+        sizes = [dim] + [hidden] * (layers - 1) + [1]
+        mods: list[nn.Module] = []
+        for i in range(layers):
+            mods.append(nn.Linear(sizes[i], sizes[i + 1]))
+            if i < layers - 1:
+                mods.append(ACTIVATIONS[activation]())
+        self.net = nn.Sequential(*mods)
+
+    @classmethod
+    def from_config(cls, config: EnergyConfig | dict) -> "EnergyNet":
+        if isinstance(config, dict):
+            config = EnergyConfig.from_dict(config)
+        return cls(**config.to_dict())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.shape[-1] != self.config.dim:
+            raise ValueError(f"EnergyNet expects latents of size {self.config.dim}, got shape {tuple(z.shape)}")
+        return self.net(z).squeeze(-1)
+
+
+# --------------------------------------------------------------------------- log densities
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I) summed over all non-batch dimensions: -0.5||z||^2 - (d/2) log 2π."""
+    zf = z.flatten(1)
+    return -0.5 * zf.pow(2).sum(1) - 0.5 * zf.shape[1] * math.log(2 * math.pi)
+
+
+def standard_laplace_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """log Laplace(z; 0, 1) summed over non-batch dimensions: -||z||_1 - d log 2."""
+    zf = z.flatten(1)
+    return -zf.abs().sum(1) - zf.shape[1] * math.log(2.0)
+
+
+def ebm_prior_log_prob(energy: Callable[[torch.Tensor], torch.Tensor], base_log_prob: LogProb) -> LogProb:
+    """Unnormalised log of the exponentially tilted prior (Yuan et al. eq. 3).
+
+    Returns z -> -E(z) + log p0(z) (= f_alpha(z) + log p0(z); log Z(alpha) omitted).
+    """
+
+    def log_prob(z: torch.Tensor) -> torch.Tensor:
+        return -energy(z) + base_log_prob(z)
+
+    return log_prob
+
+
+def ebm_log_prob(energy: Callable[[torch.Tensor], torch.Tensor]) -> LogProb:
+    """Unnormalised log density of EB-MVAE's joint latent model: z -> -E(z) (p ∝ exp(-E))."""
+
+    def log_prob(z: torch.Tensor) -> torch.Tensor:
+        return -energy(z)
+
+    return log_prob
+
+
+# --------------------------------------------------------------------------- Langevin
+
+
+class LangevinResult(NamedTuple):
+    z: torch.Tensor                 # final state, detached, same shape as z0
+    chain: list[torch.Tensor]       # every `every`-th state from the start (empty when every == 0)
+
+
+def langevin(log_prob: LogProb, z0: torch.Tensor, steps: int, step_size: float, noise_scale: float = 1.0,
+             clip_grad: float | None = None, mask: torch.Tensor | None = None, every: int = 0,
+             max_abs: float = 1e4) -> LangevinResult:
+    """Unadjusted Langevin dynamics (Yuan et al. eq. 11; EB-MVAE eq. 3), batched over chains:
+
+        z <- z + (s^2 / 2) * grad_z log p(z) + noise_scale * s * eps,   eps ~ N(0, I).
+
+    log_prob: callable z -> (B,) unnormalised log density (e.g. `ebm_prior_log_prob`
+      for p_alpha, `ebm_log_prob` for EB-MVAE); its batch sum is differentiated
+      w.r.t. z only (torch.autograd.grad), so no gradient ever reaches the
+      energy's parameters' .grad and no graph survives a step (z is detached).
+      Works inside callers' torch.no_grad()/inference_mode blocks.
+    z0: (B, ...) start states. Short-run sampling starts from p0 samples;
+      persistent chains simply pass the previous result's z as z0.
+    noise_scale: 1 is proper Langevin; 0 gives noiseless gradient ascent.
+    clip_grad: if set, each sample's gradient is rescaled so its norm (over all
+      non-batch dimensions) is at most clip_grad.
+    mask: bool or float, broadcastable to z0; True/non-zero = free, False/0 =
+      clamped. Clamped coordinates keep their z0 values exactly, so the free
+      ones sample the conditional p(z_u | z_o) (EB-MVAE eq. 2-3).
+    every: if > 0, `chain` holds the states at steps 0, every, 2*every, ...
+      (detached copies; step 0 is z0) for figures.
+    max_abs: a chain counts as diverged when any |z| exceeds it.
+
+    Raises NumericalError (exit code 3) if z becomes NaN/Inf or exceeds max_abs.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if not step_size > 0:
+        raise ValueError(f"step_size must be > 0, got {step_size}")
+    if every < 0:
+        raise ValueError(f"every must be >= 0, got {every}")
+    half = 0.5 * step_size ** 2
+    sigma = noise_scale * step_size
+
+    with torch.inference_mode(False), torch.enable_grad():
+        z = z0.detach().clone()
+        free = None
+        if mask is not None:
+            try:
+                free = torch.broadcast_to(mask.to(device=z.device) != 0, z.shape)
+            except RuntimeError:
+                raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to z of "
+                                 f"shape {tuple(z.shape)}") from None
+        _check(z, 0, steps, step_size, max_abs)
+        chain = [z.clone()] if every > 0 else []
+        for t in range(1, steps + 1):
+            zr = z.detach().requires_grad_(True)
+            lp = log_prob(zr)
+            if lp.shape != (z.shape[0],):
+                raise ValueError(f"log_prob must return shape ({z.shape[0]},), got {tuple(lp.shape)}")
+            (grad,) = torch.autograd.grad(lp.sum(), zr, create_graph=False)
+            if clip_grad is not None:
+                norm = grad.flatten(1).norm(dim=1)
+                factor = (clip_grad / (norm + 1e-12)).clamp(max=1.0)
+                grad = grad * factor.view(-1, *([1] * (grad.dim() - 1)))
+            with torch.no_grad():
+                new = z + half * grad
+                if sigma != 0:
+                    new = new + sigma * torch.randn_like(z)
+                z = new if free is None else torch.where(free, new, z)
+            _check(z, t, steps, step_size, max_abs)
+            if every > 0 and t % every == 0:
+                chain.append(z.clone())
+    return LangevinResult(z.detach(), chain)
+
+
+def _check(z: torch.Tensor, t: int, steps: int, step_size: float, max_abs: float) -> None:
+    """One reduction per step: `not (max|z| <= max_abs)` is also true for NaN and Inf."""
+    if z.numel() == 0:
+        return
+    zmax = z.detach().abs().max()
+    if bool(zmax <= max_abs):
+        return
+    if torch.isnan(z).any():
+        what = "NaN in z"
+    elif torch.isinf(z).any():
+        what = "Inf in z"
+    else:
+        what = f"|z| reached {float(zmax):.3g} > {max_abs:g}"
+    where = "in the start state" if t == 0 else f"at step {t} of {steps}"
+    raise NumericalError(f"Langevin chain diverged {where} ({what}); "
+                         f"try a smaller --step-size (now {step_size:g})")
+
+
+# --------------------------------------------------------------------------- maximum likelihood (Yuan et al.)
+
+
+def maximum_likelihood_loss(energy: Callable[[torch.Tensor], torch.Tensor], z_pos: torch.Tensor,
+                            z_neg: torch.Tensor, reg: float = 0.0) -> torch.Tensor:
+    """Loss whose gradient w.r.t. the energy's parameters is minus Yuan et al. eq. 10:
+
+        loss = mean E(z_pos) - mean E(z_neg) [+ reg * (mean E(z_pos)^2 + mean E(z_neg)^2)]
+
+    With f = -E, d(loss)/d(alpha) = -(E_q[df/dalpha] - E_p_alpha[df/dalpha]).
+    z_pos: posterior samples (used as given: detach them if only the energy
+    should learn from this loss, as in Algorithm 1's "learn alpha" step).
+    z_neg: prior samples from Langevin; always detached here. The optional L2
+    term (default off) keeps the energies near zero so they cannot drift to
+    large magnitudes (the loss is invariant to adding a constant to E).
+    """
+    e_pos = energy(z_pos)
+    e_neg = energy(z_neg.detach())
+    loss = e_pos.mean() - e_neg.mean()
+    if reg:
+        loss = loss + reg * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
+    return loss
+
+
+# --------------------------------------------------------------------------- score matching (EB-MVAE)
+
+
+def _score(energy, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z with grad, S(z) = -grad_z E(z)) with the graph kept for second derivatives."""
+    z = z.detach().requires_grad_(True)
+    e = energy(z)
+    (g,) = torch.autograd.grad(e.sum(), z, create_graph=True)
+    return z, -g
+
+
+def score_matching_loss(energy: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, objective: str = "exact",
+                        sigma: float = 0.1, projections: int = 1, variance_reduced: bool = True) -> torch.Tensor:
+    """Score-matching loss for p ∝ exp(-E) with score S(z) = -grad_z E(z); z: (B, D) data latents.
+
+    exact (Hyvärinen 2005; EB-MVAE eq. 1):
+        mean_b [ tr(grad_z S(z_b)) + 0.5 ||S(z_b)||^2 ]
+      the trace takes one autograd pass per dimension (fine for small D).
+    sliced (Song et al. 2019), v ~ N(0, I), `projections` draws per sample:
+        mean [ v^T (grad_z S) v + 0.5 ||S||^2 ]     (variance_reduced=True, default)
+        mean [ v^T (grad_z S) v + 0.5 (v^T S)^2 ]   (variance_reduced=False)
+      Both have the exact objective as expectation over v.
+    denoising (Vincent 2011), z~ = z + sigma * eps, `projections` noise draws per sample:
+        mean 0.5 ||S(z~) + eps / sigma||^2
+      Equals the exact objective of the sigma-smoothed data (up to a constant),
+      so its optimum is biased by O(sigma^2): e.g. Gaussian data with covariance
+      C gives precision (C + sigma^2 I)^-1.
+    All graphs are built with create_graph=True so the energy's parameters get gradients.
+    """
+    if z.dim() != 2:
+        raise ValueError(f"score matching expects z of shape (B, D), got {tuple(z.shape)}")
+    if projections < 1:
+        raise ValueError(f"projections must be >= 1, got {projections}")
+    if objective == "exact":
+        zr, s = _score(energy, z)
+        trace = torch.zeros(z.shape[0], device=z.device, dtype=z.dtype)
+        if s.requires_grad:
+            for i in range(z.shape[1]):
+                (row,) = torch.autograd.grad(s[:, i].sum(), zr, create_graph=True, allow_unused=True)
+                if row is not None:
+                    trace = trace + row[:, i]
+        return (trace + 0.5 * s.pow(2).sum(1)).mean()
+    if objective == "sliced":
+        zr, s = _score(energy, z.repeat(projections, 1))
+        v = torch.randn_like(zr)
+        vs = (v * s).sum(1)
+        quad = torch.zeros_like(vs)
+        if s.requires_grad:
+            (jv,) = torch.autograd.grad(vs.sum(), zr, create_graph=True, allow_unused=True)
+            if jv is not None:
+                quad = (jv * v).sum(1)
+        second = 0.5 * s.pow(2).sum(1) if variance_reduced else 0.5 * vs.pow(2)
+        return (quad + second).mean()
+    if objective == "denoising":
+        if not sigma > 0:
+            raise ValueError(f"sigma must be > 0, got {sigma}")
+        zz = z.detach().repeat(projections, 1)
+        eps = torch.randn_like(zz)
+        _, s = _score(energy, zz + sigma * eps)
+        return 0.5 * (s + eps / sigma).pow(2).sum(1).mean()
+    raise ValueError(f"unknown score-matching objective {objective!r}; choose exact, sliced or denoising")
