@@ -1,0 +1,190 @@
+"""A user's own paired data in safetensors files.
+
+One tensor per modality, all with the same first dimension N (row i of every
+modality is one tuple):
+
+- images: 4-D (N, C, H, W), uint8 in [0, 255] or float in [0, 1];
+- vectors: 2-D (N, D), stored as float32;
+- optional `label`: 1-D integer (N,) class labels (>= 0);
+- optional `split`: 1-D (N,) with 0 = train, 1 = test.
+
+Where the test split lives, in order of preference:
+  - a `split` tensor in the file; or
+  - a separate file: `X.test.safetensors` next to `X.safetensors`, or `test.safetensors`
+    next to `train.safetensors` (pass the folder or the train file).
+
+Every problem is a one-line DataError naming the file and the modality.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import DataError
+from .base import MultimodalData, fingerprint_tensors
+from .fetch import load_safetensors
+
+SUFFIX = ".safetensors"
+TEST_SUFFIX = ".test.safetensors"
+
+
+class NoTestSplit(DataError):
+    """The data has no test split (neither a `split` tensor nor a test file)."""
+
+
+def _stem(p: Path) -> str:
+    return p.name[: -len(SUFFIX)]
+
+
+def resolve(path: str | Path) -> tuple[str, Path, Path | None]:
+    """(dataset name, main file, test file or None) for a .safetensors file or a folder of them."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        if not p.name.endswith(SUFFIX):
+            raise DataError(f"{p}: not a .safetensors file")
+        stem = _stem(p)
+        if stem == "train":
+            test = p.with_name("test" + SUFFIX)
+            name = p.parent.resolve().name or stem
+        else:
+            test = p.with_name(stem + TEST_SUFFIX)
+            name = stem
+        return name, p, test if test.is_file() and test != p else None
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.name.endswith(SUFFIX) and not f.name.startswith("."))
+        if (p / ("train" + SUFFIX)).is_file():
+            test = p / ("test" + SUFFIX)
+            return p.resolve().name, p / ("train" + SUFFIX), test if test.is_file() else None
+        mains = [f for f in files if not f.name.endswith(TEST_SUFFIX) and f.name != "test" + SUFFIX]
+        if not mains:
+            raise DataError(f"{p}: no .safetensors files in this folder")
+        if len(mains) > 1:
+            raise DataError(f"{p}: several .safetensors files ({', '.join(f.name for f in mains[:4])}"
+                            f"{', ...' if len(mains) > 4 else ''}): pass one file, or name them train/test.safetensors")
+        test = p / (_stem(mains[0]) + TEST_SUFFIX)
+        return _stem(mains[0]), mains[0], test if test.is_file() else None
+    raise DataError(f"no such file or folder: {p}")
+
+
+def _check_finite(t: torch.Tensor, where: str, m: str) -> None:
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        n_nan = int(torch.isnan(t).sum())
+        raise DataError(f"{where}: modality {m!r} has {n_nan} NaN and {int(bad.sum()) - n_nan} Inf values")
+
+
+def read_file(path: Path) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+    """Validated (modalities, labels, split) of one safetensors file."""
+    raw, _ = load_safetensors(path)
+    if not raw:
+        raise DataError(f"{path}: the file holds no tensors")
+    label, split = raw.pop("label", None), raw.pop("split", None)
+    if not raw:
+        raise DataError(f"{path}: no modalities (only 'label'/'split' tensors): add one tensor per modality")
+    tensors: dict[str, torch.Tensor] = {}
+    for m in sorted(raw):
+        t = raw[m]
+        if t.dim() == 4:
+            if t.dtype == torch.uint8:
+                pass
+            elif t.is_floating_point():
+                t = t.float()
+                _check_finite(t, str(path), m)
+                if t.numel() and (float(t.min()) < 0.0 or float(t.max()) > 1.0):
+                    raise DataError(f"{path}: float images of modality {m!r} range over [{float(t.min()):.4g}, "
+                                    f"{float(t.max()):.4g}]: scale them to [0, 1] or store uint8 in [0, 255]")
+            else:
+                raise DataError(f"{path}: images of modality {m!r} are {str(t.dtype).replace('torch.', '')}: "
+                                "use uint8 in [0, 255] or float in [0, 1]")
+        elif t.dim() == 2:
+            if t.is_floating_point():
+                t = t.float()
+                _check_finite(t, str(path), m)
+            elif t.is_complex():
+                raise DataError(f"{path}: modality {m!r} is complex: use real float vectors")
+            else:
+                t = t.float()
+        else:
+            hint = " (a 1-D tensor of class labels must be named 'label')" if t.dim() == 1 else ""
+            raise DataError(f"{path}: modality {m!r} has shape {tuple(t.shape)}: expected (N, C, H, W) images "
+                            f"or (N, D) vectors{hint}")
+        if t.shape[0] == 0:
+            raise DataError(f"{path}: modality {m!r} has no samples (N = 0)")
+        if any(s == 0 for s in t.shape[1:]):
+            raise DataError(f"{path}: modality {m!r} has an empty sample shape {tuple(t.shape[1:])}")
+        tensors[m] = t.contiguous()
+    lengths = {m: int(t.shape[0]) for m, t in tensors.items()}
+    if len(set(lengths.values())) != 1:
+        raise DataError(f"{path}: modalities have different lengths ("
+                        + ", ".join(f"{m}={n}" for m, n in lengths.items()) + ")")
+    n = next(iter(lengths.values()))
+    if label is not None:
+        if label.dim() == 2 and label.shape[1] == 1:
+            label = label[:, 0]
+        if label.dim() != 1 or label.shape[0] != n:
+            raise DataError(f"{path}: 'label' has shape {tuple(label.shape)}, expected ({n},)")
+        if label.is_floating_point() or label.is_complex() or label.dtype == torch.bool:
+            raise DataError(f"{path}: 'label' is {str(label.dtype).replace('torch.', '')}: use an integer dtype")
+        label = label.long()
+        if int(label.min()) < 0:
+            raise DataError(f"{path}: 'label' has negative values: use class indices 0..K-1")
+    if split is not None:
+        if split.dim() != 1 or split.shape[0] != n:
+            raise DataError(f"{path}: 'split' has shape {tuple(split.shape)}, expected ({n},)")
+        if split.is_floating_point():
+            if not bool(torch.isfinite(split).all()) or bool((split != split.round()).any()):
+                raise DataError(f"{path}: 'split' must hold 0 (train) or 1 (test)")
+        split = split.long()
+        if not bool(((split == 0) | (split == 1)).all()):
+            raise DataError(f"{path}: 'split' must hold 0 (train) or 1 (test) only")
+    return tensors, label, split
+
+
+def load_custom(path: str | Path, split: str) -> MultimodalData:
+    """One split of a user's safetensors dataset (see the module docstring)."""
+    if split not in ("train", "test"):
+        raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
+    name, main, test_file = resolve(path)
+    tensors, labels, split_t = read_file(main)
+    files = [str(main)]
+    if split_t is not None and test_file is not None:
+        raise DataError(f"{main}: has a 'split' tensor and a separate test file {test_file.name}: use one of the two")
+    if split == "train":
+        if split_t is not None:
+            rows = torch.nonzero(split_t == 0).flatten()
+            tensors = {m: t[rows] for m, t in tensors.items()}
+            labels = None if labels is None else labels[rows]
+    elif test_file is not None:
+        train_shapes = {m: (tuple(t.shape[1:]), t.dtype) for m, t in tensors.items()}
+        has_labels = labels is not None
+        tensors, labels, extra_split = read_file(test_file)
+        files = [str(test_file)]
+        shapes = {m: (tuple(t.shape[1:]), t.dtype) for m, t in tensors.items()}
+        if set(shapes) != set(train_shapes):
+            raise DataError(f"{test_file}: modalities {sorted(shapes)} differ from the training file's "
+                            f"{sorted(train_shapes)}")
+        for m in shapes:
+            if shapes[m][0] != train_shapes[m][0]:
+                raise DataError(f"{test_file}: modality {m!r} has samples of shape {shapes[m][0]}, "
+                                f"the training file {train_shapes[m][0]}")
+            if shapes[m][1] != train_shapes[m][1]:
+                raise DataError(f"{test_file}: modality {m!r} is {shapes[m][1]}, the training file {train_shapes[m][1]}")
+        if has_labels != (labels is not None):
+            raise DataError(f"{test_file}: 'label' present in only one of the training and test files")
+        if extra_split is not None:
+            raise DataError(f"{test_file}: a test file must not hold a 'split' tensor")
+    elif split_t is not None:
+        rows = torch.nonzero(split_t == 1).flatten()
+        tensors = {m: t[rows] for m, t in tensors.items()}
+        labels = None if labels is None else labels[rows]
+    else:
+        raise NoTestSplit(f"{name}: no test split: add a 'split' tensor (0 = train, 1 = test) to {main.name} "
+                          f"or a file {_stem(main) if _stem(main) != 'train' else 'test'}"
+                          f"{TEST_SUFFIX if _stem(main) != 'train' else SUFFIX} next to it")
+    n = int(next(iter(tensors.values())).shape[0])
+    if n == 0:
+        raise DataError(f"{name}: the {split} split is empty (no rows with split = {0 if split == 'train' else 1})")
+    return MultimodalData(name, split, tensors, labels, fingerprint_tensors(tensors, labels), str(Path(files[0])),
+                          {"files": files})

@@ -1,0 +1,187 @@
+"""Shared helpers of the data layer: where data lives, downloads, safe zip
+extraction, atomic safetensors writes.
+
+Everything that writes does so atomically: a temporary file or folder in the
+same parent, then `os.replace`/`os.rename`, so an interrupted command never
+leaves a half-written cache or a half-extracted dataset where a loader would
+find it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import DataError
+
+ENV_DATA_ROOT = "MMVAE_DATA"
+CHUNK = 1 << 20
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The data root: `--data-root` if given, else `$MMVAE_DATA`, else `~/.cache/mmvae`."""
+    if root is None or str(root) == "":
+        root = os.environ.get(ENV_DATA_ROOT) or "~/.cache/mmvae"
+    return Path(root).expanduser()
+
+
+def log(message: str) -> None:
+    """Progress messages go to stderr, never stdout (stdout is for --json)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def one_line(exc: BaseException) -> str:
+    """A one-line description of an exception (first non-empty line of its message)."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        if not isinstance(exc.reason, BaseException):
+            return str(exc.reason)
+        exc = exc.reason
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def progress(total: int | None, desc: str, unit: str = "B"):
+    """A tqdm bar on stderr, disabled when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    is_tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", unit_divisor=1024 if unit == "B" else 1000,
+                file=sys.stderr, disable=not is_tty, leave=False)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _open_url(url: str, timeout: float):
+    """Open an http(s)/file URL or a local path for streaming; returns (stream, total size or None)."""
+    if "://" not in url:
+        path = Path(url).expanduser()
+        if not path.is_file():
+            raise DataError(f"could not download {url}: no such file")
+        return open(path, "rb"), path.stat().st_size
+    req = urllib.request.Request(url, headers={"User-Agent": "mmvae-cli"})
+    resp = urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 (URL chosen by the user)
+    length = resp.headers.get("Content-Length") if hasattr(resp, "headers") else None
+    return resp, int(length) if length and length.isdigit() else None
+
+
+def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, size: int | None = None,
+             timeout: float = 60.0, desc: str | None = None) -> Path:
+    """Stream `url` into `dest` (temp file + rename), checking `size` and `sha256` when given.
+
+    Any network or integrity problem raises a one-line DataError and leaves no file behind.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    h = hashlib.sha256()
+    written = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                stream, total = _open_url(url, timeout)
+            except DataError:
+                raise
+            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError, socket.timeout) as exc:
+                raise DataError(f"could not download {url}: {one_line(exc)}") from None
+            with contextlib.closing(stream), progress(total or size, desc or dest.name) as bar:
+                try:
+                    for block in iter(lambda: stream.read(CHUNK), b""):
+                        out.write(block)
+                        h.update(block)
+                        written += len(block)
+                        bar.update(len(block))
+                except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError, socket.timeout) as exc:
+                    raise DataError(f"could not download {url}: {one_line(exc)} after {written} bytes") from None
+            if total is not None and written != total:
+                raise DataError(f"could not download {url}: connection closed after {written} of {total} bytes")
+        if size is not None and written != int(size):
+            raise DataError(f"download of {url} has {written} bytes, expected {size}: not the expected file")
+        if sha256 is not None and h.hexdigest().lower() != sha256.strip().lower():
+            raise DataError(f"download of {url} has sha256 {h.hexdigest()}, expected {sha256.strip().lower()}: "
+                            "corrupted or not the expected file")
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Extract a zip into the (new or empty) folder `dest`, refusing absolute or `..` member names."""
+    dest = Path(dest)
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            names = zf.namelist()
+            for name in names:
+                parts = Path(name.replace("\\", "/")).parts
+                if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+                    raise DataError(f"{Path(zip_path).name}: unsafe member name {name!r} in the zip")
+            dest.mkdir(parents=True, exist_ok=True)
+            with progress(len(names), f"extracting {Path(zip_path).name}", unit="file") as bar:
+                for info in zf.infolist():
+                    zf.extract(info, dest)
+                    bar.update(1)
+    except zipfile.BadZipFile as exc:
+        raise DataError(f"{Path(zip_path).name} is not a valid zip file ({one_line(exc)})") from None
+    return dest
+
+
+def save_safetensors_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
+                            metadata: dict[str, str] | None = None) -> Path:
+    """Write a safetensors file via a temporary file in the same folder and `os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp_name, metadata=metadata)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; DataError if it is not one."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: empty file")
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        return load_file(str(path)), metadata
+    except DataError:
+        raise
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise DataError(f"{path}: not a readable safetensors file ({one_line(exc)})") from None
+
+
+def rmtree_quiet(path: str | os.PathLike) -> None:
+    shutil.rmtree(path, ignore_errors=True)
