@@ -52,8 +52,17 @@ def _register():
 _register()
 
 
+INVOCATION: list[str] = []   # the arguments of the running command, recorded in manifests
+
+
+def invocation() -> str:
+    """The running command line, as recorded next to evaluation results."""
+    return " ".join(["mmvae", *INVOCATION])
+
+
 def main(argv=None) -> None:
     """Entry point: run the click app, turning known errors into one line and an exit code."""
+    INVOCATION[:] = list(sys.argv[1:] if argv is None else argv)
     try:
         rv = cli.main(args=argv, prog_name="mmvae", standalone_mode=False)
         sys.exit(rv if isinstance(rv, int) else 0)

@@ -21,10 +21,10 @@ def evaluate():
 
 def _record(run: Path, what: str, result: dict) -> None:
     """Append the result and the command that produced it to the bundle's manifest."""
-    import sys
+    from . import invocation
     manifest = bundle.read_manifest(run)
     manifest.setdefault("evaluations", []).append(
-        {"metric": what, "created": bundle.now(), "command": "mmvae " + " ".join(sys.argv[1:]), "result": result})
+        {"metric": what, "created": bundle.now(), "command": invocation(), "result": result})
     bundle.save_manifest(run, manifest)
 
 

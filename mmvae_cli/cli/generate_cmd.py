@@ -82,7 +82,7 @@ def cross_generate(run, given, images, targets, split, n, out, fmt, seed, device
         if unknown:
             raise MMVAEError(f"unknown modality {unknown[0]!r}; this model has {', '.join(shapes)}")
         data = load_dataset(manifest["dataset"]["name_or_path"], split, data_root)
-        idx = torch.arange(min(n, len(data)))
+        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]  # a seeded spread
         batch = data.batch(idx, dev)
         x = {g: batch[g] for g in names}
     target_names = [t.strip() for t in targets.split(",")] if targets else [m for m in shapes if m not in x]
