@@ -157,7 +157,16 @@ class MultimodalVAE(nn.Module):
 
     @torch.no_grad()
     def sample_prior(self, n: int) -> torch.Tensor:
+        """n latents from the base prior p(z). (n, D)"""
         return self.prior.dist().sample((n,))
+
+    def sample_latents(self, n: int, prior: str = "base", **langevin) -> torch.Tensor:
+        """n latents from the base prior ("base") or the energy-based prior ("ebm"). (n, D)"""
+        if prior == "base":
+            return self.sample_prior(n)
+        if prior == "ebm":
+            raise MMVAEError("this bundle has no energy-based prior; fit one with `mmvae fit-ebm RUN`")
+        raise MMVAEError(f"unknown prior {prior!r}; choose base or ebm")
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
