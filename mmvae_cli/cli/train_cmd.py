@@ -13,7 +13,7 @@ from ..data import load_dataset
 from ..errors import MMVAEError
 from ..model import MultimodalVAE
 from ..recipes import resolve
-from ..runtime import PRECISIONS, init_distributed, shutdown_distributed
+from ..runtime import PRECISIONS, autocast_dtype, init_distributed, shutdown_distributed
 from ..train import Runtime, fit, log, main_log, model_config, pick_device
 from . import options
 
@@ -73,6 +73,8 @@ def train(dataset, out, fusion, objective, k, subsets, posterior, prior, learn_p
     Data-parallel: `torchrun --nproc-per-node N -m mmvae_cli train ...` (gloo on CPU, NCCL on GPU).
     """
     out = Path(out or f"runs/{Path(dataset).stem}-{fusion or 'mopoe'}")
+    if precision is not None:
+        autocast_dtype(precision, pick_device(device))     # refuse impossible combinations before anything runs
     dist, dev = init_distributed(device, required=distributed)
     try:
         _train(dataset, out, fusion, objective, k, subsets, posterior, prior, learn_prior, likelihood, rescale,
