@@ -41,6 +41,7 @@ from torch import nn
 from mmvae_cli.data import load_dataset
 from mmvae_cli.model import ModalitySpec, ModelConfig, MultimodalVAE
 from mmvae_cli.nets.conv import Conv28Decoder, Conv28Encoder
+from mmvae_cli.train import place_data
 
 M, LATENT, BETA, SCALE, LR = 5, 512, 2.5, 0.75, 5e-4
 
@@ -126,7 +127,8 @@ def baseline_steps(root: Path, batch: int, device, workers: int):
 
 # --- ours ---------------------------------------------------------------------------------------------
 def our_steps(root: Path, batch: int, device, variant: str):
-    data = load_dataset(str(root.parent), "train")
+    data = place_data(load_dataset(str(root.parent), "train"), device)     # on the GPU when it fits
+    on = next(iter(data.tensors.values())).device
     torch.manual_seed(0)
     cfg = ModelConfig([ModalitySpec(f"m{i}", [3, 28, 28], "laplace", SCALE) for i in range(M)], latent_dim=LATENT,
                       fusion="mopoe", objective="elbo", beta=BETA)
@@ -148,7 +150,7 @@ def our_steps(root: Path, batch: int, device, variant: str):
             state["perm"], state["pos"] = torch.randperm(n), 0
         idx = state["perm"][state["pos"]:state["pos"] + batch]
         state["pos"] += batch
-        loss, _ = model(data.batch(idx, device))
+        loss, _ = model(data.batch(idx.to(on), device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
