@@ -170,3 +170,18 @@ def test_mixed_precision_keeps_the_math_in_fp32():
     loss16, _ = model(x)
     assert loss16.dtype == torch.float32 and torch.isfinite(loss16)
     assert abs(loss16.item() - loss32.item()) / abs(loss32.item()) < 0.05
+
+
+def test_stop_flag_catches_sigterm_and_sigusr1_and_restores_handlers():
+    from mmvae_cli.runtime import StopFlag
+    before = signal.getsignal(signal.SIGUSR1)
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        stop = StopFlag()
+        with stop.installed():
+            assert not stop.requested()
+            os.kill(os.getpid(), sig)
+            deadline = time.time() + 5
+            while not stop and time.time() < deadline:
+                time.sleep(0.01)
+            assert stop.requested() and stop.signal == sig
+    assert signal.getsignal(signal.SIGUSR1) == before
