@@ -140,7 +140,7 @@ def test_two_process_ddp_matches_single_process_global_batch(data_root, tmp_path
 
 
 def test_precision_flags(data_root, tmp_path, capsys):
-    base = ["train", "polymnist", "--data-root", data_root, "--epochs", "1", "--batch-size", "20", "--latent-dim", "4",
+    base = ["train", "polymnist", "--data-root", data_root, "--epochs", "1", "--batch-size", "40", "--latent-dim", "4",
             "--device", "cpu"]
     code, _, err = run(base + ["--out", tmp_path / "fp16", "--precision", "fp16"], capsys)
     assert code == 2 and err.strip() == "error: --precision fp16 needs a CUDA device (use bf16 or fp32 on the CPU)"
