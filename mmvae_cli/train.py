@@ -21,6 +21,7 @@ from . import bundle
 from .data.base import MultimodalData
 from .errors import BundleError, Interrupted, MMVAEError, NumericalError
 from .model import ModalitySpec, ModelConfig, MultimodalVAE
+from .nets import default_arch
 
 CHECKPOINT = "checkpoint.safetensors"
 WEIGHTS = "model.safetensors"
@@ -73,7 +74,8 @@ def model_config(data: MultimodalData, m: dict) -> ModelConfig:
     sizes = {n: int(torch.tensor(data.shape(n)).prod()) for n in data.modalities}
     largest = max(sizes.values())
     specs = [ModalitySpec(n, list(data.shape(n)), m["likelihood"], float(m["likelihood_scale"]),
-                          float(largest / sizes[n]) if m["rescale"] else 1.0, m["arch"])
+                          float(largest / sizes[n]) if m["rescale"] else 1.0,
+                          m["arch"] or default_arch(data.shape(n)))
              for n in data.modalities]
     extra = dict(m.get("extra", {}) or {})
     return ModelConfig(specs, int(m["latent_dim"]), m["fusion"], m["subsets"], m["objective"], int(m["k"]),

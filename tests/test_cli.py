@@ -33,6 +33,7 @@ def test_train_writes_bundle_with_resolved_settings(trained):
     assert manifest["settings"]["model"]["beta"] == 2.5            # from the recipe
     assert len(manifest["history"]) == 2 and manifest["epochs_done"] == 2
     assert manifest["dataset"]["fingerprint"]
+    assert [m["arch"] for m in manifest["model"]["modalities"]] == ["conv28"] * 5
     assert {"mmvae", "torch", "python"} <= set(manifest["versions"])
     for f in ("model.safetensors", "checkpoint.safetensors"):
         assert manifest["files"][f]["sha256"]
