@@ -26,7 +26,8 @@ from . import bundle
 from .data.base import GatheredTensors, MultimodalData
 from .errors import BundleError, Interrupted, MMVAEError, NumericalError
 from .model import ModalitySpec, ModelConfig, MultimodalVAE
-from .runtime import (Dist, StopFlag, autocast_dtype, capture_rng, make_scaler, noise_seed,  # noqa: F401
+from .nets import default_arch
+from .runtime import (Dist, StopFlag, autocast_dtype, capture_rng, make_scaler, noise_seed,
                       read_checkpoint, restore_rng, speed_up, write_checkpoint)
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -61,7 +62,8 @@ def model_config(data: MultimodalData, m: dict) -> ModelConfig:
     sizes = {n: int(torch.tensor(data.shape(n)).prod()) for n in data.modalities}
     largest = max(sizes.values())
     specs = [ModalitySpec(n, list(data.shape(n)), m["likelihood"], float(m["likelihood_scale"]),
-                          float(largest / sizes[n]) if m["rescale"] else 1.0, m["arch"])
+                          float(largest / sizes[n]) if m["rescale"] else 1.0,
+                          m["arch"] or default_arch(data.shape(n)))
              for n in data.modalities]
     extra = dict(m.get("extra", {}) or {})
     return ModelConfig(specs, int(m["latent_dim"]), m["fusion"], m["subsets"], m["objective"], int(m["k"]),

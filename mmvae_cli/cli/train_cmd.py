@@ -153,7 +153,7 @@ def classifier():
 @classifier.command("train")
 @click.argument("dataset")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Bundle folder to write.")
-@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--epochs", type=int, default=40, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @options.seed
