@@ -14,7 +14,8 @@ from .errors import MMVAEError
 DEFAULTS = {
     "model": {"fusion": "mopoe", "latent_dim": 512, "beta": 2.5, "objective": "elbo", "k": 1,
               "posterior": "gaussian", "prior": "gaussian", "learn_prior": False, "subsets": "all",
-              "likelihood": "laplace", "likelihood_scale": 0.75, "rescale": False, "arch": ""},
+              "likelihood": "laplace", "likelihood_scale": 0.75, "rescale": False, "arch": "",
+              "private_dim": 0},
     "train": {"epochs": 30, "batch_size": 64, "lr": 5e-4, "adam_betas": [0.9, 0.999], "amsgrad": False,
               "seed": 0},
 }

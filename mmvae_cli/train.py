@@ -77,7 +77,8 @@ def model_config(data: MultimodalData, m: dict) -> ModelConfig:
              for n in data.modalities]
     extra = dict(m.get("extra", {}) or {})
     return ModelConfig(specs, int(m["latent_dim"]), m["fusion"], m["subsets"], m["objective"], int(m["k"]),
-                       float(m["beta"]), m["posterior"], m["prior"], bool(m["learn_prior"]), None, extra)
+                       float(m["beta"]), m["posterior"], m["prior"], bool(m["learn_prior"]), None, extra,
+                       private_dim=int(m.get("private_dim", 0) or 0))
 
 
 def make_optimizer(model: torch.nn.Module, t: dict) -> torch.optim.Optimizer:

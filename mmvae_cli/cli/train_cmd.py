@@ -28,6 +28,9 @@ from . import options
                    "(dreg = doubly-reparameterised gradients); mvae: MVAE's sub-sampled sum of the joint and "
                    "unimodal ELBOs (NOT a bound on log p(X)).")
 @click.option("--k", type=int, default=None, help="Importance samples for iwae/dreg.")
+@click.option("--private-dim", type=int, default=None,
+              help="MMVAE+: size of each modality's private latent w_m (with --fusion moe, --objective iwae|dreg); "
+                   "decoding a modality without its input draws w_m from its learned prior p(w_m).")
 @click.option("--subsets", default=None, help='MoPoE mixture subsets: "all", "unimodal+full", or "m0,m1;m2;...".')
 @click.option("--posterior", type=click.Choice(["gaussian", "laplace"]), default=None)
 @click.option("--prior", type=click.Choice(["gaussian", "laplace"]), default=None, help="Base prior p(z).")
@@ -51,7 +54,7 @@ from . import options
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
 @click.option("--log-jsonl", type=click.Path(dir_okay=False), default=None, help="Append one JSON line per epoch.")
 @click.option("--max-steps", type=int, default=None, hidden=True, help="Stop after N steps (tests, benchmarks).")
-def train(dataset, out, fusion, objective, k, subsets, posterior, prior, learn_prior, likelihood, rescale, arch,
+def train(dataset, out, fusion, objective, k, private_dim, subsets, posterior, prior, learn_prior, likelihood, rescale, arch,
           recipe, schedule, epochs, batch_size, lr, beta, latent_dim, seed, device, data_root, resume, overwrite,
           log_jsonl, max_steps):
     """Train a multimodal VAE on DATASET (polymnist, polymnist-mini, mnist-svhn, or a .safetensors path).
@@ -74,7 +77,7 @@ def train(dataset, out, fusion, objective, k, subsets, posterior, prior, learn_p
         return
     if (out / bundle.MANIFEST).exists() and not overwrite:
         raise MMVAEError(f"{out} already holds a run; use --resume to continue it or --overwrite to replace it")
-    overrides = {"fusion": fusion, "objective": objective, "k": k, "subsets": subsets, "posterior": posterior,
+    overrides = {"fusion": fusion, "objective": objective, "k": k, "private_dim": private_dim, "subsets": subsets, "posterior": posterior,
                  "prior": prior, "learn_prior": learn_prior, "likelihood": likelihood, "rescale": rescale,
                  "arch": arch, "epochs": epochs, "batch_size": batch_size, "lr": lr, "beta": beta,
                  "latent_dim": latent_dim, "seed": seed}
