@@ -35,10 +35,14 @@ from . import options
 @click.option("--posterior", type=click.Choice(["gaussian", "laplace"]), default=None)
 @click.option("--prior", type=click.Choice(["gaussian", "laplace"]), default=None, help="Base prior p(z).")
 @click.option("--learn-prior/--fixed-prior", default=None, help="Learn the prior's scale.")
-@click.option("--likelihood", type=click.Choice(["laplace", "gaussian", "bernoulli", "categorical"]), default=None,
-              help="Likelihood of every modality.")
+@click.option("--likelihood", default=None,
+              help="laplace, gaussian, bernoulli or categorical: one for every modality, or per modality as "
+                   "NAME=KIND,... (e.g. mnist=bernoulli,svhn=laplace; unnamed modalities: laplace).")
 @click.option("--rescale/--no-rescale", default=None, help="Weight log p(x_m|z) by (largest modality size / size of m).")
-@click.option("--arch", default=None, help="Networks: conv28, conv32, mlp (default: by data shape).")
+@click.option("--arch", default=None,
+              help="Networks: conv28, conv32, conv (sized to any C,H,W), mlp; one for all or NAME=ARCH,... "
+                   "(default by shape: vectors and 1x28x28 -> mlp, Cx28x28 -> conv28, Cx32x32 -> conv32, "
+                   "other images -> conv).")
 @click.option("--recipe", type=click.Path(dir_okay=False), default=None,
               help="TOML recipe (default: recipes/<family>-<model>.toml when it exists).")
 @click.option("--schedule", default=None, help="Recipe schedule to apply, e.g. cpu (automatic for *-mini data).")
