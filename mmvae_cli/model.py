@@ -109,6 +109,9 @@ class MultimodalVAE(nn.Module):
             raise MMVAEError(f"--private-dim must be >= 0, got {c.private_dim}")
         if c.private_dim and (c.fusion != "moe" or c.objective not in ("iwae", "dreg")):
             raise MMVAEError("--private-dim (MMVAE+) needs --fusion moe and --objective iwae or dreg")
+        if c.fusion in ("poe", "mopoe") and (c.posterior != "gaussian" or c.prior != "gaussian"):
+            raise MMVAEError(f"fusion {c.fusion} needs Gaussian posteriors and prior (a product with Laplace "
+                             "experts has no closed form); use --posterior gaussian --prior gaussian or --fusion moe")
         width = c.latent_dim + c.private_dim
         for m in c.modalities:
             if m.likelihood not in D.LIKELIHOODS:

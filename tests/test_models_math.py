@@ -225,3 +225,14 @@ def test_mmvae_plus_objective_is_a_bound_and_decodes_missing_w_from_its_prior():
     qa_scale = math.exp(0.5 * -0.7)                                       # q(w_a | x_a) = N(0.1, e^-0.7)
     assert out["a"].mean().item() == pytest.approx(0.1, abs=0.02)
     assert out["a"].std().item() == pytest.approx(qa_scale, rel=0.03)
+
+
+def test_dreg_is_biased_for_the_stratified_mixture_with_k_above_1():
+    """What the docs claim: with S = 2 components and K = 16 the dropped score term
+    E_{q_s}[w~_k d/dphi log q_mix(z_k)] does not vanish, so E[DReG] != E[IWAE gradient]."""
+    model = linear_model("moe", "dreg", k=16, experts={"a": ([0.0], [-2.0]), "b": ([2.0], [-2.0])})
+    x = batch(2000)
+    m_d, se_d, _ = _mean_and_se(dreg, model, x, 20)
+    m_i, se_i, _ = _mean_and_se(iwae, model, x, 20)
+    z = (m_d - m_i) / (se_d ** 2 + se_i ** 2).sqrt()
+    assert z.abs().max() > 8, z

@@ -24,7 +24,7 @@ from . import options
               help="poe = MVAE (product of experts with the prior expert), moe = MMVAE (mixture of experts), "
                    "mopoe = MoPoE (mixture over all subsets' products). Default: the recipe's, else mopoe.")
 @click.option("--objective", type=click.Choice(["elbo", "iwae", "dreg", "mvae"]), default=None,
-              help="elbo: generalised multimodal ELBO; iwae/dreg: stratified IWAE of MMVAE with K samples "
+              help="Default: the recipe's, else mvae for poe, iwae for moe, elbo for mopoe. elbo: generalised multimodal ELBO; iwae/dreg: stratified IWAE of MMVAE with K samples "
                    "(dreg = doubly-reparameterised gradients); mvae: MVAE's sub-sampled sum of the joint and "
                    "unimodal ELBOs (NOT a bound on log p(X)).")
 @click.option("--k", type=int, default=None, help="Importance samples for iwae/dreg.")
