@@ -15,6 +15,7 @@ from test_data_mnist_svhn import write_mnist_svhn
 
 MODELS = {
     "mvae": ["--fusion", "poe"],
+    "mvae-subsets": ["--fusion", "poe", "--mvae-subsets", "2"],
     "mmvae-elbo": ["--fusion", "moe", "--objective", "elbo"],
     "mmvae-iwae": ["--fusion", "moe", "--objective", "iwae", "--k", "3"],
     "mmvae-dreg": ["--fusion", "moe", "--objective", "dreg", "--k", "3"],
@@ -22,7 +23,7 @@ MODELS = {
     "mmvaeplus": ["--fusion", "moe", "--objective", "dreg", "--private-dim", "3"],
 }
 EXPECTED = {  # (fusion, objective, private_dim) each bundle's manifest must record
-    "mvae": ("poe", "mvae", 0), "mmvae-elbo": ("moe", "elbo", 0), "mmvae-iwae": ("moe", "iwae", 0),
+    "mvae": ("poe", "mvae", 0), "mvae-subsets": ("poe", "mvae", 0), "mmvae-elbo": ("moe", "elbo", 0), "mmvae-iwae": ("moe", "iwae", 0),
     "mmvae-dreg": ("moe", "dreg", 0), "mopoe": ("mopoe", "elbo", 0), "mmvaeplus": ("moe", "dreg", 3),
 }
 
@@ -61,6 +62,7 @@ def test_every_model_trains_on_polymnist_shaped_data(roots, name, capsys):
                         "--latent-dim", "4", "--device", "cpu", *MODELS[name]], capsys)
     assert code == 0, err
     model = _check_bundle(out, name, [f"m{i}" for i in range(5)])
+    assert model.config.extra.get("mvae_k", 0) == (2 if name == "mvae-subsets" else 0)
     gen = model.cross_generate({"m0": torch.rand(2, 3, 28, 28)}, ["m3"])
     assert gen["m3"].shape == (2, 3, 28, 28)
 

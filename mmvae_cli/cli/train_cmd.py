@@ -28,6 +28,9 @@ from . import options
                    "(dreg = doubly-reparameterised gradients); mvae: MVAE's sub-sampled sum of the joint and "
                    "unimodal ELBOs (NOT a bound on log p(X)).")
 @click.option("--k", type=int, default=None, help="Importance samples for iwae/dreg.")
+@click.option("--mvae-subsets", type=int, default=None,
+              help="MVAE (--objective mvae): also add the ELBOs of this many random subsets of 2..M-1 "
+                   "modalities per step (Wu & Goodman's sub-sampling); default 0.")
 @click.option("--private-dim", type=int, default=None,
               help="MMVAE+: size of each modality's private latent w_m (with --fusion moe, --objective iwae|dreg); "
                    "decoding a modality without its input draws w_m from its learned prior p(w_m).")
@@ -58,7 +61,7 @@ from . import options
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
 @click.option("--log-jsonl", type=click.Path(dir_okay=False), default=None, help="Append one JSON line per epoch.")
 @click.option("--max-steps", type=int, default=None, hidden=True, help="Stop after N steps (tests, benchmarks).")
-def train(dataset, out, fusion, objective, k, private_dim, subsets, posterior, prior, learn_prior, likelihood, rescale, arch,
+def train(dataset, out, fusion, objective, k, mvae_subsets, private_dim, subsets, posterior, prior, learn_prior, likelihood, rescale, arch,
           recipe, schedule, epochs, batch_size, lr, beta, latent_dim, seed, device, data_root, resume, overwrite,
           log_jsonl, max_steps):
     """Train a multimodal VAE on DATASET (polymnist, polymnist-mini, mnist-svhn, or a .safetensors path).
@@ -85,6 +88,10 @@ def train(dataset, out, fusion, objective, k, private_dim, subsets, posterior, p
                  "prior": prior, "learn_prior": learn_prior, "likelihood": likelihood, "rescale": rescale,
                  "arch": arch, "epochs": epochs, "batch_size": batch_size, "lr": lr, "beta": beta,
                  "latent_dim": latent_dim, "seed": seed}
+    if mvae_subsets is not None:
+        if mvae_subsets < 0:
+            raise MMVAEError(f"--mvae-subsets must be >= 0, got {mvae_subsets}")
+        overrides["extra"] = {"mvae_k": mvae_subsets}
     settings = resolve(Path(dataset).stem if dataset.endswith(".safetensors") else dataset, recipe, overrides,
                        schedule)
     data = load_dataset(dataset, "train", data_root)
