@@ -14,17 +14,23 @@ from torch import distributions as td
 
 POSTERIORS = ("gaussian", "laplace")
 LIKELIHOODS = ("laplace", "gaussian", "bernoulli", "categorical")
+LOGVAR_BOUND = 30.0
 
 
 def expert(kind: str, loc: torch.Tensor, raw: torch.Tensor) -> td.Distribution:
     """A unimodal posterior q(z | x_m) from an encoder's two heads.
 
-    gaussian: N(loc, exp(raw)), raw = log-variance.
+    gaussian: N(loc, exp(r)), r = raw - softplus(raw - 30) + softplus(-raw - 30), the log-variance
+              softly bounded to (-30, 30) (equal to raw within 1e-13 at |raw| <= 0, 1e-4 at 20): under
+              a PoE with the prior expert an expert can opt out at no cost, and Adam then drives its
+              log-variance up without bound until exp overflows (MVAE on PolyMNIST did within 100
+              steps). The soft bound keeps a gradient, so such an expert can come back.
     laplace:  Laplace(loc, softmax(raw) * D + 1e-6), the MMVAE/MMVAE+ scale parameterisation
               (the scales average to 1 over the D latent dimensions).
     """
     if kind == "gaussian":
-        return td.Normal(loc, torch.exp(0.5 * raw), validate_args=False)
+        r = raw - F.softplus(raw - LOGVAR_BOUND) + F.softplus(-raw - LOGVAR_BOUND)
+        return td.Normal(loc, torch.exp(0.5 * r), validate_args=False)
     if kind == "laplace":
         return td.Laplace(loc, F.softmax(raw, dim=-1) * raw.shape[-1] + 1e-6, validate_args=False)
     raise ValueError(f"unknown posterior {kind!r}")
@@ -36,12 +42,13 @@ def product_of_gaussians(loc: torch.Tensor, scale: torch.Tensor, mask: torch.Ten
     """Products of Gaussian experts for S subsets at once.
 
     For subset s with experts {m : mask[s, m]} (and the prior expert where with_prior[s]):
-        T_m = 1 / sigma_m^2,   sigma_s^2 = 1 / sum_m T_m,   mu_s = sigma_s^2 * sum_m T_m mu_m.
+        T_m = 1 / (sigma_m^2 + eps),   sigma_s^2 = 1 / sum_m T_m,   mu_s = sigma_s^2 * sum_m T_m mu_m,
+    eps = 1e-8 (as MVAE's reference) so that a collapsing expert cannot overflow T_m to inf.
     loc, scale: (M, B, D); mask: (S, M) bool; with_prior: (S,) bool; prior_*: broadcastable to (B, D).
     Returns Normal with batch shape (S, B, D).
     """
     w = mask.to(loc.dtype)                                        # (S, M)
-    precision = scale.pow(-2)                                     # (M, B, D)
+    precision = 1.0 / (scale.pow(2) + 1e-8)                       # (M, B, D)
     total = torch.einsum("sm,mbd->sbd", w, precision)
     weighted = torch.einsum("sm,mbd->sbd", w, precision * loc)
     if with_prior is not None:

@@ -4,6 +4,15 @@
     p(X, z)    = p(z) prod_m p(x_m | z)                   (distributions.py, nets/)
     loss       = objective(model, X)                      (objectives.py)
 
+With `private_dim` D_w > 0 (MMVAE+, Palumbo et al. 2023) every modality also has a private latent
+w_m: encoders output [z, w_m] heads, q(z, w_m | x_m) = q(z | x_m) q(w_m | x_m), decoders read
+[z, w_m], and each w_m has its own prior p(w_m) with a learned scale:
+
+    p(X, z, w) = p(z) prod_m p(w_m) p(x_m | z, w_m).
+
+Whenever modality d is decoded without its own input (cross-generation, joint sampling, and the
+cross terms of the training objective) its w_d is drawn from p(w_d).
+
 `ModelConfig` is the JSON-serialisable description stored in a bundle's manifest;
 `MultimodalVAE(config)` rebuilds the same network from it.
 """
@@ -46,6 +55,7 @@ class ModelConfig:
     learn_prior: bool = False
     hidden: int | None = None     # MLP width (None = 400)
     extra: dict = field(default_factory=dict)
+    private_dim: int = 0          # MMVAE+ modality-specific latent size (0 = none)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,13 +105,24 @@ class MultimodalVAE(nn.Module):
         self.names = c.names
         self.encoders = nn.ModuleDict()
         self.decoders = nn.ModuleDict()
+        if c.private_dim < 0:
+            raise MMVAEError(f"--private-dim must be >= 0, got {c.private_dim}")
+        if c.private_dim and (c.fusion != "moe" or c.objective not in ("iwae", "dreg")):
+            raise MMVAEError("--private-dim (MMVAE+) needs --fusion moe and --objective iwae or dreg")
+        if c.fusion in ("poe", "mopoe") and (c.posterior != "gaussian" or c.prior != "gaussian"):
+            raise MMVAEError(f"fusion {c.fusion} needs Gaussian posteriors and prior (a product with Laplace "
+                             "experts has no closed form); use --posterior gaussian --prior gaussian or --fusion moe")
+        width = c.latent_dim + c.private_dim
         for m in c.modalities:
             if m.likelihood not in D.LIKELIHOODS:
                 raise MMVAEError(f"unknown likelihood {m.likelihood!r} for {m.name}; choose {', '.join(D.LIKELIHOODS)}")
             arch = m.arch or nets.default_arch(tuple(m.shape))
-            self.encoders[m.name], self.decoders[m.name] = nets.build(arch, tuple(m.shape), c.latent_dim, c.hidden)
+            self.encoders[m.name], self.decoders[m.name] = nets.build(arch, tuple(m.shape), width, c.hidden)
         self.fusion = make_fusion(c.fusion, len(self.names), parse_subsets(c.subsets, self.names))
         self.prior = Prior(c.prior, c.latent_dim, c.learn_prior)
+        # MMVAE+: p(w_m) of the prior's family with a learned scale, one per modality
+        self.private_priors = nn.ModuleDict(
+            {n: Prior(c.prior, c.private_dim, learn=True) for n in self.names} if c.private_dim else {})
         from .objectives import get_objective  # objectives import model types: import late
         self.objective = get_objective(c.objective)
         self.fusion.combine  # noqa: B018  (fail early on bad combinations in combine())
@@ -133,32 +154,55 @@ class MultimodalVAE(nn.Module):
             raise MMVAEError(f"unknown modality {unknown[0]!r}; this model has {', '.join(self.names)}")
         return torch.tensor([n in x for n in self.names], dtype=torch.bool)
 
-    def experts(self, x: dict[str, torch.Tensor]) -> td.Distribution:
-        """Unimodal posteriors q(z | x_m) stacked to batch shape (M, B, D); absent modalities get
-        placeholder N(0, I) rows that the fusion's masks never select."""
+    def encode(self, x: dict[str, torch.Tensor]) -> tuple[td.Distribution, dict[str, td.Distribution]]:
+        """Unimodal posteriors q(z | x_m) stacked to batch shape (M, B, D) (absent modalities get
+        placeholder rows that the fusion's masks never select), and the private posteriors
+        q(w_m | x_m) (B, D_w) of the given modalities (empty without private latents)."""
         some = next(iter(x.values()))
-        B, Dz = some.shape[0], self.config.latent_dim
-        locs, raws = [], []
+        B, Dz, Dw = some.shape[0], self.config.latent_dim, self.config.private_dim
+        locs, raws, private = [], [], {}
         for n in self.names:
             if n in x:
                 loc, raw = self.run_net(self.encoders[n], x[n])
+                if Dw:
+                    private[n] = D.expert(self.config.posterior, loc[:, Dz:], raw[:, Dz:])
+                    loc, raw = loc[:, :Dz], raw[:, :Dz]
             else:
                 loc = raw = some.new_zeros(B, Dz)
             locs.append(loc)
             raws.append(raw)
-        return D.expert(self.config.posterior, torch.stack(locs), torch.stack(raws))
+        return D.expert(self.config.posterior, torch.stack(locs), torch.stack(raws)), private
+
+    def experts(self, x: dict[str, torch.Tensor]) -> td.Distribution:
+        """Unimodal posteriors q(z | x_m) of the shared latent, batch shape (M, B, D)."""
+        return self.encode(x)[0]
+
+    def fuse(self, experts: td.Distribution, x: dict[str, torch.Tensor]) -> Mixture:
+        return self.fusion.combine(experts, self.given_mask(x), self.prior.dist())
 
     def posterior(self, x: dict[str, torch.Tensor]) -> Mixture:
         """q(z | X_A) for the modalities present in x."""
         if not x:
             raise MMVAEError("no input modality given")
-        return self.fusion.combine(self.experts(x), self.given_mask(x), self.prior.dist())
+        return self.fuse(self.experts(x), x)
 
     # --- generation ------------------------------------------------------------------------------
-    def decode(self, z: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """Decoder outputs (likelihood parameters) for latents z of shape (..., D)."""
-        return {n: nets.apply_flat(lambda t, net=self.decoders[n]: self.run_net(net, t), z, z.shape[-1])
-                for n in (names or self.names)}
+    def decode(self, z: torch.Tensor, names: list[str] | None = None,
+               w: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Decoder outputs (likelihood parameters) for latents z of shape (..., D).
+
+        With private latents, decoder d reads [z, w_d]: w_d from `w` when given (same leading
+        shape as z), otherwise a reparameterised draw from the modality prior p(w_d)."""
+        out = {}
+        for n in (names or self.names):
+            h = z
+            if self.config.private_dim:
+                wd = w.get(n) if w else None
+                if wd is None:
+                    wd = self.private_priors[n].dist().rsample(z.shape[:-1])
+                h = torch.cat([z, wd], dim=-1)
+            out[n] = nets.apply_flat(lambda t, net=self.decoders[n]: self.run_net(net, t), h, h.shape[-1])
+        return out
 
     def log_likelihoods(self, outs: dict[str, torch.Tensor], x: dict[str, torch.Tensor]) -> torch.Tensor:
         """sum_m rescale_m * log p(x_m | z) over the modalities in both outs and x: (..., B)."""
@@ -187,14 +231,18 @@ class MultimodalVAE(nn.Module):
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Decoded means of every modality for latents z (B, D)."""
+        """Decoded means of every modality for latents z (B, D) (private latents from their priors)."""
         return self.means(self.decode(z))
 
     @torch.no_grad()
     def cross_generate(self, x: dict[str, torch.Tensor], names: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """One sample z ~ q(z | X_given), decoded to the means of `names` (default: all)."""
-        z = self.posterior(x).sample()
-        return self.means(self.decode(z, names))
+        """One sample z ~ q(z | X_given), decoded to the means of `names` (default: all). With
+        private latents, a given modality reuses w_d ~ q(w_d | x_d) (reconstruction) and a
+        missing one draws w_d ~ p(w_d) (MMVAE+'s cross-generation rule)."""
+        experts, private = self.encode(x)
+        z = self.fuse(experts, x).sample()
+        w = {n: q.sample() for n, q in private.items()}
+        return self.means(self.decode(z, names, w))
 
     def forward(self, x: dict[str, torch.Tensor]):
         """(loss, stats) of the configured objective on a batch (so DDP can wrap the model)."""

@@ -42,12 +42,45 @@ def elbo(model, x):
     return loss, {"loss": loss.item(), "rec": -rec.mean().item(), "kl": kld.mean().item()}
 
 
-def _log_weights(model, x, q, z, q_for_density):
-    """log w = sum_m log p(x_m | z) + beta (log p(z) - log q(z | X)) for z: (S, K, B, D) -> (S, K, B)."""
-    lpx = model.log_likelihoods(model.decode(z), x)
-    lpz = model.prior.dist().log_prob(z).sum(-1)
-    lqz = q_for_density.log_prob(z)
-    return lpx + model.config.beta * (lpz - lqz)
+def _detached(d):
+    """The same distribution with its parameters cut from the graph (DReG's stop-gradient on q)."""
+    return type(d)(d.loc.detach(), d.scale.detach())
+
+
+def _stratified_log_weights(model, x, k: int, stop_q: bool = False):
+    """Log importance weights of the stratified IWAE for K samples from every mixture component.
+
+    Without private latents, for z ~ q_s (S, K, B, D):
+        log w = sum_m log p(x_m | z) + beta (log p(z) - log q(z | X)),   q(z | X) the whole mixture.
+    With private latents (MMVAE+; moe components s = modality r): z ~ q(z | x_r), w_r ~ q(w_r | x_r),
+    and for every d != r, w^(d) ~ p(w_d) (the modality prior), w^(r) = w_r:
+        log w = sum_d log p(x_d | z, w^(d)) + beta (log p(z) + log p(w_r)
+                                                    - log 1/M sum_m q(z | x_m) - log q(w_r | x_r)).
+    (REFERENCE.md's summary omits log p(w_r); it belongs to p(X, z, w_r), whose bound this is.)
+    stop_q evaluates log q at detached parameters (DReG). Returns (log w (S, K, B), samples
+    drawn by reparameterisation from q, for DReG's gradient hooks)."""
+    experts, private = model.encode(x)
+    q = model.fuse(experts, x)
+    z = q.rsample_each(k)                                               # (S, K, B, Dz)
+    q_density = q.detached() if stop_q else q
+    reg = model.prior.dist().log_prob(z).sum(-1) - q_density.log_prob(z)
+    samples, w = [(z, None)], None
+    if model.config.private_dim:
+        S, K, B = z.shape[:3]
+        owner = [model.names[i] for i in q.mask.float().argmax(1).tolist()]   # component s -> modality r
+        w, terms = {}, []
+        for d in model.names:
+            w[d] = model.private_priors[d].dist().rsample((S, K, B))           # w^(d) ~ p(w_d)
+        for s, r in enumerate(owner):
+            qw = private[r]
+            wr = qw.rsample((k,))                                              # w_r ~ q(w_r | x_r): (K, B, Dw)
+            samples.append((wr, s))
+            qw_density = _detached(qw) if stop_q else qw
+            terms.append(model.private_priors[r].dist().log_prob(wr).sum(-1) - qw_density.log_prob(wr).sum(-1))
+            w[r] = torch.cat([w[r][:s], wr[None], w[r][s + 1:]])               # w^(r) = w_r
+        reg = reg + torch.stack(terms)
+    lpx = model.log_likelihoods(model.decode(z, None, w), x)
+    return lpx + model.config.beta * reg, samples
 
 
 def iwae(model, x):
@@ -55,10 +88,9 @@ def iwae(model, x):
 
         L = 1/S sum_s E_{z^{1:K} ~ q_s} [ log 1/K sum_k p(z^k, X) / q(z^k | X) ],
 
-    q(z | X) the whole mixture. With K = 1 this is the stratified mixture ELBO."""
-    q = model.posterior(x)
-    z = q.rsample_each(model.config.k)
-    lw = _log_weights(model, x, q, z, q)
+    q(z | X) the whole mixture. With K = 1 this is the stratified mixture ELBO. With private
+    latents it is the MMVAE+ objective (see _stratified_log_weights)."""
+    lw, _ = _stratified_log_weights(model, x, model.config.k)
     obj = log_mean_exp(lw, dim=1)                      # (S, B)
     loss = -obj.mean()
     return loss, {"loss": loss.item(), "iwae": obj.mean().item()}
@@ -66,21 +98,29 @@ def iwae(model, x):
 
 def dreg(model, x):
     """Doubly-reparameterised gradient estimator (Tucker et al. 2019) of the stratified IWAE,
-    as Shi et al. use it: same objective value as `iwae`; gradients
+    as Shi et al. and Palumbo et al. use it: same objective value as `iwae`; gradients
 
         decoder/prior:  sum_k  w~_k      d/dtheta log w_k
         encoder:        sum_k  w~_k^2    d/dz log w_k  dz/dphi     (q's parameters stopped in log q)
 
     with w~ the normalised importance weights. Implemented as the surrogate sum_k w~_k log w_k with
-    log q evaluated at detached parameters and a hook that multiplies dz by w~ once more."""
-    q = model.posterior(x)
-    z = q.rsample_each(model.config.k)
-    lw = _log_weights(model, x, q, z, q.detached())    # (S, K, B)
+    log q evaluated at detached parameters and a hook that multiplies dz by w~ once more.
+
+    Unbiased for a single component (one modality, or PoE): it is then exactly Tucker et al.'s
+    estimator, and it has zero variance when q is the exact posterior. For a mixture with
+    S > 1 components and K > 1 the encoder gradient is biased: the dropped score term is
+    E_{q_s}[w~_k d/dphi log q_mix(z_k)], and q_mix is not the distribution z_k was drawn from,
+    so the identity behind DReG does not cancel it (for K = 1, w~ = 1 and the stratified
+    average of that term is E_{q_mix}[d log q_mix] = 0, so K = 1 stays unbiased)."""
+    lw, samples = _stratified_log_weights(model, x, model.config.k, stop_q=True)   # (S, K, B)
     with torch.no_grad():
         wt = torch.softmax(lw, dim=1)
         value = log_mean_exp(lw, dim=1).mean()
-    if z.requires_grad:
-        z.register_hook(lambda g: g * wt.unsqueeze(-1))
+    for z, s in samples:
+        if z.requires_grad:
+            # z: (S, K, B, D) for the shared latent; (K, B, Dw) for component s's private latent
+            scale = (wt if s is None else wt[s]).unsqueeze(-1)
+            z.register_hook(lambda g, scale=scale: g * scale)
     surrogate = (wt * lw).sum(1).mean()
     loss = -surrogate
     return loss, {"loss": -value.item(), "iwae": value.item()}

@@ -12,14 +12,17 @@ from pathlib import Path
 from .errors import MMVAEError
 
 DEFAULTS = {
-    "model": {"fusion": "mopoe", "latent_dim": 512, "beta": 2.5, "objective": "elbo", "k": 1,
+    "model": {"fusion": "mopoe", "latent_dim": 512, "beta": 2.5, "objective": None, "k": 1,
               "posterior": "gaussian", "prior": "gaussian", "learn_prior": False, "subsets": "all",
-              "likelihood": "laplace", "likelihood_scale": 0.75, "rescale": False, "arch": ""},
+              "likelihood": "laplace", "likelihood_scale": 0.75, "rescale": False, "arch": "",
+              "private_dim": 0},
     "train": {"epochs": 30, "batch_size": 64, "lr": 5e-4, "adam_betas": [0.9, 0.999], "amsgrad": False,
               "seed": 0},
 }
 
 FUSION_RECIPE = {"poe": "mvae", "moe": "mmvae", "mopoe": "mopoe"}
+# each paper's own objective, used when neither the recipe nor --objective names one
+FUSION_OBJECTIVE = {"poe": "mvae", "moe": "iwae", "mopoe": "elbo"}
 
 
 def recipes_dir() -> Path:
@@ -71,4 +74,6 @@ def resolve(dataset: str, recipe: str | Path | None, overrides: dict, schedule: 
         if v is None:
             continue
         (train if k in DEFAULTS["train"] else model)[k] = v
+    if model["objective"] is None:
+        model["objective"] = FUSION_OBJECTIVE.get(model["fusion"], "elbo")
     return {"model": model, "train": train, "recipe": Path(recipe).name if recipe else None, "schedule": schedule}

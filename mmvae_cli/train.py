@@ -25,8 +25,9 @@ from tqdm import tqdm
 from . import bundle
 from .data.base import GatheredTensors, MultimodalData
 from .errors import BundleError, Interrupted, MMVAEError, NumericalError
+from .distributions import LIKELIHOODS
 from .model import ModalitySpec, ModelConfig, MultimodalVAE
-from .nets import default_arch
+from .nets import ARCHS, default_arch
 from .runtime import (Dist, StopFlag, autocast_dtype, capture_rng, make_scaler, noise_seed,
                       read_checkpoint, restore_rng, speed_up, write_checkpoint)
 
@@ -57,17 +58,45 @@ def main_log(dist: Dist, msg: str) -> None:
         log(msg)
 
 
+def per_modality(spec: str | None, names: list[str], option: str, choices: tuple[str, ...], default: str) -> dict:
+    """Parse a per-modality setting: one value for all ("laplace") or "name=value,..." pairs, where
+    unnamed modalities keep `default`. Returns {modality: value}."""
+    spec = (spec or "").strip()
+    if not spec:
+        return {n: default for n in names}
+    if "=" not in spec:
+        pairs = {n: spec for n in names}
+    else:
+        pairs = {n: default for n in names}
+        for item in spec.split(","):
+            name, sep, value = (t.strip() for t in item.partition("="))
+            if not sep or name not in names:
+                raise MMVAEError(f"{option} {spec!r}: {name!r} is not a modality of this data "
+                                 f"({', '.join(names)}); use VALUE or NAME=VALUE,...")
+            pairs[name] = value
+    for n, v in pairs.items():
+        if v not in choices and v != default:
+            raise MMVAEError(f"{option}: unknown value {v!r} for {n}; choose one of {', '.join(choices)}")
+    return pairs
+
+
 def model_config(data: MultimodalData, m: dict) -> ModelConfig:
-    """ModelConfig for `data` from resolved model settings."""
-    sizes = {n: int(torch.tensor(data.shape(n)).prod()) for n in data.modalities}
+    """ModelConfig for `data` from resolved model settings. `likelihood` and `arch` take one value
+    for all modalities or NAME=VALUE pairs; with `rescale`, log p(x_m | z) is weighted by
+    (largest modality size) / (size of m), as the MMVAE reference does (MNIST x 3072/784)."""
+    names = list(data.modalities)
+    sizes = {n: int(torch.tensor(data.shape(n)).prod()) for n in names}
     largest = max(sizes.values())
-    specs = [ModalitySpec(n, list(data.shape(n)), m["likelihood"], float(m["likelihood_scale"]),
+    lik = per_modality(m["likelihood"], names, "--likelihood", LIKELIHOODS, "laplace")
+    arch = per_modality(m["arch"], names, "--arch", ARCHS, "")
+    specs = [ModalitySpec(n, list(data.shape(n)), lik[n], float(m["likelihood_scale"]),
                           float(largest / sizes[n]) if m["rescale"] else 1.0,
-                          m["arch"] or default_arch(data.shape(n)))
-             for n in data.modalities]
+                          arch[n] or default_arch(data.shape(n)))
+             for n in names]
     extra = dict(m.get("extra", {}) or {})
     return ModelConfig(specs, int(m["latent_dim"]), m["fusion"], m["subsets"], m["objective"], int(m["k"]),
-                       float(m["beta"]), m["posterior"], m["prior"], bool(m["learn_prior"]), None, extra)
+                       float(m["beta"]), m["posterior"], m["prior"], bool(m["learn_prior"]), None, extra,
+                       private_dim=int(m.get("private_dim", 0) or 0))
 
 
 def make_optimizer(model: torch.nn.Module, t: dict) -> torch.optim.Optimizer:

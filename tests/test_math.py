@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from torch import distributions as td
 
@@ -108,3 +109,14 @@ def test_laplace_likelihood_sums_over_pixels():
     ll = log_likelihood("laplace", out, x, 0.75)
     per_pixel = -math.log(2 * 0.75) - 1.0
     assert torch.allclose(ll, torch.full((2,), 48 * per_pixel))
+
+
+def test_gaussian_expert_log_variance_is_softly_bounded():
+    """Inside (-20, 20) the expert is N(loc, exp(raw)); far outside, the variance stays finite and the
+    raw head still gets a gradient (a PoE expert that opted out can come back)."""
+    raw = torch.tensor([-15.0, 0.0, 12.0, 200.0, -200.0], requires_grad=True)
+    q = expert("gaussian", torch.zeros(5), raw)
+    assert torch.allclose(q.scale[:3].log() * 2, raw[:3], atol=1e-4)
+    assert torch.isfinite(q.scale).all() and float(q.scale[3].detach()) ** 2 == pytest.approx(math.exp(30), rel=1e-3)
+    q.scale.sum().backward()
+    assert torch.isfinite(raw.grad).all() and (raw.grad[:3] > 0).all()

@@ -26,18 +26,28 @@ from . import options
               help="poe = MVAE (product of experts with the prior expert), moe = MMVAE (mixture of experts), "
                    "mopoe = MoPoE (mixture over all subsets' products). Default: the recipe's, else mopoe.")
 @click.option("--objective", type=click.Choice(["elbo", "iwae", "dreg", "mvae"]), default=None,
-              help="elbo: generalised multimodal ELBO; iwae/dreg: stratified IWAE of MMVAE with K samples "
+              help="Default: the recipe's, else mvae for poe, iwae for moe, elbo for mopoe. elbo: generalised multimodal ELBO; iwae/dreg: stratified IWAE of MMVAE with K samples "
                    "(dreg = doubly-reparameterised gradients); mvae: MVAE's sub-sampled sum of the joint and "
                    "unimodal ELBOs (NOT a bound on log p(X)).")
 @click.option("--k", type=int, default=None, help="Importance samples for iwae/dreg.")
+@click.option("--mvae-subsets", type=int, default=None,
+              help="MVAE (--objective mvae): also add the ELBOs of this many random subsets of 2..M-1 "
+                   "modalities per step (Wu & Goodman's sub-sampling); default 0.")
+@click.option("--private-dim", type=int, default=None,
+              help="MMVAE+: size of each modality's private latent w_m (with --fusion moe, --objective iwae|dreg); "
+                   "decoding a modality without its input draws w_m from its learned prior p(w_m).")
 @click.option("--subsets", default=None, help='MoPoE mixture subsets: "all", "unimodal+full", or "m0,m1;m2;...".')
 @click.option("--posterior", type=click.Choice(["gaussian", "laplace"]), default=None)
 @click.option("--prior", type=click.Choice(["gaussian", "laplace"]), default=None, help="Base prior p(z).")
 @click.option("--learn-prior/--fixed-prior", default=None, help="Learn the prior's scale.")
-@click.option("--likelihood", type=click.Choice(["laplace", "gaussian", "bernoulli", "categorical"]), default=None,
-              help="Likelihood of every modality.")
+@click.option("--likelihood", default=None,
+              help="laplace, gaussian, bernoulli or categorical: one for every modality, or per modality as "
+                   "NAME=KIND,... (e.g. mnist=bernoulli,svhn=laplace; unnamed modalities: laplace).")
 @click.option("--rescale/--no-rescale", default=None, help="Weight log p(x_m|z) by (largest modality size / size of m).")
-@click.option("--arch", default=None, help="Networks: conv28, conv32, mlp (default: by data shape).")
+@click.option("--arch", default=None,
+              help="Networks: conv28, conv32, conv (sized to any C,H,W), mlp; one for all or NAME=ARCH,... "
+                   "(default by shape: vectors and 1x28x28 -> mlp, Cx28x28 -> conv28, Cx32x32 -> conv32, "
+                   "other images -> conv).")
 @click.option("--recipe", type=click.Path(dir_okay=False), default=None,
               help="TOML recipe (default: recipes/<family>-<model>.toml when it exists).")
 @click.option("--schedule", default=None, help="Recipe schedule to apply, e.g. cpu (automatic for *-mini data).")
@@ -62,7 +72,7 @@ from . import options
                    "the global batch. See docs/cluster.md.")
 @click.option("--max-steps", type=int, default=None, hidden=True, help="Stop after N steps (tests, benchmarks).")
 @click.option("--step-delay", type=float, default=0.0, hidden=True, help="Sleep after every step (tests).")
-def train(dataset, out, fusion, objective, k, subsets, posterior, prior, learn_prior, likelihood, rescale, arch,
+def train(dataset, out, fusion, objective, k, mvae_subsets, private_dim, subsets, posterior, prior, learn_prior, likelihood, rescale, arch,
           recipe, schedule, epochs, batch_size, lr, beta, latent_dim, seed, device, data_root, resume, overwrite,
           log_jsonl, precision, compile_, channels_last, distributed, max_steps, step_delay):
     """Train a multimodal VAE on DATASET (polymnist, polymnist-mini, mnist-svhn, or a .safetensors path).
@@ -77,9 +87,7 @@ def train(dataset, out, fusion, objective, k, subsets, posterior, prior, learn_p
         autocast_dtype(precision, pick_device(device))     # refuse impossible combinations before anything runs
     dist, dev = init_distributed(device, required=distributed)
     try:
-        _train(dataset, out, fusion, objective, k, subsets, posterior, prior, learn_prior, likelihood, rescale,
-               arch, recipe, schedule, epochs, batch_size, lr, beta, latent_dim, seed, dev, data_root, resume,
-               overwrite, log_jsonl, precision, compile_, channels_last, max_steps, step_delay, dist)
+        _train(dict(locals()), out, dev, dist)
     finally:
         shutdown_distributed(dist)
 
@@ -91,10 +99,11 @@ def _runtime(recorded: dict, precision, compile_, channels_last, step_delay) -> 
                    bool(pick(channels_last, "channels_last", False)), float(step_delay or 0.0))
 
 
-def _train(dataset, out, fusion, objective, k, subsets, posterior, prior, learn_prior, likelihood, rescale, arch,
-           recipe, schedule, epochs, batch_size, lr, beta, latent_dim, seed, dev, data_root, resume, overwrite,
-           log_jsonl, precision, compile_, channels_last, max_steps, step_delay, dist):
-    if resume:
+def _train(o: dict, out: Path, dev, dist):
+    """The body of `train`; `o` holds the command's options by name."""
+    dataset, data_root, log_jsonl, max_steps = o["dataset"], o["data_root"], o["log_jsonl"], o["max_steps"]
+    precision, compile_, channels_last, step_delay = o["precision"], o["compile_"], o["channels_last"], o["step_delay"]
+    if o["resume"]:
         manifest = bundle.read_manifest(out, kind="mmvae")
         settings = manifest["settings"]
         data = load_dataset(manifest["dataset"]["name_or_path"], "train", data_root)
@@ -109,14 +118,18 @@ def _train(dataset, out, fusion, objective, k, subsets, posterior, prior, learn_
         return
     exists = (out / bundle.MANIFEST).exists()
     dist.barrier()   # every rank has looked before rank 0 writes
-    if exists and not overwrite:
+    if exists and not o["overwrite"]:
         raise MMVAEError(f"{out} already holds a run; use --resume to continue it or --overwrite to replace it")
-    overrides = {"fusion": fusion, "objective": objective, "k": k, "subsets": subsets, "posterior": posterior,
-                 "prior": prior, "learn_prior": learn_prior, "likelihood": likelihood, "rescale": rescale,
-                 "arch": arch, "epochs": epochs, "batch_size": batch_size, "lr": lr, "beta": beta,
-                 "latent_dim": latent_dim, "seed": seed}
-    settings = resolve(Path(dataset).stem if dataset.endswith(".safetensors") else dataset, recipe, overrides,
-                       schedule)
+    overrides = {k: o[k] for k in ("fusion", "objective", "k", "private_dim", "subsets", "posterior", "prior",
+                                   "learn_prior", "likelihood", "rescale", "arch", "epochs", "batch_size", "lr",
+                                   "beta", "latent_dim", "seed")}
+    mvae_subsets = o["mvae_subsets"]
+    if mvae_subsets is not None:
+        if mvae_subsets < 0:
+            raise MMVAEError(f"--mvae-subsets must be >= 0, got {mvae_subsets}")
+        overrides["extra"] = {"mvae_k": mvae_subsets}
+    settings = resolve(Path(dataset).stem if dataset.endswith(".safetensors") else dataset, o["recipe"], overrides,
+                       o["schedule"])
     data = load_dataset(dataset, "train", data_root)
     torch.manual_seed(int(settings["train"]["seed"]))   # the initial weights are part of the seeded run
     model = MultimodalVAE(model_config(data, settings["model"]))

@@ -6,9 +6,11 @@ the likelihood's parameter with x_m's shape. Decoders accept any leading batch
 dimensions (S, K, B, D) and flatten them for the convolution.
 
 `build(arch, shape, out_dim)` picks by name; `default_arch(shape)` picks by shape:
-  conv28: the PolyMNIST reference nets for (C, 28, 28)
+  mlp:    an MLP for vectors (D,) and for MNIST-shaped (1, 28, 28) images (the MMVAE MNIST net,
+          400 hidden units; ours has two hidden layers where the reference has one)
+  conv28: the PolyMNIST reference nets for other (C, 28, 28) images
   conv32: the MMVAE SVHN nets for (C, 32, 32)
-  mlp:    an MLP for vectors (D,) or flattened images (the MMVAE MNIST net: 400 hidden units)
+  conv:   a conv net sized to any other (C, H, W) (stride-2 convs down to 4x4, mirrored decoder)
 """
 
 from __future__ import annotations
@@ -17,18 +19,21 @@ import torch
 from torch import nn
 
 from ..errors import MMVAEError
-from .conv import Conv28Decoder, Conv28Encoder, Conv32Decoder, Conv32Encoder
+from .conv import Conv28Decoder, Conv28Encoder, Conv32Decoder, Conv32Encoder, ConvDecoder, ConvEncoder
 from .mlp import MLPDecoder, MLPEncoder
 
-ARCHS = ("conv28", "conv32", "mlp")
+ARCHS = ("conv28", "conv32", "conv", "mlp")
 
 
 def default_arch(shape: tuple[int, ...]) -> str:
-    if len(shape) == 3 and shape[1:] == (28, 28):
+    shape = tuple(shape)
+    if len(shape) != 3 or shape == (1, 28, 28):
+        return "mlp"
+    if shape[1:] == (28, 28):
         return "conv28"
-    if len(shape) == 3 and shape[1:] == (32, 32):
+    if shape[1:] == (32, 32):
         return "conv32"
-    return "mlp"
+    return "conv"
 
 
 def build(arch: str, shape: tuple[int, ...], latent: int, hidden: int | None = None) -> tuple[nn.Module, nn.Module]:
@@ -42,6 +47,10 @@ def build(arch: str, shape: tuple[int, ...], latent: int, hidden: int | None = N
         if len(shape) != 3 or shape[1:] != (32, 32):
             raise MMVAEError(f"arch conv32 needs (C, 32, 32) data, got {shape}")
         return Conv32Encoder(shape[0], latent), Conv32Decoder(shape[0], latent)
+    if arch == "conv":
+        if len(shape) != 3:
+            raise MMVAEError(f"arch conv needs (C, H, W) data, got {shape}")
+        return ConvEncoder(shape, latent), ConvDecoder(shape, latent)
     if arch == "mlp":
         return MLPEncoder(shape, latent, hidden or 400), MLPDecoder(shape, latent, hidden or 400)
     raise MMVAEError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")

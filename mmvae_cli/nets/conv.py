@@ -73,3 +73,56 @@ class Conv32Decoder(nn.Module):
 
     def forward(self, z):
         return self.net(z)
+
+
+def _downsampled_sizes(h: int, w: int, max_layers: int = 4) -> list[tuple[int, int]]:
+    """Spatial sizes after each Conv(k3, s2, p1), which maps n -> ceil(n / 2); stops at 4x4 or below."""
+    sizes = [(h, w)]
+    while len(sizes) <= max_layers and min(sizes[-1]) > 4:
+        sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    """Conv net sized to any (C, H, W): Conv(k3, s2, p1)-ReLU layers with 32, 64, 128, 256 channels until the
+    feature map is 4x4 or smaller (at most 4 layers), Flatten-Linear(., 512)-ReLU, then loc and raw heads."""
+
+    def __init__(self, shape: tuple[int, int, int], latent: int):
+        super().__init__()
+        c, h, w = shape
+        sizes = _downsampled_sizes(h, w)
+        chans = [c] + [32 * 2 ** i for i in range(len(sizes) - 1)]
+        layers = []
+        for a, b in zip(chans, chans[1:]):
+            layers += [nn.Conv2d(a, b, 3, 2, 1), nn.ReLU()]
+        flat = chans[-1] * sizes[-1][0] * sizes[-1][1]
+        self.body = nn.Sequential(*layers, nn.Flatten(), nn.Linear(flat, 512), nn.ReLU())
+        self.loc = nn.Linear(512, latent)
+        self.raw = nn.Linear(512, latent)
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.loc(h), self.raw(h)
+
+
+class ConvDecoder(nn.Module):
+    """Mirror of ConvEncoder: Linear(latent, .)-ReLU-reshape, then ConvT(k3, s2, p1) layers whose output
+    padding restores each encoder size exactly (2n - 1 + op = previous size); no final activation."""
+
+    def __init__(self, shape: tuple[int, int, int], latent: int):
+        super().__init__()
+        c, h, w = shape
+        sizes = _downsampled_sizes(h, w)
+        chans = [c] + [32 * 2 ** i for i in range(len(sizes) - 1)]
+        layers: list[nn.Module] = [nn.Linear(latent, chans[-1] * sizes[-1][0] * sizes[-1][1]), nn.ReLU(),
+                                   nn.Unflatten(1, (chans[-1], *sizes[-1]))]
+        for i in range(len(sizes) - 1, 0, -1):
+            (hi, wi), (ho, wo) = sizes[i], sizes[i - 1]
+            layers.append(nn.ConvTranspose2d(chans[i], chans[i - 1], 3, 2, 1,
+                                             output_padding=(ho - (2 * hi - 1), wo - (2 * wi - 1))))
+            if i > 1:
+                layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.net(z)
