@@ -9,7 +9,8 @@ in nats, with the unweighted likelihoods p(x_m | z) of *all* M modalities (the t
 rescale weights are not used) and q(z | X_k) the whole mixture density (`Mixture.log_prob`).
 This is the paper's "log-likelihood of the joint generative model conditioned on the variational
 posterior of subset X_k": an estimate of log p(X) whose proposal only sees X_k. X_k = X gives the
-joint log-likelihood. Each estimate is a stochastic lower bound on log p(X) in expectation
+joint log-likelihood. p(z) is the model's base prior density (an energy-based prior's normaliser
+is unknown, so its tilted density is not used here). Each estimate is a stochastic lower bound on log p(X) in expectation
 (Jensen) and converges to it as K grows. Reported numbers are means over the test tuples.
 """
 

@@ -30,11 +30,16 @@ def _timed(rng_seed: int, fn, /, *args, **kw) -> dict:
     return out
 
 
-def coherence(model, clf, test: MultimodalData, device, n_joint: int, prior: str, seed: int) -> dict:
+def coherence(model, clf, test: MultimodalData, device, n_joint: int, prior: str, seed: int,
+              langevin: dict | None = None) -> dict:
+    """`langevin`: sampler settings passed on to model.sample_latents (and to conditional generation
+    when given), for bundles with an energy-based prior."""
+    langevin = dict(langevin or {})
+
     def run():
-        joint = joint_coherence(lambda b: model.sample_latents(b, prior=prior), model, clf, n_joint)
-        cond = conditional_coherence(model, clf, test, device)
-        return {"joint": joint["joint"], "n_joint": n_joint, "prior": prior,
+        joint = joint_coherence(lambda b: model.sample_latents(b, prior=prior, **langevin), model, clf, n_joint)
+        cond = conditional_coherence(model, clf, test, device, **({"langevin": langevin} if langevin else {}))
+        return {"joint": joint["joint"], "n_joint": n_joint, "prior": prior, "langevin": langevin,
                 "joint_class_histogram": joint["class_histogram"],
                 "conditional": cond["by_inputs"], "cross_pairs_mean": cond["cross_pairs_mean"],
                 "per_target": cond["per_target"], "per_subset": cond["per_subset"], "n_test": cond["n_test"]}
@@ -60,7 +65,8 @@ def fid(model, test: MultimodalData, device, n: int, prior: str, seed: int, weig
     if extractor is None:
         path = F.find_inception_weights(weights)
         extractor = F.load_fid_inception(path, device)
-        weights_id = f"{path.name}:{path.stat().st_size}"
+        from ..bundle import sha256_file
+        weights_id = f"{path.name}:sha256:{sha256_file(path)[:16]}"
     out = _timed(seed, model_fid, model, test, device, extractor, n=n, prior=prior, cache_dir=cache_dir,
                  weights_id=weights_id)
     return {"metric": "fid", "split": test.split, "seed": seed, "weights": weights_id, **out}
