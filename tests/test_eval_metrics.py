@@ -205,3 +205,13 @@ def test_model_fid_oracle_is_zero_and_grows_with_shift(tmp_path):
     fids = [model_fid(ImageOracle(data, s), data, "cpu", net, n=300, cache_dir=tmp_path)["conditional"]["a"]
             for s in (0.05, 0.15, 0.3)]
     assert 0 < fids[0] < fids[1] < fids[2], fids
+
+
+def test_markdown_table_rows_keep_three_columns():
+    import re
+    from mmvae_cli.evaluate.report import markdown_table
+    res = {"likelihood": {"k": 3, "n_test": 5, "joint": -10.0, "by_inputs": {"1": -12.0, "2": -10.0}}}
+    table = markdown_table(res, {"fid": "weights not found | see help"})
+    for line in table.splitlines():
+        assert len(re.findall(r"(?<!\\)\|", line)) == 4, line      # unescaped pipes delimit 3 cells
+    assert "|X_k| = 1" not in table and "\\|X_k\\| = 1" in table
