@@ -215,3 +215,12 @@ def test_markdown_table_rows_keep_three_columns():
     for line in table.splitlines():
         assert len(re.findall(r"(?<!\\)\|", line)) == 4, line      # unescaped pipes delimit 3 cells
     assert "|X_k| = 1" not in table and "\\|X_k\\| = 1" in table
+
+
+def test_spread_indices_cover_a_class_sorted_split():
+    from mmvae_cli.evaluate import spread_indices
+    labels = torch.arange(1000) // 100                       # sorted by class, like polymnist-mini's test split
+    idx = spread_indices(1000, 200)
+    assert len(idx) == 200 and len(set(idx.tolist())) == 200 and idx.max() < 1000
+    assert labels[idx].bincount(minlength=10).tolist() == [20] * 10
+    assert spread_indices(10, 50).tolist() == list(range(10))

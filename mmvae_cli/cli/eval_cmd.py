@@ -11,6 +11,7 @@ import torch
 from .. import bundle
 from ..data import load_dataset
 from ..errors import MMVAEError
+from ..evaluate import spread_indices
 from ..train import load_model, log, pick_device
 from . import options
 
@@ -39,7 +40,7 @@ def _record(run: Path, what: str, result: dict) -> None:
 split_opt = click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True,
                          help="Evaluation split.")
 limit_opt = click.option("--limit", type=int, default=None,
-                         help="Use only the first N tuples of the evaluation split.")
+                         help="Use only N tuples of the evaluation split, evenly spaced over it.")
 report_opt = click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
                           help="Write DIR/report.md with the tables and PNG figures.")
 prior_opt = click.option("--prior", type=click.Choice(["base", "ebm"]), default="base", show_default=True,
@@ -68,7 +69,7 @@ class Context:
         self.dataset = self.manifest["dataset"]["name_or_path"]
         self.test = load_dataset(self.dataset, split, data_root)
         if limit:
-            self.test = self.test.subset(torch.arange(min(limit, len(self.test))))
+            self.test = self.test.subset(spread_indices(len(self.test), limit))
 
     def train(self):
         return load_dataset(self.dataset, "train", self.data_root)
@@ -90,7 +91,7 @@ def _likelihood(ctx: Context, k, seed, limit: int | None = None) -> dict:
     from ..evaluate import suite
     _positive("--k", k)
     _positive("--ll-limit", limit)
-    test = ctx.test if not limit else ctx.test.subset(torch.arange(min(limit, len(ctx.test))))
+    test = ctx.test if not limit else ctx.test.subset(spread_indices(len(ctx.test), limit))
     return suite.likelihood(ctx.model, test, ctx.dev, k, seed)
 
 
@@ -205,7 +206,8 @@ def fid(run, inception_weights, n_fid, prior, split, limit, seed, device, data_r
 @click.option("--n-joint", type=int, default=2000, show_default=True, help="Prior samples for joint coherence.")
 @click.option("--k", type=int, default=12, show_default=True, help="Importance samples for the likelihoods.")
 @click.option("--ll-limit", type=int, default=200, show_default=True,
-              help="Likelihood on the first N evaluation tuples only (it decodes K x 2^M-1 latents per tuple).")
+              help="Likelihood on N evaluation tuples only, evenly spaced (it decodes K x (2^M-1) latents "
+                   "per tuple).")
 @click.option("--n-train", type=int, default=500, show_default=True, help="Training tuples for the latent probe.")
 @click.option("--n-fid", type=int, default=10000, show_default=True, help="Images per modality for FID.")
 @_common
@@ -215,7 +217,7 @@ def all_(run, clf_run, inception_weights, prior, n_joint, k, ll_limit, n_train, 
     and FID (when the Inception weights are found). Skipped metrics are listed with the reason.
 
     The defaults are lighter than the papers' so that this finishes on a CPU in minutes (likelihood with
-    K=12, the MoPoE paper's lower end, on 200 tuples; 2,000 joint samples); every number printed says
+    K=12, the MoPoE paper's lower end, on 200 evenly spaced tuples; 2,000 joint samples); every number printed says
     how many samples it used, and the options set them.
     """
     from ..evaluate import fid as F

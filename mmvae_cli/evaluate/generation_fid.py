@@ -3,7 +3,7 @@
 unconditional, per image modality m:   FID( {mean of p(x_m | z_i)}, z_i ~ prior , i < N ;  real x_m )
 conditional, per target t:             FID( {mean of p(x_t | z_i)}, z_i ~ q(z | X_{-t}) ; real x_t )
 
-over the first N tuples of the split (N = `n`, capped at the split size; the papers use 10,000
+over N tuples spread evenly over the split (N = `n`, capped at the split size; the papers use 10,000
 generated vs 10,000 real test images). Decoder means are clamped to [0, 1] as images. The
 real-image statistics can be cached per dataset, split, modality, data fingerprint, N and
 weights file (fid.load_or_compute_statistics). The distance and the features are fid.py's.
@@ -19,22 +19,24 @@ import torch
 from ..data.base import MultimodalData
 from ..errors import MMVAEError
 from . import fid as F
+from . import spread_indices
 
 
 def _real(data: MultimodalData, m: str, n: int, batch_size: int) -> Iterator[torch.Tensor]:
+    idx = spread_indices(len(data), n)
     for start in range(0, n, batch_size):
-        yield data.rows(m, torch.arange(start, min(start + batch_size, n)))
+        yield data.rows(m, idx[start:start + batch_size])
 
 
 def reference_statistics(data: MultimodalData, m: str, n: int, extractor, device, batch_size: int,
                          cache_dir: Path | None = None, weights_id: str = ""):
-    """(mu, sigma) of the first n real images of modality m, cached in cache_dir when given."""
+    """(mu, sigma) of n real images of modality m (spread_indices), cached in cache_dir when given."""
     def compute():
         return F.statistics(F.inception_features(_real(data, m, n, batch_size), extractor, device))
     if cache_dir is None:
         return compute()
     meta = {"dataset": data.name, "split": data.split, "modality": m, "fingerprint": data.fingerprint,
-            "n": n, "weights": weights_id}
+            "n": n, "indices": "spread", "weights": weights_id}
     path = Path(cache_dir) / f"{data.name}-{data.split}-{m}-{data.fingerprint or 'nofp'}-{n}.safetensors"
     return F.load_or_compute_statistics(path, meta, compute)
 
@@ -59,8 +61,9 @@ def model_fid(model, data: MultimodalData, device, extractor, n: int = 10000, ba
 
     def conditional(t):
         others = [m for m in model.names if m != t]
+        idx = spread_indices(len(data), n)
         for start in range(0, n, batch_size):
-            x = data.batch(torch.arange(start, min(start + batch_size, n)), device)
+            x = data.batch(idx[start:start + batch_size], device)
             yield model.cross_generate({m: x[m] for m in others}, [t])[t]
 
     out: dict[str, dict[str, float]] = {"unconditional": {}, "conditional": {}}

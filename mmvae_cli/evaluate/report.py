@@ -15,6 +15,7 @@ from PIL import Image
 
 from ..bundle import atomic_write_bytes
 from ..images import grid
+from . import spread_indices
 
 BY_INPUTS = (("latent", "latent probe accuracy", "by_inputs"),
              ("coherence", "conditional coherence", "conditional"),
@@ -189,7 +190,7 @@ def sample_figures(model, test, device, out: Path, prior: str, seed: int, n: int
                                       f"({', '.join(images)})."))
     if len(model.names) > 1:
         given = model.names[0]
-        x = test.batch(torch.arange(min(n, len(test))), device)
+        x = test.batch(spread_indices(len(test), n), device)     # splits may be sorted by class
         cross = model.cross_generate({given: x[given]}, [m for m in images if m != given])
         rows_ = ([x[given]] if given in images else []) + [cross[m].clamp(0, 1) for m in cross]
         _save_grid(out / "conditional_samples.png", rows_)
