@@ -34,6 +34,10 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
     c = results.get("coherence")
     if c:
         out.append(("coherence", f"joint ({c['prior']} prior, {c['n_joint']} samples)", _f(c["joint"])))
+        hist = c.get("joint_class_histogram") or {}
+        if hist:   # a generator that collapses to one class is "coherent" too: show the top class share
+            out.append(("coherence", "joint samples in their most frequent class",
+                        ", ".join(f"{m} {max(h):.2f}" for m, h in hist.items())))
         for k, v in c["conditional"].items():
             out.append(("coherence", f"conditional, {k} input{'s' if k != '1' else ''} ({c['n_test']} tuples)", _f(v)))
         out.append(("coherence", "single-source pairs mean (MMVAE+)", _f(c["cross_pairs_mean"])))
