@@ -24,9 +24,9 @@ def expert(kind: str, loc: torch.Tensor, raw: torch.Tensor) -> td.Distribution:
               (the scales average to 1 over the D latent dimensions).
     """
     if kind == "gaussian":
-        return td.Normal(loc, torch.exp(0.5 * raw))
+        return td.Normal(loc, torch.exp(0.5 * raw), validate_args=False)
     if kind == "laplace":
-        return td.Laplace(loc, F.softmax(raw, dim=-1) * raw.shape[-1] + 1e-6)
+        return td.Laplace(loc, F.softmax(raw, dim=-1) * raw.shape[-1] + 1e-6, validate_args=False)
     raise ValueError(f"unknown posterior {kind!r}")
 
 
@@ -50,7 +50,7 @@ def product_of_gaussians(loc: torch.Tensor, scale: torch.Tensor, mask: torch.Ten
         total = total + p * prior_precision
         weighted = weighted + p * prior_precision * prior_loc.expand_as(loc[0])
     var = 1.0 / total
-    return td.Normal(weighted * var, var.sqrt())
+    return td.Normal(weighted * var, var.sqrt(), validate_args=False)
 
 
 def kl(q: td.Distribution, p: td.Distribution) -> torch.Tensor:
@@ -87,6 +87,10 @@ def log_likelihood(kind: str, out: torch.Tensor, x: torch.Tensor, scale: float) 
     if kind == "categorical":
         # x is one-hot (or class probabilities) over the last axis: sum_c x_c log softmax(out)_c
         lp = (x * F.log_softmax(out, dim=-1))
+    elif kind == "laplace":    # Laplace(out, scale).log_prob(x) with a scalar scale, in one pass
+        lp = (x - out).abs().mul_(-1.0 / scale).sub_(math.log(2.0 * scale))
+    elif kind == "gaussian":
+        lp = (x - out).pow(2) * (-0.5 / scale**2) - (math.log(scale) + 0.5 * math.log(2 * math.pi))
     else:
         lp = likelihood(kind, out, scale).log_prob(x.expand_as(out))
     return lp.flatten(start_dim=lp.dim() - x.dim() + 1).sum(-1)

@@ -96,7 +96,7 @@ class Mixture:
         """Same mixture with parameters cut from the graph (for DReG's stop-gradients)."""
         c = self.components
         params = {k: getattr(c, k).detach() for k in ("loc", "scale")}
-        return Mixture(type(c)(**params), self.mask)
+        return Mixture(type(c)(**params, validate_args=False), self.mask)
 
 
 class Fusion:
@@ -119,7 +119,7 @@ class Fusion:
         if isinstance(experts, td.Normal):
             if not with_prior.any() and bool((mask.sum(1) == 1).all()):
                 idx = mask.float().argmax(1)
-                return Mixture(td.Normal(experts.loc[idx], experts.scale[idx]), mask)
+                return Mixture(td.Normal(experts.loc[idx], experts.scale[idx], validate_args=False), mask)
             if not isinstance(prior, td.Normal):
                 raise MMVAEError(f"fusion {self.name} multiplies the prior expert: it needs a Gaussian prior")
             comp = product_of_gaussians(experts.loc, experts.scale, mask, prior.loc, prior.scale,
@@ -130,7 +130,7 @@ class Fusion:
             raise MMVAEError(f"fusion {self.name} needs Gaussian posteriors (a product of Laplace experts "
                              "has no closed form); use --posterior gaussian or --fusion moe")
         idx = mask.float().argmax(1)
-        return Mixture(type(experts)(experts.loc[idx], experts.scale[idx]), mask)
+        return Mixture(type(experts)(experts.loc[idx], experts.scale[idx], validate_args=False), mask)
 
 
 class PoE(Fusion):

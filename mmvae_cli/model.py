@@ -106,9 +106,25 @@ class MultimodalVAE(nn.Module):
         self.objective = get_objective(c.objective)
         self.fusion.combine  # noqa: B018  (fail early on bad combinations in combine())
 
+    # Runtime settings (not part of the bundle), set by training: with `amp_dtype` the networks run under
+    # autocast and their outputs return to fp32, so products of experts, KLs and likelihoods stay in fp32;
+    # with `channels_last` image inputs enter the encoders in channels-last layout.
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+
     @property
     def device(self) -> torch.device:
         return self.prior.loc.device
+
+    def run_net(self, net: nn.Module, x: torch.Tensor):
+        """net(x) under the runtime settings above."""
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.amp_dtype is None:
+            return net(x)
+        with torch.autocast(x.device.type, dtype=self.amp_dtype):
+            out = net(x)
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
 
     # --- inference -------------------------------------------------------------------------------
     def given_mask(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -125,7 +141,7 @@ class MultimodalVAE(nn.Module):
         locs, raws = [], []
         for n in self.names:
             if n in x:
-                loc, raw = self.encoders[n](x[n])
+                loc, raw = self.run_net(self.encoders[n], x[n])
             else:
                 loc = raw = some.new_zeros(B, Dz)
             locs.append(loc)
@@ -141,7 +157,8 @@ class MultimodalVAE(nn.Module):
     # --- generation ------------------------------------------------------------------------------
     def decode(self, z: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Decoder outputs (likelihood parameters) for latents z of shape (..., D)."""
-        return {n: nets.apply_flat(self.decoders[n], z, z.shape[-1]) for n in (names or self.names)}
+        return {n: nets.apply_flat(lambda t, net=self.decoders[n]: self.run_net(net, t), z, z.shape[-1])
+                for n in (names or self.names)}
 
     def log_likelihoods(self, outs: dict[str, torch.Tensor], x: dict[str, torch.Tensor]) -> torch.Tensor:
         """sum_m rescale_m * log p(x_m | z) over the modalities in both outs and x: (..., B)."""

@@ -33,6 +33,7 @@ def test_train_writes_bundle_with_resolved_settings(trained):
     assert manifest["settings"]["model"]["beta"] == 2.5            # from the recipe
     assert len(manifest["history"]) == 2 and manifest["epochs_done"] == 2
     assert manifest["dataset"]["fingerprint"]
+    assert [m["arch"] for m in manifest["model"]["modalities"]] == ["conv28"] * 5
     assert {"mmvae", "torch", "python"} <= set(manifest["versions"])
     for f in ("model.safetensors", "checkpoint.safetensors"):
         assert manifest["files"][f]["sha256"]
@@ -132,9 +133,10 @@ def test_tampered_bundle_is_refused_by_the_real_executable(trained, tmp_path):
     assert not (tmp_path / "s.png").exists()
 
 
-def test_help_and_version():
+def test_help_and_version(capsys):
     r = subprocess.run([sys.executable, "-m", "mmvae_cli", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and "mmvae" in r.stdout
-    for cmd in (["train"], ["sample"], ["cross-generate"], ["eval", "coherence"], ["classifier", "train"], ["data"]):
-        r = subprocess.run([sys.executable, "-m", "mmvae_cli", *cmd, "--help"], capture_output=True, text=True)
-        assert r.returncode == 0 and "Usage" in r.stdout, cmd
+    for cmd in (["train"], ["sample"], ["cross-generate"], ["eval", "coherence"], ["evaluate", "coherence"],
+                ["classifier", "train"], ["data", "fetch"], ["data", "build"], ["data", "info"]):
+        code, out, _ = run([*cmd, "--help"], capsys)
+        assert code == 0 and "Usage" in out and len(out.splitlines()) > 5, cmd

@@ -72,7 +72,6 @@ def cross_generate(run, given, images, targets, split, n, out, fmt, seed, device
             if name not in shapes:
                 raise MMVAEError(f"unknown modality {name!r}; this model has {', '.join(shapes)}")
             x[name] = load_image(path, shapes[name])[None]
-        n_in = {v.shape[0] for v in x.values()}
         x = {k: v.to(dev) for k, v in x.items()}
     else:
         if not given:

@@ -6,13 +6,15 @@ import json
 from pathlib import Path
 
 import click
+import torch
 
 from .. import bundle
 from ..data import load_dataset
 from ..errors import MMVAEError
 from ..model import MultimodalVAE
 from ..recipes import resolve
-from ..train import fit, log, model_config, pick_device
+from ..runtime import PRECISIONS, autocast_dtype, init_distributed, shutdown_distributed
+from ..train import Runtime, fit, log, main_log, model_config, pick_device
 from . import options
 
 
@@ -50,18 +52,48 @@ from . import options
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
 @click.option("--log-jsonl", type=click.Path(dir_okay=False), default=None, help="Append one JSON line per epoch.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="fp32 (default), bf16 (autocast; CPU or recent GPUs) or fp16 (autocast + gradient scaler; "
+                   "CUDA only). The networks run in this precision; the probabilistic math stays fp32.")
+@click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the encoders and decoders.")
+@click.option("--channels-last/--no-channels-last", default=None, help="Channels-last convolutions.")
+@click.option("--distributed", is_flag=True,
+              help="Data-parallel training under torchrun or srun (automatic under torchrun); --batch-size is "
+                   "the global batch. See docs/cluster.md.")
 @click.option("--max-steps", type=int, default=None, hidden=True, help="Stop after N steps (tests, benchmarks).")
+@click.option("--step-delay", type=float, default=0.0, hidden=True, help="Sleep after every step (tests).")
 def train(dataset, out, fusion, objective, k, subsets, posterior, prior, learn_prior, likelihood, rescale, arch,
           recipe, schedule, epochs, batch_size, lr, beta, latent_dim, seed, device, data_root, resume, overwrite,
-          log_jsonl, max_steps):
+          log_jsonl, precision, compile_, channels_last, distributed, max_steps, step_delay):
     """Train a multimodal VAE on DATASET (polymnist, polymnist-mini, mnist-svhn, or a .safetensors path).
 
     Settings come from the recipe for the dataset and model (recipes/), its short `cpu` schedule for
     *-mini datasets, then these flags; the run's manifest records the resolved values.
     SIGTERM/SIGUSR1 write a checkpoint and exit with code 75; --resume continues.
+    Data-parallel: `torchrun --nproc-per-node N -m mmvae_cli train ...` (gloo on CPU, NCCL on GPU).
     """
     out = Path(out or f"runs/{Path(dataset).stem}-{fusion or 'mopoe'}")
-    dev = pick_device(device)
+    if precision is not None:
+        autocast_dtype(precision, pick_device(device))     # refuse impossible combinations before anything runs
+    dist, dev = init_distributed(device, required=distributed)
+    try:
+        _train(dataset, out, fusion, objective, k, subsets, posterior, prior, learn_prior, likelihood, rescale,
+               arch, recipe, schedule, epochs, batch_size, lr, beta, latent_dim, seed, dev, data_root, resume,
+               overwrite, log_jsonl, precision, compile_, channels_last, max_steps, step_delay, dist)
+    finally:
+        shutdown_distributed(dist)
+
+
+def _runtime(recorded: dict, precision, compile_, channels_last, step_delay) -> Runtime:
+    """Flags given now, else the values the run recorded, else the defaults."""
+    pick = lambda given, key, default: given if given is not None else recorded.get(key, default)  # noqa: E731
+    return Runtime(pick(precision, "precision", "fp32"), bool(pick(compile_, "compile", False)),
+                   bool(pick(channels_last, "channels_last", False)), float(step_delay or 0.0))
+
+
+def _train(dataset, out, fusion, objective, k, subsets, posterior, prior, learn_prior, likelihood, rescale, arch,
+           recipe, schedule, epochs, batch_size, lr, beta, latent_dim, seed, dev, data_root, resume, overwrite,
+           log_jsonl, precision, compile_, channels_last, max_steps, step_delay, dist):
     if resume:
         manifest = bundle.read_manifest(out, kind="mmvae")
         settings = manifest["settings"]
@@ -69,10 +101,15 @@ def train(dataset, out, fusion, objective, k, subsets, posterior, prior, learn_p
         if data.fingerprint != manifest["dataset"]["fingerprint"]:
             raise MMVAEError(f"{out}: the dataset changed since this run started (fingerprint differs)")
         model = MultimodalVAE(model_config(data, settings["model"]))
-        fit(model, data, out, manifest, settings["train"], dev, resume=True, log_jsonl=log_jsonl, max_steps=max_steps)
-        log(f"wrote {out}")
+        rt = _runtime(manifest.get("runtime", {}), precision, compile_, channels_last, step_delay)
+        manifest["runtime"] = {**rt.to_dict(), "world_size": dist.world}
+        fit(model, data, out, manifest, settings["train"], dev, resume=True, log_jsonl=log_jsonl, max_steps=max_steps,
+            runtime=rt, dist=dist)
+        main_log(dist, f"wrote {out}")
         return
-    if (out / bundle.MANIFEST).exists() and not overwrite:
+    exists = (out / bundle.MANIFEST).exists()
+    dist.barrier()   # every rank has looked before rank 0 writes
+    if exists and not overwrite:
         raise MMVAEError(f"{out} already holds a run; use --resume to continue it or --overwrite to replace it")
     overrides = {"fusion": fusion, "objective": objective, "k": k, "subsets": subsets, "posterior": posterior,
                  "prior": prior, "learn_prior": learn_prior, "likelihood": likelihood, "rescale": rescale,
@@ -81,24 +118,31 @@ def train(dataset, out, fusion, objective, k, subsets, posterior, prior, learn_p
     settings = resolve(Path(dataset).stem if dataset.endswith(".safetensors") else dataset, recipe, overrides,
                        schedule)
     data = load_dataset(dataset, "train", data_root)
+    torch.manual_seed(int(settings["train"]["seed"]))   # the initial weights are part of the seeded run
     model = MultimodalVAE(model_config(data, settings["model"]))
+    rt = _runtime({}, precision, compile_, channels_last, step_delay)
     manifest = bundle.new_manifest(
         "mmvae",
         dataset={"name": data.name, "name_or_path": dataset, "fingerprint": data.fingerprint, "size": len(data)},
         modalities=[{"name": m.name, "shape": m.shape, "likelihood": m.likelihood, "scale": m.scale,
                      "rescale": m.rescale} for m in model.config.modalities],
         model=model.config.to_dict(), settings=settings, seed=settings["train"]["seed"],
-        parameters=sum(p.numel() for p in model.parameters()), history=[])
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in ("model.safetensors", "checkpoint.safetensors", "ebm.safetensors"):
-        (out / stale).unlink(missing_ok=True)
-    bundle.save_manifest(out, manifest)
+        parameters=sum(p.numel() for p in model.parameters()), history=[],
+        runtime={**rt.to_dict(), "world_size": dist.world})
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in ("model.safetensors", "checkpoint.safetensors", "ebm.safetensors"):
+            (out / stale).unlink(missing_ok=True)
+        bundle.save_manifest(out, manifest)
+    dist.barrier()
     m, t = settings["model"], settings["train"]
-    log(f"training {m['fusion']}/{m['objective']} on {data.name} ({len(data)} tuples, {len(data.modalities)} "
+    main_log(dist, f"training {m['fusion']}/{m['objective']} on {data.name} ({len(data)} tuples, {len(data.modalities)} "
         f"modalities) for {t['epochs']} epochs, batch {t['batch_size']}, lr {t['lr']}, beta {m['beta']}, "
-        f"latent {m['latent_dim']}, device {dev}  [recipe {settings['recipe']}, schedule {settings['schedule']}]")
-    fit(model, data, out, manifest, t, dev, log_jsonl=log_jsonl, max_steps=max_steps)
-    log(f"wrote {out}")
+        f"latent {m['latent_dim']}, device {dev}, precision {rt.precision}"
+        f"{f', {dist.world} processes' if dist.enabled else ''}  "
+        f"[recipe {settings['recipe']}, schedule {settings['schedule']}]")
+    fit(model, data, out, manifest, t, dev, log_jsonl=log_jsonl, max_steps=max_steps, runtime=rt, dist=dist)
+    main_log(dist, f"wrote {out}")
 
 
 @click.group()
@@ -109,7 +153,7 @@ def classifier():
 @classifier.command("train")
 @click.argument("dataset")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Bundle folder to write.")
-@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--epochs", type=int, default=40, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @options.seed

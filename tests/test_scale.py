@@ -1,0 +1,187 @@
+"""Cluster-job behaviour of `train` with real processes: SIGTERM mid-epoch then --resume gives
+bit-identical parameters; 2-process DDP (gloo, torchrun) matches a single-process computation of
+the same global batch; precision flags."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers_cli import run, write_tiny_polymnist
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env.pop("MMVAE_DEBUG", None)
+    return env
+
+
+def _mmvae(args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "mmvae_cli", *map(str, args)], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _finish(p, timeout=120):
+    out, err = p.communicate(timeout=timeout)
+    return p.returncode, out, err
+
+
+@contextmanager
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return write_tiny_polymnist(tmp_path_factory.mktemp("scale") / "data", n_train=40, n_test=4)
+
+
+def test_sigterm_mid_epoch_then_resume_is_bit_identical(data_root, tmp_path):
+    args = ["train", "polymnist", "--data-root", data_root, "--epochs", "3", "--batch-size", "4",
+            "--latent-dim", "4", "--seed", "3", "--device", "cpu"]          # 10 steps per epoch
+    ref, killed, log = tmp_path / "ref", tmp_path / "killed", tmp_path / "log.jsonl"
+    p = _mmvae(args + ["--out", killed, "--log-jsonl", log, "--step-delay", "0.1"])
+    deadline = time.time() + 90
+    while not (log.exists() and log.read_text().strip()):     # epoch 1 done: now inside epoch 2
+        assert p.poll() is None and time.time() < deadline, p.communicate()[1]
+        time.sleep(0.01)
+    p.send_signal(signal.SIGTERM)
+    code, out, err = _finish(p)
+    assert code == 75, err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: stopped by signal") and "--resume" in lines[-1] and "Traceback" not in err
+    state = json.loads((killed / "manifest.json").read_text())["training_state"]
+    assert state["epoch"] >= 1 and 0 < state["step"] < 10, state      # stopped mid-epoch
+    assert state["partial"]["seen"] == 4 * state["step"]
+
+    # the uninterrupted run and the resumption run in this process, with the killed process's thread count
+    with one_thread():
+        assert run(args + ["--out", ref])[0] == 0
+        assert run(["train", "polymnist", "--out", killed, "--resume", "--data-root", data_root, "--device", "cpu",
+                    "--log-jsonl", log])[0] == 0
+    a, b = load_file(ref / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ha = json.loads((ref / "manifest.json").read_text())["history"]
+    hb = json.loads((killed / "manifest.json").read_text())["history"]
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(ha) == strip(hb) and len(ha) == 3          # partial-epoch statistics survived the kill
+    assert [json.loads(x)["epoch"] for x in log.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_two_process_ddp_matches_single_process_global_batch(data_root, tmp_path):
+    """torchrun with 2 gloo processes, global batch 8 (4 per rank), 5 steps. Reference, computed here in
+    one process: the same initial weights, and for every step the gradient of the global-batch mean as
+    the average of the two halves' gradients, each half drawing its reparameterisation noise from that
+    rank's stream (the one thing that must differ from a 1-process run: noise is per rank). Processes
+    differ only in floating-point reduction order, so the tolerance is tight; a run without gradient
+    averaging (each rank on its own half) is far outside it."""
+    from mmvae_cli.data import load_dataset
+    from mmvae_cli.model import MultimodalVAE
+    from mmvae_cli.runtime import Dist, noise_seed
+    from mmvae_cli.train import epoch_permutation, make_optimizer, model_config
+
+    out, log = tmp_path / "ddp", tmp_path / "ddp.jsonl"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "mmvae_cli", "train", "polymnist", "--data-root", str(data_root), "--out", str(out), "--epochs", "1",
+           "--batch-size", "8", "--latent-dim", "4", "--seed", "5", "--device", "cpu", "--log-jsonl", str(log)]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(log.read_text().splitlines()) == 1                     # only rank 0 logs
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["runtime"]["world_size"] == 2 and manifest["epochs_done"] == 1
+    got = load_file(out / "model.safetensors")
+
+    data = load_dataset("polymnist", "train", data_root)
+    settings = manifest["settings"]
+
+    def reference(ranks_averaged: bool) -> dict[str, torch.Tensor]:
+        with one_thread():
+            torch.manual_seed(5)
+            model = MultimodalVAE(model_config(data, settings["model"])).train()
+            opt = make_optimizer(model, settings["train"])
+            streams = []
+            for rank in (0, 1):
+                torch.manual_seed(noise_seed(5, rank))
+                streams.append(torch.get_rng_state())
+            perm = epoch_permutation(len(data), 5, 0)
+            for step in range(len(data) // 8):
+                gidx = perm[step * 8:(step + 1) * 8]
+                opt.zero_grad(set_to_none=True)
+                for rank in ((0, 1) if ranks_averaged else (0,)):
+                    torch.set_rng_state(streams[rank])
+                    loss, _ = model(data.batch(Dist(rank, 2).shard(gidx)))
+                    (loss / 2 if ranks_averaged else loss).backward()
+                    streams[rank] = torch.get_rng_state()
+                opt.step()
+            return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    want, unsynced = reference(True), reference(False)
+    assert got.keys() == want.keys()
+    diff = max((got[k] - want[k]).abs().max().item() for k in want)
+    far = max((got[k] - unsynced[k]).abs().max().item() for k in want)
+    assert diff < 1e-5, diff
+    assert far > 1e-4, far
+
+
+def test_precision_flags(data_root, tmp_path, capsys):
+    base = ["train", "polymnist", "--data-root", data_root, "--epochs", "1", "--batch-size", "40", "--latent-dim", "4",
+            "--device", "cpu"]
+    code, _, err = run(base + ["--out", tmp_path / "fp16", "--precision", "fp16"], capsys)
+    assert code == 2 and err.strip() == "error: --precision fp16 needs a CUDA device (use bf16 or fp32 on the CPU)"
+    code, _, err = run(base + ["--out", tmp_path / "bf16", "--precision", "bf16", "--channels-last"], capsys)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "bf16" / "manifest.json").read_text())
+    assert manifest["runtime"]["precision"] == "bf16" and manifest["runtime"]["channels_last"] is True
+    weights = load_file(tmp_path / "bf16" / "model.safetensors")
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())   # fp32 master weights
+    code, _, err = run(base + ["--out", tmp_path / "x", "--distributed"], capsys)
+    assert code == 2 and err.strip().startswith("error: --distributed: no process group") and "torchrun" in err
+
+
+def test_mixed_precision_keeps_the_math_in_fp32():
+    """Under bf16 the networks run in bfloat16 but experts and decoder outputs come back as fp32, so the
+    products of experts, KLs and likelihoods are computed in fp32."""
+    from mmvae_cli.model import ModalitySpec, ModelConfig, MultimodalVAE
+    torch.manual_seed(0)
+    model = MultimodalVAE(ModelConfig([ModalitySpec(f"m{i}", [3, 28, 28]) for i in range(2)], latent_dim=4))
+    x = {f"m{i}": torch.rand(3, 3, 28, 28) for i in range(2)}
+    torch.manual_seed(1)
+    loss32, _ = model(x)
+    model.amp_dtype = torch.bfloat16
+    e = model.experts(x)
+    assert e.loc.dtype == torch.float32 and model.decode(torch.zeros(3, 4))["m0"].dtype == torch.float32
+    torch.manual_seed(1)
+    loss16, _ = model(x)
+    assert loss16.dtype == torch.float32 and torch.isfinite(loss16)
+    assert abs(loss16.item() - loss32.item()) / abs(loss32.item()) < 0.05
+
+
+def test_stop_flag_catches_sigterm_and_sigusr1_and_restores_handlers():
+    from mmvae_cli.runtime import StopFlag
+    before = signal.getsignal(signal.SIGUSR1)
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        stop = StopFlag()
+        with stop.installed():
+            assert not stop.requested()
+            os.kill(os.getpid(), sig)
+            deadline = time.time() + 5
+            while not stop and time.time() < deadline:
+                time.sleep(0.01)
+            assert stop.requested() and stop.signal == sig
+    assert signal.getsignal(signal.SIGUSR1) == before
