@@ -10,7 +10,6 @@ subset PoEs are then close to, but not equal to, the true posterior p(z | X).
 
 import math
 
-import pytest
 import torch
 from torch import nn
 

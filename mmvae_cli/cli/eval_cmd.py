@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import click
-import torch
 
 from .. import bundle
 from ..data import load_dataset
