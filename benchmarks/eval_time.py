@@ -6,8 +6,9 @@
 The model, classifiers and data are random (a metric's cost does not depend on the weights or pixel
 values); the numbers are seconds per call of the same functions `mmvae eval` runs, and a per-unit rate
 to extrapolate to the papers' settings (10,000 test tuples, 10,000 joint samples, K up to 1000).
-FID uses a randomly initialised FID Inception-v3 for TIMING ONLY (same architecture and input size as
-pytorch-fid's; the real weights are never needed here). Prints a table; never asserts.
+FID is timed in its two parts: Inception features per image (a randomly initialised FID Inception-v3,
+for TIMING ONLY: same architecture and input size as pytorch-fid's, the real weights are never needed
+here) and one 2048-d Frechet distance (a matrix square root; a model's FID needs 2 per modality). Prints a table; never asserts.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def main():
     ap.add_argument("--k", type=int, default=12, help="importance samples for the likelihood")
     ap.add_argument("--n-joint", type=int, default=1000, help="prior samples for joint coherence")
     ap.add_argument("--n-train", type=int, default=500, help="training tuples for the latent probe")
-    ap.add_argument("--n-fid", type=int, default=50, help="images per modality for FID")
+    ap.add_argument("--n-fid", type=int, default=50, help="images pushed through the Inception for the FID timing")
     ap.add_argument("--latent-dim", type=int, default=512)
     ap.add_argument("--metrics", default="all", help="comma-separated from coherence,likelihood,latent,fid or all")
     a = ap.parse_args()
@@ -74,20 +75,32 @@ def main():
             suite.latent(model, train, test, device, a.n_train, 0)
             setting = f"{a.n_train} train + {a.n_test} test tuples, 31 probes"
         elif metric == "fid":
+            # two parts with different scaling: Inception features (per image) and the Frechet
+            # distance (one 2048x2048 matrix square root per FID, 2 x modalities of them per model)
             from mmvae_cli.evaluate import fid as F
-            from mmvae_cli.evaluate.generation_fid import model_fid
-            net = F._build_fid_inception_net()          # random weights: timing only
-            extractor = F.FIDInceptionFeatures(net).to(device).eval()
-            torch.manual_seed(0)
-            model_fid(model, _data(a.n_fid, "test", 3), device, extractor, n=a.n_fid)
-            setting = f"{a.n_fid} images x 5 modalities x 3 sets (real, joint, cond.)"
-            units = a.n_fid * 5 * 3
+            extractor = F.FIDInceptionFeatures(F._build_fid_inception_net()).to(device).eval()  # random: timing only
+            imgs = torch.rand(a.n_fid, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+            _sync(device)
+            t0 = time.perf_counter()
+            F.inception_features([imgs], extractor, device)
+            _sync(device)
+            s = time.perf_counter() - t0
+            print(f"{'fid':<11} {f'Inception features of {a.n_fid} images (299x299)':<44} {s:>8.1f}  "
+                  f"{a.n_fid / s:.1f} images/s", flush=True)
+            g = torch.Generator().manual_seed(1)
+            mu, sigma = F.statistics(torch.randn(3000, F.FEATURE_DIM, generator=g).numpy())
+            mu2, sigma2 = F.statistics((torch.randn(3000, F.FEATURE_DIM, generator=g) + 0.1).numpy())
+            t0 = time.perf_counter()
+            F.frechet_distance(mu, sigma, mu2, sigma2)
+            s = time.perf_counter() - t0
+            print(f"{'fid':<11} {'one Frechet distance (2048-d, scipy sqrtm)':<44} {s:>8.1f}  "
+                  f"x {2 * len(NAMES)} per model (uncond. + cond.)", flush=True)
+            continue
         else:
             raise SystemExit(f"unknown metric {metric!r}")
         _sync(device)
         s = time.perf_counter() - t0
-        rate = {"likelihood": lambda: f"{units / s:.0f} decoded latents/s",
-                "fid": lambda: f"{units / s:.1f} Inception images/s"}.get(metric, lambda: "")()
+        rate = f"{units / s:.0f} decoded latents/s" if metric == "likelihood" else ""
         print(f"{metric:<11} {setting:<44} {s:>8.1f}  {rate}", flush=True)
 
 
