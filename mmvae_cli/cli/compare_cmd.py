@@ -45,7 +45,8 @@ def compare_rows(all_results: list[dict]) -> list[tuple[str, list]]:
               f"{r['coherence'].get('n_joint')} / {r['coherence'].get('prior', 'base')}")]
     specs += [(f"conditional coherence, {k} input(s)", get("coherence", "conditional", k))
               for k in sizes("coherence", "conditional")]
-    specs += [("single-source pairs mean (MMVAE+)", get("coherence", "cross_pairs_mean")),
+    specs += [("  conditional: tuples", get("coherence", "n_test")),
+              ("single-source pairs mean (MMVAE+)", get("coherence", "cross_pairs_mean")),
               ("log p(X) (nats)", get("likelihood", "joint")),
               ("  importance samples K / tuples", lambda r: r.get("likelihood") and
                f"{r['likelihood'].get('k')} / {r['likelihood'].get('n_test')}")]
@@ -53,6 +54,8 @@ def compare_rows(all_results: list[dict]) -> list[tuple[str, list]]:
               for k in sizes("likelihood", "by_inputs")]
     specs += [(f"latent probe accuracy, {k} input(s)", get("latent", "by_inputs", k))
               for k in sizes("latent", "by_inputs")]
+    specs += [("  probe: train / test tuples", lambda r: r.get("latent") and
+               f"{r['latent'].get('n_train')} / {r['latent'].get('n_test')}")]
     specs += [("FID unconditional (mean over modalities)", lambda r: _mean((r.get("fid") or {}).get("unconditional"))),
               ("FID conditional (mean over targets)", lambda r: _mean((r.get("fid") or {}).get("conditional")))]
     out = []
@@ -66,8 +69,8 @@ def compare_rows(all_results: list[dict]) -> list[tuple[str, list]]:
 def _fmt(v) -> str:
     if v is None:
         return "-"
-    if isinstance(v, str):
-        return v
+    if isinstance(v, (str, int)):
+        return str(v)
     return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
 
 
