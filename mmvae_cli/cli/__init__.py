@@ -35,6 +35,7 @@ def cli():
 
 
 def _register():
+    from .compare_cmd import compare
     from .data_cmd import data
     from .eval_cmd import evaluate
     from .generate_cmd import cross_generate, sample
@@ -47,6 +48,7 @@ def _register():
     cli.add_command(evaluate, "eval")
     cli.add_command(evaluate, "evaluate")
     cli.add_command(data)
+    cli.add_command(compare)
 
 
 _register()

@@ -1,4 +1,4 @@
-"""`mmvae eval WHAT RUN` (also `mmvae evaluate`)."""
+"""`mmvae eval WHAT RUN` (also `mmvae evaluate`): coherence, fid, likelihood, latent, all."""
 
 from __future__ import annotations
 
@@ -6,17 +6,24 @@ import json
 from pathlib import Path
 
 import click
-import torch
 
 from .. import bundle
 from ..data import load_dataset
-from ..train import load_model, pick_device
+from ..errors import MMVAEError
+from ..evaluate import spread_indices
+from ..train import load_model, log, pick_device
 from . import options
 
 
 @click.group()
 def evaluate():
-    """Evaluate a trained bundle (coherence)."""
+    """Evaluate a trained bundle: coherence, fid, likelihood, latent, or all of them.
+
+    \b
+    Every command prints a table (or one JSON object with --json), appends its results to the
+    bundle's manifest under `evaluations` with the command line, and with --report DIR writes
+    DIR/report.md with the tables and PNG figures. --seed makes every number reproducible.
+    """
 
 
 def _record(run: Path, what: str, result: dict) -> None:
@@ -28,39 +35,212 @@ def _record(run: Path, what: str, result: dict) -> None:
     bundle.save_manifest(run, manifest)
 
 
+# --- shared options --------------------------------------------------------------------------------
+split_opt = click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True,
+                         help="Evaluation split.")
+limit_opt = click.option("--limit", type=int, default=None,
+                         help="Use only N tuples of the evaluation split, evenly spaced over it.")
+report_opt = click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+                          help="Write DIR/report.md with the tables and PNG figures.")
+prior_opt = click.option("--prior", type=click.Choice(["base", "ebm"]), default="base", show_default=True,
+                         help="Prior for joint samples: the base prior or the bundle's energy-based prior.")
+clf_opt = click.option("--classifiers", "clf_run", type=click.Path(), default=None,
+                       help="Classifier bundle (needed for coherence).")
+weights_opt = click.option("--inception-weights", default=None, metavar="PATH",
+                           help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or .safetensors); "
+                                "default $MMVAE_INCEPTION_WEIGHTS, then torch hub's cache.")
+
+
+def _positive(name: str, value: int | None, minimum: int = 1) -> None:
+    if value is not None and value < minimum:
+        raise MMVAEError(f"{name} must be >= {minimum}, got {value}")
+
+
+class Context:
+    """A loaded bundle and its evaluation split."""
+
+    def __init__(self, run, device, data_root, split, limit):
+        _positive("--limit", limit)
+        self.run = Path(run)
+        self.dev = pick_device(device)
+        self.model, self.manifest = load_model(self.run, self.dev)
+        self.data_root = data_root
+        self.dataset = self.manifest["dataset"]["name_or_path"]
+        self.test = load_dataset(self.dataset, split, data_root)
+        if limit:
+            self.test = self.test.subset(spread_indices(len(self.test), limit))
+
+    def train(self):
+        return load_dataset(self.dataset, "train", self.data_root)
+
+
+def _coherence(ctx: Context, clf_run, n_joint, prior, seed) -> dict:
+    from ..classifier import load_classifiers
+    from ..evaluate import suite
+    _positive("--n-joint", n_joint)
+    suite.require_labels(ctx.test, "coherence")
+    clf, _ = load_classifiers(Path(clf_run), ctx.dev)
+    missing = [m for m in ctx.model.names if m not in clf.nets]
+    if missing:
+        raise MMVAEError(f"{clf_run}: has no classifier for modality {missing[0]!r}")
+    return suite.coherence(ctx.model, clf, ctx.test, ctx.dev, n_joint, prior, seed)
+
+
+def _likelihood(ctx: Context, k, seed, limit: int | None = None) -> dict:
+    from ..evaluate import suite
+    _positive("--k", k)
+    _positive("--ll-limit", limit)
+    test = ctx.test if not limit else ctx.test.subset(spread_indices(len(ctx.test), limit))
+    return suite.likelihood(ctx.model, test, ctx.dev, k, seed)
+
+
+def _latent(ctx: Context, n_train, seed) -> dict:
+    from ..evaluate import suite
+    _positive("--n-train", n_train, 2)
+    suite.require_labels(ctx.test, "the latent probe")
+    return suite.latent(ctx.model, ctx.train(), ctx.test, ctx.dev, n_train, seed)
+
+
+def _fid(ctx: Context, n_fid, prior, seed, weights) -> dict:
+    from ..data.fetch import data_root
+    from ..evaluate import suite
+    _positive("--n-fid", n_fid, 2)
+    return suite.fid(ctx.model, ctx.test, ctx.dev, n_fid, prior, seed, weights,
+                     data_root(ctx.data_root) / "fid-stats")
+
+
+def _finish(ctx: Context, results: dict, skipped: dict, seed: int, as_json: bool, report_dir, prior="base",
+            single: bool = True):
+    """Record each result in the manifest, print the table or JSON, write the report."""
+    from ..evaluate.report import text_table, write_report
+    from ..evaluate.suite import METRICS
+    from . import invocation
+    for name, res in results.items():
+        _record(ctx.run, name, res)
+    if report_dir:
+        path = write_report(Path(report_dir), ctx.run.name, results, skipped, bundle.read_manifest(ctx.run),
+                            invocation(), ctx.model, ctx.test, ctx.dev, prior, seed)
+        log(f"wrote {path}")
+    if as_json:
+        if single:   # one metric: its result, flat
+            payload = {"run": str(ctx.run), **next(iter(results.values()))}
+        else:
+            payload = {"run": str(ctx.run), "seed": seed, **{m: results.get(m) for m in METRICS},
+                       "skipped": skipped}
+        click.echo(json.dumps(payload))
+    else:
+        click.echo(f"{ctx.run}  ({ctx.test.name} {ctx.test.split}, seed {seed})")
+        click.echo(text_table(results, skipped))
+
+
+def _common(f):
+    for opt in (options.json_flag, report_opt, options.data_root, options.device, options.seed, limit_opt,
+                split_opt):
+        f = opt(f)
+    return f
+
+
+# --- commands --------------------------------------------------------------------------------------
 @evaluate.command()
 @click.argument("run", type=click.Path())
-@click.option("--classifiers", "clf_run", type=click.Path(), required=True, help="Classifier bundle.")
+@clf_opt
 @click.option("--n-joint", type=int, default=10000, show_default=True, help="Prior samples for joint coherence.")
-@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
-@click.option("--limit", type=int, default=None, help="Use only the first N tuples of the split.")
-@options.seed
-@options.device
-@options.data_root
-@options.json_flag
-def coherence(run, clf_run, n_joint, split, limit, seed, device, data_root, as_json):
-    """Joint coherence (prior samples) and conditional coherence for every subset of inputs."""
-    from ..classifier import load_classifiers
-    from ..evaluate.coherence import conditional_coherence, joint_coherence
-    dev = pick_device(device)
-    model, manifest = load_model(Path(run), dev)
-    clf, _ = load_classifiers(Path(clf_run), dev)
-    data = load_dataset(manifest["dataset"]["name_or_path"], split, data_root)
-    if limit:
-        data = data.subset(torch.arange(min(limit, len(data))))
-    torch.manual_seed(seed)
-    joint = joint_coherence(model.sample_prior, model, clf, n_joint)
-    cond = conditional_coherence(model, clf, data, dev)
-    result = {"run": str(run), "split": split, "seed": seed, "joint": joint["joint"], "n_joint": n_joint,
-              "conditional": cond["by_inputs"], "cross_pairs_mean": cond["cross_pairs_mean"],
-              "per_subset": cond["per_subset"], "n_test": cond["n_test"]}
-    _record(Path(run), "coherence", {k: v for k, v in result.items() if k != "per_subset"})
-    if as_json:
-        click.echo(json.dumps(result))
-        return
-    click.echo(f"joint coherence  {joint['joint']:.4f}  ({n_joint} prior samples)")
-    click.echo(f"conditional coherence on {split} ({cond['n_test']} tuples), mean over subsets by number of inputs:")
-    for k, v in cond["by_inputs"].items():
-        click.echo(f"  {k} input{'s' if k != '1' else ' '}  {v:.4f}")
-    if cond["cross_pairs_mean"] is not None:
-        click.echo(f"single-source pairs mean (MMVAE+ convention)  {cond['cross_pairs_mean']:.4f}")
+@prior_opt
+@_common
+def coherence(run, clf_run, n_joint, prior, split, limit, seed, device, data_root, report_dir, as_json):
+    """Joint coherence (prior samples) and conditional coherence for every subset of inputs.
+
+    Conditional coherence is reported per subset and target, averaged by number of inputs (the
+    MoPoE convention) and averaged over the single-source pairs (the MMVAE+ convention).
+    """
+    if not clf_run:
+        raise MMVAEError("coherence needs digit classifiers: --classifiers RUN (see `mmvae classifier train`)")
+    ctx = Context(run, device, data_root, split, limit)
+    _finish(ctx, {"coherence": _coherence(ctx, clf_run, n_joint, prior, seed)}, {}, seed, as_json, report_dir, prior)
+
+
+@evaluate.command()
+@click.argument("run", type=click.Path())
+@click.option("--k", type=int, default=15, show_default=True, help="Importance samples per tuple and subset.")
+@_common
+def likelihood(run, k, split, limit, seed, device, data_root, report_dir, as_json):
+    """Importance-sampled log p(X) with z from q(z | X_k), for every subset X_k (nats, mean over tuples)."""
+    ctx = Context(run, device, data_root, split, limit)
+    _finish(ctx, {"likelihood": _likelihood(ctx, k, seed)}, {}, seed, as_json, report_dir)
+
+
+@evaluate.command()
+@click.argument("run", type=click.Path())
+@click.option("--n-train", type=int, default=500, show_default=True,
+              help="Encoded training tuples the logistic regression is fitted on.")
+@_common
+def latent(run, n_train, split, limit, seed, device, data_root, report_dir, as_json):
+    """Logistic-regression probe of the posterior mean for every subset of inputs."""
+    ctx = Context(run, device, data_root, split, limit)
+    _finish(ctx, {"latent": _latent(ctx, n_train, seed)}, {}, seed, as_json, report_dir)
+
+
+@evaluate.command()
+@click.argument("run", type=click.Path())
+@weights_opt
+@click.option("--n-fid", type=int, default=10000, show_default=True,
+              help="Generated and real images per modality (capped at the split size).")
+@prior_opt
+@_common
+def fid(run, inception_weights, n_fid, prior, split, limit, seed, device, data_root, report_dir, as_json):
+    """Unconditional FID per modality and conditional FID per target given the other modalities.
+
+    Needs pytorch-fid's Inception weights as a local file; nothing is downloaded. Real-image
+    statistics are cached under <data root>/fid-stats.
+    """
+    ctx = Context(run, device, data_root, split, limit)
+    _finish(ctx, {"fid": _fid(ctx, n_fid, prior, seed, inception_weights)}, {}, seed, as_json, report_dir, prior)
+
+
+@evaluate.command("all")
+@click.argument("run", type=click.Path())
+@clf_opt
+@weights_opt
+@prior_opt
+@click.option("--n-joint", type=int, default=2000, show_default=True, help="Prior samples for joint coherence.")
+@click.option("--k", type=int, default=12, show_default=True, help="Importance samples for the likelihoods.")
+@click.option("--ll-limit", type=int, default=200, show_default=True,
+              help="Likelihood on N evaluation tuples only, evenly spaced (it decodes K x (2^M-1) latents "
+                   "per tuple).")
+@click.option("--n-train", type=int, default=500, show_default=True, help="Training tuples for the latent probe.")
+@click.option("--n-fid", type=int, default=10000, show_default=True, help="Images per modality for FID.")
+@_common
+def all_(run, clf_run, inception_weights, prior, n_joint, k, ll_limit, n_train, n_fid, split, limit, seed, device,
+         data_root, report_dir, as_json):
+    """Every metric the bundle supports: coherence (with --classifiers), likelihood, latent (with labels),
+    and FID (when the Inception weights are found). Skipped metrics are listed with the reason.
+
+    The defaults are lighter than the papers' so that this finishes on a CPU in minutes (likelihood with
+    K=12, the MoPoE paper's lower end, on 200 evenly spaced tuples; 2,000 joint samples); every number printed says
+    how many samples it used, and the options set them.
+    """
+    from ..evaluate import fid as F
+    results, skipped = {}, {}
+    try:
+        F.find_inception_weights(inception_weights)
+    except MMVAEError as e:
+        if inception_weights:        # an explicit path that is wrong is an error, not a skip
+            raise
+        skipped["fid"] = f"no Inception weights ({str(e).split(':', 1)[0]}; see `mmvae eval fid --help`)"
+    ctx = Context(run, device, data_root, split, limit)
+    if ctx.test.labels is None:
+        skipped["coherence"] = skipped["latent"] = f"{ctx.test.name} has no labels"
+    elif not clf_run:
+        skipped["coherence"] = "no --classifiers given"
+    if "coherence" not in skipped:
+        log("coherence ...")
+        results["coherence"] = _coherence(ctx, clf_run, n_joint, prior, seed)
+    log("likelihood ...")
+    results["likelihood"] = _likelihood(ctx, k, seed, ll_limit)
+    if "latent" not in skipped:
+        log("latent probe ...")
+        results["latent"] = _latent(ctx, n_train, seed)
+    if "fid" not in skipped:
+        log("fid ...")
+        results["fid"] = _fid(ctx, n_fid, prior, seed, inception_weights)
+    _finish(ctx, results, skipped, seed, as_json, report_dir, prior, single=False)

@@ -64,6 +64,8 @@ def conditional_coherence(model, clf, data: MultimodalData, device, batch_size: 
         by_size.setdefault(len(k.split(",")), []).extend(accs.values())
     by_size_mean = {str(k): sum(v) / len(v) for k, v in sorted(by_size.items())}
     pairs = [per_subset[a][b] for a in names for b in names if a != b and a in per_subset]
-    return {"by_inputs": by_size_mean, "per_subset": per_subset,
+    per_target = {t: [accs[t] for accs in per_subset.values() if t in accs] for t in names}
+    per_target = {t: sum(v) / len(v) for t, v in per_target.items() if v}
+    return {"by_inputs": by_size_mean, "per_subset": per_subset, "per_target": per_target,
             "cross_pairs_mean": sum(pairs) / len(pairs) if pairs else None,
             "n_test": n}

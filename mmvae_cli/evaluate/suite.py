@@ -1,0 +1,77 @@
+"""Run each metric on a loaded bundle, seeded, and return JSON-able results with stable keys.
+
+Every function seeds torch's global RNG with `seed` first, so a metric gives the same numbers
+whether it runs alone (`mmvae eval likelihood`) or inside `mmvae eval all`. The keys of each
+result are documented in README.md ("Evaluation").
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from ..data.base import MultimodalData
+from ..errors import MMVAEError
+from .coherence import conditional_coherence, joint_coherence
+from .generation_fid import model_fid
+from .latent import latent_probe
+from .likelihood import subset_log_likelihoods
+
+METRICS = ("coherence", "likelihood", "latent", "fid")
+
+
+def _timed(rng_seed: int, fn, /, *args, **kw) -> dict:
+    torch.manual_seed(rng_seed)
+    t0 = time.perf_counter()
+    out = fn(*args, **kw)
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+def coherence(model, clf, test: MultimodalData, device, n_joint: int, prior: str, seed: int,
+              langevin: dict | None = None) -> dict:
+    """`langevin`: sampler settings passed on to model.sample_latents (and to conditional generation
+    when given), for bundles with an energy-based prior."""
+    langevin = dict(langevin or {})
+
+    def run():
+        joint = joint_coherence(lambda b: model.sample_latents(b, prior=prior, **langevin), model, clf, n_joint)
+        cond = conditional_coherence(model, clf, test, device, **({"langevin": langevin} if langevin else {}))
+        return {"joint": joint["joint"], "n_joint": n_joint, "prior": prior, "langevin": langevin,
+                "joint_class_histogram": joint["class_histogram"],
+                "conditional": cond["by_inputs"], "cross_pairs_mean": cond["cross_pairs_mean"],
+                "per_target": cond["per_target"], "per_subset": cond["per_subset"], "n_test": cond["n_test"]}
+    return {"metric": "coherence", "split": test.split, "seed": seed, **_timed(seed, run)}
+
+
+def likelihood(model, test: MultimodalData, device, k: int, seed: int, batch_size: int = 100) -> dict:
+    out = _timed(seed, subset_log_likelihoods, model, test, device, k=k, batch_size=batch_size)
+    return {"metric": "likelihood", "split": test.split, "seed": seed, **out}
+
+
+def latent(model, train: MultimodalData, test: MultimodalData, device, n_train: int, seed: int) -> dict:
+    out = _timed(seed, latent_probe, model, train, test, device, n_train=n_train, seed=seed)
+    return {"metric": "latent", "split": test.split, "seed": seed, **out}
+
+
+def fid(model, test: MultimodalData, device, n: int, prior: str, seed: int, weights: str | None,
+        cache_dir: Path | None, extractor=None) -> dict:
+    """`extractor` is for tests only; the CLI leaves it None and the FID Inception is loaded from
+    --inception-weights / $MMVAE_INCEPTION_WEIGHTS / torch hub's cache (or an error says where)."""
+    from . import fid as F
+    weights_id = "test-extractor"
+    if extractor is None:
+        path = F.find_inception_weights(weights)
+        extractor = F.load_fid_inception(path, device)
+        from ..bundle import sha256_file
+        weights_id = f"{path.name}:sha256:{sha256_file(path)[:16]}"
+    out = _timed(seed, model_fid, model, test, device, extractor, n=n, prior=prior, cache_dir=cache_dir,
+                 weights_id=weights_id)
+    return {"metric": "fid", "split": test.split, "seed": seed, "weights": weights_id, **out}
+
+
+def require_labels(data: MultimodalData, what: str) -> None:
+    if data.labels is None:
+        raise MMVAEError(f"{what} needs labels, and {data.name} has none")
