@@ -98,6 +98,13 @@ def test_interrupted_run_resumes(trained, capsys):
     assert run(["train", "polymnist", "--out", out, "--resume", "--data-root", root, "--device", "cpu"], capsys)[0] == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["epochs_done"] == 2 and "finished" in manifest
+    # a finished run can be trained for longer, never shorter
+    resume = ["train", "polymnist", "--out", out, "--resume", "--data-root", root, "--device", "cpu"]
+    assert run(resume + ["--epochs", "3"], capsys)[0] == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["epochs_done"] == 3 and len(manifest["history"]) == 3 and manifest["settings"]["train"]["epochs"] == 3
+    code, _, err = run(resume + ["--epochs", "1"], capsys)
+    assert code == 2 and "already trained 3 epochs" in err
 
 
 @pytest.mark.parametrize("argv, needle", [

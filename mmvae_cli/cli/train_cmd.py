@@ -59,7 +59,8 @@ from . import options
 @click.option("--seed", type=int, default=None)
 @options.device
 @options.data_root
-@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint "
+                                            "(with --epochs: train a finished run for longer).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
 @click.option("--log-jsonl", type=click.Path(dir_okay=False), default=None, help="Append one JSON line per epoch.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
@@ -110,6 +111,13 @@ def _train(o: dict, out: Path, dev, dist):
         if data.fingerprint != manifest["dataset"]["fingerprint"]:
             raise MMVAEError(f"{out}: the dataset changed since this run started (fingerprint differs)")
         model = MultimodalVAE(model_config(data, settings["model"]))
+        if o["epochs"] is not None and o["epochs"] != settings["train"]["epochs"]:
+            done = int(manifest.get("epochs_done", 0))
+            if o["epochs"] < done:
+                raise MMVAEError(f"--epochs {o['epochs']}: {out} has already trained {done} epochs")
+            main_log(dist, f"extending {out} from {settings['train']['epochs']} to {o['epochs']} epochs")
+            settings["train"]["epochs"] = o["epochs"]
+            manifest.pop("finished", None)
         rt = _runtime(manifest.get("runtime", {}), precision, compile_, channels_last, step_delay)
         manifest["runtime"] = {**rt.to_dict(), "world_size": dist.world}
         fit(model, data, out, manifest, settings["train"], dev, resume=True, log_jsonl=log_jsonl, max_steps=max_steps,
