@@ -19,7 +19,7 @@ DEFAULTS = {
               "seed": 0},
 }
 
-FUSION_RECIPE = {"poe": "mvae", "moe": "mmvae", "mopoe": "mopoe"}
+FUSION_RECIPE = {"poe": "mvae", "moe": "mmvae", "mopoe": "mopoe", "none": "ebmvae"}
 
 
 def recipes_dir() -> Path:
