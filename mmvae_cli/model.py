@@ -184,8 +184,8 @@ class MultimodalVAE(nn.Module):
     def attach_ebm(self, ebm: LatentEBM | None, langevin_settings: dict | None = None) -> None:
         """Use `ebm` as this model's energy (None removes it). langevin_settings: defaults for
         `run_langevin` (steps, step_size, noise_scale, clip_grad), e.g. those it was fitted with."""
-        if ebm is not None and ebm.energy.config.dim != self.z_dim:
-            raise MMVAEError(f"energy over {ebm.energy.config.dim} latent dimensions does not fit a model "
+        if ebm is not None and ebm.init_loc.numel() != self.z_dim:
+            raise MMVAEError(f"energy over {ebm.init_loc.numel()} latent dimensions does not fit a model "
                              f"whose latent has {self.z_dim}")
         self.ebm = ebm.to(self.device) if ebm is not None else None
         self.langevin_settings = dict(langevin_settings or {})

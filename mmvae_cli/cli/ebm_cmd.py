@@ -21,9 +21,12 @@ def _refuse_unfittable(run: Path, manifest: dict, out: Path | None, overwrite: b
     if manifest.get("parent") is not None:
         raise BundleError(f"{run} is an energy-only bundle (made by fit-ebm --out); fit its parent "
                           f"{manifest['parent'].get('path')} instead")
-    if WEIGHTS not in manifest.get("files", {}) or "finished" not in manifest:
-        raise BundleError(f"{run} has not finished training (no final {WEIGHTS}); finish it with "
-                          f"`mmvae train --resume --out {run}` first")
+    if WEIGHTS not in manifest.get("files", {}):
+        raise BundleError(f"{run} has no trained weights yet (no epoch finished); train it first")
+    if "finished" not in manifest:
+        log(f"warning: {run} has not finished training ({manifest.get('epochs_done', 0)} of "
+            f"{manifest.get('settings', {}).get('train', {}).get('epochs', '?')} epochs); fitting its last saved "
+            f"weights (an energy added to RUN stops `train --resume`; use --out to keep them apart)")
     section = manifest.get("ebm")
     if out is None and section:
         if section.get("training") == "joint":
@@ -90,12 +93,17 @@ def fit_ebm(run, out, objective, epochs, batch_size, lr, betas, energy_hidden, e
         raise MMVAEError("--out must differ from RUN (omit --out to add the energy to RUN)")
     if outp is not None and (outp / bundle.MANIFEST).exists() and not overwrite:
         raise MMVAEError(f"{outp} already holds a run; use --overwrite to replace it")
+    try:                                                    # check the objective before loading anything
+        mcfg = manifest["model"]
+        fusion = mcfg["fusion"]
+        z_dim = int(mcfg["latent_dim"]) * (len(mcfg["modalities"]) if fusion == "none" else 1)
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{run}: manifest has an invalid model section ({e})") from None
+    objective = objective or ("sliced" if fusion == "none" else "ml")
+    check_objective(objective, z_dim)
     dev = pick_device(device)
     model, manifest = load_model(run, dev)
     model.attach_ebm(None)                                  # the new energy replaces any old one
-    fusion = model.config.fusion
-    objective = objective or ("sliced" if fusion == "none" else "ml")
-    check_objective(objective, model.z_dim)
     ml = objective == "ml"
     s = FitSettings(objective=objective, epochs=epochs, batch_size=batch_size,
                     lr=lr if lr is not None else (1e-4 if ml else 1e-3),
