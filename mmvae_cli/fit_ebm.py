@@ -41,7 +41,7 @@ class FitSettings:
     betas: tuple[float, float] = (0.5, 0.999)
     reg: float = 0.0                  # ml: L2 on the energies (0 = off)
     persistent: bool = False          # ml: persistent chains instead of short-run from p0
-    sigma: float = 0.1                # denoising noise
+    sigma: float = 0.25               # denoising noise
     projections: int = 1              # sliced / denoising draws per sample
     seed: int = 0
 

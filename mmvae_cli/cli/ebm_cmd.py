@@ -45,7 +45,7 @@ def _refuse_unfittable(run: Path, manifest: dict, out: Path | None, overwrite: b
 @click.option("--objective", type=click.Choice(["ml", "exact", "sliced", "denoising"]), default=None,
               help="ml: maximum likelihood with Langevin negatives (Yuan et al. eq. 10) for the tilted prior "
                    "exp(-E(z)) p0(z); exact|sliced|denoising: score matching (EB-MVAE eq. 1) for exp(-E(z)). "
-                   "Default: ml for a shared latent, sliced for --fusion none bundles.")
+                   "Default: ml for a shared latent, denoising for --fusion none bundles.")
 @click.option("--epochs", type=int, default=20, show_default=True, help="Passes over the training set.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--lr", type=float, default=None,
@@ -57,7 +57,8 @@ def _refuse_unfittable(run: Path, manifest: dict, out: Path | None, overwrite: b
 @click.option("--persistent", is_flag=True, help="ml: continue each batch's negative chains from the previous batch's.")
 @click.option("--reg", type=float, default=0.0, show_default=True,
               help="ml: weight of an L2 penalty on the energies (keeps them near 0).")
-@click.option("--sigma", type=float, default=0.1, show_default=True, help="denoising: noise level.")
+@click.option("--sigma", type=float, default=0.25, show_default=True,
+              help="denoising: noise level (ours: about the smallest spread of polymnist-mini's EB-MVAE latents).")
 @click.option("--projections", type=int, default=1, show_default=True, help="sliced/denoising: draws per sample.")
 @click.option("--classifiers", "clf_run", type=click.Path(), default=None,
               help="Classifier bundle: report joint coherence with the base prior and with the fitted energy.")
@@ -99,7 +100,7 @@ def fit_ebm(run, out, objective, epochs, batch_size, lr, betas, energy_hidden, e
         z_dim = int(mcfg["latent_dim"]) * (len(mcfg["modalities"]) if fusion == "none" else 1)
     except (KeyError, TypeError, ValueError) as e:
         raise BundleError(f"{run}: manifest has an invalid model section ({e})") from None
-    objective = objective or ("sliced" if fusion == "none" else "ml")
+    objective = objective or ("denoising" if fusion == "none" else "ml")
     check_objective(objective, z_dim)
     dev = pick_device(device)
     model, manifest = load_model(run, dev)
