@@ -119,7 +119,8 @@ def test_a_diverging_chain_is_reported_and_nothing_is_written(runs, capsys):
     assert code == 3
     assert err.strip().splitlines()[-1].startswith("error: Langevin chain diverged") and "--step-size" in err
     assert (r / "manifest.json").read_bytes() == before and not (r / "ebm.safetensors").exists()
-    assert run(["fit-ebm", r, "--data-root", root, *TINY_EBM], capsys)[0] == 0
+    assert run(["fit-ebm", r, "--data-root", root, *TINY_EBM, "--persistent"], capsys)[0] == 0
+    assert manifest(r)["ebm"]["fit"]["persistent"] is True
     code, _, err = run(["sample", r, "--prior", "ebm", "--step-size", "1e4", "-n", "4", "--out", tmp / "d.png",
                         "--device", "cpu"], capsys)
     assert code == 3 and "diverged" in err and not (tmp / "d.png").exists()
