@@ -10,6 +10,7 @@ import torch
 
 from .. import bundle
 from ..data import load_dataset
+from ..errors import MMVAEError
 from ..train import load_model, pick_device
 from . import options
 
@@ -59,7 +60,6 @@ def coherence(run, clf_run, n_joint, split, limit, prior, steps, step_size, nois
     langevin = {k: v for k, v in dict(steps=steps, step_size=step_size, noise_scale=noise_scale,
                                       clip_grad=clip_grad).items() if v is not None}
     if prior == "ebm" and model.ebm is None:
-        from ..errors import MMVAEError
         raise MMVAEError(f"{run} has no energy-based prior; fit one with `mmvae fit-ebm {run}`")
     torch.manual_seed(seed)
     joint = joint_coherence(lambda b: model.sample_latents(b, prior, **langevin), model, clf, n_joint)
