@@ -330,3 +330,40 @@ def score_matching_loss(energy: Callable[[torch.Tensor], torch.Tensor], z: torch
         _, s = _score(energy, zz + sigma * eps)
         return 0.5 * (s + eps / sigma).pow(2).sum(1).mean()
     raise ValueError(f"unknown score-matching objective {objective!r}; choose exact, sliced or denoising")
+
+
+# --------------------------------------------------------------------------- an energy attached to a model
+
+DENSITIES = ("tilted", "gibbs")
+
+
+class LatentEBM(nn.Module):
+    """An energy over a model's latent z together with the density it defines:
+
+      tilted (Yuan et al. eq. 3, fitted by maximum likelihood, eq. 10):
+          log p_alpha(z) = -E(z) + log p0(z) - log Z,   chains start at z0 ~ p0;
+      gibbs (EB-MVAE eq. 1-3, fitted by score matching):
+          log p(z) = -E(z) - log Z,   chains start at z0 ~ N(init_loc, diag(init_scale^2)),
+          the diagonal Gaussian moment-matched to the latents the energy was fitted on (score
+          matching learns the density only where the data are, so chains start there).
+
+    `joint` marks an energy trained jointly with the VAE (Algorithm 1), which the objectives then
+    use in their prior term. Its state (energy weights, init_loc, init_scale) is `ebm.safetensors`.
+    """
+
+    def __init__(self, config: EnergyConfig | dict, density: str = "tilted", joint: bool = False):
+        super().__init__()
+        if density not in DENSITIES:
+            raise BundleError(f"unknown energy density {density!r}; expected one of {', '.join(DENSITIES)}")
+        self.energy = EnergyNet.from_config(config)
+        self.density = density
+        self.joint = joint
+        dim = self.energy.config.dim
+        self.register_buffer("init_loc", torch.zeros(dim))
+        self.register_buffer("init_scale", torch.ones(dim))
+
+    def log_prob(self, base_log_prob: LogProb) -> LogProb:
+        """The unnormalised log density z -> (B,) for `langevin`."""
+        if self.density == "tilted":
+            return ebm_prior_log_prob(self.energy, base_log_prob)
+        return ebm_log_prob(self.energy)

@@ -12,6 +12,9 @@ for MoPoE), so one vectorised code path serves all of them:
   the reference implementation the prior expert joins only the subset of all M modalities.
   The posterior given a strict subset A of the modalities (conditional generation) is that
   subset's own PoE, as the reference's evaluation uses.
+- none  (EB-MVAE, the unimodal VAEs of an energy-based multimodal VAE): no shared latent; z is the
+  concatenation (z_1, ..., z_M) of M unimodal latents and q(z | X_A) = prod_{m in A} q(z_m | x_m)
+  prod_{m not in A} p(z_m): one component whose unobserved blocks are the prior's.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch import distributions as td
 from .distributions import product_of_gaussians
 from .errors import MMVAEError
 
-FUSIONS = ("poe", "moe", "mopoe")
+FUSIONS = ("poe", "moe", "mopoe", "none")
 
 
 def enumerate_subsets(n: int) -> torch.Tensor:
@@ -168,8 +171,34 @@ class MoPoE(Fusion):
         return mask, with_prior
 
 
+class Independent(Fusion):
+    """EB-MVAE's independent unimodal VAEs (Energy-Based Multimodal VAEs, sec. 2): z = (z_1, ..., z_M),
+
+        q(z | X_A) = prod_{m in A} q(z_m | x_m) * prod_{m not in A} p(z_m),
+
+    a single component with batch shape (1, B, M * d) built from experts of shape (M, B, d). With all
+    modalities given, KL(q || p) is the sum of the M unimodal KLs, so the ELBO is the sum of M
+    unimodal ELBOs (each decoder reads only its own block, see MultimodalVAE.decode)."""
+
+    name = "none"
+
+    def components(self, given):
+        return given[None, :].clone(), torch.zeros(1, dtype=torch.bool)
+
+    def combine(self, experts, given, prior):
+        M, B, d = experts.loc.shape
+        if type(prior) is not type(experts):
+            raise MMVAEError("fusion none needs the same family for posterior and prior "
+                             "(--posterior and --prior both gaussian or both laplace)")
+        g = given.to(experts.loc.device)[:, None, None]                       # (M, 1, 1)
+        loc = torch.where(g, experts.loc, prior.loc.reshape(M, 1, d))
+        scale = torch.where(g, experts.scale, prior.scale.reshape(M, 1, d))
+        cat = lambda t: t.permute(1, 0, 2).reshape(1, B, M * d)              # noqa: E731
+        return Mixture(type(experts)(cat(loc), cat(scale)), given[None, :].clone())
+
+
 def make_fusion(name: str, n_modalities: int, subsets: torch.Tensor | None = None) -> Fusion:
-    classes = {"poe": PoE, "moe": MoE, "mopoe": MoPoE}
+    classes = {"poe": PoE, "moe": MoE, "mopoe": MoPoE, "none": Independent}
     if name not in classes:
         raise MMVAEError(f"unknown fusion {name!r}; choose one of {', '.join(FUSIONS)}")
     return classes[name](n_modalities, subsets)

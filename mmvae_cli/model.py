@@ -15,6 +15,11 @@ cross terms of the training objective) its w_d is drawn from p(w_d).
 
 `ModelConfig` is the JSON-serialisable description stored in a bundle's manifest;
 `MultimodalVAE(config)` rebuilds the same network from it.
+
+An energy over the latent (`attach_ebm`, ebm.LatentEBM) turns the prior into the energy-based prior
+p_alpha(z) ∝ exp(-E(z)) p0(z) of Yuan et al. (any fusion), or, for fusion "none" (EB-MVAE), into a
+joint model p(z_1..z_M) ∝ exp(-E(z)) of the unimodal latents; `sample_latents(n, prior="ebm")` and
+`cross_generate` then sample it by Langevin dynamics.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from torch import nn
 
 from . import distributions as D
 from . import nets
+from .ebm import LangevinResult, LatentEBM, langevin
 from .errors import MMVAEError
 from .fusion import Mixture, make_fusion, parse_subsets
 
@@ -45,7 +51,7 @@ class ModalitySpec:
 class ModelConfig:
     modalities: list[ModalitySpec]
     latent_dim: int = 512
-    fusion: str = "mopoe"         # poe | moe | mopoe
+    fusion: str = "mopoe"         # poe | moe | mopoe | none (EB-MVAE: latent_dim per modality)
     subsets: str = "all"          # MoPoE mixture subsets
     objective: str = "elbo"       # elbo | iwae | dreg | mvae
     k: int = 1                    # importance samples (iwae, dreg)
@@ -103,6 +109,7 @@ class MultimodalVAE(nn.Module):
         if c.posterior not in D.POSTERIORS:
             raise MMVAEError(f"unknown posterior {c.posterior!r}; choose gaussian or laplace")
         self.names = c.names
+        self.z_dim = c.latent_dim * (len(c.modalities) if c.fusion == "none" else 1)   # size of z
         self.encoders = nn.ModuleDict()
         self.decoders = nn.ModuleDict()
         if c.private_dim < 0:
@@ -119,10 +126,12 @@ class MultimodalVAE(nn.Module):
             arch = m.arch or nets.default_arch(tuple(m.shape))
             self.encoders[m.name], self.decoders[m.name] = nets.build(arch, tuple(m.shape), width, c.hidden)
         self.fusion = make_fusion(c.fusion, len(self.names), parse_subsets(c.subsets, self.names))
-        self.prior = Prior(c.prior, c.latent_dim, c.learn_prior)
+        self.prior = Prior(c.prior, self.z_dim, c.learn_prior)
         # MMVAE+: p(w_m) of the prior's family with a learned scale, one per modality
         self.private_priors = nn.ModuleDict(
             {n: Prior(c.prior, c.private_dim, learn=True) for n in self.names} if c.private_dim else {})
+        self.ebm = None                                      # LatentEBM, see attach_ebm
+        self.langevin_settings: dict = {}
         from .objectives import get_objective  # objectives import model types: import late
         self.objective = get_objective(c.objective)
         self.fusion.combine  # noqa: B018  (fail early on bad combinations in combine())
@@ -187,20 +196,28 @@ class MultimodalVAE(nn.Module):
         return self.fuse(self.experts(x), x)
 
     # --- generation ------------------------------------------------------------------------------
+    def block(self, z: torch.Tensor, name: str) -> torch.Tensor:
+        """The part of z that modality `name` decodes: all of it, or its own block for fusion none."""
+        if self.config.fusion != "none":
+            return z
+        i, d = self.names.index(name), self.config.latent_dim
+        return z[..., i * d:(i + 1) * d]
+
     def decode(self, z: torch.Tensor, names: list[str] | None = None,
                w: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Decoder outputs (likelihood parameters) for latents z of shape (..., D).
 
-        With private latents, decoder d reads [z, w_d]: w_d from `w` when given (same leading
-        shape as z), otherwise a reparameterised draw from the modality prior p(w_d)."""
+        Decoder d reads its block of z (all of z unless fusion none). With private latents, it reads
+        [z, w_d]: w_d from `w` when given (same leading shape as z), otherwise a reparameterised draw
+        from the modality prior p(w_d)."""
         out = {}
         for n in (names or self.names):
-            h = z
+            h = self.block(z, n)
             if self.config.private_dim:
                 wd = w.get(n) if w else None
                 if wd is None:
                     wd = self.private_priors[n].dist().rsample(z.shape[:-1])
-                h = torch.cat([z, wd], dim=-1)
+                h = torch.cat([h, wd], dim=-1)
             out[n] = nets.apply_flat(lambda t, net=self.decoders[n]: self.run_net(net, t), h, h.shape[-1])
         return out
 
@@ -221,12 +238,50 @@ class MultimodalVAE(nn.Module):
         """n latents from the base prior p(z). (n, D)"""
         return self.prior.dist().sample((n,))
 
+    # --- energy-based prior ----------------------------------------------------------------------
+    def attach_ebm(self, ebm: LatentEBM | None, langevin_settings: dict | None = None) -> None:
+        """Use `ebm` as this model's energy (None removes it). langevin_settings: defaults for
+        `run_langevin` (steps, step_size, noise_scale, clip_grad), e.g. those it was fitted with."""
+        if ebm is not None and ebm.init_loc.numel() != self.z_dim:
+            raise MMVAEError(f"energy over {ebm.init_loc.numel()} latent dimensions does not fit a model "
+                             f"whose latent has {self.z_dim}")
+        self.ebm = ebm.to(self.device) if ebm is not None else None
+        self.langevin_settings = dict(langevin_settings or {})
+
+    def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log p0(z) summed over the latent: (B,)."""
+        return self.prior.dist().log_prob(z).sum(-1)
+
+    def ebm_start(self, n: int) -> torch.Tensor:
+        """Chain starts: p0 samples for a tilted prior; the stored init Gaussian for a Gibbs energy."""
+        if self.ebm.density == "tilted":
+            return self.sample_prior(n)
+        return self.ebm.init_loc + self.ebm.init_scale * torch.randn(n, self.z_dim, device=self.device)
+
+    def run_langevin(self, z0: torch.Tensor, mask: torch.Tensor | None = None, every: int = 0,
+                     **overrides) -> LangevinResult:
+        """Langevin dynamics (Yuan et al. eq. 11) on this model's energy-based density from z0.
+        overrides (steps, step_size, noise_scale, clip_grad; None = keep) win over langevin_settings."""
+        if self.ebm is None:
+            raise MMVAEError("this bundle has no energy-based prior; fit one with `mmvae fit-ebm RUN`")
+        s = {"steps": 50, "step_size": 0.4, "noise_scale": 1.0, "clip_grad": None}
+        s.update({k: v for k, v in self.langevin_settings.items() if k in s})
+        s.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(overrides) - set(s)
+        if unknown:
+            raise MMVAEError(f"unknown Langevin settings: {', '.join(sorted(unknown))}")
+        return langevin(self.ebm.log_prob(self.base_log_prob), z0, int(s["steps"]), float(s["step_size"]),
+                        float(s["noise_scale"]), s["clip_grad"], mask=mask, every=every)
+
     def sample_latents(self, n: int, prior: str = "base", **langevin) -> torch.Tensor:
-        """n latents from the base prior ("base") or the energy-based prior ("ebm"). (n, D)"""
+        """n latents from the base prior ("base") or the energy-based prior ("ebm", short-run
+        Langevin from `ebm_start`; keyword arguments as in run_langevin). (n, D)"""
         if prior == "base":
             return self.sample_prior(n)
         if prior == "ebm":
-            raise MMVAEError("this bundle has no energy-based prior; fit one with `mmvae fit-ebm RUN`")
+            if self.ebm is None:
+                raise MMVAEError("this bundle has no energy-based prior; fit one with `mmvae fit-ebm RUN`")
+            return self.run_langevin(self.ebm_start(n), **langevin).z
         raise MMVAEError(f"unknown prior {prior!r}; choose base or ebm")
 
     @torch.no_grad()
@@ -235,12 +290,21 @@ class MultimodalVAE(nn.Module):
         return self.means(self.decode(z))
 
     @torch.no_grad()
-    def cross_generate(self, x: dict[str, torch.Tensor], names: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """One sample z ~ q(z | X_given), decoded to the means of `names` (default: all). With
-        private latents, a given modality reuses w_d ~ q(w_d | x_d) (reconstruction) and a
-        missing one draws w_d ~ p(w_d) (MMVAE+'s cross-generation rule)."""
+    def cross_generate(self, x: dict[str, torch.Tensor], names: list[str] | None = None,
+                       **langevin) -> dict[str, torch.Tensor]:
+        """One sample z ~ q(z | X_given), decoded to the means of `names` (default: all).
+
+        With private latents, a given modality reuses w_d ~ q(w_d | x_d) (reconstruction) and a
+        missing one draws w_d ~ p(w_d) (MMVAE+'s cross-generation rule).
+        Fusion none with an energy (EB-MVAE eq. 2-3): z_o ~ prod_{m in o} q(z_m | x_m) for the given
+        modalities, then z_u ~ p(z_u | z_o) by Langevin on the unobserved blocks with z_o clamped."""
         experts, private = self.encode(x)
         z = self.fuse(experts, x).sample()
+        if self.config.fusion == "none" and self.ebm is not None:
+            d = self.config.latent_dim
+            free = (~self.given_mask(x)).repeat_interleave(d).to(z.device)        # (M * d,)
+            z = torch.where(free, self.ebm_start(z.shape[0]), z)
+            z = self.run_langevin(z, mask=free, **langevin).z
         w = {n: q.sample() for n, q in private.items()}
         return self.means(self.decode(z, names, w))
 

@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 
 from .distributions import kl, log_mean_exp
+from .ebm import maximum_likelihood_loss
 from .errors import MMVAEError
 
 
@@ -18,6 +19,33 @@ def _kl_to_prior(model, q) -> torch.Tensor:
     """Mean over mixture components of KL(q_s || p): (B,). By convexity of KL this upper-bounds
     KL(1/S sum_s q_s || p), so the ELBO below stays a lower bound (MoPoE paper, Lemma 1)."""
     return kl(q.components, model.prior.dist()).mean(0)
+
+
+def _joint_ebm(model) -> bool:
+    return model.ebm is not None and model.ebm.joint
+
+
+def _prior_energy(model, z: torch.Tensor) -> torch.Tensor:
+    """E_alpha(z) with the energy's parameters detached, z: (..., D) -> (...).
+
+    With the energy-based prior p_alpha(z) = exp(-E(z)) p0(z) / Z(alpha) (Yuan et al. eq. 3),
+        KL(q || p_alpha) = KL(q || p0) + E_q[E(z)] + log Z(alpha),
+    and log Z(alpha) does not depend on the encoder or decoder: this is the term eq. 9 adds for
+    them. alpha learns only from eq. 10 (`_ebm_learning`), hence the detached parameters."""
+    params = {k: v.detach() for k, v in model.ebm.energy.named_parameters()}
+    return torch.func.functional_call(model.ebm.energy, params, (z,))
+
+
+def _ebm_learning(model, z_pos: torch.Tensor, loss, stats):
+    """Algorithm 1's "learn alpha" step added to the loss: eq. 10 as
+    mean E(z_pos) - mean E(z_neg), z_pos posterior samples (detached), z_neg short-run Langevin
+    samples from p0 (eq. 11). Only while training with gradients on; touches only alpha."""
+    if not (_joint_ebm(model) and model.training and torch.is_grad_enabled()):
+        return loss, stats
+    z_pos = z_pos.detach().reshape(-1, z_pos.shape[-1])
+    z_neg = model.run_langevin(model.ebm_start(z_pos.shape[0])).z
+    ml = maximum_likelihood_loss(model.ebm.energy, z_pos, z_neg)
+    return loss + ml, {**stats, "ebm_ml": ml.item()}
 
 
 def elbo(model, x):
@@ -38,8 +66,14 @@ def elbo(model, x):
         z = q.rsample_each(1)                          # (S, 1, B, D)
         rec = model.log_likelihoods(model.decode(z), x).mean((0, 1))
     kld = _kl_to_prior(model, q)
+    stats = {"kl": kld.mean().item()}                  # KL(q || p0)
+    if _joint_ebm(model):                              # KL(q || p_alpha) up to log Z (see _prior_energy)
+        e = _prior_energy(model, z)
+        e = e if e.dim() == 1 else e.mean((0, 1))
+        kld = kld + e
+        stats["energy_q"] = e.mean().item()
     loss = -(rec - model.config.beta * kld).mean()
-    return loss, {"loss": loss.item(), "rec": -rec.mean().item(), "kl": kld.mean().item()}
+    return _ebm_learning(model, z, loss, {"loss": loss.item(), "rec": -rec.mean().item(), **stats})
 
 
 def _detached(d):
@@ -52,6 +86,8 @@ def _stratified_log_weights(model, x, k: int, stop_q: bool = False):
 
     Without private latents, for z ~ q_s (S, K, B, D):
         log w = sum_m log p(x_m | z) + beta (log p(z) - log q(z | X)),   q(z | X) the whole mixture.
+    With a jointly trained energy, log p(z) = log p0(z) - E(z), unnormalised: the reported bound is
+    off by beta * log Z(alpha), a constant for the encoder and decoder.
     With private latents (MMVAE+; moe components s = modality r): z ~ q(z | x_r), w_r ~ q(w_r | x_r),
     and for every d != r, w^(d) ~ p(w_d) (the modality prior), w^(r) = w_r:
         log w = sum_d log p(x_d | z, w^(d)) + beta (log p(z) + log p(w_r)
@@ -64,6 +100,8 @@ def _stratified_log_weights(model, x, k: int, stop_q: bool = False):
     z = q.rsample_each(k)                                               # (S, K, B, Dz)
     q_density = q.detached() if stop_q else q
     reg = model.prior.dist().log_prob(z).sum(-1) - q_density.log_prob(z)
+    if _joint_ebm(model):   # log p_alpha(z) = log p0(z) - E(z) - log Z (log Z: constant for phi, theta)
+        reg = reg - _prior_energy(model, z)
     samples, w = [(z, None)], None
     if model.config.private_dim:
         S, K, B = z.shape[:3]
@@ -90,10 +128,11 @@ def iwae(model, x):
 
     q(z | X) the whole mixture. With K = 1 this is the stratified mixture ELBO. With private
     latents it is the MMVAE+ objective (see _stratified_log_weights)."""
-    lw, _ = _stratified_log_weights(model, x, model.config.k)
+    lw, samples = _stratified_log_weights(model, x, model.config.k)
+    z = samples[0][0]                                  # the shared latent's samples (S, K, B, D)
     obj = log_mean_exp(lw, dim=1)                      # (S, B)
     loss = -obj.mean()
-    return loss, {"loss": loss.item(), "iwae": obj.mean().item()}
+    return _ebm_learning(model, z, loss, {"loss": loss.item(), "iwae": obj.mean().item()})
 
 
 def dreg(model, x):
@@ -123,7 +162,7 @@ def dreg(model, x):
             z.register_hook(lambda g, scale=scale: g * scale)
     surrogate = (wt * lw).sum(1).mean()
     loss = -surrogate
-    return loss, {"loss": -value.item(), "iwae": value.item()}
+    return _ebm_learning(model, samples[0][0], loss, {"loss": -value.item(), "iwae": value.item()})
 
 
 def mvae(model, x):
@@ -143,16 +182,20 @@ def mvae(model, x):
             pick = torch.randperm(len(names))[:size].sort().values
             groups.append([names[i] for i in pick])
     total_loss, rec_sum, kl_sum = 0.0, 0.0, 0.0
+    z_joint = None
     for g in groups:
         xg = {n: x[n] for n in g}
         q = model.posterior(xg)
         z = q.rsample_chunked()
+        z_joint = z if z_joint is None else z_joint
         rec = model.log_likelihoods(model.decode(z, g), xg)
         kld = _kl_to_prior(model, q)
+        if _joint_ebm(model):
+            kld = kld + _prior_energy(model, z)
         total_loss = total_loss - (rec - model.config.beta * kld).mean()
         rec_sum += -rec.mean().item()
         kl_sum += kld.mean().item()
-    return total_loss, {"loss": total_loss.item(), "rec": rec_sum, "kl": kl_sum}
+    return _ebm_learning(model, z_joint, total_loss, {"loss": total_loss.item(), "rec": rec_sum, "kl": kl_sum})
 
 
 OBJECTIVES: dict[str, Callable] = {"elbo": elbo, "iwae": iwae, "dreg": dreg, "mvae": mvae}

@@ -20,9 +20,9 @@ DEFAULTS = {
               "seed": 0},
 }
 
-FUSION_RECIPE = {"poe": "mvae", "moe": "mmvae", "mopoe": "mopoe"}
+FUSION_RECIPE = {"poe": "mvae", "moe": "mmvae", "mopoe": "mopoe", "none": "ebmvae"}
 # each paper's own objective, used when neither the recipe nor --objective names one
-FUSION_OBJECTIVE = {"poe": "mvae", "moe": "iwae", "mopoe": "elbo"}
+FUSION_OBJECTIVE = {"poe": "mvae", "moe": "iwae", "mopoe": "elbo", "none": "elbo"}
 
 
 def recipes_dir() -> Path:

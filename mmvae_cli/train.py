@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from . import bundle
 from .data.base import GatheredTensors, MultimodalData
+from .ebm import LatentEBM
 from .errors import BundleError, Interrupted, MMVAEError, NumericalError
 from .distributions import LIKELIHOODS
 from .model import ModalitySpec, ModelConfig, MultimodalVAE
@@ -33,6 +34,7 @@ from .runtime import (Dist, StopFlag, autocast_dtype, capture_rng, make_scaler, 
 
 CHECKPOINT = "checkpoint.safetensors"
 WEIGHTS = "model.safetensors"
+EBM_WEIGHTS = "ebm.safetensors"
 
 
 def log(msg: str) -> None:
@@ -100,24 +102,66 @@ def model_config(data: MultimodalData, m: dict) -> ModelConfig:
 
 
 def make_optimizer(model: torch.nn.Module, t: dict) -> torch.optim.Optimizer:
-    return torch.optim.Adam(model.parameters(), lr=float(t["lr"]), betas=tuple(t["adam_betas"]),
-                            amsgrad=bool(t["amsgrad"]))
+    """Adam over the VAE's parameters; a jointly trained energy gets its own group (ebm_lr, ebm_betas)."""
+    ebm = getattr(model, "ebm", None)
+    if ebm is None:
+        groups = [{"params": list(model.parameters())}]
+    else:
+        own = {id(p) for p in ebm.parameters()}
+        groups = [{"params": [p for p in model.parameters() if id(p) not in own]},
+                  {"params": list(ebm.parameters()), "lr": float(t["ebm_lr"]), "betas": tuple(t["ebm_betas"])}]
+    return torch.optim.Adam(groups, lr=float(t["lr"]), betas=tuple(t["adam_betas"]), amsgrad=bool(t["amsgrad"]))
+
+
+def ebm_from_section(section: dict, where: str) -> tuple[LatentEBM, dict]:
+    """(LatentEBM, Langevin settings) from a manifest's `ebm` section (weights not loaded)."""
+    try:
+        ebm = LatentEBM(section["energy"], section["density"], section.get("training") == "joint")
+        return ebm, dict(section.get("langevin", {}))
+    except (KeyError, TypeError) as e:
+        raise BundleError(f"{where}: manifest has an invalid ebm section ({e})") from None
+
+
+def _vae_weights(run: Path, manifest: dict) -> dict[str, torch.Tensor]:
+    """The VAE's weights: this bundle's, or for an energy-only bundle (`fit-ebm --out`) the parent's,
+    after checking that the parent's weights are still the ones the energy was fitted to."""
+    parent = manifest.get("parent")
+    if parent is None:
+        return bundle.read_weights(run, WEIGHTS, manifest)
+    ppath = Path(parent.get("path", ""))
+    if not ppath.is_absolute():
+        ppath = Path(run) / ppath
+    pman = bundle.read_manifest(ppath, kind="mmvae")
+    got = pman.get("files", {}).get(WEIGHTS, {}).get("sha256")
+    if got != parent.get("model_sha256"):
+        raise BundleError(f"{run}: its parent {ppath} changed since the energy was fitted "
+                          f"(model.safetensors fingerprint differs); refit with `mmvae fit-ebm`")
+    return bundle.read_weights(ppath, WEIGHTS, pman)
 
 
 def load_model(run: Path, device: str | torch.device = "cpu") -> tuple[MultimodalVAE, dict]:
-    """Rebuild a trained model from its bundle (weights checked against the manifest)."""
+    """Rebuild a trained model from its bundle (weights checked against the manifest), with its
+    energy-based prior when the manifest has an `ebm` section."""
     manifest = bundle.read_manifest(run, kind="mmvae")
     try:
         config = ModelConfig.from_dict(manifest["model"])
     except (KeyError, TypeError) as e:
         raise BundleError(f"{run}: manifest has an invalid model section ({e})") from None
     model = MultimodalVAE(config)
-    bundle.load_state(model, bundle.read_weights(run, WEIGHTS, manifest), str(run))
+    bundle.load_state(model, _vae_weights(Path(run), manifest), str(run))
+    if manifest.get("ebm"):
+        ebm, settings = ebm_from_section(manifest["ebm"], str(run))
+        bundle.load_state(ebm, bundle.read_weights(run, EBM_WEIGHTS, manifest), f"{run}/{EBM_WEIGHTS}")
+        model.attach_ebm(ebm, settings)
     return model.to(device).eval(), manifest
 
 
 def save_bundle(run: Path, model: MultimodalVAE, manifest: dict) -> None:
-    bundle.write_weights(run, WEIGHTS, model.state_dict(), manifest)
+    """model.safetensors holds the VAE, ebm.safetensors the energy (when there is one)."""
+    state = model.state_dict()
+    bundle.write_weights(run, WEIGHTS, {k: v for k, v in state.items() if not k.startswith("ebm.")}, manifest)
+    if model.ebm is not None:
+        bundle.write_weights(run, EBM_WEIGHTS, model.ebm.state_dict(), manifest)
     bundle.save_manifest(run, manifest)
 
 

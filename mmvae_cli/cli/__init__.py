@@ -37,12 +37,14 @@ def cli():
 def _register():
     from .compare_cmd import compare
     from .data_cmd import data
+    from .ebm_cmd import fit_ebm
     from .eval_cmd import evaluate
     from .generate_cmd import cross_generate, sample
     from .train_cmd import classifier, train
 
     cli.add_command(train)
     cli.add_command(classifier)
+    cli.add_command(fit_ebm)
     cli.add_command(sample)
     cli.add_command(cross_generate)
     cli.add_command(evaluate, "eval")

@@ -74,7 +74,13 @@ class Context:
         return load_dataset(self.dataset, "train", self.data_root)
 
 
-def _coherence(ctx: Context, clf_run, n_joint, prior, seed) -> dict:
+def _langevin(steps, step_size, noise_scale, clip_grad) -> dict:
+    """The Langevin settings given on the command line (the bundle's stored ones fill the rest)."""
+    given = {"steps": steps, "step_size": step_size, "noise_scale": noise_scale, "clip_grad": clip_grad}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _coherence(ctx: Context, clf_run, n_joint, prior, seed, langevin: dict | None = None) -> dict:
     from ..classifier import load_classifiers
     from ..evaluate import suite
     _positive("--n-joint", n_joint)
@@ -83,7 +89,7 @@ def _coherence(ctx: Context, clf_run, n_joint, prior, seed) -> dict:
     missing = [m for m in ctx.model.names if m not in clf.nets]
     if missing:
         raise MMVAEError(f"{clf_run}: has no classifier for modality {missing[0]!r}")
-    return suite.coherence(ctx.model, clf, ctx.test, ctx.dev, n_joint, prior, seed)
+    return suite.coherence(ctx.model, clf, ctx.test, ctx.dev, n_joint, prior, seed, langevin)
 
 
 def _likelihood(ctx: Context, k, seed, limit: int | None = None) -> dict:
@@ -146,8 +152,10 @@ def _common(f):
 @clf_opt
 @click.option("--n-joint", type=int, default=10000, show_default=True, help="Prior samples for joint coherence.")
 @prior_opt
+@options.langevin_sample
 @_common
-def coherence(run, clf_run, n_joint, prior, split, limit, seed, device, data_root, report_dir, as_json):
+def coherence(run, clf_run, n_joint, prior, steps, step_size, noise_scale, clip_grad, split, limit, seed, device,
+              data_root, report_dir, as_json):
     """Joint coherence (prior samples) and conditional coherence for every subset of inputs.
 
     Conditional coherence is reported per subset and target, averaged by number of inputs (the
@@ -156,7 +164,9 @@ def coherence(run, clf_run, n_joint, prior, split, limit, seed, device, data_roo
     if not clf_run:
         raise MMVAEError("coherence needs digit classifiers: --classifiers RUN (see `mmvae classifier train`)")
     ctx = Context(run, device, data_root, split, limit)
-    _finish(ctx, {"coherence": _coherence(ctx, clf_run, n_joint, prior, seed)}, {}, seed, as_json, report_dir, prior)
+    langevin = _langevin(steps, step_size, noise_scale, clip_grad)
+    _finish(ctx, {"coherence": _coherence(ctx, clf_run, n_joint, prior, seed, langevin)}, {}, seed, as_json,
+            report_dir, prior)
 
 
 @evaluate.command()
@@ -202,6 +212,7 @@ def fid(run, inception_weights, n_fid, prior, split, limit, seed, device, data_r
 @clf_opt
 @weights_opt
 @prior_opt
+@options.langevin_sample
 @click.option("--n-joint", type=int, default=2000, show_default=True, help="Prior samples for joint coherence.")
 @click.option("--k", type=int, default=12, show_default=True, help="Importance samples for the likelihoods.")
 @click.option("--ll-limit", type=int, default=200, show_default=True,
@@ -210,8 +221,8 @@ def fid(run, inception_weights, n_fid, prior, split, limit, seed, device, data_r
 @click.option("--n-train", type=int, default=500, show_default=True, help="Training tuples for the latent probe.")
 @click.option("--n-fid", type=int, default=10000, show_default=True, help="Images per modality for FID.")
 @_common
-def all_(run, clf_run, inception_weights, prior, n_joint, k, ll_limit, n_train, n_fid, split, limit, seed, device,
-         data_root, report_dir, as_json):
+def all_(run, clf_run, inception_weights, prior, steps, step_size, noise_scale, clip_grad, n_joint, k, ll_limit,
+         n_train, n_fid, split, limit, seed, device, data_root, report_dir, as_json):
     """Every metric the bundle supports: coherence (with --classifiers), likelihood, latent (with labels),
     and FID (when the Inception weights are found). Skipped metrics are listed with the reason.
 
@@ -234,7 +245,8 @@ def all_(run, clf_run, inception_weights, prior, n_joint, k, ll_limit, n_train, 
         skipped["coherence"] = "no --classifiers given"
     if "coherence" not in skipped:
         log("coherence ...")
-        results["coherence"] = _coherence(ctx, clf_run, n_joint, prior, seed)
+        results["coherence"] = _coherence(ctx, clf_run, n_joint, prior, seed,
+                                          _langevin(steps, step_size, noise_scale, clip_grad))
     log("likelihood ...")
     results["likelihood"] = _likelihood(ctx, k, seed, ll_limit)
     if "latent" not in skipped:

@@ -29,15 +29,44 @@ def _write(out: str, fmt: str, rows: dict[str, torch.Tensor]) -> None:
 @click.option("--out", required=True, help="Output file (.png grid, one row per modality, or .safetensors).")
 @click.option("--format", "fmt", type=click.Choice(["png", "safetensors"]), default=None,
               help="Default: from the --out extension.")
+@click.option("--prior", type=click.Choice(["base", "ebm"]), default="base", show_default=True,
+              help="base: z ~ p0(z); ebm: short-run Langevin on the bundle's energy (fit one with fit-ebm).")
+@options.langevin_sample
+@click.option("--save-chain", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
+              help="--prior ebm: also draw the chains' transitions (the first 8 chains, one row per chain and "
+                   "modality, columns every --chain-every steps from the start state to the last).")
+@click.option("--chain-every", type=int, default=None, help="Steps between the columns of --save-chain (default: steps/10).")
 @options.seed
 @options.device
-def sample(run, n, out, fmt, seed, device):
-    """Joint generation: z ~ p(z), decoded to every modality's mean."""
+def sample(run, n, out, fmt, prior, steps, step_size, noise_scale, clip_grad, save_chain, chain_every, seed, device):
+    """Joint generation: z ~ p(z) (base prior or energy-based prior), decoded to every modality's mean.
+
+    With --prior ebm a diverging chain stops with exit code 3 and nothing is written.
+    """
     fmt = fmt or ("safetensors" if out.endswith(".safetensors") else "png")
+    if prior != "ebm" and (save_chain or any(v is not None for v in (steps, step_size, noise_scale, clip_grad))):
+        raise MMVAEError("--steps, --step-size, --noise-scale, --clip-grad and --save-chain need --prior ebm")
     dev = pick_device(device)
     model, _ = load_model(Path(run), dev)
     torch.manual_seed(seed)
-    z = model.sample_prior(n)
+    if prior == "base":
+        z = model.sample_prior(n)
+    else:
+        if model.ebm is None:
+            raise MMVAEError(f"{run} has no energy-based prior; fit one with `mmvae fit-ebm {run}`")
+        lsteps = steps if steps is not None else int(model.langevin_settings.get("steps", 50))
+        every = max(1, chain_every or lsteps // 10) if save_chain else 0
+        res = model.run_langevin(model.ebm_start(n), every=every, steps=steps, step_size=step_size,
+                                 noise_scale=noise_scale, clip_grad=clip_grad)
+        z = res.z
+        if save_chain:
+            k = min(n, 8)
+            frames = [model.generate(c[:k]) for c in res.chain]          # per snapshot: {modality: (k, ...)}
+            if lsteps % every:
+                frames.append(model.generate(z[:k]))
+            rows = [torch.stack([f[m][i] for f in frames]) for i in range(k) for m in model.names]
+            save_png(save_chain, grid(rows))
+            log(f"wrote {save_chain} ({k} chains x {len(model.names)} modalities, {len(frames)} columns)")
     _write(out, fmt, model.generate(z))
 
 
@@ -51,13 +80,17 @@ def sample(run, n, out, fmt, seed, device):
 @click.option("-n", "--n", "n", type=int, default=16, show_default=True, help="Number of input tuples.")
 @click.option("--out", required=True, help="Output file (.png grid or .safetensors).")
 @click.option("--format", "fmt", type=click.Choice(["png", "safetensors"]), default=None)
+@options.langevin_sample
 @options.seed
 @options.device
 @options.data_root
-def cross_generate(run, given, images, targets, split, n, out, fmt, seed, device, data_root):
+def cross_generate(run, given, images, targets, split, n, out, fmt, steps, step_size, noise_scale, clip_grad, seed,
+                   device, data_root):
     """Generate the missing modalities from a subset of given ones.
 
-    The PNG shows the inputs in the first rows, then one row per generated modality.
+    The PNG shows the inputs in the first rows, then one row per generated modality. For EB-MVAE
+    bundles (--fusion none with an energy) the missing latents are sampled by Langevin with the
+    given ones clamped; --steps/--step-size/--noise-scale/--clip-grad override its settings.
     """
     fmt = fmt or ("safetensors" if out.endswith(".safetensors") else "png")
     dev = pick_device(device)
@@ -91,7 +124,9 @@ def cross_generate(run, given, images, targets, split, n, out, fmt, seed, device
     if not target_names:
         raise MMVAEError("nothing to generate: every modality is given (use --targets to reconstruct)")
     torch.manual_seed(seed)
-    gen = model.cross_generate(x, target_names)
+    langevin = {k: v for k, v in dict(steps=steps, step_size=step_size, noise_scale=noise_scale,
+                                      clip_grad=clip_grad).items() if v is not None}
+    gen = model.cross_generate(x, target_names, **langevin)
     rows = {f"input.{k}": v for k, v in x.items()}
     rows.update({f"generated.{k}": v for k, v in gen.items()})
     _write(out, fmt, rows)

@@ -10,11 +10,12 @@ import torch
 
 from .. import bundle
 from ..data import load_dataset
+from ..ebm import EnergyConfig
 from ..errors import MMVAEError
 from ..model import MultimodalVAE
 from ..recipes import resolve
 from ..runtime import PRECISIONS, autocast_dtype, init_distributed, shutdown_distributed
-from ..train import Runtime, fit, log, main_log, model_config, pick_device
+from ..train import Runtime, ebm_from_section, fit, log, main_log, model_config, pick_device
 from . import options
 
 
@@ -22,9 +23,11 @@ from . import options
 @click.argument("dataset")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder to write (default: runs/DATASET-FUSION).")
-@click.option("--fusion", type=click.Choice(["poe", "moe", "mopoe"]), default=None,
+@click.option("--fusion", type=click.Choice(["poe", "moe", "mopoe", "none"]), default=None,
               help="poe = MVAE (product of experts with the prior expert), moe = MMVAE (mixture of experts), "
-                   "mopoe = MoPoE (mixture over all subsets' products). Default: the recipe's, else mopoe.")
+                   "mopoe = MoPoE (mixture over all subsets' products), none = EB-MVAE's independent "
+                   "unimodal VAEs (one beta-VAE per modality, --latent-dim each; couple them with "
+                   "`mmvae fit-ebm`). Default: the recipe's, else mopoe.")
 @click.option("--objective", type=click.Choice(["elbo", "iwae", "dreg", "mvae"]), default=None,
               help="Default: the recipe's, else mvae for poe, iwae for moe, elbo for mopoe. elbo: generalised multimodal ELBO; iwae/dreg: stratified IWAE of MMVAE with K samples "
                    "(dreg = doubly-reparameterised gradients); mvae: MVAE's sub-sampled sum of the joint and "
@@ -38,7 +41,9 @@ from . import options
                    "decoding a modality without its input draws w_m from its learned prior p(w_m).")
 @click.option("--subsets", default=None, help='MoPoE mixture subsets: "all", "unimodal+full", or "m0,m1;m2;...".')
 @click.option("--posterior", type=click.Choice(["gaussian", "laplace"]), default=None)
-@click.option("--prior", type=click.Choice(["gaussian", "laplace"]), default=None, help="Base prior p(z).")
+@click.option("--prior", type=click.Choice(["gaussian", "laplace", "ebm"]), default=None,
+              help="Prior p(z). ebm: the energy-based prior exp(-E(z)) p0(z) of Yuan et al. trained jointly "
+                   "(Algorithm 1), p0 the recipe's base prior; see --langevin-steps, --step-size, --ebm-lr.")
 @click.option("--learn-prior/--fixed-prior", default=None, help="Learn the prior's scale.")
 @click.option("--likelihood", default=None,
               help="laplace, gaussian, bernoulli or categorical: one for every modality, or per modality as "
@@ -73,9 +78,17 @@ from . import options
                    "the global batch. See docs/cluster.md.")
 @click.option("--max-steps", type=int, default=None, hidden=True, help="Stop after N steps (tests, benchmarks).")
 @click.option("--step-delay", type=float, default=0.0, hidden=True, help="Sleep after every step (tests).")
-def train(dataset, out, fusion, objective, k, mvae_subsets, private_dim, subsets, posterior, prior, learn_prior, likelihood, rescale, arch,
-          recipe, schedule, epochs, batch_size, lr, beta, latent_dim, seed, device, data_root, resume, overwrite,
-          log_jsonl, precision, compile_, channels_last, distributed, max_steps, step_delay):
+@options.energy_net
+@options.langevin_fit
+@click.option("--ebm-lr", type=float, default=2e-5, show_default=True,
+              help="--prior ebm: Adam learning rate of the energy (LEBM's; Yuan et al. give none).")
+@click.option("--ebm-betas", type=(float, float), default=(0.5, 0.999), show_default=True, metavar="B1 B2",
+              help="--prior ebm: Adam betas of the energy (LEBM's).")
+def train(dataset, out, fusion, objective, k, mvae_subsets, private_dim, subsets, posterior, prior, learn_prior,
+          likelihood, rescale, arch, recipe, schedule, epochs, batch_size, lr, beta, latent_dim, seed, device,
+          data_root, resume, overwrite, log_jsonl, precision, compile_, channels_last, distributed, max_steps,
+          step_delay, energy_hidden, energy_layers, energy_activation, langevin_steps, step_size, noise_scale,
+          clip_grad, ebm_lr, ebm_betas):
     """Train a multimodal VAE on DATASET (polymnist, polymnist-mini, mnist-svhn, or a .safetensors path).
 
     Settings come from the recipe for the dataset and model (recipes/), its short `cpu` schedule for
@@ -118,6 +131,10 @@ def _train(o: dict, out: Path, dev, dist):
             main_log(dist, f"extending {out} from {settings['train']['epochs']} to {o['epochs']} epochs")
             settings["train"]["epochs"] = o["epochs"]
             manifest.pop("finished", None)
+        if manifest.get("ebm"):
+            if manifest["ebm"].get("training") != "joint":
+                raise MMVAEError(f"{out} has a post-hoc energy (fit-ebm): training cannot be resumed under it")
+            model.attach_ebm(*ebm_from_section(manifest["ebm"], str(out)))
         rt = _runtime(manifest.get("runtime", {}), precision, compile_, channels_last, step_delay)
         manifest["runtime"] = {**rt.to_dict(), "world_size": dist.world}
         fit(model, data, out, manifest, settings["train"], dev, resume=True, log_jsonl=log_jsonl, max_steps=max_steps,
@@ -128,9 +145,15 @@ def _train(o: dict, out: Path, dev, dist):
     dist.barrier()   # every rank has looked before rank 0 writes
     if exists and not o["overwrite"]:
         raise MMVAEError(f"{out} already holds a run; use --resume to continue it or --overwrite to replace it")
+    joint_ebm = o["prior"] == "ebm"
+    if joint_ebm and o["fusion"] == "none":
+        raise MMVAEError("--prior ebm learns a prior over a shared latent; EB-MVAE (--fusion none) gets its "
+                         "energy after training: `mmvae fit-ebm RUN`")
     overrides = {k: o[k] for k in ("fusion", "objective", "k", "private_dim", "subsets", "posterior", "prior",
                                    "learn_prior", "likelihood", "rescale", "arch", "epochs", "batch_size", "lr",
                                    "beta", "latent_dim", "seed")}
+    if joint_ebm:
+        overrides["prior"] = None           # the base prior p0 comes from the recipe
     mvae_subsets = o["mvae_subsets"]
     if mvae_subsets is not None:
         if mvae_subsets < 0:
@@ -138,10 +161,26 @@ def _train(o: dict, out: Path, dev, dist):
         overrides["extra"] = {"mvae_k": mvae_subsets}
     settings = resolve(Path(dataset).stem if dataset.endswith(".safetensors") else dataset, o["recipe"], overrides,
                        o["schedule"])
+    if joint_ebm and settings["model"]["fusion"] == "none":
+        raise MMVAEError("--prior ebm learns a prior over a shared latent; EB-MVAE (--fusion none) gets its "
+                         "energy after training: `mmvae fit-ebm RUN`")
     data = load_dataset(dataset, "train", data_root)
     torch.manual_seed(int(settings["train"]["seed"]))   # the initial weights are part of the seeded run
     model = MultimodalVAE(model_config(data, settings["model"]))
     rt = _runtime({}, precision, compile_, channels_last, step_delay)
+    ebm_section = None
+    if joint_ebm:
+        try:
+            energy = EnergyConfig(dim=model.z_dim, hidden=o["energy_hidden"], layers=o["energy_layers"],
+                                  activation=o["energy_activation"] or "gelu")
+        except MMVAEError as e:
+            raise MMVAEError(f"--energy-*: {e}") from None
+        langevin = {"steps": o["langevin_steps"], "step_size": o["step_size"], "noise_scale": o["noise_scale"],
+                    "clip_grad": o["clip_grad"]}
+        ebm_section = {"energy": energy.to_dict(), "density": "tilted", "training": "joint", "objective": "ml",
+                       "langevin": langevin}
+        settings["train"].update(ebm_lr=o["ebm_lr"], ebm_betas=list(o["ebm_betas"]))
+        model.attach_ebm(*ebm_from_section(ebm_section, str(out)))
     manifest = bundle.new_manifest(
         "mmvae",
         dataset={"name": data.name, "name_or_path": dataset, "fingerprint": data.fingerprint, "size": len(data)},
@@ -150,6 +189,8 @@ def _train(o: dict, out: Path, dev, dist):
         model=model.config.to_dict(), settings=settings, seed=settings["train"]["seed"],
         parameters=sum(p.numel() for p in model.parameters()), history=[],
         runtime={**rt.to_dict(), "world_size": dist.world})
+    if ebm_section is not None:
+        manifest["ebm"] = ebm_section
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         for stale in ("model.safetensors", "checkpoint.safetensors", "ebm.safetensors"):
@@ -162,6 +203,10 @@ def _train(o: dict, out: Path, dev, dist):
         f"latent {m['latent_dim']}, device {dev}, precision {rt.precision}"
         f"{f', {dist.world} processes' if dist.enabled else ''}  "
         f"[recipe {settings['recipe']}, schedule {settings['schedule']}]")
+    if ebm_section is not None:
+        main_log(dist, f"  with a jointly trained energy-based prior: {energy.layers} layers of {energy.hidden} "
+                 f"units, Langevin {o['langevin_steps']} steps of size {o['step_size']:g}, energy lr "
+                 f"{o['ebm_lr']:g}, betas {tuple(o['ebm_betas'])}")
     fit(model, data, out, manifest, t, dev, log_jsonl=log_jsonl, max_steps=max_steps, runtime=rt, dist=dist)
     main_log(dist, f"wrote {out}")
 

@@ -42,7 +42,8 @@ def joint_coherence(sample_latents, model, clf, n: int, batch_size: int = 500) -
 
 @torch.no_grad()
 def conditional_coherence(model, clf, data: MultimodalData, device, batch_size: int = 500,
-                          max_inputs: int | None = None) -> dict:
+                          max_inputs: int | None = None, langevin: dict | None = None) -> dict:
+    """`langevin`: settings passed to model.cross_generate (used by EB-MVAE's clamped Langevin)."""
     names = model.names
     M = len(names)
     sizes = range(1, M if max_inputs is None else min(M, max_inputs + 1))
@@ -54,7 +55,7 @@ def conditional_coherence(model, clf, data: MultimodalData, device, batch_size: 
         y = data.labels[idx].to(device)
         for s in subsets:
             targets = [t for t in names if t not in s]
-            gen = model.cross_generate({m: x[m] for m in s}, targets)
+            gen = model.cross_generate({m: x[m] for m in s}, targets, **(langevin or {}))
             for t in targets:
                 correct[subset_key(s)][t] += int((clf.predict(t, gen[t]) == y).sum())
     n = len(data)

@@ -1,0 +1,155 @@
+"""Post-hoc energies for a frozen multimodal VAE (`mmvae fit-ebm`).
+
+Positives are samples of the aggregate posterior over the training set,
+    z ~ q(z) = 1/N sum_i q(z | X_i)        (q the model's fused posterior given all modalities;
+                                            for fusion none the concatenated unimodal posteriors),
+and the energy is fitted to them by one of
+
+  ml         maximum likelihood for the tilted prior p_alpha(z) ∝ exp(-E(z)) p0(z) (Yuan et al. eq. 10):
+             loss = mean E(z_pos) - mean E(z_neg), z_neg by short-run Langevin from p0 (eq. 11), or
+             continued from the previous batch's chains (persistent);
+  exact | sliced | denoising
+             score matching for the Gibbs density p(z) ∝ exp(-E(z)) (EB-MVAE eq. 1), see
+             ebm.score_matching_loss.
+
+The VAE's experts are encoded once (the VAE is frozen); every batch re-fuses the stored experts and
+draws fresh posterior samples, so every fusion (poe, moe, mopoe, none) is served by one code path.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .data.base import MultimodalData
+from .ebm import EnergyConfig, LatentEBM, maximum_likelihood_loss, score_matching_loss
+from .errors import MMVAEError, NumericalError
+from .model import MultimodalVAE
+
+OBJECTIVES = ("ml", "exact", "sliced", "denoising")
+EXACT_MAX_DIM = 128   # exact score matching costs one backward pass per latent dimension
+
+
+@dataclass
+class FitSettings:
+    objective: str = "ml"
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    reg: float = 0.0                  # ml: L2 on the energies (0 = off)
+    persistent: bool = False          # ml: persistent chains instead of short-run from p0
+    sigma: float = 0.25               # denoising noise
+    projections: int = 1              # sliced / denoising draws per sample
+    seed: int = 0
+
+
+class ExpertBank:
+    """The frozen unimodal experts q(z | x_m) of a whole data set: loc, scale of shape (M, N, d)."""
+
+    @torch.no_grad()
+    def __init__(self, model: MultimodalVAE, data: MultimodalData, device, batch_size: int = 500):
+        self.model = model
+        locs, scales = [], []
+        for start in range(0, len(data), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(data)))
+            e = model.experts(data.batch(idx, device))
+            locs.append(e.loc)
+            scales.append(e.scale)
+        self.loc, self.scale = torch.cat(locs, 1), torch.cat(scales, 1)
+        self.kind = type(e)
+        self.n = self.loc.shape[1]
+
+    @torch.no_grad()
+    def sample(self, idx: torch.Tensor) -> torch.Tensor:
+        """One z ~ q(z | X_i) for each index i (all modalities given). (len(idx), D)"""
+        m = self.model
+        experts = self.kind(self.loc[:, idx], self.scale[:, idx])
+        given = torch.ones(len(m.names), dtype=torch.bool)
+        return m.fusion.combine(experts, given, m.prior.dist()).sample()
+
+
+def check_objective(objective: str, dim: int) -> None:
+    if objective not in OBJECTIVES:
+        raise MMVAEError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if objective == "exact" and dim > EXACT_MAX_DIM:
+        raise MMVAEError(f"--objective exact takes one backward pass per latent dimension and this latent has "
+                         f"{dim} (limit {EXACT_MAX_DIM}); use --objective sliced or denoising")
+
+
+def fit_energy(model: MultimodalVAE, data: MultimodalData, energy: EnergyConfig, s: FitSettings,
+               langevin: dict, device, log=lambda msg: None) -> tuple[LatentEBM, list[dict]]:
+    """Fit a LatentEBM to `model`'s aggregate posterior on `data`; the model itself is not changed
+    (its parameters are frozen here) and the energy is attached to it when this returns.
+
+    Returns (ebm, history) with one history row per epoch: mean loss, and for ml the mean energies
+    of positives and negatives. Raises NumericalError on a non-finite loss or a diverging chain."""
+    check_objective(s.objective, model.z_dim)
+    torch.manual_seed(s.seed)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    bank = ExpertBank(model, data, device)
+    density = "tilted" if s.objective == "ml" else "gibbs"
+    ebm = LatentEBM(energy, density).to(device)
+    if density == "gibbs":       # chains of the Gibbs density start at the latents' moment-matched Gaussian
+        z = bank.sample(torch.arange(bank.n))
+        ebm.init_loc.copy_(z.mean(0))
+        ebm.init_scale.copy_(z.std(0).clamp_min(1e-3))
+    model.attach_ebm(ebm, langevin)
+    opt = torch.optim.Adam(ebm.energy.parameters(), lr=s.lr, betas=tuple(s.betas))
+    g = torch.Generator().manual_seed(s.seed)
+    history, chains = [], None
+    for epoch in range(s.epochs):
+        t0 = time.time()
+        perm = torch.randperm(bank.n, generator=g)
+        sums = {"loss": 0.0, "e_pos": 0.0, "e_neg": 0.0}
+        batches = 0
+        for start in range(0, bank.n, s.batch_size):
+            idx = perm[start:start + s.batch_size]
+            if len(idx) < 2:
+                continue
+            z_pos = bank.sample(idx.to(bank.loc.device))
+            if s.objective == "ml":
+                start_z = chains[:len(idx)] if (s.persistent and chains is not None and len(chains) >= len(idx)) \
+                    else model.ebm_start(len(idx))
+                z_neg = model.run_langevin(start_z).z
+                if s.persistent:
+                    chains = z_neg
+                loss = maximum_likelihood_loss(ebm.energy, z_pos, z_neg, s.reg)
+                with torch.no_grad():
+                    sums["e_pos"] += ebm.energy(z_pos).mean().item()
+                    sums["e_neg"] += ebm.energy(z_neg).mean().item()
+            else:
+                loss = score_matching_loss(ebm.energy, z_pos, s.objective, s.sigma, s.projections)
+            if not torch.isfinite(loss):
+                raise NumericalError(f"fit-ebm loss became {loss.item()} at epoch {epoch + 1}; "
+                                     f"try a smaller --lr (now {s.lr:g})"
+                                     + (" or --step-size" if s.objective == "ml" else ""))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums["loss"] += loss.item()
+            batches += 1
+        row = {"epoch": epoch + 1, "loss": sums["loss"] / max(batches, 1)}
+        if s.objective == "ml":
+            row.update(e_pos=sums["e_pos"] / max(batches, 1), e_neg=sums["e_neg"] / max(batches, 1))
+        row["seconds"] = round(time.time() - t0, 2)
+        history.append(row)
+        log(f"fit-ebm epoch {epoch + 1}/{s.epochs}  " +
+            "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
+    ebm.eval()
+    for p in ebm.parameters():
+        p.requires_grad_(False)
+    return ebm, history
+
+
+def summarise(history: list[dict]) -> dict:
+    """The loss curve in a few numbers: first, last, min (and the epoch of the min)."""
+    losses = [h["loss"] for h in history]
+    if not losses:
+        return {}
+    i = min(range(len(losses)), key=losses.__getitem__)
+    return {"first": losses[0], "last": losses[-1], "min": losses[i], "min_epoch": i + 1, "epochs": len(losses)}
