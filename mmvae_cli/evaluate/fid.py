@@ -31,7 +31,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable
@@ -41,6 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..bundle import atomic_write_bytes
 from ..errors import DataError, MMVAEError, NumericalError
 
 #: File name pytorch-fid downloads into torch hub's checkpoint folder.
@@ -240,21 +240,6 @@ def load_inception_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor
     return _validate_state_dict(obj, p)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def convert_inception_weights(pth: str | os.PathLike, out_safetensors: str | os.PathLike) -> Path:
     """Convert the official ``.pth`` (read weights-only) to ``.safetensors``, once.
 
@@ -277,7 +262,7 @@ def convert_inception_weights(pth: str | os.PathLike, out_safetensors: str | os.
     data = save({k: v.contiguous() for k, v in sd.items()},
                 metadata={"format": "pytorch-fid-inception", "source": src.name,
                           "source_sha256": digest.hexdigest()})
-    _atomic_write_bytes(dst, data)
+    atomic_write_bytes(dst, data)
     return dst
 
 
@@ -492,7 +477,7 @@ def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray,
     data = save({"mu": np.ascontiguousarray(mu), "sigma": np.ascontiguousarray(sigma)},
                 metadata={"format": _STATS_FORMAT, "version": _STATS_VERSION,
                           "meta": json.dumps(_normalise_meta(meta), sort_keys=True)})
-    _atomic_write_bytes(p, data)
+    atomic_write_bytes(p, data)
     return p
 
 
