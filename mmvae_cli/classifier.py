@@ -17,7 +17,7 @@ from torch import nn
 from . import bundle
 from .data.base import MultimodalData
 from .errors import BundleError, MMVAEError
-from .train import log, progress
+from .console import log, progress
 
 WEIGHTS = "classifiers.safetensors"
 

@@ -83,10 +83,10 @@ class Mixture:
         z = self.components.rsample()                  # (S, B, D)
         return z[which, torch.arange(B, device=z.device)]
 
-    def sample(self, generator_index: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(self) -> torch.Tensor:
         """One sample per batch item from a uniformly chosen component. (B, D)"""
         S, B = self.n_components, self.components.batch_shape[1]
-        which = torch.randint(S, (B,), device=self.mask.device) if generator_index is None else generator_index
+        which = torch.randint(S, (B,), device=self.mask.device)
         z = self.components.rsample()
         return z[which, torch.arange(B, device=z.device)]
 

@@ -134,7 +134,6 @@ class MultimodalVAE(nn.Module):
         self.langevin_settings: dict = {}
         from .objectives import get_objective  # objectives import model types: import late
         self.objective = get_objective(c.objective)
-        self.fusion.combine  # noqa: B018  (fail early on bad combinations in combine())
 
     # Runtime settings (not part of the bundle), set by training: with `amp_dtype` the networks run under
     # autocast and their outputs return to fp32, so products of experts, KLs and likelihoods stay in fp32;

@@ -20,9 +20,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from . import bundle
+from .console import log, progress
 from .data.base import GatheredTensors, MultimodalData
 from .ebm import LatentEBM
 from .errors import BundleError, Interrupted, MMVAEError, NumericalError
@@ -37,21 +37,12 @@ WEIGHTS = "model.safetensors"
 EBM_WEIGHTS = "ebm.safetensors"
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise MMVAEError("--device cuda: no CUDA device is available (use --device cpu or auto)")
     return torch.device(name)
-
-
-def progress(iterable, disable: bool = False, **kw):
-    """tqdm on stderr, off when stderr is not a terminal."""
-    return tqdm(iterable, file=sys.stderr, disable=disable or not sys.stderr.isatty(), leave=False, **kw)
 
 
 def main_log(dist: Dist, msg: str) -> None:

@@ -9,7 +9,7 @@ import click
 
 from .. import bundle
 from ..errors import MMVAEError
-from ..train import log
+from ..console import log
 from . import options
 
 

@@ -12,7 +12,8 @@ from .. import bundle
 from ..data import load_dataset
 from ..ebm import EnergyConfig
 from ..errors import BundleError, MMVAEError
-from ..train import EBM_WEIGHTS, WEIGHTS, load_model, log, pick_device
+from ..console import log
+from ..train import EBM_WEIGHTS, WEIGHTS, load_model, pick_device
 from . import options
 
 

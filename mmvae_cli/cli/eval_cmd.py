@@ -11,7 +11,8 @@ from .. import bundle
 from ..data import load_dataset
 from ..errors import MMVAEError
 from ..evaluate import spread_indices
-from ..train import load_model, log, pick_device
+from ..console import log
+from ..train import load_model, pick_device
 from . import options
 
 

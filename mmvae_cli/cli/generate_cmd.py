@@ -11,7 +11,8 @@ from ..bundle import atomic_save_tensors
 from ..data import load_dataset
 from ..errors import MMVAEError
 from ..images import grid, load_image, save_png
-from ..train import load_model, log, pick_device
+from ..console import log
+from ..train import load_model, pick_device
 from . import options
 
 

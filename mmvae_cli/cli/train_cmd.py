@@ -15,7 +15,8 @@ from ..errors import MMVAEError
 from ..model import MultimodalVAE
 from ..recipes import resolve
 from ..runtime import PRECISIONS, autocast_dtype, init_distributed, shutdown_distributed
-from ..train import Runtime, ebm_from_section, fit, log, main_log, model_config, pick_device
+from ..console import log
+from ..train import Runtime, ebm_from_section, fit, main_log, model_config, pick_device
 from . import options
 
 

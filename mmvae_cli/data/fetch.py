@@ -15,7 +15,6 @@ import http.client
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -24,8 +23,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from ..console import progress as console_progress
 from ..errors import DataError
 
 ENV_DATA_ROOT = "MMVAE_DATA"
@@ -37,11 +37,6 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     if root is None or str(root) == "":
         root = os.environ.get(ENV_DATA_ROOT) or "~/.cache/mmvae"
     return Path(root).expanduser()
-
-
-def log(message: str) -> None:
-    """Progress messages go to stderr, never stdout (stdout is for --json)."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def one_line(exc: BaseException) -> str:
@@ -58,20 +53,9 @@ def one_line(exc: BaseException) -> str:
 
 
 def progress(total: int | None, desc: str, unit: str = "B"):
-    """A tqdm bar on stderr, disabled when stderr is not a terminal."""
-    from tqdm import tqdm
-
-    is_tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", unit_divisor=1024 if unit == "B" else 1000,
-                file=sys.stderr, disable=not is_tty, leave=False)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
+    """A download/extraction bar (bytes scaled by 1024), on stderr and only on a terminal."""
+    return console_progress(total=total, desc=desc, unit=unit, unit_scale=unit == "B",
+                            unit_divisor=1024 if unit == "B" else 1000)
 
 
 def _open_url(url: str, timeout: float):
@@ -148,22 +132,6 @@ def extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike) -> Path:
     except zipfile.BadZipFile as exc:
         raise DataError(f"{Path(zip_path).name} is not a valid zip file ({one_line(exc)})") from None
     return dest
-
-
-def save_safetensors_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
-                            metadata: dict[str, str] | None = None) -> Path:
-    """Write a safetensors file via a temporary file in the same folder and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp_name, metadata=metadata)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -30,7 +30,9 @@ import torch
 
 from ..errors import DataError
 from .base import GatheredTensors, MultimodalData, fingerprint_tensors
-from .fetch import data_root, load_safetensors, log, one_line, save_safetensors_atomic
+from ..bundle import atomic_save_tensors
+from ..console import log
+from .fetch import data_root, load_safetensors, one_line
 
 NAME = "mnist-svhn"
 DEFAULT_DM = 30
@@ -217,7 +219,7 @@ def load_mnist_svhn(root: str | Path | None, split: str, *, dm: int = DEFAULT_DM
         labels = torch.from_numpy(mnist_y)[idx_m]
         fingerprint = fingerprint_tensors({**store, "pairs_mnist": idx_m, "pairs_svhn": idx_s}, labels)
         try:
-            save_safetensors_atomic(cache, {"mnist": idx_m, "svhn": idx_s},
+            atomic_save_tensors(cache, {"mnist": idx_m, "svhn": idx_s},
                                     {"format": CACHE_FORMAT, "key": key, "fingerprint": fingerprint,
                                      "dm": str(dm), "max_per_class": str(max_per_class), "seed": str(seed)})
             for old in cache.parent.glob(f"pairs-{split}-*.safetensors"):

@@ -38,8 +38,9 @@ import torch
 
 from ..errors import DataError
 from .base import MultimodalData, fingerprint_tensors
-from .fetch import (data_root, download, extract_zip, load_safetensors, log, one_line, progress,
-                    rmtree_quiet, save_safetensors_atomic)
+from ..bundle import atomic_save_tensors
+from ..console import log
+from .fetch import data_root, download, extract_zip, load_safetensors, one_line, progress, rmtree_quiet
 
 NAME = "polymnist"
 MINI_NAME = "polymnist-mini"
@@ -412,7 +413,7 @@ def load_mmnist(mmnist: str | Path, split: str, name: str = NAME) -> MultimodalD
         labels = torch.tensor(labels_list, dtype=torch.int64)
         fingerprint = fingerprint_tensors(tensors, labels)
         try:
-            save_safetensors_atomic(cache, {**tensors, "label": labels},
+            atomic_save_tensors(cache, {**tensors, "label": labels},
                                     {"format": CACHE_FORMAT, "key": key, "fingerprint": fingerprint,
                                      "source": str(split_dir)})
             for old in cache_dir.glob(f"{mmnist.name.lower()}-{split}-*.safetensors"):
