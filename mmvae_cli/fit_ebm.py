@@ -20,13 +20,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
+from . import bundle
 from .data.base import MultimodalData
 from .ebm import EnergyConfig, LatentEBM, maximum_likelihood_loss, score_matching_loss
-from .errors import MMVAEError, NumericalError
+from .errors import Interrupted, MMVAEError, NumericalError
 from .model import MultimodalVAE
+from .runtime import StopFlag, capture_rng, restore_rng
+
+# A checkpoint is (tensors, state): the energy, Adam, the RNG streams, the epoch's permutation and
+# any persistent chains as tensors; position, partial sums, history and Adam's hyperparameters as JSON.
+Checkpoint = tuple[dict[str, torch.Tensor], dict]
 
 OBJECTIVES = ("ml", "exact", "sliced", "denoising")
 EXACT_MAX_DIM = 128   # exact score matching costs one backward pass per latent dimension
@@ -80,12 +87,18 @@ def check_objective(objective: str, dim: int) -> None:
 
 
 def fit_energy(model: MultimodalVAE, data: MultimodalData, energy: EnergyConfig, s: FitSettings,
-               langevin: dict, device, log=lambda msg: None) -> tuple[LatentEBM, list[dict]]:
+               langevin: dict, device, log=lambda msg: None, *,
+               checkpoint: Callable[[dict, dict], None] | None = None, resume: Checkpoint | None = None,
+               stop: StopFlag | None = None, step_delay: float = 0.0,
+               on_epoch: Callable[[dict], None] | None = None) -> tuple[LatentEBM, list[dict]]:
     """Fit a LatentEBM to `model`'s aggregate posterior on `data`; the model itself is not changed
     (its parameters are frozen here) and the energy is attached to it when this returns.
 
     Returns (ebm, history) with one history row per epoch: mean loss, and for ml the mean energies
-    of positives and negatives. Raises NumericalError on a non-finite loss or a diverging chain."""
+    of positives and negatives. Raises NumericalError on a non-finite loss or a diverging chain.
+    `checkpoint(tensors, state)` is called after every epoch and, when `stop` is set (SIGTERM or
+    SIGUSR1), after the current step, before raising Interrupted; `resume` continues from such a
+    checkpoint with the same result as an uninterrupted fit. `on_epoch(row)` sees each history row."""
     check_objective(s.objective, model.z_dim)
     torch.manual_seed(s.seed)
     model.eval()
@@ -94,45 +107,79 @@ def fit_energy(model: MultimodalVAE, data: MultimodalData, energy: EnergyConfig,
     bank = ExpertBank(model, data, device)
     density = "tilted" if s.objective == "ml" else "gibbs"
     ebm = LatentEBM(energy, density).to(device)
-    if density == "gibbs":       # chains of the Gibbs density start at the latents' moment-matched Gaussian
+    if density == "gibbs" and resume is None:   # Gibbs chains start at the latents' moment-matched Gaussian
         z = bank.sample(torch.arange(bank.n))
         ebm.init_loc.copy_(z.mean(0))
         ebm.init_scale.copy_(z.std(0).clamp_min(1e-3))
     model.attach_ebm(ebm, langevin)
     opt = torch.optim.Adam(ebm.energy.parameters(), lr=s.lr, betas=tuple(s.betas))
     g = torch.Generator().manual_seed(s.seed)
-    history, chains = [], None
-    for epoch in range(s.epochs):
+    history, chains, perm = [], None, None
+    first_epoch, first_start, sums, batches = 0, 0, {}, 0
+    if resume is not None:
+        tensors, state = resume
+        bundle.load_state(ebm, {k[4:]: v for k, v in tensors.items() if k.startswith("ebm.")}, "fit-ebm checkpoint")
+        opt.load_state_dict(bundle.unflatten_optimizer(tensors, state["optimizer"]))
+        restore_rng(tensors, seed=s.seed)
+        g.set_state(tensors["fit.generator"])
+        first_epoch, first_start = int(state["epoch"]), int(state["start"])
+        history, sums, batches = list(state["history"]), dict(state["sums"]), int(state["batches"])
+        perm = tensors.get("fit.perm") if first_start else None
+        chains = tensors["fit.chains"].to(device) if "fit.chains" in tensors else None
+    stop = stop if stop is not None else StopFlag()
+
+    def save(epoch: int, start: int) -> None:
+        if checkpoint is None:
+            return
+        tensors = {f"ebm.{k}": v for k, v in ebm.state_dict().items()}
+        opt_tensors, opt_meta = bundle.flatten_optimizer(opt)
+        tensors.update(opt_tensors)
+        tensors.update(capture_rng())
+        tensors["fit.generator"] = g.get_state()
+        if start:
+            tensors["fit.perm"] = perm
+        if chains is not None:
+            tensors["fit.chains"] = chains
+        checkpoint(tensors, {"epoch": epoch, "start": start, "sums": sums, "batches": batches,
+                             "history": history, "optimizer": opt_meta})
+
+    for epoch in range(first_epoch, s.epochs):
         t0 = time.time()
-        perm = torch.randperm(bank.n, generator=g)
-        sums = {"loss": 0.0, "e_pos": 0.0, "e_neg": 0.0}
-        batches = 0
-        for start in range(0, bank.n, s.batch_size):
+        start0 = first_start if (epoch == first_epoch and perm is not None) else 0
+        if not start0:
+            perm = torch.randperm(bank.n, generator=g)
+            sums, batches = {"loss": 0.0, "e_pos": 0.0, "e_neg": 0.0}, 0
+        for start in range(start0, bank.n, s.batch_size):
             idx = perm[start:start + s.batch_size]
-            if len(idx) < 2:
-                continue
-            z_pos = bank.sample(idx.to(bank.loc.device))
-            if s.objective == "ml":
-                start_z = chains[:len(idx)] if (s.persistent and chains is not None and len(chains) >= len(idx)) \
-                    else model.ebm_start(len(idx))
-                z_neg = model.run_langevin(start_z).z
-                if s.persistent:
-                    chains = z_neg
-                loss = maximum_likelihood_loss(ebm.energy, z_pos, z_neg, s.reg)
-                with torch.no_grad():
-                    sums["e_pos"] += ebm.energy(z_pos).mean().item()
-                    sums["e_neg"] += ebm.energy(z_neg).mean().item()
-            else:
-                loss = score_matching_loss(ebm.energy, z_pos, s.objective, s.sigma, s.projections)
-            if not torch.isfinite(loss):
-                raise NumericalError(f"fit-ebm loss became {loss.item()} at epoch {epoch + 1}; "
-                                     f"try a smaller --lr (now {s.lr:g})"
-                                     + (" or --step-size" if s.objective == "ml" else ""))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums["loss"] += loss.item()
-            batches += 1
+            if len(idx) >= 2:
+                z_pos = bank.sample(idx.to(bank.loc.device))
+                if s.objective == "ml":
+                    start_z = chains[:len(idx)] if (s.persistent and chains is not None and len(chains) >= len(idx)) \
+                        else model.ebm_start(len(idx))
+                    z_neg = model.run_langevin(start_z).z
+                    if s.persistent:
+                        chains = z_neg
+                    loss = maximum_likelihood_loss(ebm.energy, z_pos, z_neg, s.reg)
+                    with torch.no_grad():
+                        sums["e_pos"] += ebm.energy(z_pos).mean().item()
+                        sums["e_neg"] += ebm.energy(z_neg).mean().item()
+                else:
+                    loss = score_matching_loss(ebm.energy, z_pos, s.objective, s.sigma, s.projections)
+                if not torch.isfinite(loss):
+                    raise NumericalError(f"fit-ebm loss became {loss.item()} at epoch {epoch + 1}; "
+                                         f"try a smaller --lr (now {s.lr:g})"
+                                         + (" or --step-size" if s.objective == "ml" else ""))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sums["loss"] += loss.item()
+                batches += 1
+            if step_delay:
+                time.sleep(step_delay)
+            if stop:
+                save(epoch, start + s.batch_size)
+                raise Interrupted(f"stopped by signal {stop.signal}: fit-ebm checkpoint written; continue with "
+                                  f"the same command and --resume")
         row = {"epoch": epoch + 1, "loss": sums["loss"] / max(batches, 1)}
         if s.objective == "ml":
             row.update(e_pos=sums["e_pos"] / max(batches, 1), e_neg=sums["e_neg"] / max(batches, 1))
@@ -140,6 +187,9 @@ def fit_energy(model: MultimodalVAE, data: MultimodalData, energy: EnergyConfig,
         history.append(row)
         log(f"fit-ebm epoch {epoch + 1}/{s.epochs}  " +
             "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
+        if on_epoch is not None:
+            on_epoch(row)
+        save(epoch + 1, 0)
     ebm.eval()
     for p in ebm.parameters():
         p.requires_grad_(False)

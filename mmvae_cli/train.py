@@ -134,6 +134,9 @@ def load_model(run: Path, device: str | torch.device = "cpu") -> tuple[Multimoda
     """Rebuild a trained model from its bundle (weights checked against the manifest), with its
     energy-based prior when the manifest has an `ebm` section."""
     manifest = bundle.read_manifest(run, kind="mmvae")
+    if manifest.get("parent") is not None and not manifest.get("ebm"):
+        raise BundleError(f"{run}: its energy is not fitted yet (fit-ebm was interrupted); continue with "
+                          f"`mmvae fit-ebm {manifest['parent'].get('path')} --out {run} --resume`")
     try:
         config = ModelConfig.from_dict(manifest["model"])
     except (KeyError, TypeError) as e:

@@ -84,6 +84,75 @@ def test_sigterm_mid_epoch_then_resume_is_bit_identical(data_root, tmp_path):
     assert [json.loads(x)["epoch"] for x in log.read_text().splitlines()] == [1, 2, 3]
 
 
+def test_fit_ebm_sigterm_mid_epoch_then_resume_is_bit_identical(data_root, tmp_path, capsys):
+    """fit-ebm: SIGTERM mid-epoch writes a checkpoint and exits 75; --resume (into --out, with persistent
+    chains, so the chains and both RNG streams must survive) gives the uninterrupted fit's energy."""
+    vae = tmp_path / "vae"
+    with one_thread():
+        assert run(["train", "polymnist", "--data-root", data_root, "--epochs", "1", "--batch-size", "8",
+                    "--latent-dim", "4", "--device", "cpu", "--out", vae])[0] == 0
+    fit = ["fit-ebm", vae, "--data-root", data_root, "--epochs", "3", "--batch-size", "4", "--langevin-steps", "3",
+           "--energy-hidden", "16", "--persistent", "--seed", "5", "--device", "cpu"]       # 10 steps per epoch
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    p = _mmvae(fit + ["--out", killed, "--step-delay", "0.1"])
+    deadline = time.time() + 90
+    while not (killed / "ebm-checkpoint.safetensors").exists():   # epoch 1 done: now inside epoch 2
+        assert p.poll() is None and time.time() < deadline, p.communicate()[1]
+        time.sleep(0.01)
+    time.sleep(0.25)
+    p.send_signal(signal.SIGTERM)
+    code, _, err = _finish(p)
+    assert code == 75, err
+    assert err.strip().splitlines()[-1].startswith("error: stopped by signal") and "Traceback" not in err
+    state = json.loads((killed / "manifest.json").read_text())["ebm_fit_state"]
+    assert state["epoch"] == 1 and 0 < state["start"] < 40, state          # stopped mid-epoch 2
+    capsys.readouterr()
+    code, _, err = run(["sample", killed, "--prior", "ebm", "-n", "2", "--out", tmp_path / "s.png"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--resume" in err, err    # no energy until the fit ends
+
+    with one_thread():
+        assert run(fit + ["--out", ref])[0] == 0
+        assert run(["fit-ebm", vae, "--out", killed, "--resume", "--data-root", data_root, "--device", "cpu"])[0] == 0
+    a, b = load_file(ref / "ebm.safetensors"), load_file(killed / "ebm.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (ref, killed))
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(ma["ebm"]["history"]) == strip(mb["ebm"]["history"]) and len(ma["ebm"]["history"]) == 3
+    assert "ebm_fit_state" not in mb and not (killed / "ebm-checkpoint.safetensors").exists()
+    assert "ebm-checkpoint.safetensors" not in mb["files"]
+    capsys.readouterr()
+    code, _, err = run(["fit-ebm", vae, "--out", killed, "--resume", "--data-root", data_root], capsys)
+    assert code == 2 and "no interrupted fit-ebm to resume" in err, err
+
+
+def test_fit_ebm_in_place_interrupted_then_resumed(data_root, tmp_path):
+    """Without --out the checkpoint lives in RUN itself and is removed once the resumed fit ends."""
+    vae = tmp_path / "vae"
+    assert run(["train", "polymnist", "--data-root", data_root, "--epochs", "1", "--batch-size", "8",
+                "--latent-dim", "4", "--device", "cpu", "--out", vae])[0] == 0
+    p = _mmvae(["fit-ebm", vae, "--data-root", data_root, "--epochs", "2", "--batch-size", "4", "--langevin-steps",
+                "3", "--energy-hidden", "16", "--device", "cpu", "--step-delay", "0.1"])
+    deadline = time.time() + 90
+    while not (vae / "ebm-checkpoint.safetensors").exists():
+        assert p.poll() is None and time.time() < deadline, p.communicate()[1]
+        time.sleep(0.01)
+    p.send_signal(signal.SIGUSR1)
+    code, _, err = _finish(p)
+    assert code == 75, err
+    m = json.loads((vae / "manifest.json").read_text())
+    assert "ebm" not in m and m["ebm_fit_state"]["settings"]["fit"]["epochs"] == 2
+    assert run(["fit-ebm", vae, "--resume", "--data-root", data_root, "--device", "cpu", "--log-jsonl",
+                tmp_path / "log.jsonl"])[0] == 0
+    lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [(x["event"], x["epoch"]) for x in lines][-1] == ("fit-ebm-epoch", 2)
+    m = json.loads((vae / "manifest.json").read_text())
+    assert [h["epoch"] for h in m["ebm"]["history"]] == [1, 2] and "ebm_fit_state" not in m
+    assert not (vae / "ebm-checkpoint.safetensors").exists() and "ebm.safetensors" in m["files"]
+    assert run(["sample", vae, "--prior", "ebm", "-n", "2", "--out", tmp_path / "s.png", "--device", "cpu"])[0] == 0
+
+
 def test_two_process_ddp_matches_single_process_global_batch(data_root, tmp_path):
     """torchrun with 2 gloo processes, global batch 8 (4 per rank), 5 steps. Reference, computed here in
     one process: the same initial weights, and for every step the gradient of the global-batch mean as
