@@ -58,9 +58,9 @@ def main():
     for key, label in MODELS:
         f = load(r / f"{key}-fit-ebm.json")
         if f:
-            coh = f.get("joint_coherence") or f.get("coherence") or {}
+            coh = f.get("joint_coherence", {})
             print(f"{label} + post-hoc energy: joint coherence base {fmt(coh.get('base'))} -> energy {fmt(coh.get('ebm'))}"
-                  f"  ({json.dumps({k: v for k, v in f.items() if k not in ('coherence', 'joint_coherence')})[:300]})")
+                  f"  ({json.dumps({k: v for k, v in f.items() if k != 'joint_coherence'})[:300]})")
     rows = [("EB-MVAE, independent unimodal VAEs", load(r / "ebmvae-independent.json")),
             ("EB-MVAE, with the energy (Langevin on the unobserved latents)", load(r / "ebmvae-energy.json"))]
     if any(c for _, c in rows):

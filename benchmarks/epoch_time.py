@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -36,9 +35,7 @@ RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "polymnist-mopoe.t
 
 def write_tuples(path: Path, n: int, data_root: str | None) -> None:
     """polymnist-mini's training tuples repeated to `n` tuples, as one safetensors dataset file."""
-    if data_root:
-        os.environ["MMVAE_DATA"] = data_root
-    mini = load_dataset("polymnist-mini", "train")
+    mini = load_dataset("polymnist-mini", "train", data_root)
     idx = torch.arange(n) % len(mini)
     tensors = {m: mini.tensors[m][idx].contiguous() for m in mini.tensors}
     tensors["label"] = mini.labels[idx].long()

@@ -103,9 +103,10 @@ def fit_ebm(run, out, objective, epochs, batch_size, lr, betas, energy_hidden, e
     manifest = bundle.read_manifest(run, kind="mmvae")
     if outp is not None and outp.resolve() == run.resolve():
         raise MMVAEError("--out must differ from RUN (omit --out to add the energy to RUN)")
-    recorded = None
+    recorded = resumed = None                               # resumed: the --out manifest holding the checkpoint
     if resume:
         holder = manifest if outp is None else bundle.read_manifest(outp, kind="mmvae")
+        resumed = holder if outp is not None else None
         recorded = holder.get(FIT_STATE)
         if not recorded:
             raise BundleError(f"{outp or run}: no interrupted fit-ebm to resume (no checkpoint); run without --resume")
@@ -176,8 +177,8 @@ def fit_ebm(run, out, objective, epochs, batch_size, lr, betas, energy_hidden, e
     # where the energy goes: RUN's own manifest, or a new energy-only bundle that names RUN as its parent
     if outp is None:
         target, tman = run, manifest
-    elif recorded is not None:
-        target, tman = outp, bundle.read_manifest(outp, kind="mmvae")
+    elif resumed is not None:
+        target, tman = outp, resumed
     else:
         target = outp
         tman = {k: v for k, v in manifest.items() if k not in ("files", "evaluations", "training_state", "ebm")}
