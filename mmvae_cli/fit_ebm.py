@@ -19,38 +19,21 @@ draws fresh posterior samples, so every fusion (poe, moe, mopoe, none) is served
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Callable
-
+from contextlib import nullcontext
 import torch
 
 from . import bundle
+from .config import FitSettings
 from .data.base import MultimodalData
 from .ebm import EnergyConfig, LatentEBM, maximum_likelihood_loss, score_matching_loss
-from .errors import Interrupted, MMVAEError, NumericalError
+from .errors import MMVAEError, NumericalError
 from .model import MultimodalVAE
-from .runtime import StopFlag, capture_rng, restore_rng
+from .run import Run
+from .runtime import capture_rng, restore_rng
 
-# A checkpoint is (tensors, state): the energy, Adam, the RNG streams, the epoch's permutation and
-# any persistent chains as tensors; position, partial sums, history and Adam's hyperparameters as JSON.
-Checkpoint = tuple[dict[str, torch.Tensor], dict]
 
 OBJECTIVES = ("ml", "exact", "sliced", "denoising")
 EXACT_MAX_DIM = 128   # exact score matching costs one backward pass per latent dimension
-
-
-@dataclass
-class FitSettings:
-    objective: str = "ml"
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    reg: float = 0.0                  # ml: L2 on the energies (0 = off)
-    persistent: bool = False          # ml: persistent chains instead of short-run from p0
-    sigma: float = 0.25               # denoising noise
-    projections: int = 1              # sliced / denoising draws per sample
-    seed: int = 0
 
 
 class ExpertBank:
@@ -87,18 +70,17 @@ def check_objective(objective: str, dim: int) -> None:
 
 
 def fit_energy(model: MultimodalVAE, data: MultimodalData, energy: EnergyConfig, s: FitSettings,
-               langevin: dict, device, log=lambda msg: None, *,
-               checkpoint: Callable[[dict, dict], None] | None = None, resume: Checkpoint | None = None,
-               stop: StopFlag | None = None, step_delay: float = 0.0,
-               on_epoch: Callable[[dict], None] | None = None) -> tuple[LatentEBM, list[dict]]:
-    """Fit a LatentEBM to `model`'s aggregate posterior on `data`; the model itself is not changed
-    (its parameters are frozen here) and the energy is attached to it when this returns.
+               langevin: dict, device, run: Run | None = None, resume: bool = False,
+               step_delay: float = 0.0) -> tuple[LatentEBM, list[dict]]:
+    """Fit a LatentEBM to `model`'s aggregate posterior on `data` (settings `s` with their
+    objective-dependent defaults resolved); the model itself is not changed (its parameters are
+    frozen here) and the energy is attached to it when this returns.
 
     Returns (ebm, history) with one history row per epoch: mean loss, and for ml the mean energies
     of positives and negatives. Raises NumericalError on a non-finite loss or a diverging chain.
-    `checkpoint(tensors, state)` is called after every epoch and, when `stop` is set (SIGTERM or
-    SIGUSR1), after the current step, before raising Interrupted; `resume` continues from such a
-    checkpoint with the same result as an uninterrupted fit. `on_epoch(row)` sees each history row."""
+    With `run` (the run lifecycle): a checkpoint after every epoch and, on SIGTERM/SIGUSR1, after
+    the current step before exit code 75; `resume` continues from that checkpoint with the same
+    result as an uninterrupted fit; each epoch is logged (stderr, jsonl, TensorBoard)."""
     check_objective(s.objective, model.z_dim)
     torch.manual_seed(s.seed)
     model.eval()
@@ -107,7 +89,7 @@ def fit_energy(model: MultimodalVAE, data: MultimodalData, energy: EnergyConfig,
     bank = ExpertBank(model, data, device)
     density = "tilted" if s.objective == "ml" else "gibbs"
     ebm = LatentEBM(energy, density).to(device)
-    if density == "gibbs" and resume is None:   # Gibbs chains start at the latents' moment-matched Gaussian
+    if density == "gibbs" and not resume:   # Gibbs chains start at the latents' moment-matched Gaussian
         z = bank.sample(torch.arange(bank.n))
         ebm.init_loc.copy_(z.mean(0))
         ebm.init_scale.copy_(z.std(0).clamp_min(1e-3))
@@ -116,8 +98,8 @@ def fit_energy(model: MultimodalVAE, data: MultimodalData, energy: EnergyConfig,
     g = torch.Generator().manual_seed(s.seed)
     history, chains, perm = [], None, None
     first_epoch, first_start, sums, batches = 0, 0, {}, 0
-    if resume is not None:
-        tensors, state = resume
+    if resume:
+        tensors, state = run.restore()
         bundle.load_state(ebm, {k[4:]: v for k, v in tensors.items() if k.startswith("ebm.")}, "fit-ebm checkpoint")
         opt.load_state_dict(bundle.unflatten_optimizer(tensors, state["optimizer"]))
         restore_rng(tensors, seed=s.seed)
@@ -126,10 +108,9 @@ def fit_energy(model: MultimodalVAE, data: MultimodalData, energy: EnergyConfig,
         history, sums, batches = list(state["history"]), dict(state["sums"]), int(state["batches"])
         perm = tensors.get("fit.perm") if first_start else None
         chains = tensors["fit.chains"].to(device) if "fit.chains" in tensors else None
-    stop = stop if stop is not None else StopFlag()
 
     def save(epoch: int, start: int) -> None:
-        if checkpoint is None:
+        if run is None:
             return
         tensors = {f"ebm.{k}": v for k, v in ebm.state_dict().items()}
         opt_tensors, opt_meta = bundle.flatten_optimizer(opt)
@@ -140,56 +121,54 @@ def fit_energy(model: MultimodalVAE, data: MultimodalData, energy: EnergyConfig,
             tensors["fit.perm"] = perm
         if chains is not None:
             tensors["fit.chains"] = chains
-        checkpoint(tensors, {"epoch": epoch, "start": start, "sums": sums, "batches": batches,
-                             "history": history, "optimizer": opt_meta})
+        run.checkpoint(tensors, {"epoch": epoch, "start": start, "sums": sums, "batches": batches,
+                                 "history": history, "optimizer": opt_meta})
 
-    for epoch in range(first_epoch, s.epochs):
-        t0 = time.time()
-        start0 = first_start if (epoch == first_epoch and perm is not None) else 0
-        if not start0:
-            perm = torch.randperm(bank.n, generator=g)
-            sums, batches = {"loss": 0.0, "e_pos": 0.0, "e_neg": 0.0}, 0
-        for start in range(start0, bank.n, s.batch_size):
-            idx = perm[start:start + s.batch_size]
-            if len(idx) >= 2:
-                z_pos = bank.sample(idx.to(bank.loc.device))
-                if s.objective == "ml":
-                    start_z = chains[:len(idx)] if (s.persistent and chains is not None and len(chains) >= len(idx)) \
-                        else model.ebm_start(len(idx))
-                    z_neg = model.run_langevin(start_z).z
-                    if s.persistent:
-                        chains = z_neg
-                    loss = maximum_likelihood_loss(ebm.energy, z_pos, z_neg, s.reg)
-                    with torch.no_grad():
-                        sums["e_pos"] += ebm.energy(z_pos).mean().item()
-                        sums["e_neg"] += ebm.energy(z_neg).mean().item()
-                else:
-                    loss = score_matching_loss(ebm.energy, z_pos, s.objective, s.sigma, s.projections)
-                if not torch.isfinite(loss):
-                    raise NumericalError(f"fit-ebm loss became {loss.item()} at epoch {epoch + 1}; "
-                                         f"try a smaller --lr (now {s.lr:g})"
-                                         + (" or --step-size" if s.objective == "ml" else ""))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sums["loss"] += loss.item()
-                batches += 1
-            if step_delay:
-                time.sleep(step_delay)
-            if stop:
-                save(epoch, start + s.batch_size)
-                raise Interrupted(f"stopped by signal {stop.signal}: fit-ebm checkpoint written; continue with "
-                                  f"the same command and --resume")
-        row = {"epoch": epoch + 1, "loss": sums["loss"] / max(batches, 1)}
-        if s.objective == "ml":
-            row.update(e_pos=sums["e_pos"] / max(batches, 1), e_neg=sums["e_neg"] / max(batches, 1))
-        row["seconds"] = round(time.time() - t0, 2)
-        history.append(row)
-        log(f"fit-ebm epoch {epoch + 1}/{s.epochs}  " +
-            "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
-        if on_epoch is not None:
-            on_epoch(row)
-        save(epoch + 1, 0)
+    with (run.session() if run is not None else nullcontext()):
+        for epoch in range(first_epoch, s.epochs):
+            t0 = time.time()
+            start0 = first_start if (epoch == first_epoch and perm is not None) else 0
+            if not start0:
+                perm = torch.randperm(bank.n, generator=g)
+                sums, batches = {"loss": 0.0, "e_pos": 0.0, "e_neg": 0.0}, 0
+            for start in range(start0, bank.n, s.batch_size):
+                idx = perm[start:start + s.batch_size]
+                if len(idx) >= 2:
+                    z_pos = bank.sample(idx.to(bank.loc.device))
+                    if s.objective == "ml":
+                        start_z = chains[:len(idx)] if (s.persistent and chains is not None and len(chains) >= len(idx)) \
+                            else model.ebm_start(len(idx))
+                        z_neg = model.run_langevin(start_z).z
+                        if s.persistent:
+                            chains = z_neg
+                        loss = maximum_likelihood_loss(ebm.energy, z_pos, z_neg, s.reg)
+                        with torch.no_grad():
+                            sums["e_pos"] += ebm.energy(z_pos).mean().item()
+                            sums["e_neg"] += ebm.energy(z_neg).mean().item()
+                    else:
+                        loss = score_matching_loss(ebm.energy, z_pos, s.objective, s.sigma, s.projections)
+                    if not torch.isfinite(loss):
+                        raise NumericalError(f"fit-ebm loss became {loss.item()} at epoch {epoch + 1}; "
+                                             f"try a smaller --lr (now {s.lr:g})"
+                                             + (" or --step-size" if s.objective == "ml" else ""))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sums["loss"] += loss.item()
+                    batches += 1
+                if step_delay:
+                    time.sleep(step_delay)
+                if run is not None and run.stop_requested():
+                    save(epoch, start + s.batch_size)
+                    run.interrupted("continue with the same command and --resume")
+            row = {"epoch": epoch + 1, "loss": sums["loss"] / max(batches, 1)}
+            if s.objective == "ml":
+                row.update(e_pos=sums["e_pos"] / max(batches, 1), e_neg=sums["e_neg"] / max(batches, 1))
+            row["seconds"] = round(time.time() - t0, 2)
+            history.append(row)
+            if run is not None:
+                run.end_epoch(row, s.epochs, prefix="fit-ebm epoch")
+            save(epoch + 1, 0)
     ebm.eval()
     for p in ebm.parameters():
         p.requires_grad_(False)

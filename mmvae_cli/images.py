@@ -39,10 +39,36 @@ def grid(rows: list[torch.Tensor], pad: int = 2) -> np.ndarray:
     return out
 
 
-def save_png(path: str | Path, array: np.ndarray) -> None:
+FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".safetensors": "safetensors"}
+
+
+def output_format(path: str | Path, option: str = "--out") -> str:
+    """The format named by an output file's extension (png, jpeg, safetensors); others are refused,
+    and so is a file whose folder does not exist."""
+    from .errors import MMVAEError
+    p = Path(path)
+    fmt = FORMATS.get(p.suffix.lower())
+    if fmt is None:
+        raise MMVAEError(f"{option} {path}: unknown file type {p.suffix or '(none)'!r}; use "
+                         f"{', '.join(FORMATS)}")
+    if not p.expanduser().resolve().parent.is_dir():
+        raise MMVAEError(f"{option} {path}: folder {p.parent} does not exist")
+    if p.is_dir():
+        raise MMVAEError(f"{option} {path} is a folder")
+    return fmt
+
+
+def save_image(path: str | Path, array: np.ndarray) -> None:
+    """A grid as PNG or JPEG, by the file's extension (see output_format), written atomically."""
+    fmt = output_format(path)
+    if fmt not in ("png", "jpeg"):
+        raise ValueError(f"{path}: not an image file")
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
+    Image.fromarray(array).save(buf, format=fmt.upper(), **({"quality": 95} if fmt == "jpeg" else {}))
     atomic_write_bytes(Path(path), buf.getvalue())
+
+
+save_png = save_image     # figures and reports name their files .png
 
 
 def load_image(path: str | Path, shape: tuple[int, ...]) -> torch.Tensor:

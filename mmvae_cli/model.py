@@ -32,9 +32,11 @@ from torch import nn
 
 from . import distributions as D
 from . import nets
+from .config import LangevinSettings, ModelSettings, check_model, to_dict
 from .ebm import LangevinResult, LatentEBM, langevin
 from .errors import MMVAEError
 from .fusion import Mixture, make_fusion, parse_subsets
+from .objectives import get_objective
 
 
 @dataclass
@@ -59,7 +61,7 @@ class ModelConfig:
     posterior: str = "gaussian"   # gaussian | laplace
     prior: str = "gaussian"       # gaussian | laplace
     learn_prior: bool = False
-    hidden: int | None = None     # MLP width (None = 400)
+    hidden: int = 400             # hidden units of the mlp nets (config.ModelSettings.hidden)
     extra: dict = field(default_factory=dict)
     private_dim: int = 0          # MMVAE+ modality-specific latent size (0 = none)
 
@@ -73,12 +75,56 @@ class ModelConfig:
         if unknown:
             raise MMVAEError(f"model config has unknown fields {sorted(unknown)} (made by a newer mmvae?)")
         d = dict(d)
+        if d.get("hidden") is None:
+            d["hidden"] = 400     # bundles before config.py recorded None for the mlp nets' 400 units
         d["modalities"] = [ModalitySpec(**m) for m in d["modalities"]]
         return cls(**d)
 
     @property
     def names(self) -> list[str]:
         return [m.name for m in self.modalities]
+
+
+def per_modality(spec: str | None, names: list[str], option: str, choices: tuple[str, ...], default: str) -> dict:
+    """Parse a per-modality setting: one value for all ("laplace") or "name=value,..." pairs, where
+    unnamed modalities keep `default`. Returns {modality: value}."""
+    spec = (spec or "").strip()
+    if not spec:
+        return {n: default for n in names}
+    if "=" not in spec:
+        pairs = {n: spec for n in names}
+    else:
+        pairs = {n: default for n in names}
+        for item in spec.split(","):
+            name, sep, value = (t.strip() for t in item.partition("="))
+            if not sep or name not in names:
+                raise MMVAEError(f"{option} {spec!r}: {name!r} is not a modality of this data "
+                                 f"({', '.join(names)}); use VALUE or NAME=VALUE,...")
+            pairs[name] = value
+    for n, v in pairs.items():
+        if v not in choices and v != default:
+            raise MMVAEError(f"{option}: unknown value {v!r} for {n}; choose one of {', '.join(choices)}")
+    return pairs
+
+
+
+def build_config(m: ModelSettings, data) -> ModelConfig:
+    """ModelConfig for `data` from checked model settings. `likelihood` and `arch` take one value
+    for all modalities or NAME=VALUE pairs; with `rescale`, log p(x_m | z) is weighted by
+    (largest modality size) / (size of m), as the MMVAE reference does (MNIST x 3072/784)."""
+    names = list(data.modalities)
+    sizes = {n: int(torch.tensor(data.shape(n)).prod()) for n in names}
+    largest = max(sizes.values())
+    lik = per_modality(m.likelihood, names, "--likelihood", D.LIKELIHOODS, "laplace")
+    arch = per_modality(m.arch, names, "--arch", nets.ARCHS, "")
+    specs = [ModalitySpec(n, list(data.shape(n)), lik[n], float(m.likelihood_scale),
+                          float(largest / sizes[n]) if m.rescale else 1.0,
+                          arch[n] or nets.default_arch(data.shape(n)))
+             for n in names]
+    extra = {"mvae_k": m.mvae_subsets} if m.mvae_subsets else {}
+    return ModelConfig(specs, m.latent_dim, m.fusion, m.subsets, m.objective, m.k, float(m.beta), m.posterior,
+                       m.prior, m.learn_prior, m.hidden, extra, private_dim=m.private_dim)
+
 
 
 class Prior(nn.Module):
@@ -112,13 +158,8 @@ class MultimodalVAE(nn.Module):
         self.z_dim = c.latent_dim * (len(c.modalities) if c.fusion == "none" else 1)   # size of z
         self.encoders = nn.ModuleDict()
         self.decoders = nn.ModuleDict()
-        if c.private_dim < 0:
-            raise MMVAEError(f"--private-dim must be >= 0, got {c.private_dim}")
-        if c.private_dim and (c.fusion != "moe" or c.objective not in ("iwae", "dreg")):
-            raise MMVAEError("--private-dim (MMVAE+) needs --fusion moe and --objective iwae or dreg")
-        if c.fusion in ("poe", "mopoe") and (c.posterior != "gaussian" or c.prior != "gaussian"):
-            raise MMVAEError(f"fusion {c.fusion} needs Gaussian posteriors and prior (a product with Laplace "
-                             "experts has no closed form); use --posterior gaussian --prior gaussian or --fusion moe")
+        check_model(ModelSettings(fusion=c.fusion, objective=c.objective, k=c.k, private_dim=c.private_dim,
+                                  posterior=c.posterior, prior=c.prior))
         width = c.latent_dim + c.private_dim
         for m in c.modalities:
             if m.likelihood not in D.LIKELIHOODS:
@@ -132,7 +173,6 @@ class MultimodalVAE(nn.Module):
             {n: Prior(c.prior, c.private_dim, learn=True) for n in self.names} if c.private_dim else {})
         self.ebm = None                                      # LatentEBM, see attach_ebm
         self.langevin_settings: dict = {}
-        from .objectives import get_objective  # objectives import model types: import late
         self.objective = get_objective(c.objective)
 
     # Runtime settings (not part of the bundle), set by training: with `amp_dtype` the networks run under
@@ -263,7 +303,7 @@ class MultimodalVAE(nn.Module):
         overrides (steps, step_size, noise_scale, clip_grad; None = keep) win over langevin_settings."""
         if self.ebm is None:
             raise MMVAEError("this bundle has no energy-based prior; fit one with `mmvae fit-ebm RUN`")
-        s = {"steps": 50, "step_size": 0.4, "noise_scale": 1.0, "clip_grad": None}
+        s = to_dict(LangevinSettings())
         s.update({k: v for k, v in self.langevin_settings.items() if k in s})
         s.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(overrides) - set(s)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +63,28 @@ class StopFlag:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+
+
+# --- devices ----------------------------------------------------------------------------------------
+def pick_device(name: str) -> torch.device:
+    """--device: cpu, cuda, cuda:N, mps or auto (cuda when available); one-line errors otherwise."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise MMVAEError(f"--device {name!r}: choose cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MMVAEError(f"--device {name}: no CUDA device is available (use --device cpu or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise MMVAEError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise MMVAEError(f"--device {name}: MPS is not available here")
+    elif device.type != "cpu":
+        raise MMVAEError(f"--device {name!r}: choose cpu, cuda, cuda:N or auto")
+    return device
 
 
 # --- torch.distributed ------------------------------------------------------------------------------
@@ -128,8 +150,6 @@ def init_distributed(device_name: str, required: bool = False) -> tuple[Dist, to
     (`--distributed`), SLURM's srun (SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID plus MASTER_ADDR and
     MASTER_PORT) describes. gloo on CPU, NCCL on CUDA; each rank uses cuda:LOCAL_RANK.
     Returns (dist, device); a world of one without the environment and without `required`."""
-    from .train import pick_device
-
     world = _env_int("WORLD_SIZE")
     rank, local = _env_int("RANK"), _env_int("LOCAL_RANK")
     if world is None and required:
@@ -251,10 +271,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise MMVAEError("--precision bf16: this GPU does not support bfloat16 (use fp16 or fp32)")
     return torch.bfloat16
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def make_scaler(precision: str, device: torch.device):

@@ -8,7 +8,7 @@ import torch
 from mmvae_cli import bundle
 from mmvae_cli.errors import BundleError
 from mmvae_cli.model import ModalitySpec, ModelConfig, MultimodalVAE
-from mmvae_cli.train import load_model, save_bundle
+from mmvae_cli.model_io import load_model, save_bundle
 
 
 def _model():

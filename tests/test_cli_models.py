@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from helpers_cli import run, write_tiny_polymnist
-from mmvae_cli.train import load_model
+from mmvae_cli.model_io import load_model
 from test_data_mnist_svhn import write_mnist_svhn
 
 MODELS = {

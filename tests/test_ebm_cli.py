@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from helpers_cli import run, write_tiny_polymnist
-from mmvae_cli.train import load_model
+from mmvae_cli.model_io import load_model
 
 TINY_EBM = ["--energy-hidden", "16", "--epochs", "2", "--langevin-steps", "5", "--device", "cpu"]
 

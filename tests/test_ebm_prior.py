@@ -9,6 +9,7 @@ from torch import nn
 
 from mmvae_cli.ebm import EnergyConfig, LatentEBM
 from mmvae_cli.model import ModalitySpec, ModelConfig, MultimodalVAE
+from mmvae_cli.config import JointEnergySettings, TrainSettings
 from mmvae_cli.train import make_optimizer
 
 
@@ -192,8 +193,7 @@ def test_joint_training_gradients_reach_each_part_only_through_its_own_term():
     g = model.ebm.energy.net[0].weight.grad
     assert g is not None and "ebm_ml" in stats
     assert model.ebm.energy.net[0].bias.grad.abs().item() < 1e-5                 # constants cancel in eq. 10
-    opt = make_optimizer(model, {"lr": 1e-3, "adam_betas": [0.9, 0.999], "amsgrad": False,
-                                 "ebm_lr": 2e-5, "ebm_betas": [0.5, 0.999]})
+    opt = make_optimizer(model, TrainSettings(lr=1e-3), JointEnergySettings(ebm_lr=2e-5, ebm_betas=(0.5, 0.999)))
     assert len(opt.param_groups) == 2
     assert opt.param_groups[1]["lr"] == 2e-5 and opt.param_groups[1]["betas"] == (0.5, 0.999)
     assert {id(p) for p in opt.param_groups[1]["params"]} == {id(p) for p in model.ebm.parameters()}

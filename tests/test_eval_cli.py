@@ -105,7 +105,7 @@ def test_text_table_says_how_many_samples(trained, capsys, tmp_path):
     (["eval", "all", "{run}", "--inception-weights", "{tmp}/nope.pth"], "nope.pth"),
     (["eval", "coherence", "{run}", "--classifiers", "{clf}", "--prior", "ebm"], "energy-based prior"),
     (["eval", "coherence", "{run}"], "--classifiers"),
-    (["eval", "likelihood", "{run}", "--k", "0"], "--k must be >= 1"),
+    (["eval", "likelihood", "{run}", "--k", "0"], "'--k': 0 is not in the range x>=1"),
     (["compare", "{run}"], "has recorded evaluations"),
     (["compare", "{tmp}/missing"], "no such run"),
 ])

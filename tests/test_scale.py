@@ -163,7 +163,9 @@ def test_two_process_ddp_matches_single_process_global_batch(data_root, tmp_path
     from mmvae_cli.data import load_dataset
     from mmvae_cli.model import MultimodalVAE
     from mmvae_cli.runtime import Dist, noise_seed
-    from mmvae_cli.train import epoch_permutation, make_optimizer, model_config
+    from mmvae_cli.config import TrainConfig
+    from mmvae_cli.model import build_config
+    from mmvae_cli.train import epoch_permutation, make_optimizer
 
     out, log = tmp_path / "ddp", tmp_path / "ddp.jsonl"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -177,13 +179,13 @@ def test_two_process_ddp_matches_single_process_global_batch(data_root, tmp_path
     got = load_file(out / "model.safetensors")
 
     data = load_dataset("polymnist", "train", data_root)
-    settings = manifest["settings"]
+    settings = TrainConfig.from_dict(manifest["settings"])
 
     def reference(ranks_averaged: bool) -> dict[str, torch.Tensor]:
         with one_thread():
             torch.manual_seed(5)
-            model = MultimodalVAE(model_config(data, settings["model"])).train()
-            opt = make_optimizer(model, settings["train"])
+            model = MultimodalVAE(build_config(settings.model, data)).train()
+            opt = make_optimizer(model, settings.train)
             streams = []
             for rank in (0, 1):
                 torch.manual_seed(noise_seed(5, rank))

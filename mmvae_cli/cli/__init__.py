@@ -78,8 +78,12 @@ def main(argv=None) -> None:
     except click.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:      # one line, naming the command: "error: train: Invalid value for ..."
+        where = f"{e.ctx.command_path.removeprefix('mmvae ').strip()}: " if e.ctx and e.ctx.command_path != "mmvae" else ""
+        click.echo(f"error: {where}{' '.join(e.format_message().split())}", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
-        e.show()
+        click.echo(f"error: {' '.join(e.format_message().split())}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

@@ -12,7 +12,8 @@ from ..data import load_dataset
 from ..errors import MMVAEError
 from ..evaluate import spread_indices
 from ..console import log
-from ..train import load_model, pick_device
+from ..model_io import load_model
+from ..runtime import pick_device
 from . import options
 
 
@@ -39,7 +40,7 @@ def _record(run: Path, what: str, result: dict) -> None:
 # --- shared options --------------------------------------------------------------------------------
 split_opt = click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True,
                          help="Evaluation split.")
-limit_opt = click.option("--limit", type=int, default=None,
+limit_opt = click.option("--limit", type=click.IntRange(min=1), default=None,
                          help="Use only N tuples of the evaluation split, evenly spaced over it.")
 report_opt = click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
                           help="Write DIR/report.md with the tables and PNG figures.")
@@ -73,12 +74,6 @@ class Context:
 
     def train(self):
         return load_dataset(self.dataset, "train", self.data_root)
-
-
-def _langevin(steps, step_size, noise_scale, clip_grad) -> dict:
-    """The Langevin settings given on the command line (the bundle's stored ones fill the rest)."""
-    given = {"steps": steps, "step_size": step_size, "noise_scale": noise_scale, "clip_grad": clip_grad}
-    return {k: v for k, v in given.items() if v is not None}
 
 
 def _coherence(ctx: Context, clf_run, n_joint, prior, seed, langevin: dict | None = None) -> dict:
@@ -151,7 +146,7 @@ def _common(f):
 @evaluate.command()
 @click.argument("run", type=click.Path())
 @clf_opt
-@click.option("--n-joint", type=int, default=10000, show_default=True, help="Prior samples for joint coherence.")
+@click.option("--n-joint", type=click.IntRange(min=1), default=10000, show_default=True, help="Prior samples for joint coherence.")
 @prior_opt
 @options.langevin_sample
 @_common
@@ -165,14 +160,14 @@ def coherence(run, clf_run, n_joint, prior, steps, step_size, noise_scale, clip_
     if not clf_run:
         raise MMVAEError("coherence needs digit classifiers: --classifiers RUN (see `mmvae classifier train`)")
     ctx = Context(run, device, data_root, split, limit)
-    langevin = _langevin(steps, step_size, noise_scale, clip_grad)
+    langevin = options.langevin_given(steps, step_size, noise_scale, clip_grad)
     _finish(ctx, {"coherence": _coherence(ctx, clf_run, n_joint, prior, seed, langevin)}, {}, seed, as_json,
             report_dir, prior)
 
 
 @evaluate.command()
 @click.argument("run", type=click.Path())
-@click.option("--k", type=int, default=15, show_default=True, help="Importance samples per tuple and subset.")
+@click.option("--k", type=click.IntRange(min=1), default=15, show_default=True, help="Importance samples per tuple and subset.")
 @_common
 def likelihood(run, k, split, limit, seed, device, data_root, report_dir, as_json):
     """Importance-sampled log p(X) with z from q(z | X_k), for every subset X_k (nats, mean over tuples)."""
@@ -182,7 +177,7 @@ def likelihood(run, k, split, limit, seed, device, data_root, report_dir, as_jso
 
 @evaluate.command()
 @click.argument("run", type=click.Path())
-@click.option("--n-train", type=int, default=500, show_default=True,
+@click.option("--n-train", type=click.IntRange(min=1), default=500, show_default=True,
               help="Encoded training tuples the logistic regression is fitted on.")
 @_common
 def latent(run, n_train, split, limit, seed, device, data_root, report_dir, as_json):
@@ -194,7 +189,7 @@ def latent(run, n_train, split, limit, seed, device, data_root, report_dir, as_j
 @evaluate.command()
 @click.argument("run", type=click.Path())
 @weights_opt
-@click.option("--n-fid", type=int, default=10000, show_default=True,
+@click.option("--n-fid", type=click.IntRange(min=1), default=10000, show_default=True,
               help="Generated and real images per modality (capped at the split size).")
 @prior_opt
 @_common
@@ -214,13 +209,13 @@ def fid(run, inception_weights, n_fid, prior, split, limit, seed, device, data_r
 @weights_opt
 @prior_opt
 @options.langevin_sample
-@click.option("--n-joint", type=int, default=2000, show_default=True, help="Prior samples for joint coherence.")
-@click.option("--k", type=int, default=12, show_default=True, help="Importance samples for the likelihoods.")
-@click.option("--ll-limit", type=int, default=200, show_default=True,
+@click.option("--n-joint", type=click.IntRange(min=1), default=2000, show_default=True, help="Prior samples for joint coherence.")
+@click.option("--k", type=click.IntRange(min=1), default=12, show_default=True, help="Importance samples for the likelihoods.")
+@click.option("--ll-limit", type=click.IntRange(min=1), default=200, show_default=True,
               help="Likelihood on N evaluation tuples only, evenly spaced (it decodes K x (2^M-1) latents "
                    "per tuple).")
-@click.option("--n-train", type=int, default=500, show_default=True, help="Training tuples for the latent probe.")
-@click.option("--n-fid", type=int, default=10000, show_default=True, help="Images per modality for FID.")
+@click.option("--n-train", type=click.IntRange(min=1), default=500, show_default=True, help="Training tuples for the latent probe.")
+@click.option("--n-fid", type=click.IntRange(min=1), default=10000, show_default=True, help="Images per modality for FID.")
 @_common
 def all_(run, clf_run, inception_weights, prior, steps, step_size, noise_scale, clip_grad, n_joint, k, ll_limit,
          n_train, n_fid, split, limit, seed, device, data_root, report_dir, as_json):
@@ -247,7 +242,7 @@ def all_(run, clf_run, inception_weights, prior, steps, step_size, noise_scale, 
     if "coherence" not in skipped:
         log("coherence ...")
         results["coherence"] = _coherence(ctx, clf_run, n_joint, prior, seed,
-                                          _langevin(steps, step_size, noise_scale, clip_grad))
+                                          options.langevin_given(steps, step_size, noise_scale, clip_grad))
     log("likelihood ...")
     results["likelihood"] = _likelihood(ctx, k, seed, ll_limit)
     if "latent" not in skipped:

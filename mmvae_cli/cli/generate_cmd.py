@@ -10,33 +10,42 @@ import torch
 from ..bundle import atomic_save_tensors
 from ..data import load_dataset
 from ..errors import MMVAEError
-from ..images import grid, load_image, save_png
+from ..images import grid, load_image, output_format, save_image
 from ..console import log
-from ..train import load_model, pick_device
+from ..model_io import load_model
+from ..runtime import pick_device
 from . import options
 
 
-def _write(out: str, fmt: str, rows: dict[str, torch.Tensor]) -> None:
-    if fmt == "safetensors":
+def _write(out: str, rows: dict[str, torch.Tensor]) -> None:
+    if output_format(out) == "safetensors":
         atomic_save_tensors(Path(out), {k: v.float().cpu() for k, v in rows.items()})
     else:
-        save_png(out, grid(list(rows.values())))
+        save_image(out, grid(list(rows.values())))
     log(f"wrote {out}")
+
+
+def _check_format(out: str, fmt: str | None) -> None:
+    """--out's extension names the format; --format, when given, must agree with it."""
+    got = output_format(out)
+    if fmt is not None and fmt != got:
+        raise MMVAEError(f"--format {fmt} does not match --out {out} (a {got} file name)")
 
 
 @click.command()
 @click.argument("run", type=click.Path())
-@click.option("-n", "--n", "n", type=int, default=64, show_default=True, help="Number of joint samples.")
-@click.option("--out", required=True, help="Output file (.png grid, one row per modality, or .safetensors).")
-@click.option("--format", "fmt", type=click.Choice(["png", "safetensors"]), default=None,
-              help="Default: from the --out extension.")
+@click.option("-n", "--n", "n", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Number of joint samples.")
+@click.option("--out", required=True, help="Output file: .png or .jpg grid (one row per modality), or .safetensors.")
+@click.option("--format", "fmt", type=click.Choice(["png", "jpeg", "safetensors"]), default=None,
+              help="Default: from the --out extension (which must agree).")
 @click.option("--prior", type=click.Choice(["base", "ebm"]), default="base", show_default=True,
               help="base: z ~ p0(z); ebm: short-run Langevin on the bundle's energy (fit one with fit-ebm).")
 @options.langevin_sample
 @click.option("--save-chain", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
               help="--prior ebm: also draw the chains' transitions (the first 8 chains, one row per chain and "
                    "modality, columns every --chain-every steps from the start state to the last).")
-@click.option("--chain-every", type=int, default=None, help="Steps between the columns of --save-chain (default: steps/10).")
+@click.option("--chain-every", type=click.IntRange(min=1), default=None, help="Steps between the columns of --save-chain (default: steps/10).")
 @options.seed
 @options.device
 def sample(run, n, out, fmt, prior, steps, step_size, noise_scale, clip_grad, save_chain, chain_every, seed, device):
@@ -44,9 +53,12 @@ def sample(run, n, out, fmt, prior, steps, step_size, noise_scale, clip_grad, sa
 
     With --prior ebm a diverging chain stops with exit code 3 and nothing is written.
     """
-    fmt = fmt or ("safetensors" if out.endswith(".safetensors") else "png")
+    _check_format(out, fmt)
     if prior != "ebm" and (save_chain or any(v is not None for v in (steps, step_size, noise_scale, clip_grad))):
         raise MMVAEError("--steps, --step-size, --noise-scale, --clip-grad and --save-chain need --prior ebm")
+    langevin = options.langevin_given(steps, step_size, noise_scale, clip_grad)
+    if save_chain and output_format(save_chain, "--save-chain") == "safetensors":
+        raise MMVAEError("--save-chain draws a figure: name a .png or .jpg file")
     dev = pick_device(device)
     model, _ = load_model(Path(run), dev)
     torch.manual_seed(seed)
@@ -57,8 +69,7 @@ def sample(run, n, out, fmt, prior, steps, step_size, noise_scale, clip_grad, sa
             raise MMVAEError(f"{run} has no energy-based prior; fit one with `mmvae fit-ebm {run}`")
         lsteps = steps if steps is not None else int(model.langevin_settings.get("steps", 50))
         every = max(1, chain_every or lsteps // 10) if save_chain else 0
-        res = model.run_langevin(model.ebm_start(n), every=every, steps=steps, step_size=step_size,
-                                 noise_scale=noise_scale, clip_grad=clip_grad)
+        res = model.run_langevin(model.ebm_start(n), every=every, **langevin)
         z = res.z
         if save_chain:
             k = min(n, 8)
@@ -66,9 +77,9 @@ def sample(run, n, out, fmt, prior, steps, step_size, noise_scale, clip_grad, sa
             if lsteps % every:
                 frames.append(model.generate(z[:k]))
             rows = [torch.stack([f[m][i] for f in frames]) for i in range(k) for m in model.names]
-            save_png(save_chain, grid(rows))
+            save_image(save_chain, grid(rows))
             log(f"wrote {save_chain} ({k} chains x {len(model.names)} modalities, {len(frames)} columns)")
-    _write(out, fmt, model.generate(z))
+    _write(out, model.generate(z))
 
 
 @click.command("cross-generate")
@@ -78,9 +89,11 @@ def sample(run, n, out, fmt, prior, steps, step_size, noise_scale, clip_grad, sa
               help="An input image file for a modality (repeatable); used instead of --split data.")
 @click.option("--targets", default=None, help="Modalities to generate (default: all others).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
-@click.option("-n", "--n", "n", type=int, default=16, show_default=True, help="Number of input tuples.")
-@click.option("--out", required=True, help="Output file (.png grid or .safetensors).")
-@click.option("--format", "fmt", type=click.Choice(["png", "safetensors"]), default=None)
+@click.option("-n", "--n", "n", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Number of input tuples.")
+@click.option("--out", required=True, help="Output file: .png or .jpg grid, or .safetensors.")
+@click.option("--format", "fmt", type=click.Choice(["png", "jpeg", "safetensors"]), default=None,
+              help="Default: from the --out extension (which must agree).")
 @options.langevin_sample
 @options.seed
 @options.device
@@ -93,7 +106,8 @@ def cross_generate(run, given, images, targets, split, n, out, fmt, steps, step_
     bundles (--fusion none with an energy) the missing latents are sampled by Langevin with the
     given ones clamped; --steps/--step-size/--noise-scale/--clip-grad override its settings.
     """
-    fmt = fmt or ("safetensors" if out.endswith(".safetensors") else "png")
+    _check_format(out, fmt)
+    langevin = options.langevin_given(steps, step_size, noise_scale, clip_grad)
     dev = pick_device(device)
     model, manifest = load_model(Path(run), dev)
     shapes = {m["name"]: tuple(m["shape"]) for m in manifest["modalities"]}
@@ -125,9 +139,7 @@ def cross_generate(run, given, images, targets, split, n, out, fmt, steps, step_
     if not target_names:
         raise MMVAEError("nothing to generate: every modality is given (use --targets to reconstruct)")
     torch.manual_seed(seed)
-    langevin = {k: v for k, v in dict(steps=steps, step_size=step_size, noise_scale=noise_scale,
-                                      clip_grad=clip_grad).items() if v is not None}
     gen = model.cross_generate(x, target_names, **langevin)
     rows = {f"input.{k}": v for k, v in x.items()}
     rows.update({f"generated.{k}": v for k, v in gen.items()})
-    _write(out, fmt, rows)
+    _write(out, rows)

@@ -1,46 +1,88 @@
-"""Options shared by several commands."""
+"""Options shared by several commands; the settings' flags are generated from config.py."""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, fields
 
 import click
+
+from .. import config
 
 data_root = click.option("--data-root", type=click.Path(file_okay=False), default=None,
                          help="Data folder (default: $MMVAE_DATA, else ~/.cache/mmvae).")
 device = click.option("--device", default="auto", show_default=True,
                       help="cpu, cuda, cuda:N or auto (cuda when available).")
-seed = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+seed = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed.")
 json_flag = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+log_jsonl = click.option("--log-jsonl", type=click.Path(dir_okay=False), default=None,
+                         help="Append one JSON line per epoch to this file.")
+tensorboard = click.option("--tensorboard", type=click.Path(file_okay=False), default=None, metavar="DIR",
+                           help="Write TensorBoard scalars (loss terms, lr, seconds per epoch) to DIR "
+                                "(needs the extra: pip install 'mmvae-cli[tb]').")
 
 
-# --- energy-based priors ------------------------------------------------------------------------
-def energy_net(f):
-    """--energy-hidden/--energy-layers/--energy-activation: the energy MLP (ebm.EnergyNet)."""
-    from ..ebm import ACTIVATIONS
-    f = click.option("--energy-activation", type=click.Choice(list(ACTIVATIONS)), default=None,
-                     help="Energy MLP activation (default: gelu for ml, softplus for score matching).")(f)
-    f = click.option("--energy-layers", type=int, default=4, show_default=True,
-                     help="Linear layers of the energy MLP (Yuan et al.'s best: 4).")(f)
-    f = click.option("--energy-hidden", type=int, default=400, show_default=True,
-                     help="Hidden units per layer of the energy MLP (Yuan et al.'s best: 400).")(f)
-    return f
+def _default_text(f) -> str:
+    d = f.default_factory() if f.default is MISSING else f.default
+    if d is None:
+        return ""
+    if isinstance(d, tuple):
+        return " ".join(f"{x:g}" for x in d)
+    if isinstance(d, bool):
+        return ""
+    return f"{d:g}" if isinstance(d, float) else str(d)
 
 
-def langevin_fit(f):
-    """Langevin settings used while fitting (ml negatives) and stored as the bundle's sampling defaults."""
-    f = click.option("--clip-grad", type=float, default=None,
-                     help="Clip each chain's gradient norm to this value (default: no clipping).")(f)
-    f = click.option("--noise-scale", type=float, default=1.0, show_default=True,
-                     help="Langevin noise multiplier (1 = proper Langevin).")(f)
-    f = click.option("--step-size", type=float, default=0.4, show_default=True,
-                     help="Langevin step size s in z <- z + s^2/2 grad log p(z) + s eps (LEBM's 0.4; the "
-                          "paper gives none).")(f)
-    f = click.option("--langevin-steps", type=int, default=50, show_default=True,
-                     help="Langevin steps per chain (Yuan et al.'s best: 50).")(f)
-    return f
+def settings_options(cls, only: tuple[str, ...] | None = None, skip: tuple[str, ...] = (),
+                     rename: dict[str, str] | None = None, show_defaults: bool = True):
+    """Click options for the fields of a config section: default None (= not given, the recipe or the
+    field's default applies), the field's help, default and source in the help text. Ranges are
+    checked by config.check after resolution, so flags, recipes and manifests share one check."""
+    rename = rename or {}
+
+    def deco(f):
+        for fld in reversed(fields(cls)):
+            m = fld.metadata
+            if not m.get("cli", True) or fld.name in skip or (only is not None and fld.name not in only):
+                continue
+            name = rename.get(fld.name)
+            flag = f"--{name}" if name else (m.get("flag") or "--" + fld.name.replace("_", "-"))
+            d = _default_text(fld) if show_defaults else ""
+            help_ = m["help"] + (f" [default: {d}]" if d else "") + f" (source: {m['source']})"
+            kw: dict = {"default": None, "help": help_}
+            if "/" in flag:
+                pass                                           # --x/--no-x boolean
+            elif isinstance(fld.default, bool):
+                kw["is_flag"] = True
+            elif m.get("pair"):
+                kw.update(type=(float, float), metavar="B1 B2")
+            elif m.get("choices") is not None:
+                kw["type"] = click.Choice([c for c in m["choices"] if c is not None])
+            elif isinstance(fld.default, int):
+                kw["type"] = int
+            elif isinstance(fld.default, float) or m.get("gt") is not None or m.get("min") is not None:
+                kw["type"] = float
+            f = click.option(flag, fld.name, **kw)(f)
+        return f
+    return deco
 
 
-def langevin_sample(f):
-    """--steps/--step-size/--noise-scale/--clip-grad overriding a bundle's stored Langevin settings."""
-    f = click.option("--clip-grad", type=float, default=None, help="Clip each chain's gradient norm.")(f)
-    f = click.option("--noise-scale", type=float, default=None, help="Langevin noise multiplier (default: the bundle's).")(f)
-    f = click.option("--step-size", type=float, default=None, help="Langevin step size (default: the bundle's).")(f)
-    f = click.option("--steps", type=int, default=None, help="Langevin steps (default: the bundle's).")(f)
-    return f
+def given(kwargs: dict, cls, rename: dict[str, str] | None = None) -> dict:
+    """The flag values of a command's kwargs that belong to section `cls` (None = not given)."""
+    names = {f.name for f in fields(cls)}
+    out = {k: v for k, v in kwargs.items() if k in names}
+    for k, v in out.items():
+        if isinstance(v, tuple) and not v:
+            out[k] = None
+    return out
+
+
+energy_net = settings_options(config.EnergySettings)
+langevin_fit = settings_options(config.LangevinSettings, rename={"steps": "langevin-steps"})
+langevin_sample = settings_options(config.LangevinSettings, show_defaults=False)
+
+
+def langevin_given(steps, step_size, noise_scale, clip_grad) -> dict:
+    """The Langevin settings given on the command line, range-checked (a bundle's fill the rest)."""
+    given = {"steps": steps, "step_size": step_size, "noise_scale": noise_scale, "clip_grad": clip_grad}
+    config.check(config.overridden(config.LangevinSettings(), given))
+    return {k: v for k, v in given.items() if v is not None}

@@ -36,7 +36,7 @@ def default_arch(shape: tuple[int, ...]) -> str:
     return "conv"
 
 
-def build(arch: str, shape: tuple[int, ...], latent: int, hidden: int | None = None) -> tuple[nn.Module, nn.Module]:
+def build(arch: str, shape: tuple[int, ...], latent: int, hidden: int = 400) -> tuple[nn.Module, nn.Module]:
     """(encoder, decoder) for data of `shape` and a latent of size `latent`."""
     shape = tuple(shape)
     if arch == "conv28":
@@ -52,7 +52,7 @@ def build(arch: str, shape: tuple[int, ...], latent: int, hidden: int | None = N
             raise MMVAEError(f"arch conv needs (C, H, W) data, got {shape}")
         return ConvEncoder(shape, latent), ConvDecoder(shape, latent)
     if arch == "mlp":
-        return MLPEncoder(shape, latent, hidden or 400), MLPDecoder(shape, latent, hidden or 400)
+        return MLPEncoder(shape, latent, hidden), MLPDecoder(shape, latent, hidden)
     raise MMVAEError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
 
 

@@ -1,0 +1,431 @@
+"""The run configuration: every setting's default, valid range and source, in one place.
+
+A run's settings are sections of typed fields (`ModelSettings`, `TrainSettings`, `EnergySettings`,
+`JointEnergySettings`, `LangevinSettings`, `FitSettings`, `RuntimeSettings`,
+`ClassifierSettings`). Each field is declared with `setting(default, help, source, ...)`, which
+records its range and where its default comes from (a paper, the reference code, or ours with the
+measurement). Everything else reads these declarations:
+
+  * click options are generated from them (`cli/options.settings_options`), so a new field is a new
+    command-line flag with its help and default shown;
+  * recipes (TOML, `recipes/`) may set any field of the sections they name and are checked here;
+  * `check(section)` validates every value, whether it came from a flag, a recipe or a manifest, and
+    raises one-line MMVAEErrors naming the flag;
+  * manifests record the resolved sections as JSON (`asdict`), and `from_dict` reads them back
+    (fields a bundle predates take their defaults).
+
+Resolution of a training run (later wins): field defaults < recipe [model]/[train]/[energy]/... <
+the recipe's schedule section ([cpu] is automatic for *-mini datasets) < command-line flags.
+
+Adding a training setting: one field in the right section below (and its test); the flag, the
+recipe key, the range check and the manifest entry follow from it.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import MMVAEError
+
+# --- declaring a setting --------------------------------------------------------------------------
+
+
+def setting(default: Any, help: str, source: str, *, choices: tuple | None = None, min: float | None = None,
+            gt: float | None = None, max: float | None = None, lt: float | None = None,
+            optional: bool = False, pair: bool = False, flag: str | None = None, cli: bool = True):
+    """A dataclass field with its help text, the source of its default and its valid range.
+
+    choices: allowed values; min/max: inclusive bounds; gt/lt: exclusive bounds; optional: None is
+    allowed (meaning "decided elsewhere", said in help); pair: a pair of numbers (Adam betas);
+    flag: the command-line flag when it is not --field-name (e.g. "--learn-prior/--fixed-prior");
+    cli: False for settings that only recipes and manifests set."""
+    meta = dict(help=help, source=source, choices=choices, min=min, gt=gt, max=max, lt=lt, optional=optional,
+                pair=pair, flag=flag, cli=cli)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _number_ok(v: Any, m: dict) -> str | None:
+    """Why number v breaks field metadata m (None when it is fine)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
+        return "must be a finite number"
+    if m["min"] is not None and v < m["min"]:
+        return f"must be >= {m['min']:g}"
+    if m["gt"] is not None and not v > m["gt"]:
+        return f"must be > {m['gt']:g}"
+    if m["max"] is not None and v > m["max"]:
+        return f"must be <= {m['max']:g}"
+    if m["lt"] is not None and not v < m["lt"]:
+        return f"must be < {m['lt']:g}"
+    return None
+
+
+def flag_name(f) -> str:
+    """The command-line flag of field f, as users type it."""
+    flag = f.metadata.get("flag")
+    return flag.split("/")[0] if flag else "--" + f.name.replace("_", "-")
+
+
+def check(section) -> None:
+    """Validate every field of a settings section; raise one MMVAEError line naming the flag."""
+    for f in fields(section):
+        v, m = getattr(section, f.name), f.metadata
+        if not m:
+            continue
+        why = None
+        if v is None:
+            why = None if m["optional"] else "must be given"
+        elif m["choices"] is not None:
+            why = None if v in m["choices"] else f"must be one of {', '.join(map(str, m['choices']))}"
+        elif m["pair"]:
+            if not isinstance(v, (list, tuple)) or len(v) != 2:
+                why = "must be a pair of numbers"
+            else:
+                why = next((w for w in (_number_ok(x, m) for x in v) if w), None)
+        elif isinstance(f.default, bool):
+            why = None if isinstance(v, bool) else "must be true or false"
+        elif isinstance(f.default, int) and not isinstance(f.default, bool):
+            why = "must be an integer" if isinstance(v, bool) or not isinstance(v, int) else _number_ok(v, m)
+        elif isinstance(f.default, float) or (f.default is None and (m["gt"] is not None or m["min"] is not None)):
+            why = _number_ok(v, m)
+        elif isinstance(f.default, str):
+            why = None if isinstance(v, str) else "must be a string"
+        if why:
+            raise MMVAEError(f"{flag_name(f)} {why}, got {v!r}")
+
+
+def from_dict(cls, d: dict | None, where: str = "settings"):
+    """A section from a JSON/TOML dict: unknown keys refused, missing ones take their defaults."""
+    d = dict(d or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise MMVAEError(f"{where}: unknown setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    for f in fields(cls):
+        if f.metadata.get("pair") and isinstance(d.get(f.name), list):
+            d[f.name] = tuple(d[f.name])
+    return cls(**d)
+
+
+def overridden(section, overrides: dict):
+    """A copy of `section` with the non-None values of `overrides` whose keys are its fields."""
+    names = {f.name for f in fields(section)}
+    return replace(section, **{k: v for k, v in overrides.items() if k in names and v is not None})
+
+
+def to_dict(section) -> dict:
+    """JSON-ready: tuples become lists."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(section).items()}
+
+
+def default_of(cls, name: str):
+    f = next(f for f in fields(cls) if f.name == name)
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+# --- the sections ---------------------------------------------------------------------------------
+
+FUSIONS = ("poe", "moe", "mopoe", "none")
+OBJECTIVES = ("elbo", "iwae", "dreg", "mvae")
+FAMILIES = ("gaussian", "laplace")
+# each paper's own objective, used when neither the recipe nor --objective names one
+FUSION_OBJECTIVE = {"poe": "mvae", "moe": "iwae", "mopoe": "elbo", "none": "elbo"}
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What is trained: modalities' experts x fusion x objective x prior (model.ModelConfig is built
+    from these and the data's modalities)."""
+
+    fusion: str = setting("mopoe", "poe = MVAE (product of experts with the prior expert), moe = MMVAE (mixture of "
+                          "experts), mopoe = MoPoE (mixture over all subsets' products), none = EB-MVAE's "
+                          "independent unimodal VAEs (couple them with `mmvae fit-ebm`)",
+                          "ours: MoPoE, the model of the quick start", choices=FUSIONS)
+    objective: str | None = setting(None, "elbo: generalised multimodal ELBO; iwae/dreg: stratified IWAE of MMVAE "
+                                    "(dreg: doubly-reparameterised gradients); mvae: MVAE's sub-sampled sum of "
+                                    "ELBOs (not a bound). Default: each fusion's paper (mvae for poe, iwae for moe, "
+                                    "elbo otherwise)", "the papers", choices=(*OBJECTIVES, None), optional=True)
+    k: int = setting(1, "importance samples for iwae/dreg", "MMVAE/MMVAE+ recipes set their papers' K", min=1)
+    mvae_subsets: int = setting(0, "MVAE: also add the ELBOs of this many random subsets of 2..M-1 modalities "
+                                "per step (Wu & Goodman's sub-sampling)", "Wu & Goodman 2018 (0 = joint + unimodal)",
+                                min=0)
+    private_dim: int = setting(0, "MMVAE+: size of each modality's private latent w_m (needs --fusion moe and "
+                               "--objective iwae|dreg)", "Palumbo et al. 2023 (0 = no private latents)", min=0)
+    subsets: str = setting("all", 'MoPoE mixture subsets: "all", "unimodal+full", or "m0,m1;m2;..."',
+                           "MoPoE paper: all 2^M - 1 subsets")
+    latent_dim: int = setting(512, "size of the shared latent (per modality for fusion none)",
+                              "MoPoE PolyMNIST reference run", min=1)
+    beta: float = setting(2.5, "weight of the KL (or log prior - log posterior) terms", "MoPoE PolyMNIST reference run",
+                          min=0.0)
+    posterior: str = setting("gaussian", "family of the unimodal posteriors q(z | x_m)", "MoPoE reference",
+                             choices=FAMILIES)
+    prior: str = setting("gaussian", "family of the base prior p0(z) (--prior ebm tilts it by an energy)",
+                         "MoPoE reference", choices=FAMILIES, cli=False)
+    learn_prior: bool = setting(False, "learn the base prior's scale", "MMVAE MNIST-SVHN reference learns it",
+                                flag="--learn-prior/--fixed-prior")
+    likelihood: str = setting("laplace", "laplace, gaussian, bernoulli or categorical: one for every modality, or "
+                              "NAME=KIND,... (unnamed modalities: laplace)", "MoPoE PolyMNIST reference run")
+    likelihood_scale: float = setting(0.75, "scale of Laplace/Gaussian likelihoods", "MoPoE PolyMNIST reference run",
+                                      gt=0.0)
+    rescale: bool = setting(False, "weight log p(x_m | z) by (largest modality size) / (size of m)",
+                            "MMVAE MNIST-SVHN reference", flag="--rescale/--no-rescale")
+    hidden: int = setting(400, "hidden units of the mlp encoders and decoders (vectors, 1x28x28 images)",
+                          "MMVAE MNIST reference: 400", min=1)
+    arch: str = setting("", "networks: conv28, conv32, conv (any C,H,W), mlp; one for all or NAME=ARCH,... "
+                        "(default by shape)", "ours: by shape")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How the VAE is optimised."""
+
+    epochs: int = setting(30, "passes over the training set", "ours (recipes set each paper's)", min=1)
+    batch_size: int = setting(64, "global batch size", "ours (recipes set each paper's)", min=1)
+    lr: float = setting(5e-4, "Adam learning rate", "MoPoE reference", gt=0.0)
+    adam_betas: tuple = setting((0.9, 0.999), "Adam betas", "torch default; MoPoE reference", pair=True, min=0.0,
+                                lt=1.0, cli=False)
+    amsgrad: bool = setting(False, "AMSGrad variant of Adam", "MMVAE reference uses it", cli=False)
+    seed: int = setting(0, "random seed (initial weights, batches, noise)", "ours", min=0)
+
+
+@dataclass(frozen=True)
+class EnergySettings:
+    """The energy MLP E(z) (ebm.EnergyNet): dim -> hidden x (layers - 1) -> 1."""
+
+    energy_hidden: int = setting(400, "hidden units per layer of the energy MLP", "Yuan et al. Table 3 (best: 400)",
+                                 min=1)
+    energy_layers: int = setting(4, "Linear layers of the energy MLP", "Yuan et al. Table 3 (best: 4)", min=1)
+    energy_activation: str | None = setting(None, "energy MLP activation (default: gelu for maximum likelihood, "
+                                            "softplus for score matching)", "LEBM uses GELU; softplus is ours",
+                                            choices=("gelu", "silu", "softplus", "leaky_relu", "elu", None),
+                                            optional=True)
+
+
+@dataclass(frozen=True)
+class JointEnergySettings:
+    """--prior ebm: the energy trained jointly with the VAE (Yuan et al. Algorithm 1)."""
+
+    ebm_lr: float = setting(2e-5, "Adam learning rate of the jointly trained energy", "LEBM (Yuan et al. give none)",
+                            gt=0.0)
+    ebm_betas: tuple = setting((0.5, 0.999), "Adam betas of the jointly trained energy", "LEBM", pair=True,
+                               min=0.0, lt=1.0, flag="--ebm-betas")
+
+
+@dataclass(frozen=True)
+class LangevinSettings:
+    """Short-run Langevin z <- z + s^2/2 grad log p(z) + noise_scale * s * eps (Yuan et al. eq. 11)."""
+
+    steps: int = setting(50, "Langevin steps per chain", "Yuan et al. Table 3 (best: 50)", min=0)
+    step_size: float = setting(0.4, "Langevin step size s", "LEBM's 0.4 (the paper gives none)", gt=0.0)
+    noise_scale: float = setting(1.0, "Langevin noise multiplier (1 = proper Langevin, 0 = gradient ascent)", "ours",
+                                 min=0.0)
+    clip_grad: float | None = setting(None, "clip each chain's gradient norm to this value (default: no clipping)",
+                                      "ours", gt=0.0, optional=True)
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """`mmvae fit-ebm`: an energy fitted post hoc to a frozen VAE's aggregate posterior."""
+
+    objective: str | None = setting(None, "ml: maximum likelihood with Langevin negatives (Yuan et al. eq. 10); "
+                                    "exact|sliced|denoising: score matching (EB-MVAE eq. 1). Default: ml for a shared "
+                                    "latent, denoising for --fusion none", "the papers",
+                                    choices=("ml", "exact", "sliced", "denoising", None), optional=True)
+    epochs: int = setting(20, "passes over the training set", "ours (measured: README, energy-based priors)", min=1)
+    batch_size: int = setting(256, "batch size", "ours", min=1)
+    lr: float | None = setting(None, "Adam learning rate of the energy (default: 1e-4 for ml, 1e-3 for score "
+                               "matching)", "ours", gt=0.0, optional=True)
+    betas: tuple | None = setting(None, "Adam betas (default: 0.5 0.999 for ml as LEBM, 0.9 0.999 for score "
+                                  "matching)", "LEBM / torch", pair=True, min=0.0, lt=1.0, optional=True)
+    reg: float = setting(0.0, "ml: weight of an L2 penalty on the energies", "ours (0 = off)", min=0.0)
+    persistent: bool = setting(False, "ml: continue each batch's negative chains from the previous batch's",
+                               "ours", flag="--persistent")
+    sigma: float = setting(0.25, "denoising: noise level", "ours: about the smallest spread of polymnist-mini's "
+                           "EB-MVAE latents", gt=0.0)
+    projections: int = setting(1, "sliced/denoising: draws per sample", "Song et al. 2019", min=1)
+    seed: int = setting(0, "random seed", "ours", min=0)
+
+    def resolved(self, fusion: str) -> "FitSettings":
+        """The objective-dependent defaults filled in."""
+        obj = self.objective or ("denoising" if fusion == "none" else "ml")
+        ml = obj == "ml"
+        return replace(self, objective=obj, lr=self.lr if self.lr is not None else (1e-4 if ml else 1e-3),
+                       betas=tuple(self.betas) if self.betas is not None else ((0.5, 0.999) if ml else (0.9, 0.999)))
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """How a run executes (not what it computes): recorded in the manifest, reused by --resume."""
+
+    precision: str = setting("fp32", "fp32, bf16 (autocast; CPU or recent GPUs) or fp16 (autocast + gradient "
+                             "scaler; CUDA only); the probabilistic math stays fp32",
+                             "ours, measured: bf16 was slower on an H100 (README)", choices=("fp32", "bf16", "fp16"))
+    compile: bool = setting(False, "torch.compile the encoders and decoders", "ours", flag="--compile/--no-compile")
+    channels_last: bool = setting(False, "channels-last convolutions", "ours",
+                                  flag="--channels-last/--no-channels-last")
+
+
+@dataclass(frozen=True)
+class ClassifierSettings:
+    """`mmvae classifier train`: the digit classifiers that judge coherence."""
+
+    epochs: int = setting(40, "passes over the training set", "ours (test accuracy in the README)", min=1)
+    batch_size: int = setting(128, "batch size", "ours", min=1)
+    lr: float = setting(1e-3, "Adam learning rate", "ours", gt=0.0)
+    seed: int = setting(0, "random seed", "ours", min=0)
+
+
+SECTIONS = {"model": ModelSettings, "train": TrainSettings, "energy": EnergySettings, "joint": JointEnergySettings,
+            "langevin": LangevinSettings}
+
+
+# --- recipes --------------------------------------------------------------------------------------
+
+FUSION_RECIPE = {"poe": "mvae", "moe": "mmvae", "mopoe": "mopoe", "none": "ebmvae"}
+
+
+def recipe_files():
+    """The shipped recipes (package data `mmvae_cli.recipes`, the top-level recipes/ folder)."""
+    return resources.files("mmvae_cli.recipes")
+
+
+def family(dataset: str) -> str:
+    return dataset.removesuffix("-mini")
+
+
+def default_recipe(dataset: str, fusion: str, private: bool = False):
+    """The shipped recipe for a dataset family and model, or None when there is none."""
+    name = "mmvaeplus" if private else FUSION_RECIPE.get(fusion, fusion)
+    path = recipe_files() / f"{family(dataset)}-{name}.toml"
+    return path if path.is_file() else None
+
+
+def load_recipe(path) -> dict:
+    """A recipe's TOML as a dict, every key checked against the sections' fields."""
+    where = getattr(path, "name", str(path))
+    if not path.is_file():
+        raise MMVAEError(f"recipe {path} not found")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise MMVAEError(f"recipe {where}: invalid TOML ({e})".replace("\n", " ")) from None
+    schedule_keys = {f.name for cls in SECTIONS.values() for f in fields(cls)}
+    for name, section in data.items():
+        if not isinstance(section, dict):
+            raise MMVAEError(f"recipe {where}: top-level key {name!r} must be a [section]")
+        allowed = {f.name for f in fields(SECTIONS[name])} if name in SECTIONS else schedule_keys
+        for key in section:
+            if key not in allowed:
+                raise MMVAEError(f"recipe {where}: unknown setting [{name}] {key}")
+    return data
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run computes with, resolved and checked."""
+
+    model: ModelSettings
+    train: TrainSettings
+    energy: EnergySettings
+    joint: JointEnergySettings
+    langevin: LangevinSettings
+    joint_ebm: bool = False            # --prior ebm: train the energy with the VAE (Algorithm 1)
+    recipe: str | None = None
+    schedule: str | None = None
+
+    def to_dict(self) -> dict:
+        d = {name: to_dict(getattr(self, name)) for name in ("model", "train")}
+        if self.joint_ebm:
+            d.update(energy=to_dict(self.energy), joint=to_dict(self.joint), langevin=to_dict(self.langevin))
+        return {**d, "joint_ebm": self.joint_ebm, "recipe": self.recipe, "schedule": self.schedule}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "manifest") -> "TrainConfig":
+        """Read back a manifest's `settings` (older bundles: missing fields take their defaults)."""
+        model = dict(d.get("model", {}))
+        extra = model.pop("extra", None) or {}          # bundles before config.py kept mvae_k here
+        if "mvae_k" in extra:
+            model.setdefault("mvae_subsets", int(extra["mvae_k"]))
+        train = dict(d.get("train", {}))
+        joint = {k: train.pop(k) for k in ("ebm_lr", "ebm_betas") if k in train}
+        joint.update(d.get("joint", {}))
+        try:
+            return cls(from_dict(ModelSettings, model, f"{where} [model]"),
+                       from_dict(TrainSettings, train, f"{where} [train]"),
+                       from_dict(EnergySettings, d.get("energy"), f"{where} [energy]"),
+                       from_dict(JointEnergySettings, joint, f"{where} [joint]"),
+                       from_dict(LangevinSettings, d.get("langevin"), f"{where} [langevin]"),
+                       bool(d.get("joint_ebm", False)), d.get("recipe"), d.get("schedule"))
+        except TypeError as e:
+            raise MMVAEError(f"{where}: invalid settings ({e})") from None
+
+
+def resolve_train(dataset: str, overrides: dict, recipe: str | Path | None = None,
+                  schedule: str | None = None) -> TrainConfig:
+    """Defaults < recipe sections < recipe schedule (auto [cpu] for *-mini) < overrides; then checked.
+
+    overrides: flag values by field name (None = not given); "prior": "ebm" asks for the jointly trained
+    energy-based prior over the recipe's base prior."""
+    overrides = dict(overrides)
+    joint_ebm = overrides.get("prior") == "ebm"
+    if joint_ebm:
+        overrides["prior"] = None
+    fusion = overrides.get("fusion") or default_of(ModelSettings, "fusion")
+    if recipe is not None:
+        path = Path(recipe)
+    else:
+        path = default_recipe(dataset, fusion, bool(overrides.get("private_dim")))
+    data = load_recipe(path) if path is not None else {}
+    if schedule is None and dataset.endswith("-mini") and "cpu" in data:
+        schedule = "cpu"
+    if schedule is not None and schedule not in data:
+        raise MMVAEError(f"recipe {getattr(path, 'name', path)} has no [{schedule}] schedule"
+                         if path is not None else f"--schedule {schedule}: no recipe for {dataset} with this model")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        s = cls()
+        s = overridden(s, data.get(name, {}))
+        if schedule is not None:
+            s = overridden(s, data[schedule])
+        s = overridden(s, overrides)
+        sections[name] = s
+    m = sections["model"]
+    if m.objective is None:
+        sections["model"] = m = replace(m, objective=FUSION_OBJECTIVE[m.fusion] if m.fusion in FUSION_OBJECTIVE
+                                        else "elbo")
+    for s in sections.values():
+        for f in fields(s):           # TOML arrays for pairs
+            v = getattr(s, f.name)
+            if f.metadata.get("pair") and isinstance(v, list):
+                object.__setattr__(s, f.name, tuple(v))
+        check(s)
+    check_model(m, joint_ebm)
+    return TrainConfig(joint_ebm=joint_ebm, recipe=getattr(path, "name", None) if path is not None else None,
+                       schedule=schedule, **sections)
+
+
+def check_model(m: ModelSettings, joint_ebm: bool = False) -> None:
+    """Combinations of model settings that cannot work, refused with one line before anything runs."""
+    if m.private_dim and (m.fusion != "moe" or m.objective not in ("iwae", "dreg")):
+        raise MMVAEError("--private-dim (MMVAE+) needs --fusion moe and --objective iwae or dreg")
+    if m.fusion in ("poe", "mopoe") and (m.posterior != "gaussian" or m.prior != "gaussian"):
+        raise MMVAEError(f"fusion {m.fusion} needs Gaussian posteriors and prior (a product with Laplace experts "
+                         "has no closed form); use --posterior gaussian or --fusion moe")
+    if joint_ebm and m.fusion == "none":
+        raise MMVAEError("--prior ebm learns a prior over a shared latent; EB-MVAE (--fusion none) gets its "
+                         "energy after training: `mmvae fit-ebm RUN`")
+    if m.mvae_subsets and m.objective != "mvae":
+        raise MMVAEError("--mvae-subsets needs --objective mvae")
+
+
+def resolve(cls, overrides: dict, base=None):
+    """A checked section of `cls` from its defaults (or `base`) and the non-None overrides."""
+    s = overridden(base if base is not None else cls(), overrides)
+    check(s)
+    return s

@@ -1,0 +1,74 @@
+"""A trained model as a bundle on disk: model.safetensors (the VAE), ebm.safetensors (an energy),
+manifest.json (its ModelConfig, settings, history). `load_model` rebuilds and checks it; nothing is
+unpickled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import bundle
+from .ebm import LatentEBM
+from .errors import BundleError
+from .model import ModelConfig, MultimodalVAE
+
+CHECKPOINT = "checkpoint.safetensors"     # an interrupted or extendable training run
+WEIGHTS = "model.safetensors"
+EBM_WEIGHTS = "ebm.safetensors"
+
+
+def ebm_from_section(section: dict, where: str) -> tuple[LatentEBM, dict]:
+    """(LatentEBM, Langevin settings) from a manifest's `ebm` section (weights not loaded)."""
+    try:
+        ebm = LatentEBM(section["energy"], section["density"], section.get("training") == "joint")
+        return ebm, dict(section.get("langevin", {}))
+    except (KeyError, TypeError) as e:
+        raise BundleError(f"{where}: manifest has an invalid ebm section ({e})") from None
+
+
+def _vae_weights(run: Path, manifest: dict) -> dict[str, torch.Tensor]:
+    """The VAE's weights: this bundle's, or for an energy-only bundle (`fit-ebm --out`) the parent's,
+    after checking that the parent's weights are still the ones the energy was fitted to."""
+    parent = manifest.get("parent")
+    if parent is None:
+        return bundle.read_weights(run, WEIGHTS, manifest)
+    ppath = Path(parent.get("path", ""))
+    if not ppath.is_absolute():
+        ppath = Path(run) / ppath
+    pman = bundle.read_manifest(ppath, kind="mmvae")
+    got = pman.get("files", {}).get(WEIGHTS, {}).get("sha256")
+    if got != parent.get("model_sha256"):
+        raise BundleError(f"{run}: its parent {ppath} changed since the energy was fitted "
+                          f"(model.safetensors fingerprint differs); refit with `mmvae fit-ebm`")
+    return bundle.read_weights(ppath, WEIGHTS, pman)
+
+
+def load_model(run: Path, device: str | torch.device = "cpu") -> tuple[MultimodalVAE, dict]:
+    """Rebuild a trained model from its bundle (weights checked against the manifest), with its
+    energy-based prior when the manifest has an `ebm` section."""
+    manifest = bundle.read_manifest(run, kind="mmvae")
+    if manifest.get("parent") is not None and not manifest.get("ebm"):
+        raise BundleError(f"{run}: its energy is not fitted yet (fit-ebm was interrupted); continue with "
+                          f"`mmvae fit-ebm {manifest['parent'].get('path')} --out {run} --resume`")
+    try:
+        config = ModelConfig.from_dict(manifest["model"])
+    except (KeyError, TypeError) as e:
+        raise BundleError(f"{run}: manifest has an invalid model section ({e})") from None
+    model = MultimodalVAE(config)
+    bundle.load_state(model, _vae_weights(Path(run), manifest), str(run))
+    if manifest.get("ebm"):
+        ebm, settings = ebm_from_section(manifest["ebm"], str(run))
+        bundle.load_state(ebm, bundle.read_weights(run, EBM_WEIGHTS, manifest), f"{run}/{EBM_WEIGHTS}")
+        model.attach_ebm(ebm, settings)
+    return model.to(device).eval(), manifest
+
+
+def save_bundle(run: Path, model: MultimodalVAE, manifest: dict) -> None:
+    """model.safetensors holds the VAE, ebm.safetensors the energy (when there is one)."""
+    state = model.state_dict()
+    bundle.write_weights(run, WEIGHTS, {k: v for k, v in state.items() if not k.startswith("ebm.")}, manifest)
+    if model.ebm is not None:
+        bundle.write_weights(run, EBM_WEIGHTS, model.ebm.state_dict(), manifest)
+    bundle.save_manifest(run, manifest)
+
