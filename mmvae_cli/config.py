@@ -157,6 +157,10 @@ class ModelSettings:
                                 min=0)
     private_dim: int = setting(0, "MMVAE+: size of each modality's private latent w_m (needs --fusion moe and "
                                "--objective iwae|dreg)", "Palumbo et al. 2023 (0 = no private latents)", min=0)
+    private_prior: str = setting("reference", "MMVAE+: p(w_m) in log p(w_r) and at generation. reference: a fixed "
+                                 "Laplace(0, 1) (N(0, 1) for a Gaussian prior), the learned p(w_m) only in the "
+                                 "training cross terms, as the reference code; learned: the learned p(w_m) everywhere",
+                                 "MMVAE+ reference code (epalu/mmvaeplus)", choices=("reference", "learned"))
     subsets: str = setting("all", 'MoPoE mixture subsets: "all", "unimodal+full", or "m0,m1;m2;..."',
                            "MoPoE paper: all 2^M - 1 subsets")
     latent_dim: int = setting(512, "size of the shared latent (per modality for fusion none)",
@@ -349,6 +353,7 @@ class TrainConfig:
     def from_dict(cls, d: dict, where: str = "manifest") -> "TrainConfig":
         """Read back a manifest's `settings` (older bundles: missing fields take their defaults)."""
         model = dict(d.get("model", {}))
+        model.setdefault("private_prior", "learned")    # runs from before the field had the learned p(w_m)
         extra = model.pop("extra", None) or {}          # bundles before config.py kept mvae_k here
         if "mvae_k" in extra:
             model.setdefault("mvae_subsets", int(extra["mvae_k"]))

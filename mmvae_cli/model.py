@@ -6,12 +6,17 @@
 
 With `private_dim` D_w > 0 (MMVAE+, Palumbo et al. 2023) every modality also has a private latent
 w_m: encoders output [z, w_m] heads, q(z, w_m | x_m) = q(z | x_m) q(w_m | x_m), decoders read
-[z, w_m], and each w_m has its own prior p(w_m) with a learned scale:
+[z, w_m], and each w_m has a prior of the prior's family:
 
     p(X, z, w) = p(z) prod_m p(w_m) p(x_m | z, w_m).
 
-Whenever modality d is decoded without its own input (cross-generation, joint sampling, and the
-cross terms of the training objective) its w_d is drawn from p(w_d).
+As in the reference code (epalu/mmvaeplus), there are two priors on w_m. `private_priors[m]`
+has a learned scale and gives the cross terms of the training objective: w^(d) ~ p_learned(w_d)
+whenever modality d is decoded from another modality's z. With `private_prior` "reference"
+(the default) the bound's log p(w_r) and every w drawn at generation time (joint sampling,
+cross-generation of a missing modality) use the fixed p(w_m) = Laplace(0, I) (N(0, I) for a
+Gaussian prior). With "learned" (bundles made before the option) the learned prior is used
+everywhere. See `MultimodalVAE.w_prior`.
 
 `ModelConfig` is the JSON-serialisable description stored in a bundle's manifest;
 `MultimodalVAE(config)` rebuilds the same network from it.
@@ -39,6 +44,9 @@ from .fusion import Mixture, make_fusion, parse_subsets
 from .objectives import get_objective
 
 
+PRIVATE_PRIORS = ("reference", "learned")
+
+
 @dataclass
 class ModalitySpec:
     name: str
@@ -64,6 +72,7 @@ class ModelConfig:
     hidden: int = 400             # hidden units of the mlp nets (config.ModelSettings.hidden)
     extra: dict = field(default_factory=dict)
     private_dim: int = 0          # MMVAE+ modality-specific latent size (0 = none)
+    private_prior: str = "reference"  # MMVAE+ p(w) in log p(w_r) and generation: reference (fixed) | learned
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,6 +86,7 @@ class ModelConfig:
         d = dict(d)
         if d.get("hidden") is None:
             d["hidden"] = 400     # bundles before config.py recorded None for the mlp nets' 400 units
+        d.setdefault("private_prior", "learned")   # manifests from before the field: the behaviour they had
         d["modalities"] = [ModalitySpec(**m) for m in d["modalities"]]
         return cls(**d)
 
@@ -123,7 +133,8 @@ def build_config(m: ModelSettings, data) -> ModelConfig:
              for n in names]
     extra = {"mvae_k": m.mvae_subsets} if m.mvae_subsets else {}
     return ModelConfig(specs, m.latent_dim, m.fusion, m.subsets, m.objective, m.k, float(m.beta), m.posterior,
-                       m.prior, m.learn_prior, m.hidden, extra, private_dim=m.private_dim)
+                       m.prior, m.learn_prior, m.hidden, extra, private_dim=m.private_dim,
+                       private_prior=m.private_prior)
 
 
 
@@ -160,6 +171,8 @@ class MultimodalVAE(nn.Module):
         self.decoders = nn.ModuleDict()
         check_model(ModelSettings(fusion=c.fusion, objective=c.objective, k=c.k, private_dim=c.private_dim,
                                   posterior=c.posterior, prior=c.prior))
+        if c.private_prior not in PRIVATE_PRIORS:
+            raise MMVAEError(f"unknown private prior {c.private_prior!r}; choose {' or '.join(PRIVATE_PRIORS)}")
         width = c.latent_dim + c.private_dim
         for m in c.modalities:
             if m.likelihood not in D.LIKELIHOODS:
@@ -248,17 +261,36 @@ class MultimodalVAE(nn.Module):
 
         Decoder d reads its block of z (all of z unless fusion none). With private latents, it reads
         [z, w_d]: w_d from `w` when given (same leading shape as z), otherwise a reparameterised draw
-        from the modality prior p(w_d)."""
+        w_d ~ p(w_d) = `w_prior(d)` (generation: the fixed prior unless private_prior is "learned").
+        The training objective passes every w_d itself (see objectives._stratified_log_weights)."""
         out = {}
         for n in (names or self.names):
             h = self.block(z, n)
             if self.config.private_dim:
                 wd = w.get(n) if w else None
                 if wd is None:
-                    wd = self.private_priors[n].dist().rsample(z.shape[:-1])
+                    wd = self.w_prior(n).rsample(z.shape[:-1])
                 h = torch.cat([h, wd], dim=-1)
             out[n] = nets.apply_flat(lambda t, net=self.decoders[n]: self.run_net(net, t), h, h.shape[-1])
         return out
+
+    def w_prior(self, name: str) -> td.Distribution:
+        """p(w_name) of the generative model: the density of log p(w_r) in the MMVAE+ bound and the
+        distribution generation draws w_name from (batch shape (D_w,)).
+
+            private_prior "reference":  p(w_m) = Laplace(0, I), or N(0, I) for a Gaussian prior: fixed,
+                                        as the reference code's `pu` (scale logits frozen at 0, so
+                                        softmax(0) * D_w = 1);
+            private_prior "learned":    p(w_m) = private_priors[m].dist(), the learned scale.
+
+        Either way the learned private_priors[m] give the objective's cross terms w^(d) ~ p(w_d), d != r."""
+        learned = self.private_priors[name]
+        if self.config.private_prior == "learned":
+            return learned.dist()
+        ones = torch.ones_like(learned.loc)
+        if learned.kind == "laplace":
+            return td.Laplace(learned.loc, ones, validate_args=False)
+        return td.Normal(learned.loc, ones, validate_args=False)
 
     def log_likelihoods(self, outs: dict[str, torch.Tensor], x: dict[str, torch.Tensor]) -> torch.Tensor:
         """sum_m rescale_m * log p(x_m | z) over the modalities in both outs and x: (..., B)."""
@@ -334,7 +366,7 @@ class MultimodalVAE(nn.Module):
         """One sample z ~ q(z | X_given), decoded to the means of `names` (default: all).
 
         With private latents, a given modality reuses w_d ~ q(w_d | x_d) (reconstruction) and a
-        missing one draws w_d ~ p(w_d) (MMVAE+'s cross-generation rule).
+        missing one draws w_d ~ p(w_d) = `w_prior(d)` (MMVAE+'s cross-generation rule).
         Fusion none with an energy (EB-MVAE eq. 2-3): z_o ~ prod_{m in o} q(z_m | x_m) for the given
         modalities, then z_u ~ p(z_u | z_o) by Langevin on the unobserved blocks with z_o clamped."""
         experts, private = self.encode(x)

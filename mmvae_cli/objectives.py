@@ -89,10 +89,13 @@ def _stratified_log_weights(model, x, k: int, stop_q: bool = False):
     With a jointly trained energy, log p(z) = log p0(z) - E(z), unnormalised: the reported bound is
     off by beta * log Z(alpha), a constant for the encoder and decoder.
     With private latents (MMVAE+; moe components s = modality r): z ~ q(z | x_r), w_r ~ q(w_r | x_r),
-    and for every d != r, w^(d) ~ p(w_d) (the modality prior), w^(r) = w_r:
+    and for every d != r, w^(d) ~ p~(w_d) (the learned modality prior, private_priors[d]), w^(r) = w_r:
         log w = sum_d log p(x_d | z, w^(d)) + beta (log p(z) + log p(w_r)
-                                                    - log 1/M sum_m q(z | x_m) - log q(w_r | x_r)).
-    (REFERENCE.md's summary omits log p(w_r); it belongs to p(X, z, w_r), whose bound this is.)
+                                                    - log 1/M sum_m q(z | x_m) - log q(w_r | x_r)),
+    with p(w_r) = model.w_prior(r): the fixed Laplace(0, I) (N(0, I) for a Gaussian prior) for
+    private_prior "reference", as the reference code (its `lpu` is the fixed prior over [w, z]), or
+    p~(w_r), the learned prior, for "learned". (REFERENCE.md's summary writes log p(z_r) for the
+    reference's log p(w_r, z_r); log p(w_r) belongs to p(X, z, w_r), whose bound this is.)
     stop_q evaluates log q at detached parameters (DReG). Returns (log w (S, K, B), samples
     drawn by reparameterisation from q, for DReG's gradient hooks)."""
     experts, private = model.encode(x)
@@ -114,7 +117,7 @@ def _stratified_log_weights(model, x, k: int, stop_q: bool = False):
             wr = qw.rsample((k,))                                              # w_r ~ q(w_r | x_r): (K, B, Dw)
             samples.append((wr, s))
             qw_density = _detached(qw) if stop_q else qw
-            terms.append(model.private_priors[r].dist().log_prob(wr).sum(-1) - qw_density.log_prob(wr).sum(-1))
+            terms.append(model.w_prior(r).log_prob(wr).sum(-1) - qw_density.log_prob(wr).sum(-1))
             w[r] = torch.cat([w[r][:s], wr[None], w[r][s + 1:]])               # w^(r) = w_r
         reg = reg + torch.stack(terms)
     lpx = model.log_likelihoods(model.decode(z, None, w), x)

@@ -216,12 +216,16 @@ def test_mmvae_plus_objective_is_a_bound_and_decodes_missing_w_from_its_prior():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.private_priors.parameters())
     # prior-w rule: decoding b (missing) from a's z draws w_b ~ p(w_b); a's own w_a comes from q(w_a | x_a)
     with torch.no_grad():
-        model.private_priors["b"].raw.fill_(math.log(9.0))             # p(w_b) = N(0, 3^2)
+        model.private_priors["b"].raw.fill_(math.log(9.0))             # learned p(w_b) = N(0, 3^2)
         for n in A:
             model.decoders[n].weight[:] = torch.tensor([[0.0, 1.0]], dtype=torch.float64)  # x_n = w_n
     torch.manual_seed(6)
     out = model.cross_generate(batch(20000, ("a",)))
-    assert out["b"].std().item() == pytest.approx(3.0, rel=0.03)
+    assert out["b"].std().item() == pytest.approx(1.0, rel=0.03)       # "reference": the fixed N(0, 1)
+    model.config.private_prior = "learned"
+    torch.manual_seed(6)
+    out = model.cross_generate(batch(20000, ("a",)))
+    assert out["b"].std().item() == pytest.approx(3.0, rel=0.03)       # "learned": the learned prior
     qa_scale = math.exp(0.5 * -0.7)                                       # q(w_a | x_a) = N(0.1, e^-0.7)
     assert out["a"].mean().item() == pytest.approx(0.1, abs=0.02)
     assert out["a"].std().item() == pytest.approx(qa_scale, rel=0.03)
