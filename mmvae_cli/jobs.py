@@ -171,19 +171,22 @@ RESUMABLE = ("epochs",)       # the only setting --resume may change (extends a 
 
 
 def _prepare_resume(r: TrainRequest, out: Path) -> TrainingJob:
-    changed = sorted(k for k, v in r.overrides.items() if v is not None and k not in RESUMABLE)
-    if changed or r.recipe or r.schedule:
-        what = changed[0] if changed else ("recipe" if r.recipe else "schedule")
-        raise MMVAEError(f"--{what.replace('_', '-')} cannot change when resuming: --resume continues {out} with "
-                         "its recorded settings (only --epochs extends it)")
     if not (out / bundle.MANIFEST).exists():
         raise MMVAEError(f"--resume: {out} holds no run to continue (no {bundle.MANIFEST})")
     manifest = bundle.read_manifest(out, kind="mmvae")
     if manifest.get("ebm") and manifest["ebm"].get("training") != "joint":
         raise MMVAEError(f"{out} has a post-hoc energy (fit-ebm): training cannot be resumed under it")
+    cfg = TrainConfig.from_dict(manifest.get("settings", {}), str(out))
+    recorded = {k: v for name in config.SECTIONS for k, v in vars(getattr(cfg, name)).items()}
+    recorded["prior"] = "ebm" if cfg.joint_ebm else cfg.model.prior
+    changed = sorted(k for k, v in r.overrides.items() if v is not None and k not in RESUMABLE
+                     and (tuple(v) if isinstance(v, list) else v) != recorded.get(k))
+    if changed or (r.recipe and Path(r.recipe).name != cfg.recipe) or (r.schedule and r.schedule != cfg.schedule):
+        what = f"--{changed[0].replace('_', '-')}" if changed else ("--recipe" if r.recipe else "--schedule")
+        raise MMVAEError(f"{what} cannot change when resuming: --resume continues {out} with its recorded "
+                         "settings (only --epochs extends it)")
     if STATE_KEY not in manifest:
         raise BundleError(f"{out}: no checkpoint to resume from (manifest has no {STATE_KEY})")
-    cfg = TrainConfig.from_dict(manifest.get("settings", {}), str(out))
     epochs = r.overrides.get("epochs")
     if epochs is not None and epochs != cfg.train.epochs:
         done = int(manifest.get("epochs_done", 0))

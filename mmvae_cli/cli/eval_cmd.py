@@ -228,6 +228,10 @@ def all_(run, clf_run, inception_weights, prior, steps, step_size, noise_scale, 
     """
     from ..evaluate import fid as F
     results, skipped = {}, {}
+    langevin = options.langevin_given(steps, step_size, noise_scale, clip_grad)
+    if clf_run:                  # check the classifier bundle before any metric runs
+        from ..classifier import load_classifiers
+        load_classifiers(Path(clf_run))
     try:
         F.find_inception_weights(inception_weights)
     except MMVAEError as e:
@@ -241,8 +245,7 @@ def all_(run, clf_run, inception_weights, prior, steps, step_size, noise_scale, 
         skipped["coherence"] = "no --classifiers given"
     if "coherence" not in skipped:
         log("coherence ...")
-        results["coherence"] = _coherence(ctx, clf_run, n_joint, prior, seed,
-                                          options.langevin_given(steps, step_size, noise_scale, clip_grad))
+        results["coherence"] = _coherence(ctx, clf_run, n_joint, prior, seed, langevin)
     log("likelihood ...")
     results["likelihood"] = _likelihood(ctx, k, seed, ll_limit)
     if "latent" not in skipped:

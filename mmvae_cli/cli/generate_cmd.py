@@ -125,6 +125,8 @@ def cross_generate(run, given, images, targets, split, n, out, fmt, steps, step_
         if not given:
             raise MMVAEError("give input modalities with --given (from --split) or --image MOD=FILE")
         names = [g.strip() for g in given.split(",") if g.strip()]
+        if not names:
+            raise MMVAEError(f"--given {given!r} names no modality; this model has {', '.join(shapes)}")
         unknown = [g for g in names if g not in shapes]
         if unknown:
             raise MMVAEError(f"unknown modality {unknown[0]!r}; this model has {', '.join(shapes)}")

@@ -11,6 +11,7 @@ import torch
 from .. import config
 from ..console import log
 from ..data import load_dataset
+from ..run import check_new_output
 from ..runtime import pick_device, shutdown_distributed
 from . import options
 
@@ -81,14 +82,16 @@ def classifier():
 @click.argument("dataset")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Bundle folder to write.")
 @options.settings_options(config.ClassifierSettings)
+@click.option("--overwrite", is_flag=True, help="Replace a classifier bundle already in --out.")
 @options.device
 @options.data_root
 @options.json_flag
-def classifier_train(dataset, out, epochs, batch_size, lr, seed, device, data_root, as_json):
+def classifier_train(dataset, out, epochs, batch_size, lr, seed, overwrite, device, data_root, as_json):
     """Train one digit classifier per modality of DATASET and report test accuracy per modality."""
     from ..classifier import train_classifiers
     s = config.resolve(config.ClassifierSettings, dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
     dev = pick_device(device)
+    check_new_output(Path(out), overwrite, "choose another --out")
     train_data = load_dataset(dataset, "train", data_root)
     test_data = load_dataset(dataset, "test", data_root)
     manifest = train_classifiers(train_data, test_data, Path(out), s.epochs, s.batch_size, s.lr, s.seed, dev)
