@@ -32,7 +32,7 @@ from torch import nn
 
 from . import distributions as D
 from . import nets
-from .ebm import LangevinResult, LatentEBM, langevin
+from .ebm import LangevinResult, LangevinSettings, LatentEBM, langevin
 from .errors import MMVAEError
 from .fusion import Mixture, make_fusion, parse_subsets
 
@@ -263,7 +263,7 @@ class MultimodalVAE(nn.Module):
         overrides (steps, step_size, noise_scale, clip_grad; None = keep) win over langevin_settings."""
         if self.ebm is None:
             raise MMVAEError("this bundle has no energy-based prior; fit one with `mmvae fit-ebm RUN`")
-        s = {"steps": 50, "step_size": 0.4, "noise_scale": 1.0, "clip_grad": None}
+        s = LangevinSettings().to_dict()
         s.update({k: v for k, v in self.langevin_settings.items() if k in s})
         s.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(overrides) - set(s)
