@@ -125,12 +125,6 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * zf.pow(2).sum(1) - 0.5 * zf.shape[1] * math.log(2 * math.pi)
 
 
-def standard_laplace_log_prob(z: torch.Tensor) -> torch.Tensor:
-    """log Laplace(z; 0, 1) summed over non-batch dimensions: -||z||_1 - d log 2."""
-    zf = z.flatten(1)
-    return -zf.abs().sum(1) - zf.shape[1] * math.log(2.0)
-
-
 def ebm_prior_log_prob(energy: Callable[[torch.Tensor], torch.Tensor], base_log_prob: LogProb) -> LogProb:
     """Unnormalised log of the exponentially tilted prior (Yuan et al. eq. 3).
 
@@ -153,6 +147,19 @@ def ebm_log_prob(energy: Callable[[torch.Tensor], torch.Tensor]) -> LogProb:
 
 
 # --------------------------------------------------------------------------- Langevin
+
+
+@dataclass(frozen=True)
+class LangevinSettings:
+    """Default short-run Langevin settings (`MultimodalVAE.run_langevin`; a bundle's own win)."""
+
+    steps: int = 50                  # Yuan et al. (best ablation row: 50 steps)
+    step_size: float = 0.4           # LEBM reference code (Pang et al. 2020), REFERENCE.md
+    noise_scale: float = 1.0         # eq. 11: proper Langevin
+    clip_grad: float | None = None   # off (eq. 11 has no clipping)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 class LangevinResult(NamedTuple):
@@ -335,6 +342,31 @@ def score_matching_loss(energy: Callable[[torch.Tensor], torch.Tensor], z: torch
 # --------------------------------------------------------------------------- an energy attached to a model
 
 DENSITIES = ("tilted", "gibbs")
+NEGATIVE_STARTS = ("prior", "posterior", "persistent")
+
+
+@dataclass(frozen=True)
+class JointEnergySettings:
+    """How an energy trained jointly with the VAE (Algorithm 1) learns: read by objectives.py only.
+
+    reg: weight of the L2 term reg * (mean E(z_pos)^2 + mean E(z_neg)^2) added to eq. 10's loss.
+    neg_start: where the negatives' Langevin chains start: "prior" (z0 ~ p0, Algorithm 1),
+      "posterior" (the batch's posterior samples), "persistent" (last step's chains, a fraction
+      `persistent_reset` of them restarted from p0 every step).
+    warmup_steps: training steps during which the VAE's prior term ignores the energy (p0 only);
+      the energy learns from the start.
+    """
+
+    reg: float = 0.0                 # placeholder, set from measurements below
+    neg_start: str = "prior"         # Yuan et al. Algorithm 1 / LEBM: short-run chains from p0
+    persistent_reset: float = 0.05   # ours (replay-buffer convention of Du & Mordatch 2019), only for "persistent"
+    warmup_steps: int = 0            # placeholder
+
+    def __post_init__(self):
+        if self.neg_start not in NEGATIVE_STARTS:
+            raise MMVAEError(f"unknown negative-chain start {self.neg_start!r}; choose {', '.join(NEGATIVE_STARTS)}")
+        if not self.reg >= 0 or not 0 <= self.persistent_reset <= 1 or self.warmup_steps < 0:
+            raise MMVAEError(f"bad joint energy settings: {self}")
 
 
 class LatentEBM(nn.Module):
@@ -351,8 +383,12 @@ class LatentEBM(nn.Module):
     use in their prior term. Its state (energy weights, init_loc, init_scale) is `ebm.safetensors`.
     """
 
-    def __init__(self, config: EnergyConfig | dict, density: str = "tilted", joint: bool = False):
+    def __init__(self, config: EnergyConfig | dict, density: str = "tilted", joint: bool = False,
+                 joint_settings: JointEnergySettings | None = None):
         super().__init__()
+        self.joint_settings = joint_settings or JointEnergySettings()
+        self.joint_step = 0                                   # training steps taken (warm-up; not saved)
+        self.chains: torch.Tensor | None = None               # persistent negatives (not saved)
         if density not in DENSITIES:
             raise BundleError(f"unknown energy density {density!r}; expected one of {', '.join(DENSITIES)}")
         self.energy = EnergyNet.from_config(config)
@@ -367,3 +403,63 @@ class LatentEBM(nn.Module):
         if self.density == "tilted":
             return ebm_prior_log_prob(self.energy, base_log_prob)
         return ebm_log_prob(self.energy)
+
+
+
+class DivergenceTest:
+    """Per-epoch test that a jointly trained energy prior has run away (pure: no I/O, no torch).
+
+    `update(row)` takes each epoch's summary (train.fit's keys: "loss", "kl" = KL(q || p0) per sample,
+    "energy_q" = E_q[E], "energy_neg" = mean E over the Langevin negatives, "ebm_ml") and returns None,
+    or a one-line reason with a suggestion when the run has diverged (tests in this order).
+    Rows without "energy_q" (no joint energy) are ignored. With g_t = E_neg - E_q, K_t = kl, and
+    k_t = max(K_t, kl_floor), the run diverged at epoch t when any of:
+
+    1. non-finite: loss, kl, energy_q, energy_neg or ebm_ml is NaN or infinite;
+    2. gap: g_t > gap_ratio * k_t (the energy separates positives from negatives by more than the
+       posterior's whole information about the data: the negatives no longer sample p_alpha);
+    3. energy scale: max(|E_q|, |E_neg|) > energy_ratio * k_t. A correct tilt is
+       E(z) = -log(q_agg(z) / p0(z)) + c, so |E_q - c| <= KL(q_agg || p0) <= K_t, and the L2 term of
+       `JointEnergySettings.reg` keeps c near 0; energies far beyond the KL are the runaway;
+    4. drift: over the last `window` epochs E_q fell by more than max(drift_floor, K_t - K_{t-window})
+       while K rose by at least the factor (1 + kl_growth): the energy's level sinks and the posterior
+       spreads away from p0 together (the prior flattens: exp(-E) p0 loses its normaliser). A shift of
+       the energy at a steady KL is harmless (log Z absorbs it) and is not flagged.
+    """
+
+    def __init__(self, energy_ratio: float = 1.5, gap_ratio: float = 1.0, kl_floor: float = 10.0,
+                 window: int = 2, drift_floor: float = 5.0, kl_growth: float = 0.1):
+        self.energy_ratio, self.gap_ratio, self.kl_floor = energy_ratio, gap_ratio, kl_floor
+        self.window, self.drift_floor, self.kl_growth = window, drift_floor, kl_growth
+        self.rows: list[dict] = []
+
+    def update(self, row: dict) -> str | None:
+        if "energy_q" not in row:
+            return None
+        r = {k: float(row.get(k, 0.0)) for k in ("loss", "kl", "energy_q", "energy_neg", "ebm_ml")}
+        self.rows.append(r)
+        t = len(self.rows)
+        bad = [k for k, v in r.items() if not math.isfinite(v)]
+        if bad:
+            return self._say(t, f"non-finite {', '.join(bad)}")
+        e_q, e_neg, kl = r["energy_q"], r["energy_neg"], r["kl"]
+        k = max(kl, self.kl_floor)
+        if e_neg - e_q > self.gap_ratio * k:
+            return self._say(t, f"energy gap E_neg - E_q = {e_neg - e_q:.4g} beyond {self.gap_ratio:g} x "
+                                f"KL(q||p0) {kl:.4g}")
+        if max(abs(e_q), abs(e_neg)) > self.energy_ratio * k:
+            return self._say(t, f"energy scale: E_q {e_q:.4g}, E_neg {e_neg:.4g} beyond "
+                                f"{self.energy_ratio:g} x KL(q||p0) {kl:.4g}")
+        if t > self.window:
+            old = self.rows[-1 - self.window]
+            drop, rise = old["energy_q"] - e_q, kl - old["kl"]
+            if drop > max(self.drift_floor, rise) and kl >= (1 + self.kl_growth) * old["kl"] > 0:
+                return self._say(t, f"drift: E_q fell {drop:.4g} ({old['energy_q']:.4g} -> {e_q:.4g}) while "
+                                    f"KL(q||p0) rose {old['kl']:.4g} -> {kl:.4g} over {self.window} epochs")
+        return None
+
+    @staticmethod
+    def _say(t: int, what: str) -> str:
+        return (f"the jointly trained energy prior diverged at epoch {t} ({what}); try a larger energy "
+                f"regulariser (JointEnergySettings.reg), a lower --ebm-lr, or more Langevin steps; the last "
+                f"good checkpoint is kept")
