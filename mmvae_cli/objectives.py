@@ -61,8 +61,10 @@ def _ebm_learning(model, z_pos: torch.Tensor, loss, stats, prior_terms: int = 1)
     (detached), z_neg short-run Langevin samples (eq. 11) from the starts `_negative_starts` picks.
     Touches only alpha, except with a learnable p0: log Z(alpha) = log E_p0[exp(-E)] depends on p0's
     parameters, d log Z / d theta = E_{p_alpha}[d log p0(z) / d theta], so beta * mean log p0(z_neg)
-    (once per prior term in the loss, `prior_terms`) is added for them. Only while training with
-    gradients on. Reports energy_neg (mean E of the negatives) for the divergence test."""
+    (once per prior term in the loss, `prior_terms`) is added for them: a gradient surrogate, added after
+    stats["loss"] was taken, so the reported loss is unchanged. Only while training with gradients on.
+    Reports energy_neg (mean E of the negatives) and, where the objective did not, energy_q (mean E of
+    the positives) for `ebm.DivergenceTest`."""
     if not (_joint_ebm(model) and model.training and torch.is_grad_enabled()):
         return loss, stats
     ebm = model.ebm
@@ -224,11 +226,11 @@ def mvae(model, x):
         z_joint = z if z_joint is None else z_joint
         rec = model.log_likelihoods(model.decode(z, g), xg)
         kld = _kl_to_prior(model, q)
+        kl_sum += kld.mean().item()                    # KL(q || p0), as elbo reports it
         if _energy_on(model):
             kld = kld + _prior_energy(model, z)
         total_loss = total_loss - (rec - model.config.beta * kld).mean()
         rec_sum += -rec.mean().item()
-        kl_sum += kld.mean().item()
     return _ebm_learning(model, z_joint, total_loss, {"loss": total_loss.item(), "rec": rec_sum, "kl": kl_sum},
                          prior_terms=len(groups))
 
