@@ -439,9 +439,14 @@ class DivergenceTest:
        E(z) = -log(q_agg(z) / p0(z)) + c, so |E_q - c| <= KL(q_agg || p0) <= K_t, and the L2 term of
        `JointEnergySettings.reg` keeps c near 0; energies far beyond the KL are the runaway;
     4. drift: over the last `window` epochs E_q fell by more than max(drift_floor, K_t - K_{t-window})
-       while K rose by at least the factor (1 + kl_growth): the energy's level sinks and the posterior
-       spreads away from p0 together (the prior flattens: exp(-E) p0 loses its normaliser). A shift of
-       the energy at a steady KL is harmless (log Z absorbs it) and is not flagged.
+       while K rose by at least the factor (1 + kl_growth): the energy's level on the posterior's region
+       sinks (eq. 10 is blind to it, see `JointEnergySettings`) and the posterior follows the deepening
+       well away from p0. A shift of the energy at a steady KL is harmless (log Z absorbs it) and is
+       not flagged.
+    The epoch in the message is row["epoch"] when present, else the number of rows seen. On --resume,
+    feed the manifest's history first so the window spans the restart.
+    Calibration (measured): the PolyMNIST runs without the L2 term are flagged at epoch 3 (drift), with
+    reg 0.01 at epoch 4; with the default reg 0.1 (8 epochs) and in the joint test nothing is flagged.
     """
 
     def __init__(self, energy_ratio: float = 1.5, gap_ratio: float = 1.0, kl_floor: float = 10.0,
@@ -455,7 +460,7 @@ class DivergenceTest:
             return None
         r = {k: float(row.get(k, 0.0)) for k in ("loss", "kl", "energy_q", "energy_neg", "ebm_ml")}
         self.rows.append(r)
-        t = len(self.rows)
+        t = int(row.get("epoch", len(self.rows)))
         bad = [k for k, v in r.items() if not math.isfinite(v)]
         if bad:
             return self._say(t, f"non-finite {', '.join(bad)}")
@@ -467,7 +472,7 @@ class DivergenceTest:
         if max(abs(e_q), abs(e_neg)) > self.energy_ratio * k:
             return self._say(t, f"energy scale: E_q {e_q:.4g}, E_neg {e_neg:.4g} beyond "
                                 f"{self.energy_ratio:g} x KL(q||p0) {kl:.4g}")
-        if t > self.window:
+        if len(self.rows) > self.window:
             old = self.rows[-1 - self.window]
             drop, rise = old["energy_q"] - e_q, kl - old["kl"]
             if drop > max(self.drift_floor, rise) and kl >= (1 + self.kl_growth) * old["kl"] > 0:
@@ -478,5 +483,5 @@ class DivergenceTest:
     @staticmethod
     def _say(t: int, what: str) -> str:
         return (f"the jointly trained energy prior diverged at epoch {t} ({what}); try a larger energy "
-                f"regulariser (JointEnergySettings.reg), a lower --ebm-lr, or more Langevin steps; the last "
-                f"good checkpoint is kept")
+                f"regulariser (JointEnergySettings.reg; 0.1 was stable where 0 and 0.01 drifted) or a lower "
+                f"--ebm-lr; the last good checkpoint is kept")
