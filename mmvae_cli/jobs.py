@@ -92,24 +92,26 @@ class TrainingJob:
                          f"{j.ebm_lr:g}, betas {tuple(j.ebm_betas)}")
         manifest = fit(self.model, self.data, run, self.cfg.train, self.device, joint=self.cfg.joint,
                        resume=r.resume, max_steps=r.max_steps, runtime=self.runtime, step_delay=r.step_delay,
-                       monitor=joint_monitor(self.model))
+                       monitor=joint_monitor(self.model, self.manifest.get("history", [])))
         main_log(dist, f"wrote {self.out}")
         return manifest
 
 
-def joint_monitor(model: MultimodalVAE):
-    """The divergence test of a jointly trained energy (None without one): see ebm.DivergenceTest."""
+def joint_monitor(model: MultimodalVAE, history: list[dict]):
+    """The divergence test of a jointly trained energy (None without one), fed the run's history so far:
+    a diverging epoch raises NumericalError (exit 3) before it is saved (see ebm.DivergenceTest)."""
     if model.ebm is None or not model.ebm.joint:
         return None
     from .ebm import DivergenceTest
+    from .errors import NumericalError
     test = DivergenceTest()
+    for row in history:
+        test.update(row)
 
     def monitor(row: dict) -> None:
         reason = test.update(row)
         if reason:
-            from .errors import NumericalError
-            raise NumericalError(f"the jointly trained energy diverged at epoch {row.get('epoch')}: {reason} "
-                                 "(the last good checkpoint is kept)")
+            raise NumericalError(reason)
     return monitor
 
 
@@ -151,6 +153,7 @@ def prepare_training(r: TrainRequest) -> TrainingJob:
         if cfg.joint_ebm:
             ebm_section = _joint_section(cfg, model.z_dim)
             model.attach_ebm(*ebm_from_section(ebm_section, str(out)))
+            model.ebm.joint_settings = cfg.joint
         manifest = bundle.new_manifest(
             "mmvae",
             dataset={"name": data.name, "name_or_path": r.dataset, "fingerprint": data.fingerprint, "size": len(data)},
@@ -203,6 +206,7 @@ def _prepare_resume(r: TrainRequest, out: Path) -> TrainingJob:
         model = MultimodalVAE(build_config(cfg.model, data))
         if manifest.get("ebm"):
             model.attach_ebm(*ebm_from_section(manifest["ebm"], str(out)))
+            model.ebm.joint_settings = cfg.joint
     except BaseException:
         shutdown_distributed(dist)
         raise

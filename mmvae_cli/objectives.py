@@ -36,16 +36,51 @@ def _prior_energy(model, z: torch.Tensor) -> torch.Tensor:
     return torch.func.functional_call(model.ebm.energy, params, (z,))
 
 
-def _ebm_learning(model, z_pos: torch.Tensor, loss, stats):
+def _energy_on(model) -> bool:
+    """Whether the VAE's prior term uses the energy now (off during `warmup_steps`)."""
+    return _joint_ebm(model) and model.ebm.joint_step >= model.ebm.joint_settings.warmup_steps
+
+
+def _negative_starts(model, z_pos: torch.Tensor) -> torch.Tensor:
+    """Chain starts for eq. 11 per `JointEnergySettings.neg_start`: p0 samples, the posterior samples,
+    or the previous step's chains (a fraction restarted from p0; all of them when the batch size changed)."""
+    ebm, n = model.ebm, z_pos.shape[0]
+    how = ebm.joint_settings.neg_start
+    if how == "posterior":
+        return z_pos
+    fresh = model.ebm_start(n)
+    if how == "prior" or ebm.chains is None or ebm.chains.shape != fresh.shape:
+        return fresh
+    reset = torch.rand(n, 1, device=fresh.device) < ebm.joint_settings.persistent_reset
+    return torch.where(reset, fresh, ebm.chains)
+
+
+def _ebm_learning(model, z_pos: torch.Tensor, loss, stats, prior_terms: int = 1):
     """Algorithm 1's "learn alpha" step added to the loss: eq. 10 as
-    mean E(z_pos) - mean E(z_neg), z_pos posterior samples (detached), z_neg short-run Langevin
-    samples from p0 (eq. 11). Only while training with gradients on; touches only alpha."""
+    mean E(z_pos) - mean E(z_neg) (+ the L2 term of `JointEnergySettings.reg`), z_pos posterior samples
+    (detached), z_neg short-run Langevin samples (eq. 11) from the starts `_negative_starts` picks.
+    Touches only alpha, except with a learnable p0: log Z(alpha) = log E_p0[exp(-E)] depends on p0's
+    parameters, d log Z / d theta = E_{p_alpha}[d log p0(z) / d theta], so beta * mean log p0(z_neg)
+    (once per prior term in the loss, `prior_terms`) is added for them: a gradient surrogate, added after
+    stats["loss"] was taken, so the reported loss is unchanged. Only while training with gradients on.
+    Reports energy_neg (mean E of the negatives) and, where the objective did not, energy_q (mean E of
+    the positives) for `ebm.DivergenceTest`."""
     if not (_joint_ebm(model) and model.training and torch.is_grad_enabled()):
         return loss, stats
+    ebm = model.ebm
     z_pos = z_pos.detach().reshape(-1, z_pos.shape[-1])
-    z_neg = model.run_langevin(model.ebm_start(z_pos.shape[0])).z
-    ml = maximum_likelihood_loss(model.ebm.energy, z_pos, z_neg)
-    return loss + ml, {**stats, "ebm_ml": ml.item()}
+    z_neg = model.run_langevin(_negative_starts(model, z_pos)).z
+    if ebm.joint_settings.neg_start == "persistent":
+        ebm.chains = z_neg
+    ml = maximum_likelihood_loss(ebm.energy, z_pos, z_neg, reg=ebm.joint_settings.reg)
+    with torch.no_grad():
+        e_neg = ebm.energy(z_neg).mean().item()
+        if "energy_q" not in stats:
+            stats = {**stats, "energy_q": ebm.energy(z_pos).mean().item()}
+    if _energy_on(model) and any(p.requires_grad for p in model.prior.parameters()):
+        loss = loss + prior_terms * model.config.beta * model.base_log_prob(z_neg).mean()
+    ebm.joint_step += 1
+    return loss + ml, {**stats, "ebm_ml": ml.item(), "energy_neg": e_neg}
 
 
 def elbo(model, x):
@@ -70,7 +105,8 @@ def elbo(model, x):
     if _joint_ebm(model):                              # KL(q || p_alpha) up to log Z (see _prior_energy)
         e = _prior_energy(model, z)
         e = e if e.dim() == 1 else e.mean((0, 1))
-        kld = kld + e
+        if _energy_on(model):
+            kld = kld + e
         stats["energy_q"] = e.mean().item()
     loss = -(rec - model.config.beta * kld).mean()
     return _ebm_learning(model, z, loss, {"loss": loss.item(), "rec": -rec.mean().item(), **stats})
@@ -103,7 +139,7 @@ def _stratified_log_weights(model, x, k: int, stop_q: bool = False):
     z = q.rsample_each(k)                                               # (S, K, B, Dz)
     q_density = q.detached() if stop_q else q
     reg = model.prior.dist().log_prob(z).sum(-1) - q_density.log_prob(z)
-    if _joint_ebm(model):   # log p_alpha(z) = log p0(z) - E(z) - log Z (log Z: constant for phi, theta)
+    if _energy_on(model):   # log p_alpha(z) = log p0(z) - E(z) - log Z (log Z: see _ebm_learning)
         reg = reg - _prior_energy(model, z)
     samples, w = [(z, None)], None
     if model.config.private_dim:
@@ -193,12 +229,13 @@ def mvae(model, x):
         z_joint = z if z_joint is None else z_joint
         rec = model.log_likelihoods(model.decode(z, g), xg)
         kld = _kl_to_prior(model, q)
-        if _joint_ebm(model):
+        kl_sum += kld.mean().item()                    # KL(q || p0), as elbo reports it
+        if _energy_on(model):
             kld = kld + _prior_energy(model, z)
         total_loss = total_loss - (rec - model.config.beta * kld).mean()
         rec_sum += -rec.mean().item()
-        kl_sum += kld.mean().item()
-    return _ebm_learning(model, z_joint, total_loss, {"loss": total_loss.item(), "rec": rec_sum, "kl": kl_sum})
+    return _ebm_learning(model, z_joint, total_loss, {"loss": total_loss.item(), "rec": rec_sum, "kl": kl_sum},
+                         prior_terms=len(groups))
 
 
 OBJECTIVES: dict[str, Callable] = {"elbo": elbo, "iwae": iwae, "dreg": dreg, "mvae": mvae}

@@ -217,9 +217,9 @@ def fit(model: MultimodalVAE, data: MultimodalData, run: Run, t: TrainSettings, 
             sums, seen = _reduce(sums, seen, dist)
             summary = {"epoch": epoch + 1, **{k: v / max(seen, 1) for k, v in sums.items()},
                        "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 2)}
-            if monitor is not None:
-                monitor(summary)
             run.end_epoch(summary, epochs)
+            if monitor is not None:      # raises for a diverging run: this epoch is logged, not saved
+                monitor(summary)
             manifest["epochs_done"] = epoch + 1
             if dist.is_main:
                 save_bundle(run.path, model, manifest)

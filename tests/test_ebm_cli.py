@@ -165,7 +165,8 @@ def test_joint_training_writes_and_resumes_the_energy(runs, capsys):
     assert code == 0, err
     m = manifest(out)
     assert m["ebm"]["training"] == "joint" and m["ebm"]["density"] == "tilted"
-    assert m["settings"]["train"]["ebm_lr"] == 2e-5 and m["settings"]["train"]["ebm_betas"] == [0.5, 0.999]
+    assert m["settings"]["joint"]["ebm_lr"] == 2e-5 and m["settings"]["joint"]["ebm_betas"] == [0.5, 0.999]
+    assert m["settings"]["joint"]["reg"] == 0.1 and m["settings"]["langevin"]["steps"] == 3
     assert {"ebm.safetensors", "model.safetensors"} <= set(m["files"])
     assert "ebm_ml" in m["history"][-1] and "energy_q" in m["history"][-1] and m["epochs_done"] == 1
     model, _ = load_model(out)

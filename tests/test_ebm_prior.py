@@ -186,13 +186,22 @@ def test_joint_training_gradients_reach_each_part_only_through_its_own_term():
 
     model.attach_ebm(linear_ebm(model.z_dim, torch.tensor([3.0, -2.0, 1.0]), joint=True),
                      {"steps": 5, "step_size": 0.1})
+    model.ebm.joint_settings = JointEnergySettings(reg=0.0)
     model.train()
     model.zero_grad(set_to_none=True)
     loss, stats = model(x)
     loss.backward()
     g = model.ebm.energy.net[0].weight.grad
-    assert g is not None and "ebm_ml" in stats
+    assert g is not None and "ebm_ml" in stats and "energy_neg" in stats
     assert model.ebm.energy.net[0].bias.grad.abs().item() < 1e-5                 # constants cancel in eq. 10
+    # the default L2 term (JointEnergySettings.reg) gives the bias 2 reg (mean E(z_pos) + mean E(z_neg))
+    reg = JointEnergySettings().reg
+    model.ebm.joint_settings = JointEnergySettings()
+    model.zero_grad(set_to_none=True)
+    loss, stats = model(x)
+    loss.backward()
+    expected = 2 * reg * (stats["energy_q"] + stats["energy_neg"])
+    assert reg > 0 and abs(model.ebm.energy.net[0].bias.grad.item() - expected) < 1e-4 * (1 + abs(expected))
     opt = make_optimizer(model, TrainSettings(lr=1e-3), JointEnergySettings(ebm_lr=2e-5, ebm_betas=(0.5, 0.999)))
     assert len(opt.param_groups) == 2
     assert opt.param_groups[1]["lr"] == 2e-5 and opt.param_groups[1]["betas"] == (0.5, 0.999)
