@@ -37,9 +37,9 @@ divergence test's verdict. Usage:
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 import math
 import time
+from dataclasses import replace
 
 import torch
 

@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from mmvae_cli.model import ModalitySpec, ModelConfig, MultimodalVAE
 from mmvae_cli.data.base import to_float
+from mmvae_cli.model import ModalitySpec, ModelConfig, MultimodalVAE
 
 MODELS = {  # every model of the papers (recipes/polymnist-*.toml), at --latent-dim (MMVAE+: 32 + 32)
     "mvae": dict(fusion="poe", objective="mvae"),

@@ -211,7 +211,7 @@ def main():
     if not a.no_baseline:
         sides["baseline"] = baseline_steps(root, a.batch_size, device, a.baseline_workers)
     times: dict[str, list[float]] = {k: [] for k in sides}
-    for name, step in sides.items():       # warm-up (first PNG reads, allocator, compilation)
+    for step in sides.values():       # warm-up (first PNG reads, allocator, compilation)
         for _ in range(2):
             step()
     for _ in range(a.rounds):

@@ -78,7 +78,7 @@ def versions() -> dict:
 
 
 def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 # --- manifest + weights ----------------------------------------------------------------------------

@@ -280,7 +280,7 @@ class FitSettings:
     projections: int = setting(1, "sliced/denoising: draws per sample", "Song et al. 2019", min=1)
     seed: int = setting(0, "random seed", "ours", min=0)
 
-    def resolved(self, fusion: str) -> "FitSettings":
+    def resolved(self, fusion: str) -> FitSettings:
         """The objective-dependent defaults filled in."""
         obj = self.objective or ("denoising" if fusion == "none" else "ml")
         ml = obj == "ml"
@@ -375,7 +375,7 @@ class TrainConfig:
         return {**d, "joint_ebm": self.joint_ebm, "recipe": self.recipe, "schedule": self.schedule}
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "manifest") -> "TrainConfig":
+    def from_dict(cls, d: dict, where: str = "manifest") -> TrainConfig:
         """Read back a manifest's `settings` (older bundles: missing fields take their defaults)."""
         model = dict(d.get("model", {}))
         model.setdefault("private_prior", "learned")    # runs from before the field had the learned p(w_m)

@@ -19,8 +19,9 @@ energy E(z) of each sample, shape (B,), and LOWER energy means MORE likely.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -71,7 +72,7 @@ class EnergyConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EnergyConfig":
+    def from_dict(cls, d: dict) -> EnergyConfig:
         """Inverse of `to_dict`; a malformed dict raises BundleError."""
         if not isinstance(d, dict):
             raise BundleError(f"energy config must be a JSON object, got {type(d).__name__}")
@@ -106,7 +107,7 @@ class EnergyNet(nn.Module):
         self.net = nn.Sequential(*mods)
 
     @classmethod
-    def from_config(cls, config: EnergyConfig | dict) -> "EnergyNet":
+    def from_config(cls, config: EnergyConfig | dict) -> EnergyNet:
         if isinstance(config, dict):
             config = EnergyConfig.from_dict(config)
         return cls(**config.to_dict())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
+
 import torch
 
 from . import bundle
@@ -30,7 +31,6 @@ from .errors import MMVAEError, NumericalError
 from .model import MultimodalVAE
 from .run import Run
 from .runtime import capture_rng, restore_rng
-
 
 OBJECTIVES = ("ml", "exact", "sliced", "denoising")
 EXACT_MAX_DIM = 128   # exact score matching costs one backward pass per latent dimension

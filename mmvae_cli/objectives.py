@@ -6,7 +6,7 @@ modality's `rescale` weight, and beta multiplies the prior/posterior terms.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

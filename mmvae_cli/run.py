@@ -83,7 +83,7 @@ class Run:
 
     # --- creation ------------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: Path, manifest: dict, overwrite: bool = False, stale: tuple[str, ...] = (), **kw) -> "Run":
+    def create(cls, path: Path, manifest: dict, overwrite: bool = False, stale: tuple[str, ...] = (), **kw) -> Run:
         """Create `path` with `manifest` atomically (a new folder appears whole, with its manifest); with
         `overwrite`, an existing run's `stale` files are removed first. Rank 0 writes; others wait."""
         run = cls(path, manifest, **kw)
@@ -107,7 +107,7 @@ class Run:
         return run
 
     @classmethod
-    def reopen(cls, path: Path, manifest: dict, **kw) -> "Run":
+    def reopen(cls, path: Path, manifest: dict, **kw) -> Run:
         """An existing bundle whose manifest was read (and checked) by the caller."""
         return cls(path, manifest, **kw)
 

@@ -42,7 +42,7 @@ class StopFlag:
     def __bool__(self):
         return self.signal is not None
 
-    def requested(self, dist: "Dist | None" = None) -> bool:
+    def requested(self, dist: Dist | None = None) -> bool:
         """Whether any rank received a stop signal (a collective call when distributed: every rank
         must call it at the same step, so all of them stop together)."""
         if dist is None or not dist.enabled:

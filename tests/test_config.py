@@ -11,10 +11,10 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from helpers_cli import run, write_tiny_polymnist
 
 from mmvae_cli import config
 from mmvae_cli.errors import MMVAEError
-from helpers_cli import run, write_tiny_polymnist
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,9 +11,17 @@ import math
 import pytest
 import torch
 
-from mmvae_cli.errors import BundleError, EXIT_NUMERIC, MMVAEError, NumericalError
-from mmvae_cli.ebm import (EnergyConfig, EnergyNet, ebm_log_prob, ebm_prior_log_prob, langevin,
-                           maximum_likelihood_loss, score_matching_loss, standard_normal_log_prob)
+from mmvae_cli.ebm import (
+    EnergyConfig,
+    EnergyNet,
+    ebm_log_prob,
+    ebm_prior_log_prob,
+    langevin,
+    maximum_likelihood_loss,
+    score_matching_loss,
+    standard_normal_log_prob,
+)
+from mmvae_cli.errors import EXIT_NUMERIC, BundleError, MMVAEError, NumericalError
 
 D64 = torch.float64
 
@@ -255,7 +263,9 @@ def test_energy_net_shapes_and_config_roundtrip():
 def test_maximum_likelihood_loss_gradient_is_minus_eq10():
     # Linear energy E(z) = w.z: d(loss)/dw = mean z_pos - mean z_neg = -(E_q[df/dw] - E_p[df/dw]), f = -E.
     lin = torch.nn.Linear(3, 1, bias=False)
-    energy = lambda z: lin(z).squeeze(-1)
+    def energy(z):
+        return lin(z).squeeze(-1)
+
     z_pos, z_neg = torch.randn(10, 3), torch.randn(12, 3, requires_grad=True)
     maximum_likelihood_loss(energy, z_pos, z_neg).backward()
     assert torch.allclose(lin.weight.grad[0], z_pos.mean(0) - z_neg.detach().mean(0))
@@ -376,7 +386,9 @@ def test_sliced_estimate_is_unbiased_for_the_exact_objective():
     # Monte Carlo error scale: rms ||g_i - g|| ~ ||g1 - g2|| / sqrt(2); the error norm over
     # ~1,200 parameters is concentrated, so 3x that scale is a safe bound for their mean.
     params = [p for name, p in net.named_parameters() if name != "net.4.bias"]   # the score ignores E's offset
-    flat = lambda gs: torch.cat([g.flatten() for g in gs])
+    def flat(gs):
+        return torch.cat([g.flatten() for g in gs])
+
     ge = flat(torch.autograd.grad(score_matching_loss(net, z, "exact"), params))
     g1, g2 = (flat(torch.autograd.grad(score_matching_loss(net, z, "sliced", projections=1000), params))
               for _ in range(2))

@@ -4,9 +4,9 @@ import json
 import shutil
 
 import pytest
+from helpers_cli import run, write_tiny_polymnist
 from PIL import Image
 
-from helpers_cli import run, write_tiny_polymnist
 from mmvae_cli.model_io import load_model
 
 TINY_EBM = ["--energy-hidden", "16", "--epochs", "2", "--langevin-steps", "5", "--device", "cpu"]

@@ -2,11 +2,9 @@
 learnable p0, the divergence test, and a short joint run whose energies and KL stay bounded."""
 
 import math
-
-import pytest
-import torch
-
 from dataclasses import replace
+
+import torch
 
 from mmvae_cli.config import JointEnergySettings, TrainSettings
 from mmvae_cli.ebm import DivergenceTest, EnergyConfig, LatentEBM
@@ -122,7 +120,7 @@ def train_joint(with_energy, settings=None, epochs=8):
     opt = make_optimizer(model, TrainSettings(lr=3e-3), replace(settings or JointEnergySettings(), ebm_lr=2e-4))
     rows = []
     model.train()
-    for epoch in range(epochs):
+    for _ in range(epochs):
         sums = {}
         for i in range(0, n, bs):
             loss, stats = model({m: v[i:i + bs] for m, v in x.items()})

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from mmvae_cli.config import JointEnergySettings, TrainSettings
 from mmvae_cli.ebm import EnergyConfig, LatentEBM
 from mmvae_cli.model import ModalitySpec, ModelConfig, MultimodalVAE
-from mmvae_cli.config import JointEnergySettings, TrainSettings
 from mmvae_cli.train import make_optimizer
 
 
@@ -125,8 +125,10 @@ def test_eb_mvae_cross_generation_samples_the_conditional_with_observed_latents_
     model = vec_model("none", d=1, M=2)
     enc = model.encoders["m0"]
     with torch.no_grad():
-        enc.loc.weight.zero_(); enc.loc.bias.fill_(c)
-        enc.raw.weight.zero_(); enc.raw.bias.fill_(-40.0)          # variance e^-40: z0 = c
+        enc.loc.weight.zero_()
+        enc.loc.bias.fill_(c)
+        enc.raw.weight.zero_()
+        enc.raw.bias.fill_(-40.0)          # variance e^-40: z0 = c
     ebm = LatentEBM(EnergyConfig(dim=2, hidden=1, layers=1), "gibbs")
     ebm.energy = Quadratic(torch.linalg.inv(torch.tensor([[1.0, r], [r, 1.0]])))
     model.attach_ebm(ebm, {"steps": 300, "step_size": 0.4})

@@ -14,9 +14,8 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from helpers_cli import run, write_tiny_polymnist
+from safetensors.torch import load_file
 
 
 def _env():
@@ -160,11 +159,10 @@ def test_two_process_ddp_matches_single_process_global_batch(data_root, tmp_path
     rank's stream (the one thing that must differ from a 1-process run: noise is per rank). Processes
     differ only in floating-point reduction order, so the tolerance is tight; a run without gradient
     averaging (each rank on its own half) is far outside it."""
-    from mmvae_cli.data import load_dataset
-    from mmvae_cli.model import MultimodalVAE
-    from mmvae_cli.runtime import Dist, noise_seed
     from mmvae_cli.config import TrainConfig
-    from mmvae_cli.model import build_config
+    from mmvae_cli.data import load_dataset
+    from mmvae_cli.model import MultimodalVAE, build_config
+    from mmvae_cli.runtime import Dist, noise_seed
     from mmvae_cli.train import epoch_permutation, make_optimizer
 
     out, log = tmp_path / "ddp", tmp_path / "ddp.jsonl"
