@@ -9,17 +9,17 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers_cli import digit_pattern, run, write_tiny_polymnist
 from PIL import Image
 from safetensors.torch import save_file
 
-from helpers_cli import digit_pattern, run, write_tiny_polymnist
 from mmvae_cli import distributions as D
 from mmvae_cli.data import load_dataset
 from mmvae_cli.data.polymnist_text import WORDS, digit_strings
 from mmvae_cli.errors import MMVAEError
+from mmvae_cli.modalities import KINDS, TextKind
 from mmvae_cli.model import ModelConfig
 from mmvae_cli.model_io import load_model
-from mmvae_cli.modalities import KINDS, TextKind
 from mmvae_cli.nets.text import CharDecoder, CharEncoder
 
 CPU = ["--device", "cpu"]
