@@ -1,4 +1,5 @@
-"""PNG grids: one row per modality, images as columns."""
+"""PNG grids: one row per modality, samples as columns; each modality's kind draws its tiles
+(images as pixels, text as rendered strings, vectors as grey strips)."""
 
 from __future__ import annotations
 
@@ -13,21 +14,15 @@ from .bundle import atomic_write_bytes
 
 
 def to_rgb_uint8(x: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) floats in [0, 1] (or vectors, shown as a 1-row strip) -> (B, H, W, 3) uint8."""
-    x = x.detach().float().cpu()
-    if x.dim() == 2:
-        v = x - x.min(1, keepdim=True).values
-        v = v / v.max(1, keepdim=True).values.clamp_min(1e-8)
-        x = v[:, None, None, :].repeat(1, 1, 8, 1)
-    if x.shape[1] == 1:
-        x = x.repeat(1, 3, 1, 1)
-    x = x[:, :3]
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    """(B, C, H, W) floats in [0, 1] or vectors (B, D) -> (B, H, W, 3) uint8, drawn by the kind the shape implies."""
+    from . import modalities
+    return modalities.infer(x).render(x)
 
 
-def grid(rows: list[torch.Tensor], pad: int = 2) -> np.ndarray:
-    """Tile rows of images (each (B, C, H, W)) into one array; rows may differ in image size."""
-    tiles = [to_rgb_uint8(r) for r in rows]
+def grid(rows: list, pad: int = 2) -> np.ndarray:
+    """Tile rows into one array. A row is tiles (B, H, W, 3) uint8 (a kind's `render`) or a tensor of
+    images/vectors (drawn by `to_rgb_uint8`); rows may differ in tile size (smaller tiles sit top-left)."""
+    tiles = [r if isinstance(r, np.ndarray) else to_rgb_uint8(r) for r in rows]
     h = max(t.shape[1] for t in tiles)
     w = max(t.shape[2] for t in tiles)
     cols = max(t.shape[0] for t in tiles)
@@ -73,11 +68,5 @@ save_png = save_image     # figures and reports name their files .png
 
 def load_image(path: str | Path, shape: tuple[int, ...]) -> torch.Tensor:
     """An image file as a float tensor (C, H, W) in [0, 1] matching a modality's shape."""
-    from .errors import DataError
-    try:
-        img = Image.open(path)
-        img = img.convert("RGB" if shape[0] == 3 else "L").resize((shape[2], shape[1]))
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read image ({e})") from None
-    a = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).float() / 255.0
-    return a.permute(2, 0, 1) if a.dim() == 3 else a[None]
+    from .modalities import ImageKind
+    return ImageKind().read_file(path, shape)[0]

@@ -157,8 +157,8 @@ def prepare_training(r: TrainRequest) -> TrainingJob:
         manifest = bundle.new_manifest(
             "mmvae",
             dataset={"name": data.name, "name_or_path": r.dataset, "fingerprint": data.fingerprint, "size": len(data)},
-            modalities=[{"name": m.name, "shape": m.shape, "likelihood": m.likelihood, "scale": m.scale,
-                         "rescale": m.rescale} for m in model.config.modalities],
+            modalities=[{"name": m.name, "kind": m.kind, "shape": m.shape, "likelihood": m.likelihood,
+                         "scale": m.scale, "rescale": m.rescale} for m in model.config.modalities],
             model=model.config.to_dict(), settings=cfg.to_dict(), seed=cfg.train.seed,
             parameters=sum(p.numel() for p in model.parameters()), history=[],
             runtime={**config.to_dict(rt), "world_size": dist.world})

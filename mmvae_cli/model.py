@@ -36,7 +36,7 @@ from torch import distributions as td
 from torch import nn
 
 from . import distributions as D
-from . import nets
+from . import modalities, nets
 from .config import LangevinSettings, ModelSettings, check_model, to_dict
 from .ebm import LangevinResult, LatentEBM, langevin
 from .errors import MMVAEError
@@ -54,7 +54,16 @@ class ModalitySpec:
     likelihood: str = "laplace"   # laplace | gaussian | bernoulli | categorical
     scale: float = 0.75           # likelihood scale (Laplace/Gaussian)
     rescale: float = 1.0          # weight of log p(x_m | z) in the objective
-    arch: str = ""                # conv28 | conv32 | mlp ("" = by shape)
+    arch: str = ""                # conv28 | conv32 | conv | mlp | char ("" = the kind's default for the shape)
+    kind: str = ""                # image | vector | text ("" in manifests made before kinds: by shape)
+    params: dict = field(default_factory=dict)   # the kind's parameters (text: alphabet, pad)
+
+    def __post_init__(self):
+        if not self.kind:
+            self.kind = modalities.from_model_shape(self.shape).name
+
+    def modality_kind(self) -> modalities.ModalityKind:
+        return modalities.make(self.kind, self.params)
 
 
 @dataclass
@@ -120,16 +129,32 @@ def per_modality(spec: str | None, names: list[str], option: str, choices: tuple
 
 def build_config(m: ModelSettings, data) -> ModelConfig:
     """ModelConfig for `data` from checked model settings. `likelihood` and `arch` take one value
-    for all modalities or NAME=VALUE pairs; with `rescale`, log p(x_m | z) is weighted by
-    (largest modality size) / (size of m), as the MMVAE reference does (MNIST x 3072/784)."""
+    for all modalities or NAME=VALUE pairs; one value for all applies to the modalities whose kind
+    accepts it (text keeps its categorical likelihood and char nets), the others keep their kind's
+    default; with `rescale`, log p(x_m | z) is weighted by (largest modality size) / (size of m), as
+    the MMVAE reference does (MNIST x 3072/784; a string counts L positions)."""
     names = list(data.modalities)
+    kinds = {n: data.kind(n) for n in names}
+    shapes = {n: data.input_shape(n) for n in names}
     sizes = {n: int(torch.tensor(data.shape(n)).prod()) for n in names}
     largest = max(sizes.values())
-    lik = per_modality(m.likelihood, names, "--likelihood", D.LIKELIHOODS, "laplace")
+    named = "=" in (m.likelihood or "")
+    lik = per_modality(m.likelihood, names, "--likelihood", D.LIKELIHOODS, "")
+    arch_named = "=" in (m.arch or "")
     arch = per_modality(m.arch, names, "--arch", nets.ARCHS, "")
-    specs = [ModalitySpec(n, list(data.shape(n)), lik[n], float(m.likelihood_scale),
+    for n, k in kinds.items():
+        if k.own_defaults and not named and lik[n] not in k.likelihoods:
+            lik[n] = ""                      # a value for all modalities does not reach text
+        lik[n] = lik[n] or k.default_likelihood
+        k.check_likelihood(lik[n], n)
+        if k.own_defaults and arch[n] not in k.archs:
+            if arch_named and arch[n]:
+                raise MMVAEError(f"--arch {arch[n]} does not apply to {k.name} modality {n!r}; "
+                                 f"choose {', '.join(k.archs)}")
+            arch[n] = ""
+    specs = [ModalitySpec(n, list(shapes[n]), lik[n], float(m.likelihood_scale),
                           float(largest / sizes[n]) if m.rescale else 1.0,
-                          arch[n] or nets.default_arch(data.shape(n)))
+                          arch[n] or kinds[n].default_arch(shapes[n]), kinds[n].name, dict(kinds[n].params))
              for n in names]
     extra = {"mvae_k": m.mvae_subsets} if m.mvae_subsets else {}
     return ModelConfig(specs, m.latent_dim, m.fusion, m.subsets, m.objective, m.k, float(m.beta), m.posterior,
@@ -174,10 +199,11 @@ class MultimodalVAE(nn.Module):
         if c.private_prior not in PRIVATE_PRIORS:
             raise MMVAEError(f"unknown private prior {c.private_prior!r}; choose {' or '.join(PRIVATE_PRIORS)}")
         width = c.latent_dim + c.private_dim
+        self.kinds = {m.name: m.modality_kind() for m in c.modalities}
         for m in c.modalities:
             if m.likelihood not in D.LIKELIHOODS:
                 raise MMVAEError(f"unknown likelihood {m.likelihood!r} for {m.name}; choose {', '.join(D.LIKELIHOODS)}")
-            arch = m.arch or nets.default_arch(tuple(m.shape))
+            arch = m.arch or self.kinds[m.name].default_arch(tuple(m.shape))
             self.encoders[m.name], self.decoders[m.name] = nets.build(arch, tuple(m.shape), width, c.hidden)
         self.fusion = make_fusion(c.fusion, len(self.names), parse_subsets(c.subsets, self.names))
         self.prior = Prior(c.prior, self.z_dim, c.learn_prior)

@@ -20,6 +20,7 @@ def data():
     else ~/.cache/mmvae):
       polymnist       <root>/polymnist/MMNIST/{train,test}/m0..m4/*.png (official zip)
       polymnist-mini  built offline on first use (4,000/1,000 tuples)
+      polymnist-text-mini  polymnist-mini's m0..m2 + the digit's name as text
       mnist-svhn      <root>/mnist-svhn/{MNIST/raw, SVHN/*_32x32.mat}
     Your own data: a .safetensors file (or a folder of them) with one tensor per
     modality; pass its path wherever a dataset name is accepted.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -10,19 +11,37 @@ import torch
 from ..bundle import atomic_save_tensors
 from ..data import load_dataset
 from ..errors import MMVAEError
-from ..images import grid, load_image, output_format, save_image
+from ..images import grid, output_format, save_image
 from ..console import log
 from ..model_io import load_model
 from ..runtime import pick_device
 from . import options
 
 
-def _write(out: str, rows: dict[str, torch.Tensor]) -> None:
+def _write(out: str, rows: dict[str, torch.Tensor], kinds: dict) -> None:
+    """rows "<role>.<modality>" -> tensors; a PNG draws each row with its modality's kind."""
     if output_format(out) == "safetensors":
         atomic_save_tensors(Path(out), {k: v.float().cpu() for k, v in rows.items()})
     else:
-        save_image(out, grid(list(rows.values())))
+        save_image(out, grid([kinds[k.split(".", 1)[1]].render(v) for k, v in rows.items()]))
     log(f"wrote {out}")
+
+
+def _print_json(rows: dict[str, torch.Tensor], kinds: dict) -> None:
+    """One JSON object per tuple on stdout: {"index", "<role>": {modality: value}} for the modalities whose
+    kind has a JSON form (text: the decoded string)."""
+    forms: dict[str, dict[str, list]] = {}
+    n = 0
+    for key, v in rows.items():
+        role, m = key.split(".", 1)
+        values = kinds[m].to_json(v)
+        n = max(n, v.shape[0])
+        if values is not None:
+            forms.setdefault(role, {})[m] = values
+    for i in range(n):
+        obj = {"index": i, **{role: {m: vals[i] if i < len(vals) else vals[0] for m, vals in by_mod.items()}
+                               for role, by_mod in forms.items()}}
+        click.echo(json.dumps(obj, ensure_ascii=False))
 
 
 def _check_format(out: str, fmt: str | None) -> None:
@@ -46,9 +65,12 @@ def _check_format(out: str, fmt: str | None) -> None:
               help="--prior ebm: also draw the chains' transitions (the first 8 chains, one row per chain and "
                    "modality, columns every --chain-every steps from the start state to the last).")
 @click.option("--chain-every", type=click.IntRange(min=1), default=None, help="Steps between the columns of --save-chain (default: steps/10).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Also print one JSON object per sample on stdout (text modalities as strings).")
 @options.seed
 @options.device
-def sample(run, n, out, fmt, prior, steps, step_size, noise_scale, clip_grad, save_chain, chain_every, seed, device):
+def sample(run, n, out, fmt, prior, steps, step_size, noise_scale, clip_grad, save_chain, chain_every, as_json, seed,
+           device):
     """Joint generation: z ~ p(z) (base prior or energy-based prior), decoded to every modality's mean.
 
     With --prior ebm a diverging chain stops with exit code 3 and nothing is written.
@@ -77,16 +99,25 @@ def sample(run, n, out, fmt, prior, steps, step_size, noise_scale, clip_grad, sa
             if lsteps % every:
                 frames.append(model.generate(z[:k]))
             rows = [torch.stack([f[m][i] for f in frames]) for i in range(k) for m in model.names]
-            save_image(save_chain, grid(rows))
+            save_image(save_chain, grid([model.kinds[model.names[j % len(model.names)]].render(r)
+                                         for j, r in enumerate(rows)]))
             log(f"wrote {save_chain} ({k} chains x {len(model.names)} modalities, {len(frames)} columns)")
-    _write(out, model.generate(z))
+    gen = {f"generated.{m}": v for m, v in model.generate(z).items()}
+    _write(out, gen, model.kinds)
+    if as_json:
+        _print_json(gen, model.kinds)
 
 
 @click.command("cross-generate")
 @click.argument("run", type=click.Path())
 @click.option("--given", default=None, help="Comma-separated input modalities taken from --split, e.g. m1,m2.")
-@click.option("--image", "images", multiple=True, metavar="MOD=FILE",
-              help="An input image file for a modality (repeatable); used instead of --split data.")
+@click.option("--input", "--image", "inputs", multiple=True, metavar="MOD=FILE",
+              help="An input file for a modality (repeatable): an image file, or a UTF-8 text file for a text "
+                   "modality; used instead of --split data.")
+@click.option("--text", "texts", multiple=True, metavar='MOD="..."',
+              help="An input string for a text modality (repeatable); used instead of --split data.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Also print one JSON object per tuple on stdout (text inputs and outputs as strings).")
 @click.option("--targets", default=None, help="Modalities to generate (default: all others).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("-n", "--n", "n", type=click.IntRange(min=1), default=16, show_default=True,
@@ -98,8 +129,8 @@ def sample(run, n, out, fmt, prior, steps, step_size, noise_scale, clip_grad, sa
 @options.seed
 @options.device
 @options.data_root
-def cross_generate(run, given, images, targets, split, n, out, fmt, steps, step_size, noise_scale, clip_grad, seed,
-                   device, data_root):
+def cross_generate(run, given, inputs, texts, as_json, targets, split, n, out, fmt, steps, step_size, noise_scale,
+                   clip_grad, seed, device, data_root):
     """Generate the missing modalities from a subset of given ones.
 
     The PNG shows the inputs in the first rows, then one row per generated modality. For EB-MVAE
@@ -110,20 +141,28 @@ def cross_generate(run, given, images, targets, split, n, out, fmt, steps, step_
     langevin = options.langevin_given(steps, step_size, noise_scale, clip_grad)
     dev = pick_device(device)
     model, manifest = load_model(Path(run), dev)
-    shapes = {m["name"]: tuple(m["shape"]) for m in manifest["modalities"]}
+    shapes = {m.name: tuple(m.shape) for m in model.config.modalities}
+    kinds = model.kinds
     x: dict[str, torch.Tensor] = {}
-    if images:
-        for item in images:
-            if "=" not in item:
-                raise MMVAEError(f"--image expects MOD=FILE, got {item!r}")
-            name, path = item.split("=", 1)
-            if name not in shapes:
-                raise MMVAEError(f"unknown modality {name!r}; this model has {', '.join(shapes)}")
-            x[name] = load_image(path, shapes[name])[None]
+    if inputs or texts:
+        if given:
+            raise MMVAEError("--given takes inputs from --split: drop it with --input/--text")
+        for option, items in (("--input", inputs), ("--text", texts)):
+            for item in items:
+                if "=" not in item:
+                    raise MMVAEError(f"{option} expects {'MOD=FILE' if option == '--input' else 'MOD=STRING'}, "
+                                     f"got {item!r}")
+                name, value = item.split("=", 1)
+                if name not in shapes:
+                    raise MMVAEError(f"unknown modality {name!r}; this model has {', '.join(shapes)}")
+                if name in x:
+                    raise MMVAEError(f"{option} {name}: modality {name!r} is given twice")
+                x[name] = (kinds[name].read_file(value, shapes[name]) if option == "--input"
+                           else kinds[name].from_string(value, shapes[name]))
         x = {k: v.to(dev) for k, v in x.items()}
     else:
         if not given:
-            raise MMVAEError("give input modalities with --given (from --split) or --image MOD=FILE")
+            raise MMVAEError("give input modalities with --given (from --split), --input MOD=FILE or --text MOD=STRING")
         names = [g.strip() for g in given.split(",") if g.strip()]
         if not names:
             raise MMVAEError(f"--given {given!r} names no modality; this model has {', '.join(shapes)}")
@@ -144,4 +183,6 @@ def cross_generate(run, given, images, targets, split, n, out, fmt, steps, step_
     gen = model.cross_generate(x, target_names, **langevin)
     rows = {f"input.{k}": v for k, v in x.items()}
     rows.update({f"generated.{k}": v for k, v in gen.items()})
-    _write(out, rows)
+    _write(out, rows, kinds)
+    if as_json:
+        _print_json(rows, kinds)

@@ -3,6 +3,7 @@
     load_dataset("polymnist-mini", "train")            # built offline on first use
     load_dataset("polymnist", "test", root="/data")     # <root>/polymnist/MMNIST
     load_dataset("mnist-svhn", "train")                 # <root>/mnist-svhn/{MNIST,SVHN}
+    load_dataset("polymnist-text-mini", "train")       # polymnist-mini m0..m2 + digit names as text
     load_dataset("my_pairs.safetensors", "train")       # a user's own data (see custom.py)
 
 The data root is `--data-root`, else `$MMVAE_DATA`, else `~/.cache/mmvae`.
@@ -21,13 +22,15 @@ from .fetch import data_root
 from .mnist_svhn import fetch_mnist_svhn, load_mnist_svhn
 from .polymnist import (build_polymnist, build_polymnist_mini, fetch_polymnist, load_mmnist, load_polymnist,
                         load_polymnist_mini, resolve_mmnist)
+from .polymnist_text import load_polymnist_text_mini
 
-DATASETS = ["polymnist", "polymnist-mini", "mnist-svhn"]
+DATASETS = ["polymnist", "polymnist-mini", "polymnist-text-mini", "mnist-svhn"]
 SPLITS = ("train", "test")
 
 _LOADERS = {
     "polymnist": load_polymnist,
     "polymnist-mini": load_polymnist_mini,
+    "polymnist-text-mini": load_polymnist_text_mini,
     "mnist-svhn": load_mnist_svhn,
 }
 
@@ -95,8 +98,9 @@ def dataset_info(name_or_path: str, root: str | None = None) -> dict:
         splits[split] = entry
     assert first is not None  # the train split always exists or raised
     modalities = {
-        m: {"kind": "image" if first.is_image(m) else "vector", "shape": list(first.shape(m)),
-            "dtype": str(first.dtype(m)).replace("torch.", "")}
+        m: {"kind": first.kind(m).name, "shape": list(first.shape(m)),
+            "dtype": str(first.dtype(m)).replace("torch.", ""),
+            **({"params": first.kind(m).params} if first.kind(m).params else {})}
         for m in first.modalities
     }
     num_classes = None

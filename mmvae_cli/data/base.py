@@ -1,10 +1,12 @@
 """The in-memory form every dataset family produces.
 
 A `MultimodalData` holds one tensor per modality with a shared first dimension:
-images as (N, C, H, W) — uint8 in [0, 255] (datasets we ship) or float in [0, 1]
-(a user's own data) — and vectors as float32 (N, D). Batches are index gathers
-on these tensors; conversion to float happens on the device (`to_float`).
-Labels, when known, are int64 (N,).
+each stored as its modality kind says (modalities/): images (N, C, H, W) uint8
+in [0, 255] (datasets we ship) or float in [0, 1] (a user's own data), vectors
+float32 (N, D), text int64 token ids (N, L). `kinds` names each modality's kind
+(inferred for images and vectors when not given). Batches are index gathers on
+these tensors; the kind converts them to the networks' float input on the
+device (`batch`). Labels, when known, are int64 (N,).
 
 `tensors` is either a plain dict or a `GatheredTensors` mapping (used by
 MNIST-SVHN, whose ~1.7M training pairs re-use 60k + 73k images: row j of
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import modalities
 from ..errors import DataError
 
 
@@ -65,10 +68,12 @@ class MultimodalData:
     fingerprint: str = ""           # stable hash of the source files/cache, recorded in manifests
     location: str = ""              # where it lives on disk (for `data info`)
     extra: dict = field(default_factory=dict)
+    kinds: dict = field(default_factory=dict)  # modality name -> modalities.ModalityKind (inferred if absent)
 
     def __post_init__(self):
         if not self.tensors:
             raise DataError(f"{self.name}: no modalities")
+        self.kinds = {m: self.kinds.get(m) or modalities.infer(self._base(m)) for m in self.tensors}
         lengths = {m: self._rows(m) for m in self.tensors}
         if len(set(lengths.values())) != 1:
             raise DataError(f"{self.name}: modalities have different lengths {lengths}")
@@ -99,9 +104,15 @@ class MultimodalData:
     def dtype(self, modality: str) -> torch.dtype:
         return self._base(modality).dtype
 
+    def kind(self, modality: str) -> modalities.ModalityKind:
+        return self.kinds[modality]
+
     def is_image(self, modality: str) -> bool:
-        """Image modalities are 4-D (N, C, H, W), uint8 in [0, 255] or float in [0, 1]."""
-        return self._base(modality).dim() == 4
+        return self.kinds[modality].name == "image"
+
+    def input_shape(self, modality: str) -> tuple[int, ...]:
+        """The per-sample shape the networks see (text: (L, V) one-hot for stored (L,) ids)."""
+        return tuple(self.kinds[modality].model_shape(self.shape(modality)))
 
     def rows(self, modality: str, index: torch.Tensor) -> torch.Tensor:
         """Rows `index` of one modality in its stored dtype (uint8 images stay uint8)."""
@@ -110,8 +121,8 @@ class MultimodalData:
         return self.tensors[modality][index]
 
     def batch(self, index: torch.Tensor, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """Gather rows `index` of every modality and convert to float on `device`."""
-        return {m: to_float(self.rows(m, index).to(device, non_blocking=True)) for m in self.tensors}
+        """Gather rows `index` of every modality and convert them to network input on `device`."""
+        return {m: self.kinds[m].to_model(self.rows(m, index).to(device, non_blocking=True)) for m in self.tensors}
 
     def subset(self, index: torch.Tensor) -> "MultimodalData":
         if isinstance(self.tensors, GatheredTensors):
@@ -120,7 +131,8 @@ class MultimodalData:
             tensors = {m: t[index] for m, t in self.tensors.items()}
         return MultimodalData(
             self.name, self.split, tensors,
-            None if self.labels is None else self.labels[index], self.fingerprint, self.location, dict(self.extra))
+            None if self.labels is None else self.labels[index], self.fingerprint, self.location, dict(self.extra),
+            dict(self.kinds))
 
 
 def to_float(t: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,8 @@ modality is one tuple):
 
 - images: 4-D (N, C, H, W), uint8 in [0, 255] or float in [0, 1];
 - vectors: 2-D (N, D), stored as float32;
+- text: 2-D integer token ids (N, L), declared in the file's metadata as `kind.<name>` = "text",
+  with optional `alphabet.<name>` (default: the MoPoE reference alphabet; pad = space);
 - optional `label`: 1-D integer (N,) class labels (>= 0);
 - optional `split`: 1-D (N,) with 0 = train, 1 = test.
 
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from .. import modalities
 from ..errors import DataError
 from .base import MultimodalData, fingerprint_tensors
 from .fetch import load_safetensors
@@ -68,16 +71,27 @@ def resolve(path: str | Path) -> tuple[str, Path, Path | None]:
     raise DataError(f"no such file or folder: {p}")
 
 
-def _check_finite(t: torch.Tensor, where: str, m: str) -> None:
-    bad = ~torch.isfinite(t)
-    if bool(bad.any()):
-        n_nan = int(torch.isnan(t).sum())
-        raise DataError(f"{where}: modality {m!r} has {n_nan} NaN and {int(bad.sum()) - n_nan} Inf values")
+def kind_of(meta: dict, m: str, t: torch.Tensor, path: Path) -> modalities.ModalityKind:
+    """The kind the file's metadata declares for m (`kind.<m>`, params such as `alphabet.<m>`), else by shape."""
+    name = meta.get(f"kind.{m}")
+    if name is None:
+        if not any(k.claims(t) for k in modalities.KINDS.values()):
+            hint = " (a 1-D tensor of class labels must be named 'label')" if t.dim() == 1 else ""
+            raise DataError(f"{path}: modality {m!r} has shape {tuple(t.shape)}: expected (N, C, H, W) images "
+                            f"or (N, D) vectors{hint}")
+        return modalities.infer(t)
+    params = {k.split(".", 1)[0]: v for k, v in meta.items() if k.endswith(f".{m}") and k != f"kind.{m}"}
+    try:
+        return modalities.make(name, params)
+    except (TypeError, DataError) as e:
+        raise DataError(f"{path}: modality {m!r}: bad kind metadata ({e})") from None
 
 
-def read_file(path: Path) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
-    """Validated (modalities, labels, split) of one safetensors file."""
-    raw, _ = load_safetensors(path)
+def read_file(path: Path, kinds: dict | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None,
+                                                              torch.Tensor | None]:
+    """Validated (modalities, labels, split) of one safetensors file; fills `kinds` (name -> kind)."""
+    kinds = {} if kinds is None else kinds
+    raw, meta = load_safetensors(path)
     if not raw:
         raise DataError(f"{path}: the file holds no tensors")
     label, split = raw.pop("label", None), raw.pop("split", None)
@@ -85,31 +99,8 @@ def read_file(path: Path) -> tuple[dict[str, torch.Tensor], torch.Tensor | None,
         raise DataError(f"{path}: no modalities (only 'label'/'split' tensors): add one tensor per modality")
     tensors: dict[str, torch.Tensor] = {}
     for m in sorted(raw):
-        t = raw[m]
-        if t.dim() == 4:
-            if t.dtype == torch.uint8:
-                pass
-            elif t.is_floating_point():
-                t = t.float()
-                _check_finite(t, str(path), m)
-                if t.numel() and (float(t.min()) < 0.0 or float(t.max()) > 1.0):
-                    raise DataError(f"{path}: float images of modality {m!r} range over [{float(t.min()):.4g}, "
-                                    f"{float(t.max()):.4g}]: scale them to [0, 1] or store uint8 in [0, 255]")
-            else:
-                raise DataError(f"{path}: images of modality {m!r} are {str(t.dtype).replace('torch.', '')}: "
-                                "use uint8 in [0, 255] or float in [0, 1]")
-        elif t.dim() == 2:
-            if t.is_floating_point():
-                t = t.float()
-                _check_finite(t, str(path), m)
-            elif t.is_complex():
-                raise DataError(f"{path}: modality {m!r} is complex: use real float vectors")
-            else:
-                t = t.float()
-        else:
-            hint = " (a 1-D tensor of class labels must be named 'label')" if t.dim() == 1 else ""
-            raise DataError(f"{path}: modality {m!r} has shape {tuple(t.shape)}: expected (N, C, H, W) images "
-                            f"or (N, D) vectors{hint}")
+        kinds[m] = kind_of(meta, m, raw[m], path)
+        t = kinds[m].check(raw[m], str(path), m)
         if t.shape[0] == 0:
             raise DataError(f"{path}: modality {m!r} has no samples (N = 0)")
         if any(s == 0 for s in t.shape[1:]):
@@ -147,7 +138,8 @@ def load_custom(path: str | Path, split: str) -> MultimodalData:
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
     name, main, test_file = resolve(path)
-    tensors, labels, split_t = read_file(main)
+    kinds: dict = {}
+    tensors, labels, split_t = read_file(main, kinds)
     files = [str(main)]
     if split_t is not None and test_file is not None:
         raise DataError(f"{main}: has a 'split' tensor and a separate test file {test_file.name}: use one of the two")
@@ -159,7 +151,8 @@ def load_custom(path: str | Path, split: str) -> MultimodalData:
     elif test_file is not None:
         train_shapes = {m: (tuple(t.shape[1:]), t.dtype) for m, t in tensors.items()}
         has_labels = labels is not None
-        tensors, labels, extra_split = read_file(test_file)
+        train_kinds, kinds = kinds, {}
+        tensors, labels, extra_split = read_file(test_file, kinds)
         files = [str(test_file)]
         shapes = {m: (tuple(t.shape[1:]), t.dtype) for m, t in tensors.items()}
         if set(shapes) != set(train_shapes):
@@ -169,6 +162,9 @@ def load_custom(path: str | Path, split: str) -> MultimodalData:
             if shapes[m][0] != train_shapes[m][0]:
                 raise DataError(f"{test_file}: modality {m!r} has samples of shape {shapes[m][0]}, "
                                 f"the training file {train_shapes[m][0]}")
+            if kinds[m].to_dict() != train_kinds[m].to_dict():
+                raise DataError(f"{test_file}: modality {m!r} is {kinds[m].name} {kinds[m].params or ''}, "
+                                f"the training file's {train_kinds[m].name} {train_kinds[m].params or ''}")
             if shapes[m][1] != train_shapes[m][1]:
                 raise DataError(f"{test_file}: modality {m!r} is {shapes[m][1]}, the training file {train_shapes[m][1]}")
         if has_labels != (labels is not None):
@@ -187,4 +183,4 @@ def load_custom(path: str | Path, split: str) -> MultimodalData:
     if n == 0:
         raise DataError(f"{name}: the {split} split is empty (no rows with split = {0 if split == 'train' else 1})")
     return MultimodalData(name, split, tensors, labels, fingerprint_tensors(tensors, labels), str(Path(files[0])),
-                          {"files": files})
+                          {"files": files}, kinds)

@@ -45,7 +45,7 @@ def reference_statistics(data: MultimodalData, m: str, n: int, extractor, device
 def model_fid(model, data: MultimodalData, device, extractor, n: int = 10000, batch_size: int = 250,
               prior: str = "base", cache_dir: Path | None = None, weights_id: str = "") -> dict:
     """Unconditional FID per image modality and conditional FID per target given all the others."""
-    images = [m for m in model.names if m in data.modalities and data.is_image(m)]
+    images = [m for m in model.names if m in data.modalities and data.kind(m).has_fid]
     if not images:
         raise MMVAEError("fid: this model has no image modalities")
     n = min(n, len(data))

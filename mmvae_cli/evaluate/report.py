@@ -182,21 +182,22 @@ def loss_curves_figure(history: list[dict], path: Path) -> bool:
 def sample_figures(model, test, device, out: Path, prior: str, seed: int, n: int = 10) -> list[tuple[str, str]]:
     """joint_samples.png (z from the prior, one row per modality) and conditional_samples.png
     (first row: the input modality of n test tuples; next rows: the other modalities generated
-    from it). Image modalities only. Returns (file, caption) pairs."""
-    images = [m for m in model.names if m in test.modalities and test.is_image(m)]
-    if not images:
+    from it). Modalities whose kind draws (images; text as rendered strings). Returns (file, caption) pairs."""
+    kinds = model.kinds
+    shown = [m for m in model.names if m in test.modalities and kinds[m].drawable]
+    if not shown:
         return []
     made = []
     torch.manual_seed(seed)
     gen = model.generate(model.sample_latents(n, prior=prior))
-    _save_grid(out / "joint_samples.png", [gen[m].clamp(0, 1) for m in images])
+    _save_grid(out / "joint_samples.png", [kinds[m].render(gen[m]) for m in shown])
     made.append(("joint_samples.png", f"Joint samples: z from the {prior} prior, one row per modality "
-                                      f"({', '.join(images)})."))
+                                      f"({', '.join(shown)})."))
     if len(model.names) > 1:
         given = model.names[0]
         x = test.batch(spread_indices(len(test), n), device)     # splits may be sorted by class
-        cross = model.cross_generate({given: x[given]}, [m for m in images if m != given])
-        rows_ = ([x[given]] if given in images else []) + [cross[m].clamp(0, 1) for m in cross]
+        cross = model.cross_generate({given: x[given]}, [m for m in shown if m != given])
+        rows_ = ([kinds[given].render(x[given])] if given in shown else []) + [kinds[m].render(cross[m]) for m in cross]
         _save_grid(out / "conditional_samples.png", rows_)
         made.append(("conditional_samples.png",
                      f"Conditional samples: first row the input {given} of {len(x[given])} test tuples, "

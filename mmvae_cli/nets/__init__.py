@@ -5,12 +5,14 @@ plus the private latent for MMVAE+); a decoder maps a latent of size `in_dim` to
 the likelihood's parameter with x_m's shape. Decoders accept any leading batch
 dimensions (S, K, B, D) and flatten them for the convolution.
 
-`build(arch, shape, out_dim)` picks by name; `default_arch(shape)` picks by shape:
+`build(arch, shape, out_dim)` picks by name (the default for a shape is the modality kind's,
+see modalities/):
   mlp:    an MLP for vectors (D,) and for MNIST-shaped (1, 28, 28) images (the MMVAE MNIST net,
           400 hidden units; ours has two hidden layers where the reference has one)
   conv28: the PolyMNIST reference nets for other (C, 28, 28) images
   conv32: the MMVAE SVHN nets for (C, 32, 32)
   conv:   a conv net sized to any other (C, H, W) (stride-2 convs down to 4x4, mirrored decoder)
+  char:   the MoPoE reference character-level 1-D convs for one-hot strings (L, V) (text.py)
 """
 
 from __future__ import annotations
@@ -21,19 +23,9 @@ from torch import nn
 from ..errors import MMVAEError
 from .conv import Conv28Decoder, Conv28Encoder, Conv32Decoder, Conv32Encoder, ConvDecoder, ConvEncoder
 from .mlp import MLPDecoder, MLPEncoder
+from .text import CharDecoder, CharEncoder
 
-ARCHS = ("conv28", "conv32", "conv", "mlp")
-
-
-def default_arch(shape: tuple[int, ...]) -> str:
-    shape = tuple(shape)
-    if len(shape) != 3 or shape == (1, 28, 28):
-        return "mlp"
-    if shape[1:] == (28, 28):
-        return "conv28"
-    if shape[1:] == (32, 32):
-        return "conv32"
-    return "conv"
+ARCHS = ("conv28", "conv32", "conv", "mlp", "char")
 
 
 def build(arch: str, shape: tuple[int, ...], latent: int, hidden: int = 400) -> tuple[nn.Module, nn.Module]:
@@ -51,6 +43,10 @@ def build(arch: str, shape: tuple[int, ...], latent: int, hidden: int = 400) -> 
         if len(shape) != 3:
             raise MMVAEError(f"arch conv needs (C, H, W) data, got {shape}")
         return ConvEncoder(shape, latent), ConvDecoder(shape, latent)
+    if arch == "char":
+        if len(shape) != 2:
+            raise MMVAEError(f"arch char needs one-hot strings (L, V), got {shape}")
+        return CharEncoder(shape, latent), CharDecoder(shape, latent)
     if arch == "mlp":
         return MLPEncoder(shape, latent, hidden), MLPDecoder(shape, latent, hidden)
     raise MMVAEError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
