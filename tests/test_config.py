@@ -125,6 +125,14 @@ def test_tensorboard_writes_scalars_per_epoch(tmp_path, capsys):
     assert [e.value for e in acc.Scalars("epoch/loss")] == pytest.approx([r["loss"] for r in rows])
 
 
+def test_every_subpackage_ships_in_the_wheel():
+    """pyproject lists the packages (recipes/ is mapped into the package): a new subpackage must be listed."""
+    import tomllib
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.relative_to(ROOT).parent.parts) for p in (ROOT / "mmvae_cli").rglob("__init__.py")}
+    assert found | {"mmvae_cli.recipes"} == listed
+
+
 def _wheel_python(tmp: Path) -> tuple[list[str], dict]:
     """Build the wheel, install it (no dependencies) into its own folder; the command and environment
     that import mmvae_cli from there, away from the source tree and the editable install."""
