@@ -1,8 +1,8 @@
 """The run configuration: every setting's default, valid range and source, in one place.
 
 A run's settings are sections of typed fields (`ModelSettings`, `TrainSettings`, `EnergySettings`,
-`JointEnergySettings`, `LangevinSettings`, `FitSettings`, `RuntimeSettings`,
-`ClassifierSettings`). Each field is declared with `setting(default, help, source, ...)`, which
+`JointEnergySettings`, `LangevinSettings`, `FitSettings`, `PriorFitSettings`, `GMMSettings`,
+`FlowSettings`, `RuntimeSettings`, `ClassifierSettings`). Each field is declared with `setting(default, help, source, ...)`, which
 records its range and where its default comes from (a paper, the reference code, or ours with the
 measurement). Everything else reads these declarations:
 

@@ -371,7 +371,7 @@ class MultimodalVAE(nn.Module):
         cls = priors.get(name)
         p = self.priors.get(name) or cls.from_model(self)
         if p is None:
-            raise MMVAEError(f"{run} has no {name} prior; fit one with `{cls.how_to_get(run)}`")
+            raise MMVAEError(f"{run} has no {cls.name()}; fit one with `{cls.how_to_get(run)}`")
         return p
 
     def available_priors(self) -> list[str]:

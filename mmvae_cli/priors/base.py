@@ -40,10 +40,15 @@ def prior_file(kind: str) -> str:
 class LatentPrior(nn.Module):
     kind: ClassVar[str] = ""
     help: ClassVar[str] = ""                     # one line for --prior's help
+    title: ClassVar[str] = ""                    # its name in messages (default "KIND prior")
     tractable: ClassVar[bool] = False            # log_prob is a normalised density
     fit_prior: ClassVar[bool] = False            # fitted by `mmvae fit-prior --kind KIND`
     settings_cls: ClassVar[type | None] = None   # its config.py section (fit-prior flags)
     sampler_options: ClassVar[tuple[str, ...]] = ()   # keyword options of sample() (ebm: Langevin)
+
+    @classmethod
+    def name(cls) -> str:
+        return cls.title or f"{cls.kind} prior"
 
     @classmethod
     def how_to_get(cls, run: str = "RUN") -> str:

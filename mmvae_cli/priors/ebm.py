@@ -13,6 +13,7 @@ from .base import LatentPrior
 
 class EnergyPrior(LatentPrior):
     kind = "ebm"
+    title = "energy-based prior"
     help = "short-run Langevin on the bundle's energy (fit-ebm or train --prior ebm)"
     sampler_options = ("steps", "step_size", "noise_scale", "clip_grad")
 
