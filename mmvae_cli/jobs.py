@@ -545,6 +545,9 @@ def prepare_prior_fit(r: PriorFitRequest) -> PriorFitJob:
     check_log_file(r.log_jsonl)
     check_tensorboard(r.tensorboard)
     given = {k: v for k, v in r.settings.items() if k in mine}
+    if not r.resume:                                        # flag ranges first: they need no bundle
+        common = config.resolve(config.PriorFitSettings, r.common)
+        settings = config.resolve(cls.settings_cls, given)
     manifest = bundle.read_manifest(run, kind="mmvae")
     if outp is not None and outp.resolve() == run.resolve():
         raise MMVAEError("--out must differ from RUN (omit --out to add the prior to RUN)")
@@ -589,9 +592,6 @@ def prepare_prior_fit(r: PriorFitRequest) -> PriorFitJob:
             settings = config.from_dict(cls.settings_cls, st["settings"], "checkpoint [settings]")
         except (KeyError, TypeError, ValueError, MMVAEError) as e:
             raise BundleError(f"{outp or run}: the fit-prior checkpoint's settings are invalid ({e})") from None
-    else:
-        common = config.resolve(config.PriorFitSettings, r.common)
-        settings = config.resolve(cls.settings_cls, given)
     if "finished" not in manifest:
         log(f"warning: {run} has not finished training; fitting its last saved weights")
     dev = pick_device(r.device)
