@@ -1,8 +1,8 @@
 """The run configuration: every setting's default, valid range and source, in one place.
 
 A run's settings are sections of typed fields (`ModelSettings`, `TrainSettings`, `EnergySettings`,
-`JointEnergySettings`, `LangevinSettings`, `FitSettings`, `RuntimeSettings`,
-`ClassifierSettings`). Each field is declared with `setting(default, help, source, ...)`, which
+`JointEnergySettings`, `LangevinSettings`, `FitSettings`, `PriorFitSettings`, `GMMSettings`,
+`FlowSettings`, `RuntimeSettings`, `ClassifierSettings`). Each field is declared with `setting(default, help, source, ...)`, which
 records its range and where its default comes from (a paper, the reference code, or ours with the
 measurement). Everything else reads these declarations:
 
@@ -286,6 +286,46 @@ class FitSettings:
         ml = obj == "ml"
         return replace(self, objective=obj, lr=self.lr if self.lr is not None else (1e-4 if ml else 1e-3),
                        betas=tuple(self.betas) if self.betas is not None else ((0.5, 0.999) if ml else (0.9, 0.999)))
+
+
+@dataclass(frozen=True)
+class PriorFitSettings:
+    """`mmvae fit-prior`: what every fitted prior (priors/) learns from: samples of the frozen VAE's
+    aggregate posterior q(z) = 1/N sum_i q(z | X_i) over the training set."""
+
+    draws: int = setting(1, "gmm: posterior samples z ~ q(z | X_i) per training tuple (the mixture is fitted to "
+                         "N x draws points); flow: fresh draws every epoch regardless", "ours", min=1)
+    seed: int = setting(0, "random seed (posterior draws, initialisation, batches)", "ours", min=0)
+
+
+@dataclass(frozen=True)
+class GMMSettings:
+    """`mmvae fit-prior --kind gmm`: scikit-learn's GaussianMixture (EM) on aggregate-posterior samples
+    (pythae's GaussianMixtureSampler; the ex-post density estimation of Ghosh et al. 2020)."""
+
+    components: int = setting(10, "mixture components", "pythae's GaussianMixtureSamplerConfig default (10)",
+                              min=1)
+    covariance: str = setting("full", "covariance of each component (full, diag, tied, spherical)",
+                              "scikit-learn's default", choices=("full", "diag", "tied", "spherical"))
+    max_iter: int = setting(100, "EM iterations at most", "scikit-learn's default", min=1)
+    reg_covar: float = setting(1e-6, "added to the covariances' diagonal", "scikit-learn's default", gt=0.0)
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    """`mmvae fit-prior --kind flow`: a normalising flow (zuko) trained by maximum likelihood on fresh
+    aggregate-posterior samples every batch, with Adam."""
+
+    flow: str = setting("maf", "maf: masked autoregressive flow (affine); nsf: neural spline flow",
+                        "zuko; the peer library's MAF sampler", choices=("maf", "nsf"))
+    transforms: int = setting(3, "autoregressive transforms", "zuko's default", min=1)
+    flow_hidden: int = setting(128, "hidden units per layer of each transform's MADE", "ours (a 512-d latent fits "
+                               "in memory on a CPU)", min=1)
+    flow_layers: int = setting(2, "hidden layers of each transform's MADE", "zuko's default (64, 64): 2", min=1)
+    epochs: int = setting(20, "passes over the training set", "ours", min=1)
+    batch_size: int = setting(256, "batch size", "ours (as fit-ebm)", min=1)
+    lr: float = setting(1e-3, "Adam learning rate", "ours (not tuned; the tests' 2-d toy and polymnist-mini fit with it)",
+                        gt=0.0)
 
 
 @dataclass(frozen=True)

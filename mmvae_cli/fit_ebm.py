@@ -50,7 +50,7 @@ class ExpertBank:
             scales.append(e.scale)
         self.loc, self.scale = torch.cat(locs, 1), torch.cat(scales, 1)
         self.kind = type(e)
-        self.n = self.loc.shape[1]
+        self.n, self.dim, self.device = self.loc.shape[1], model.z_dim, self.loc.device
 
     @torch.no_grad()
     def sample(self, idx: torch.Tensor) -> torch.Tensor:

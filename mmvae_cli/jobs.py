@@ -10,7 +10,7 @@ MMVAEError before any file exists, so the corrected command is never refused for
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -78,7 +78,7 @@ class TrainingJob:
             run = Run.reopen(self.out, self.manifest, **kw)
         else:
             run = Run.create(self.out, self.manifest, overwrite=r.overwrite,
-                             stale=(WEIGHTS, CHECKPOINT, EBM_WEIGHTS), **kw)
+                             stale=(WEIGHTS, CHECKPOINT, EBM_WEIGHTS, *_prior_files()), **kw)
             m, t = self.cfg.model, self.cfg.train
             main_log(dist, f"training {m.fusion}/{m.objective} on {self.data.name} ({len(self.data)} tuples, "
                      f"{len(self.data.modalities)} modalities) for {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, "
@@ -95,6 +95,13 @@ class TrainingJob:
                        monitor=joint_monitor(self.model, self.manifest.get("history", [])))
         main_log(dist, f"wrote {self.out}")
         return manifest
+
+
+def _prior_files() -> tuple[str, ...]:
+    """Every fitted prior kind's file and the fit-prior checkpoint (stale when a run is replaced)."""
+    from . import priors
+    from .model_io import PRIOR_CHECKPOINT
+    return (PRIOR_CHECKPOINT, *(priors.prior_file(k) for k in priors.fittable()))
 
 
 def joint_monitor(model: MultimodalVAE, history: list[dict]):
@@ -179,6 +186,9 @@ def _prepare_resume(r: TrainRequest, out: Path) -> TrainingJob:
     manifest = bundle.read_manifest(out, kind="mmvae")
     if manifest.get("ebm") and manifest["ebm"].get("training") != "joint":
         raise MMVAEError(f"{out} has a post-hoc energy (fit-ebm): training cannot be resumed under it")
+    if manifest.get("priors"):
+        raise MMVAEError(f"{out} has priors fitted to its weights (fit-prior: {', '.join(manifest['priors'])}): "
+                         f"training cannot be resumed under them")
     cfg = TrainConfig.from_dict(manifest.get("settings", {}), str(out))
     recorded = {k: v for name in config.SECTIONS for k, v in vars(getattr(cfg, name)).items()}
     recorded["prior"] = "ebm" if cfg.joint_ebm else cfg.model.prior
@@ -422,7 +432,186 @@ def prepare_energy_fit(r: FitRequest) -> EnergyFitJob:
         target, tman, new = outp, holder, True
     else:                                                   # a new energy-only bundle naming RUN as its parent
         target, new = outp, True
-        tman = {k: v for k, v in manifest.items() if k not in ("files", "evaluations", "training_state", "ebm")}
+        tman = {k: v for k, v in manifest.items()
+                if k not in ("files", "evaluations", "training_state", "ebm", "priors", "prior_fit_state")}
         tman.update(created=bundle.now(), versions=bundle.versions(), files={}, evaluations=[],
                     parent={"path": str(run.resolve()), "model_sha256": manifest["files"][WEIGHTS]["sha256"]})
     return EnergyFitJob(r, run, target, tman, new, model, data, s, energy, langevin, dev, clf)
+
+
+# --- fit-prior --------------------------------------------------------------------------------------
+
+@dataclass
+class PriorFitRequest:
+    run: str
+    kind: str
+    out: str | None = None
+    common: dict = field(default_factory=dict)       # config.PriorFitSettings fields (None = not given)
+    settings: dict = field(default_factory=dict)     # every fittable kind's settings fields given (None = not)
+    overwrite: bool = False
+    resume: bool = False
+    log_jsonl: str | None = None
+    tensorboard: str | None = None
+    step_delay: float = 0.0
+    device: str = "auto"
+    data_root: str | None = None
+
+
+@dataclass
+class PriorFitJob:
+    """A checked fit of a prior kind (priors/) to a frozen VAE's aggregate posterior, ready to write."""
+
+    request: PriorFitRequest
+    run_path: Path
+    target: Path
+    tman: dict
+    new_bundle: bool
+    model: MultimodalVAE
+    data: object
+    cls: type
+    common: config.PriorFitSettings
+    settings: object
+    device: torch.device
+
+    def run(self) -> dict:
+        """Fit, then write prior-KIND.safetensors and the manifest's `priors: {KIND: ...}`; the result."""
+        from .cli import invocation
+        from .console import log
+        from .fit_ebm import ExpertBank
+        from .model_io import PRIOR_CHECKPOINT, PRIOR_FIT_STATE
+        from .priors import prior_file
+        r, kind, model = self.request, self.cls.kind, self.model
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        log(f"fitting a {kind} prior over {model.z_dim} latent dimensions of {self.run_path} "
+            f"({model.config.fusion}) on {len(self.data)} tuples: {config.to_dict(self.settings)}")
+        torch.manual_seed(self.common.seed)
+        bank = ExpertBank(model, self.data, self.device)
+        if self.new_bundle and not r.resume:
+            Run.create(self.target, self.tman, overwrite=r.overwrite,
+                       stale=(WEIGHTS, CHECKPOINT, EBM_WEIGHTS, EBM_CHECKPOINT, PRIOR_CHECKPOINT, prior_file(kind)),
+                       checkpoint_name=PRIOR_CHECKPOINT, state_key=PRIOR_FIT_STATE)
+        run = Run.reopen(self.target, self.tman, checkpoint_name=PRIOR_CHECKPOINT, state_key=PRIOR_FIT_STATE,
+                         event=f"fit-prior-{kind}-epoch", log_jsonl=r.log_jsonl, tensorboard=r.tensorboard,
+                         history_key=None)
+        settings = {"kind": kind, "common": config.to_dict(self.common), "settings": config.to_dict(self.settings)}
+        run.extra_state = {"kind": kind, "settings": settings}
+        if r.resume:
+            log(f"resuming the {kind} fit in {self.target} at epoch {self.tman[PRIOR_FIT_STATE]['epoch'] + 1}")
+        prior, stats = self.cls.fit(bank, self.common, self.settings, run=run, resume=r.resume,
+                                    step_delay=r.step_delay)
+        with torch.no_grad():                 # one fresh draw of the aggregate posterior, both densities
+            torch.manual_seed(self.common.seed + 1)
+            z = bank.sample(torch.arange(min(bank.n, 10000)).to(bank.device))
+            stats["log_lik"] = float(prior.log_prob(z).mean())
+            stats["base_log_lik"] = float(model.base_log_prob(z).mean())
+            stats["eval_samples"] = len(z)
+        section = {"prior": prior.to_json(), **settings, "fit": stats, "seconds": stats["seconds"],
+                   "created": bundle.now(), "command": invocation()}
+        self.tman.setdefault("priors", {})[kind] = section
+        self.tman.pop(PRIOR_FIT_STATE, None)
+        self.tman.setdefault("files", {}).pop(PRIOR_CHECKPOINT, None)
+        bundle.write_weights(self.target, prior_file(kind), prior.tensors(), self.tman)
+        bundle.save_manifest(self.target, self.tman)
+        (self.target / PRIOR_CHECKPOINT).unlink(missing_ok=True)    # after the manifest stopped naming it
+        log(f"wrote {self.target}")
+        return {"run": str(self.target), "kind": kind, "prior": prior.to_json(), "seconds": stats["seconds"],
+                "log_lik": stats["log_lik"], "base_log_lik": stats["base_log_lik"],
+                "eval_samples": stats["eval_samples"],
+                **{k: v for k, v in stats.items() if k not in ("history", "seconds", "log_lik", "base_log_lik",
+                                                                 "eval_samples")}}
+
+
+def prepare_prior_fit(r: PriorFitRequest) -> PriorFitJob:
+    """Check every input of `mmvae fit-prior` (kind, flags, bundle, output, logs, data); writes nothing."""
+    from . import priors
+    from .console import log
+    from .model_io import PRIOR_FIT_STATE, load_model
+    fittable = priors.fittable()
+    if r.kind not in fittable:
+        hint = f"; {r.kind} priors come from `{priors.get(r.kind).how_to_get()}`" if r.kind in priors.names() else ""
+        raise MMVAEError(f"--kind {r.kind}: fit-prior fits {', '.join(fittable)}{hint}")
+    cls = priors.get(r.kind)
+    mine = {f.name for f in fields(cls.settings_cls)}
+    for other in fittable:
+        if other == r.kind:
+            continue
+        for f in fields(priors.get(other).settings_cls):
+            if f.name not in mine and r.settings.get(f.name) is not None:
+                raise MMVAEError(f"{config.flag_name(f)} applies to --kind {other}, not {r.kind}")
+    run = Path(r.run)
+    outp = Path(r.out) if r.out else None
+    check_log_file(r.log_jsonl)
+    check_tensorboard(r.tensorboard)
+    given = {k: v for k, v in r.settings.items() if k in mine}
+    if not r.resume:                                        # flag ranges first: they need no bundle
+        common = config.resolve(config.PriorFitSettings, r.common)
+        settings = config.resolve(cls.settings_cls, given)
+    manifest = bundle.read_manifest(run, kind="mmvae")
+    if outp is not None and outp.resolve() == run.resolve():
+        raise MMVAEError("--out must differ from RUN (omit --out to add the prior to RUN)")
+    holder = None
+    if r.resume:
+        if any(v is not None for v in (*given.values(), *r.common.values())):
+            raise MMVAEError("--resume continues the interrupted fit with the settings it started with; "
+                             "give no prior settings")
+        if outp is not None and not (outp / bundle.MANIFEST).exists():
+            raise BundleError(f"{outp}: no interrupted fit-prior to resume (no run there); run without --resume")
+        holder = manifest if outp is None else bundle.read_manifest(outp, kind="mmvae")
+        state = holder.get(PRIOR_FIT_STATE)
+        if not state:
+            raise BundleError(f"{outp or run}: no interrupted fit-prior to resume (no checkpoint); run without "
+                              f"--resume")
+        if state.get("kind") != r.kind:
+            raise MMVAEError(f"--resume: the interrupted fit in {outp or run} is --kind {state.get('kind')}, "
+                             f"not {r.kind}")
+        if outp is not None and holder.get("parent", {}).get("model_sha256") != \
+                manifest.get("files", {}).get(WEIGHTS, {}).get("sha256"):
+            raise BundleError(f"{run} changed since the interrupted fit into {outp} started; start it again "
+                              f"without --resume")
+    if manifest.get("parent") is not None:
+        raise BundleError(f"{run} is a bundle made with --out (it refers to {manifest['parent'].get('path')}); "
+                          f"fit its parent instead")
+    if WEIGHTS not in manifest.get("files", {}):
+        raise BundleError(f"{run} has no trained weights yet (no epoch finished); train it first")
+    if outp is None and r.kind in (manifest.get("priors") or {}) and not (r.overwrite or r.resume):
+        raise BundleError(f"{run} already has a {r.kind} prior; use --overwrite to replace it or --out NEW_RUN "
+                          f"to keep it")
+    if outp is None and not r.resume and manifest.get(PRIOR_FIT_STATE) and not r.overwrite:
+        raise BundleError(f"{run} holds an interrupted {manifest[PRIOR_FIT_STATE].get('kind')} fit; continue it "
+                          f"with --resume or start again with --overwrite")
+    if outp is not None and not r.resume:
+        check_new_output(outp, r.overwrite, "use --resume to continue its interrupted fit" if
+                         (outp / bundle.MANIFEST).exists() and PRIOR_FIT_STATE in
+                         bundle.read_manifest(outp, kind="mmvae") else "choose another --out")
+    if holder is not None:
+        try:
+            st = holder[PRIOR_FIT_STATE]["settings"]
+            common = config.from_dict(config.PriorFitSettings, st["common"], "checkpoint [common]")
+            settings = config.from_dict(cls.settings_cls, st["settings"], "checkpoint [settings]")
+        except (KeyError, TypeError, ValueError, MMVAEError) as e:
+            raise BundleError(f"{outp or run}: the fit-prior checkpoint's settings are invalid ({e})") from None
+    if "finished" not in manifest:
+        log(f"warning: {run} has not finished training; fitting its last saved weights")
+    dev = pick_device(r.device)
+    model, manifest = load_model(run, dev)
+    data = load_dataset(manifest["dataset"]["name_or_path"], "train", r.data_root)
+    if data.fingerprint != manifest["dataset"]["fingerprint"]:
+        raise MMVAEError(f"{run}: its training data changed since it was trained (fingerprint differs)")
+    n_points = len(data) * common.draws
+    if getattr(settings, "components", 0) > n_points:
+        raise MMVAEError(f"--components {settings.components}: more components than posterior samples "
+                         f"({n_points}); lower it or raise --draws")
+    if outp is None:
+        target, tman, new = run, manifest, False
+    elif holder is not None:
+        target, tman, new = outp, holder, True
+    else:
+        target, new = outp, True
+        tman = {k: v for k, v in manifest.items()
+                if k not in ("files", "evaluations", "training_state", "ebm", "priors", PRIOR_FIT_STATE,
+                             FIT_STATE)}
+        tman.update(created=bundle.now(), versions=bundle.versions(), files={}, evaluations=[],
+                    parent={"path": str(run.resolve()), "model_sha256": manifest["files"][WEIGHTS]["sha256"]})
+    return PriorFitJob(r, run, target, tman, new, model, data, cls, common, settings, dev)

@@ -24,7 +24,9 @@ everywhere. See `MultimodalVAE.w_prior`.
 An energy over the latent (`attach_ebm`, ebm.LatentEBM) turns the prior into the energy-based prior
 p_alpha(z) ∝ exp(-E(z)) p0(z) of Yuan et al. (any fusion), or, for fusion "none" (EB-MVAE), into a
 joint model p(z_1..z_M) ∝ exp(-E(z)) of the unimodal latents; `sample_latents(n, prior="ebm")` and
-`cross_generate` then sample it by Langevin dynamics.
+`cross_generate` then sample it by Langevin dynamics. Priors fitted after training (gmm, flow;
+priors/) are attached by kind (`attach_prior`), and `sample_latents(n, prior=NAME)` asks
+`latent_prior(NAME)`, whatever the kind.
 """
 
 from __future__ import annotations
@@ -212,6 +214,7 @@ class MultimodalVAE(nn.Module):
             {n: Prior(c.prior, c.private_dim, learn=True) for n in self.names} if c.private_dim else {})
         self.ebm = None                                      # LatentEBM, see attach_ebm
         self.langevin_settings: dict = {}
+        self.priors: dict = {}                               # fitted priors by kind (not submodules), attach_prior
         self.objective = get_objective(c.objective)
 
     # Runtime settings (not part of the bundle), set by training: with `amp_dtype` the networks run under
@@ -219,6 +222,13 @@ class MultimodalVAE(nn.Module):
     # with `channels_last` image inputs enter the encoders in channels-last layout.
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
+
+    def _apply(self, fn, *args, **kwargs):
+        """.to()/.cuda() also move the attached fitted priors (kept outside the state dict)."""
+        super()._apply(fn, *args, **kwargs)
+        for p in getattr(self, "priors", {}).values():
+            p._apply(fn, *args, **kwargs)
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -370,16 +380,34 @@ class MultimodalVAE(nn.Module):
         return langevin(self.ebm.log_prob(self.base_log_prob), z0, int(s["steps"]), float(s["step_size"]),
                         float(s["noise_scale"]), s["clip_grad"], mask=mask, every=every)
 
-    def sample_latents(self, n: int, prior: str = "base", **langevin) -> torch.Tensor:
-        """n latents from the base prior ("base") or the energy-based prior ("ebm", short-run
-        Langevin from `ebm_start`; keyword arguments as in run_langevin). (n, D)"""
-        if prior == "base":
-            return self.sample_prior(n)
-        if prior == "ebm":
-            if self.ebm is None:
-                raise MMVAEError("this bundle has no energy-based prior; fit one with `mmvae fit-ebm RUN`")
-            return self.run_langevin(self.ebm_start(n), **langevin).z
-        raise MMVAEError(f"unknown prior {prior!r}; choose base or ebm")
+    # --- priors (priors/: base, ebm, gmm, flow, ...) ---------------------------------------------------
+    def attach_prior(self, prior) -> None:
+        """Attach a fitted prior (priors.LatentPrior of a fitted kind, e.g. gmm or flow) under its kind."""
+        dim = prior.to_json().get("dim")
+        if dim is not None and int(dim) != self.z_dim:
+            raise MMVAEError(f"{prior.kind} prior over {dim} latent dimensions does not fit a model whose latent "
+                             f"has {self.z_dim}")
+        self.priors[prior.kind] = prior.to(self.device).eval()
+
+    def latent_prior(self, name: str, run: str = "RUN"):
+        """The prior `name` of this model: an attached fitted one, or one the model carries (base, ebm).
+        One-line errors for an unknown kind or one this bundle does not have (naming the command that
+        gives it one)."""
+        from . import priors
+        cls = priors.get(name)
+        p = self.priors.get(name) or cls.from_model(self)
+        if p is None:
+            raise MMVAEError(f"{run} has no {cls.name()}; fit one with `{cls.how_to_get(run)}`")
+        return p
+
+    def available_priors(self) -> list[str]:
+        from . import priors
+        return [k for k in priors.names() if k in self.priors or priors.get(k).from_model(self) is not None]
+
+    def sample_latents(self, n: int, prior: str = "base", **options) -> torch.Tensor:
+        """n latents from the prior named `prior` (a registered kind this model has: base, ebm, gmm, flow;
+        keyword options are the prior's sampler options, e.g. Langevin's for ebm). (n, D)"""
+        return self.latent_prior(prior, "this bundle").sample(n, **options)
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor) -> dict[str, torch.Tensor]:

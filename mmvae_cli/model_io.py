@@ -1,5 +1,6 @@
 """A trained model as a bundle on disk: model.safetensors (the VAE), ebm.safetensors (an energy),
-manifest.json (its ModelConfig, settings, history). `load_model` rebuilds and checks it; nothing is
+prior-KIND.safetensors (each fitted prior, priors/), manifest.json (its ModelConfig, settings,
+history, `ebm` and `priors: {KIND: ...}` sections). `load_model` rebuilds and checks it; nothing is
 unpickled."""
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ import torch
 
 from . import bundle
 from .ebm import LatentEBM
-from .errors import BundleError
+from .errors import BundleError, MMVAEError
 from .model import ModelConfig, MultimodalVAE
 
 CHECKPOINT = "checkpoint.safetensors"     # an interrupted or extendable training run
 WEIGHTS = "model.safetensors"
 EBM_WEIGHTS = "ebm.safetensors"
+PRIOR_CHECKPOINT = "prior-checkpoint.safetensors"   # an interrupted fit-prior (flow): weights, Adam, RNG
+PRIOR_FIT_STATE = "prior_fit_state"                  # its manifest key (kind, settings, position)
 
 
 def ebm_from_section(section: dict, where: str) -> tuple[LatentEBM, dict]:
@@ -48,7 +51,11 @@ def load_model(run: Path, device: str | torch.device = "cpu") -> tuple[Multimoda
     """Rebuild a trained model from its bundle (weights checked against the manifest), with its
     energy-based prior when the manifest has an `ebm` section."""
     manifest = bundle.read_manifest(run, kind="mmvae")
-    if manifest.get("parent") is not None and not manifest.get("ebm"):
+    if manifest.get("parent") is not None and not manifest.get("ebm") and not manifest.get("priors"):
+        if manifest.get(PRIOR_FIT_STATE):
+            raise BundleError(f"{run}: its prior is not fitted yet (fit-prior was interrupted); continue with "
+                              f"`mmvae fit-prior {manifest['parent'].get('path')} --kind "
+                              f"{manifest[PRIOR_FIT_STATE].get('kind', 'KIND')} --out {run} --resume`")
         raise BundleError(f"{run}: its energy is not fitted yet (fit-ebm was interrupted); continue with "
                           f"`mmvae fit-ebm {manifest['parent'].get('path')} --out {run} --resume`")
     try:
@@ -61,7 +68,27 @@ def load_model(run: Path, device: str | torch.device = "cpu") -> tuple[Multimoda
         ebm, settings = ebm_from_section(manifest["ebm"], str(run))
         bundle.load_state(ebm, bundle.read_weights(run, EBM_WEIGHTS, manifest), f"{run}/{EBM_WEIGHTS}")
         model.attach_ebm(ebm, settings)
-    return model.to(device).eval(), manifest
+    model = model.to(device).eval()
+    for kind, section in (manifest.get("priors") or {}).items():
+        model.attach_prior(prior_from_section(Path(run), kind, section, manifest))
+    return model, manifest
+
+
+def prior_from_section(run: Path, kind: str, section: dict, manifest: dict):
+    """A fitted prior from its manifest section `priors: {kind: ...}` and prior-KIND.safetensors."""
+    from . import priors
+    try:
+        cls = priors.get(kind)
+    except MMVAEError:
+        raise BundleError(f"{run}: has a {kind!r} prior that this mmvae does not know (registered: "
+                          f"{', '.join(priors.names())})") from None
+    if not isinstance(section, dict) or not isinstance(section.get("prior"), dict):
+        raise BundleError(f"{run}: manifest has an invalid priors.{kind} section")
+    tensors = bundle.read_weights(run, priors.prior_file(kind), manifest)
+    try:
+        return cls.from_stored(section["prior"], tensors)
+    except MMVAEError as e:
+        raise BundleError(f"{run}/{priors.prior_file(kind)}: {e}") from None
 
 
 def save_bundle(run: Path, model: MultimodalVAE, manifest: dict) -> None:

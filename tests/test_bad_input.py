@@ -128,6 +128,7 @@ TRAIN_EBM = [*TRAIN, "--prior", "ebm", "--energy-hidden", "8", "--langevin-steps
 IWAE = ["--fusion", "moe", "--objective", "iwae"]
 FIT = ["fit-ebm", "{run}", "--energy-hidden", "8", "--epochs", "1", "--langevin-steps", "2", "--batch-size", "10",
        *CPU]
+PFIT = ["fit-prior", "{run}", *CPU]
 CLF = ["classifier", "train", "polymnist", "--out", "{tmp}/c", "--epochs", "1", *CPU]
 CROSS = ["cross-generate", "{run}", "--out", "{tmp}/c.png", *CPU]
 COH = ["eval", "coherence", "{run}", "--classifiers", "{clf}", "--n-joint", "10", "--limit", "5", *CPU]
@@ -220,6 +221,27 @@ CASES = [
     case("fit-ebm-resume-nothing", [*FIT, "--resume"]),
     case("fit-ebm-missing-run", ["fit-ebm", "{tmp}/missing", *CPU]),
     case("fit-ebm-corrupted-bundle", [*FIT], prep=["corrupt"]),
+    # ---- fit-prior ----
+    case("fit-prior-unknown-kind", [*PFIT, "--kind", "nope"]),
+    case("fit-prior-ebm-kind", [*PFIT, "--kind", "ebm"]),
+    case("fit-prior-no-kind", ["fit-prior", "{run}", *CPU]),
+    case("fit-prior-components-0", [*PFIT, "--kind", "gmm", "--components", "0"]),
+    case("fit-prior-components-above-samples", [*PFIT, "--kind", "gmm", "--components", "21"]),
+    case("fit-prior-reg-covar-0", [*PFIT, "--kind", "gmm", "--reg-covar", "0"]),
+    case("fit-prior-flow-flag-for-gmm", [*PFIT, "--kind", "gmm", "--transforms", "2"]),
+    case("fit-prior-flow-epochs-0", [*PFIT, "--kind", "flow", "--epochs", "0"]),
+    case("fit-prior-flow-lr-neg", [*PFIT, "--kind", "flow", "--lr", "-1"]),
+    case("fit-prior-draws-0", [*PFIT, "--kind", "gmm", "--draws", "0"]),
+    case("fit-prior-out-equals-run", [*PFIT, "--kind", "gmm", "--out", "{run}"]),
+    case("fit-prior-resume-nothing", [*PFIT, "--kind", "flow", "--resume"]),
+    case("fit-prior-log-jsonl-missing-dir", [*PFIT, "--kind", "flow", "--log-jsonl", "{tmp}/nodir/log.jsonl"]),
+    case("fit-prior-missing-run", ["fit-prior", "{tmp}/missing", "--kind", "gmm", *CPU]),
+    case("fit-prior-corrupted-bundle", [*PFIT, "--kind", "gmm"], prep=["corrupt"]),
+    case("sample-unknown-prior", ["sample", "{run}", "--prior", "nope", "-n", "2", "--out", "{tmp}/s.png", *CPU]),
+    case("sample-unfitted-gmm", ["sample", "{run}", "--prior", "gmm", "-n", "2", "--out", "{tmp}/s.png", *CPU]),
+    case("ll-unfitted-flow", [*LL, "--prior", "flow"]),
+    case("ll-ebm-prior", ["eval", "likelihood", "{erun}", "--k", "2", "--limit", "5", "--prior", "ebm", *CPU]),
+    case("coherence-unfitted-gmm", [*COH, "--prior", "gmm"]),
     # ---- cross-generate ----
     case("cross-unknown-modality", [*CROSS, "--given", "m9"]),
     case("cross-given-nothing", [*CROSS, "--given", ","]),

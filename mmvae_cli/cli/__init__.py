@@ -40,11 +40,13 @@ def _register():
     from .ebm_cmd import fit_ebm
     from .eval_cmd import evaluate
     from .generate_cmd import cross_generate, sample
+    from .prior_cmd import fit_prior
     from .train_cmd import classifier, train
 
     cli.add_command(train)
     cli.add_command(classifier)
     cli.add_command(fit_ebm)
+    cli.add_command(fit_prior)
     cli.add_command(sample)
     cli.add_command(cross_generate)
     cli.add_command(evaluate, "eval")

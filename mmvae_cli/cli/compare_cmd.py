@@ -48,8 +48,9 @@ def compare_rows(all_results: list[dict]) -> list[tuple[str, list]]:
     specs += [("  conditional: tuples", get("coherence", "n_test")),
               ("single-source pairs mean (MMVAE+)", get("coherence", "cross_pairs_mean")),
               ("log p(X) (nats)", get("likelihood", "joint")),
-              ("  importance samples K / tuples", lambda r: r.get("likelihood") and
-               f"{r['likelihood'].get('k')} / {r['likelihood'].get('n_test')}")]
+              ("  importance samples K / tuples / prior", lambda r: r.get("likelihood") and
+               f"{r['likelihood'].get('k')} / {r['likelihood'].get('n_test')} / "
+               f"{r['likelihood'].get('prior', 'base')}")]
     specs += [(f"log p(X; X_k), |X_k| = {k}", get("likelihood", "by_inputs", k))
               for k in sizes("likelihood", "by_inputs")]
     specs += [(f"latent probe accuracy, {k} input(s)", get("latent", "by_inputs", k))

@@ -44,8 +44,7 @@ limit_opt = click.option("--limit", type=click.IntRange(min=1), default=None,
                          help="Use only N tuples of the evaluation split, evenly spaced over it.")
 report_opt = click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
                           help="Write DIR/report.md with the tables and PNG figures.")
-prior_opt = click.option("--prior", type=click.Choice(["base", "ebm"]), default="base", show_default=True,
-                         help="Prior for joint samples: the base prior or the bundle's energy-based prior.")
+prior_opt = options.prior
 clf_opt = click.option("--classifiers", "clf_run", type=click.Path(), default=None,
                        help="Classifier bundle (needed for coherence).")
 weights_opt = click.option("--inception-weights", default=None, metavar="PATH",
@@ -61,11 +60,12 @@ def _positive(name: str, value: int | None, minimum: int = 1) -> None:
 class Context:
     """A loaded bundle and its evaluation split."""
 
-    def __init__(self, run, device, data_root, split, limit):
+    def __init__(self, run, device, data_root, split, limit, prior: str = "base"):
         _positive("--limit", limit)
         self.run = Path(run)
         self.dev = pick_device(device)
         self.model, self.manifest = load_model(self.run, self.dev)
+        self.prior = self.model.latent_prior(prior, str(run))      # an unfitted kind: one line, before any metric
         self.data_root = data_root
         self.dataset = self.manifest["dataset"]["name_or_path"]
         self.test = load_dataset(self.dataset, split, data_root)
@@ -88,12 +88,12 @@ def _coherence(ctx: Context, clf_run, n_joint, prior, seed, langevin: dict | Non
     return suite.coherence(ctx.model, clf, ctx.test, ctx.dev, n_joint, prior, seed, langevin)
 
 
-def _likelihood(ctx: Context, k, seed, limit: int | None = None) -> dict:
+def _likelihood(ctx: Context, k, seed, limit: int | None = None, prior: str = "base") -> dict:
     from ..evaluate import suite
     _positive("--k", k)
     _positive("--ll-limit", limit)
     test = ctx.test if not limit else ctx.test.subset(spread_indices(len(ctx.test), limit))
-    return suite.likelihood(ctx.model, test, ctx.dev, k, seed)
+    return suite.likelihood(ctx.model, test, ctx.dev, k, seed, prior=prior)
 
 
 def _latent(ctx: Context, n_train, seed) -> dict:
@@ -159,8 +159,8 @@ def coherence(run, clf_run, n_joint, prior, steps, step_size, noise_scale, clip_
     """
     if not clf_run:
         raise MMVAEError("coherence needs digit classifiers: --classifiers RUN (see `mmvae classifier train`)")
-    ctx = Context(run, device, data_root, split, limit)
     langevin = options.langevin_given(steps, step_size, noise_scale, clip_grad)
+    ctx = Context(run, device, data_root, split, limit, prior)
     _finish(ctx, {"coherence": _coherence(ctx, clf_run, n_joint, prior, seed, langevin)}, {}, seed, as_json,
             report_dir, prior)
 
@@ -168,11 +168,20 @@ def coherence(run, clf_run, n_joint, prior, steps, step_size, noise_scale, clip_
 @evaluate.command()
 @click.argument("run", type=click.Path())
 @click.option("--k", type=click.IntRange(min=1), default=15, show_default=True, help="Importance samples per tuple and subset.")
+@prior_opt
 @_common
-def likelihood(run, k, split, limit, seed, device, data_root, report_dir, as_json):
-    """Importance-sampled log p(X) with z from q(z | X_k), for every subset X_k (nats, mean over tuples)."""
-    ctx = Context(run, device, data_root, split, limit)
-    _finish(ctx, {"likelihood": _likelihood(ctx, k, seed)}, {}, seed, as_json, report_dir)
+def likelihood(run, k, prior, split, limit, seed, device, data_root, report_dir, as_json):
+    """Importance-sampled log p(X) with z from q(z | X_k), for every subset X_k (nats, mean over tuples).
+
+    p(z) is the base prior p0, or with --prior KIND a fitted prior with a tractable density (gmm, flow);
+    the result names the prior it was computed under. The energy-based prior's normaliser is unknown,
+    so --prior ebm is refused here.
+    """
+    ctx = Context(run, device, data_root, split, limit, prior)
+    if not ctx.prior.tractable:
+        raise MMVAEError(f"eval likelihood --prior {prior}: its density has no known normaliser; choose one of "
+                         f"{', '.join(k for k in ctx.model.available_priors() if ctx.model.latent_prior(k).tractable)}")
+    _finish(ctx, {"likelihood": _likelihood(ctx, k, seed, prior=prior)}, {}, seed, as_json, report_dir)
 
 
 @evaluate.command()
@@ -199,7 +208,7 @@ def fid(run, inception_weights, n_fid, prior, split, limit, seed, device, data_r
     Needs pytorch-fid's Inception weights as a local file; nothing is downloaded. Real-image
     statistics are cached under <data root>/fid-stats.
     """
-    ctx = Context(run, device, data_root, split, limit)
+    ctx = Context(run, device, data_root, split, limit, prior)
     _finish(ctx, {"fid": _fid(ctx, n_fid, prior, seed, inception_weights)}, {}, seed, as_json, report_dir, prior)
 
 
@@ -238,7 +247,10 @@ def all_(run, clf_run, inception_weights, prior, steps, step_size, noise_scale, 
         if inception_weights:        # an explicit path that is wrong is an error, not a skip
             raise
         skipped["fid"] = f"no Inception weights ({str(e).split(':', 1)[0]}; see `mmvae eval fid --help`)"
-    ctx = Context(run, device, data_root, split, limit)
+    ctx = Context(run, device, data_root, split, limit, prior)
+    ll_prior = prior if ctx.prior.tractable else "base"
+    if ll_prior != prior:
+        log(f"likelihood under the base prior: the {prior} prior's density has no known normaliser")
     if ctx.test.labels is None:
         skipped["coherence"] = skipped["latent"] = f"{ctx.test.name} has no labels"
     elif not clf_run:
@@ -247,7 +259,7 @@ def all_(run, clf_run, inception_weights, prior, steps, step_size, noise_scale, 
         log("coherence ...")
         results["coherence"] = _coherence(ctx, clf_run, n_joint, prior, seed, langevin)
     log("likelihood ...")
-    results["likelihood"] = _likelihood(ctx, k, seed, ll_limit)
+    results["likelihood"] = _likelihood(ctx, k, seed, ll_limit, ll_prior)
     if "latent" not in skipped:
         log("latent probe ...")
         results["latent"] = _latent(ctx, n_train, seed)

@@ -58,8 +58,7 @@ def _check_format(out: str, fmt: str | None) -> None:
 @click.option("--out", required=True, help="Output file: .png or .jpg grid (one row per modality), or .safetensors.")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpeg", "safetensors"]), default=None,
               help="Default: from the --out extension (which must agree).")
-@click.option("--prior", type=click.Choice(["base", "ebm"]), default="base", show_default=True,
-              help="base: z ~ p0(z); ebm: short-run Langevin on the bundle's energy (fit one with fit-ebm).")
+@options.prior
 @options.langevin_sample
 @click.option("--save-chain", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
               help="--prior ebm: also draw the chains' transitions (the first 8 chains, one row per chain and "
@@ -71,37 +70,37 @@ def _check_format(out: str, fmt: str | None) -> None:
 @options.device
 def sample(run, n, out, fmt, prior, steps, step_size, noise_scale, clip_grad, save_chain, chain_every, as_json, seed,
            device):
-    """Joint generation: z ~ p(z) (base prior or energy-based prior), decoded to every modality's mean.
+    """Joint generation: z ~ p(z) (base prior, energy-based prior or a fitted prior), decoded to every
+    modality's mean.
 
     With --prior ebm a diverging chain stops with exit code 3 and nothing is written.
     """
     _check_format(out, fmt)
-    if prior != "ebm" and (save_chain or any(v is not None for v in (steps, step_size, noise_scale, clip_grad))):
-        raise MMVAEError("--steps, --step-size, --noise-scale, --clip-grad and --save-chain need --prior ebm")
     langevin = options.langevin_given(steps, step_size, noise_scale, clip_grad)
     if save_chain and output_format(save_chain, "--save-chain") == "safetensors":
         raise MMVAEError("--save-chain draws a figure: name a .png or .jpg file")
     dev = pick_device(device)
     model, _ = load_model(Path(run), dev)
+    p = model.latent_prior(prior, run)
+    langevin_flags = any(v is not None for v in (steps, step_size, noise_scale, clip_grad))
+    if (save_chain or langevin_flags) and not p.sampler_options:
+        raise MMVAEError("--steps, --step-size, --noise-scale, --clip-grad and --save-chain need --prior ebm")
     torch.manual_seed(seed)
-    if prior == "base":
-        z = model.sample_prior(n)
+    if not save_chain:
+        z = p.sample(n, **langevin)
     else:
-        if model.ebm is None:
-            raise MMVAEError(f"{run} has no energy-based prior; fit one with `mmvae fit-ebm {run}`")
         lsteps = steps if steps is not None else int(model.langevin_settings.get("steps", 50))
-        every = max(1, chain_every or lsteps // 10) if save_chain else 0
-        res = model.run_langevin(model.ebm_start(n), every=every, **langevin)
+        every = max(1, chain_every or lsteps // 10)
+        res = p.chain(n, every=every, **langevin)
         z = res.z
-        if save_chain:
-            k = min(n, 8)
-            frames = [model.generate(c[:k]) for c in res.chain]          # per snapshot: {modality: (k, ...)}
-            if lsteps % every:
-                frames.append(model.generate(z[:k]))
-            rows = [torch.stack([f[m][i] for f in frames]) for i in range(k) for m in model.names]
-            save_image(save_chain, grid([model.kinds[model.names[j % len(model.names)]].render(r)
-                                         for j, r in enumerate(rows)]))
-            log(f"wrote {save_chain} ({k} chains x {len(model.names)} modalities, {len(frames)} columns)")
+        k = min(n, 8)
+        frames = [model.generate(c[:k]) for c in res.chain]          # per snapshot: {modality: (k, ...)}
+        if lsteps % every:
+            frames.append(model.generate(z[:k]))
+        rows = [torch.stack([f[m][i] for f in frames]) for i in range(k) for m in model.names]
+        save_image(save_chain, grid([model.kinds[model.names[j % len(model.names)]].render(r)
+                                     for j, r in enumerate(rows)]))
+        log(f"wrote {save_chain} ({k} chains x {len(model.names)} modalities, {len(frames)} columns)")
     gen = {f"generated.{m}": v for m, v in model.generate(z).items()}
     _write(out, gen, model.kinds)
     if as_json:

@@ -76,6 +76,17 @@ def given(kwargs: dict, cls, rename: dict[str, str] | None = None) -> dict:
     return out
 
 
+def _prior_option():
+    from .. import priors
+    kinds = {k: priors.get(k) for k in priors.names()}
+    return click.option("--prior", type=click.Choice(list(kinds)), default="base", show_default=True,
+                        help="Prior of the latents: " + "; ".join(f"{k}: {c.help} (`{c.how_to_get()}`)"
+                                                                   if k != "base" else f"{k}: {c.help}"
+                                                                   for k, c in kinds.items()) + ".")
+
+
+prior = _prior_option()
+
 energy_net = settings_options(config.EnergySettings)
 langevin_fit = settings_options(config.LangevinSettings, rename={"steps": "langevin-steps"})
 langevin_sample = settings_options(config.LangevinSettings, show_defaults=False)

@@ -9,8 +9,9 @@ in nats, with the unweighted likelihoods p(x_m | z) of *all* M modalities (the t
 rescale weights are not used) and q(z | X_k) the whole mixture density (`Mixture.log_prob`).
 This is the paper's "log-likelihood of the joint generative model conditioned on the variational
 posterior of subset X_k": an estimate of log p(X) whose proposal only sees X_k. X_k = X gives the
-joint log-likelihood. p(z) is the model's base prior density (an energy-based prior's normaliser
-is unknown, so its tilted density is not used here). Each estimate is a stochastic lower bound on log p(X) in expectation
+joint log-likelihood. p(z) is the density of the prior named by `prior`: the model's base prior
+p0 by default, or a fitted prior with a tractable density (priors/: gmm, flow); an energy-based
+prior's normaliser is unknown, so its tilted density is refused here. The result names its prior. Each estimate is a stochastic lower bound on log p(X) in expectation
 (Jensen) and converges to it as K grows. Reported numbers are means over the test tuples.
 """
 
@@ -50,15 +51,17 @@ def sample_mixture(q: Mixture, k: int) -> torch.Tensor:
 
 
 def importance_log_likelihood(q: Mixture, log_px_given_z: Callable[[torch.Tensor], torch.Tensor],
-                              prior: td.Distribution, k: int) -> torch.Tensor:
+                              prior: td.Distribution | Callable[[torch.Tensor], torch.Tensor], k: int) -> torch.Tensor:
     """log (1/K) sum_k p(x | z_k) p(z_k) / q(z_k), z_k ~ q, per batch item: (B,).
 
-    `log_px_given_z` maps latents (K, B, D) to log p(x | z) of shape (K, B).
+    `log_px_given_z` maps latents (K, B, D) to log p(x | z) of shape (K, B); `prior` is a distribution
+    over each coordinate (summed over the last axis) or a callable z (K, B, D) -> log p(z) (K, B).
     """
     if k < 1:
         raise MMVAEError(f"the number of importance samples must be >= 1, got {k}")
     z = sample_mixture(q, k)
-    log_w = log_px_given_z(z) + prior.log_prob(z).sum(-1) - q.log_prob(z)     # (K, B)
+    log_pz = prior.log_prob(z).sum(-1) if isinstance(prior, td.Distribution) else prior(z)
+    log_w = log_px_given_z(z) + log_pz - q.log_prob(z)                        # (K, B)
     return torch.logsumexp(log_w, dim=0) - math.log(k)
 
 
@@ -75,16 +78,19 @@ def model_log_px_given_z(model, x: dict[str, torch.Tensor]) -> Callable[[torch.T
 
 @torch.no_grad()
 def subset_log_likelihoods(model, data: MultimodalData, device, k: int = 15, batch_size: int = 100,
-                           subsets: list[list[str]] | None = None) -> dict:
+                           subsets: list[list[str]] | None = None, prior: str = "base") -> dict:
     """Mean over `data` of log p^(X ; X_k) for every subset X_k (default: all 2^M - 1), in nats.
 
     Streams the split in chunks of `batch_size` tuples (K * batch_size latents decoded at once).
     Returns per_subset (key "m0,m2"), by_inputs (mean over subsets of equal size, keys "1".."M"),
-    joint (the full set), k and n_test.
+    joint (the full set), k, n_test and prior (the name of p(z)).
     """
     names = list(model.names)
     subsets = subsets or all_subsets(names)
-    prior = model.prior.dist()
+    p = model.latent_prior(prior, "this bundle")
+    if not p.tractable:
+        raise MMVAEError(f"likelihood: the {prior} prior's density has no known normaliser")
+    prior_name, prior = prior, p.log_prob
     sums = {subset_key(s): 0.0 for s in subsets}
     n = len(data)
     if n == 0:
@@ -106,4 +112,4 @@ def subset_log_likelihoods(model, data: MultimodalData, device, k: int = 15, bat
         by_size.setdefault(len(key.split(",")), []).append(v)
     return {"joint": per_subset.get(subset_key(names)),
             "by_inputs": {str(s): sum(v) / len(v) for s, v in sorted(by_size.items())},
-            "per_subset": per_subset, "k": k, "n_test": n, "unit": "nats"}
+            "per_subset": per_subset, "k": k, "n_test": n, "unit": "nats", "prior": prior_name}

@@ -43,7 +43,7 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
         out.append(("coherence", "single-source pairs mean (MMVAE+)", _f(c["cross_pairs_mean"])))
     ll = results.get("likelihood")
     if ll:
-        out.append(("likelihood", f"log p(X), joint posterior (K={ll['k']}, {ll['n_test']} tuples)",
+        out.append(("likelihood", f"log p(X), joint posterior (K={ll['k']}, {ll['n_test']} tuples, {ll.get('prior', 'base')} prior)",
                     _f(ll["joint"], 2)))
         for k, v in ll["by_inputs"].items():
             out.append(("likelihood", f"log p(X; X_k), |X_k| = {k} (K={ll['k']})", _f(v, 2)))

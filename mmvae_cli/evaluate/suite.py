@@ -46,8 +46,9 @@ def coherence(model, clf, test: MultimodalData, device, n_joint: int, prior: str
     return {"metric": "coherence", "split": test.split, "seed": seed, **_timed(seed, run)}
 
 
-def likelihood(model, test: MultimodalData, device, k: int, seed: int, batch_size: int = 100) -> dict:
-    out = _timed(seed, subset_log_likelihoods, model, test, device, k=k, batch_size=batch_size)
+def likelihood(model, test: MultimodalData, device, k: int, seed: int, batch_size: int = 100,
+               prior: str = "base") -> dict:
+    out = _timed(seed, subset_log_likelihoods, model, test, device, k=k, batch_size=batch_size, prior=prior)
     return {"metric": "likelihood", "split": test.split, "seed": seed, **out}
 
 
