@@ -47,9 +47,29 @@ def run_variant(data: Path, run: Path, variant: str, a) -> list[float]:
     flags += ["--compile"] if "compile" in variant else []
     flags += ["--channels-last"] if "channels-last" in variant else []
     log = run.with_suffix(".jsonl")
-    cmd = [sys.executable, "-m", "mmvae_cli", "train", str(data), "--fusion", a.fusion, "--recipe", str(RECIPE),
-           "--epochs", str(a.epochs), "--batch-size", str(a.batch_size), "--device", a.device, "--out", str(run),
-           "--overwrite", "--log-jsonl", str(log), *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmvae_cli",
+        "train",
+        str(data),
+        "--fusion",
+        a.fusion,
+        "--recipe",
+        str(RECIPE),
+        "--epochs",
+        str(a.epochs),
+        "--batch-size",
+        str(a.batch_size),
+        "--device",
+        a.device,
+        "--out",
+        str(run),
+        "--overwrite",
+        "--log-jsonl",
+        str(log),
+        *flags,
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
@@ -80,8 +100,11 @@ def main():
         write_tuples(data, a.tuples, a.data_root)
     cuda = torch.cuda.is_available() and a.device != "cpu"
     where = torch.cuda.get_device_name(0) if cuda else f"cpu, {torch.get_num_threads()} torch threads"
-    print(f"device: {where}; torch {torch.__version__}; {a.tuples} tuples, batch {a.batch_size}, "
-          f"{a.fusion}, {a.epochs} epochs per variant", flush=True)
+    print(
+        f"device: {where}; torch {torch.__version__}; {a.tuples} tuples, batch {a.batch_size}, "
+        f"{a.fusion}, {a.epochs} epochs per variant",
+        flush=True,
+    )
     rows = [(v, run_variant(data, work / f"run-{v.replace('+', '-')}", v, a)) for v in a.variants.split(",")]
     print(f"{'variant':<24} {'first epoch s':>14} {'last epoch s':>13} {'samples/s':>10}")
     for v, secs in rows:

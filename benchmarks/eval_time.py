@@ -49,15 +49,22 @@ def main():
     ap.add_argument("--latent-dim", type=int, default=512)
     ap.add_argument("--metrics", default="all", help="comma-separated from coherence,likelihood,latent,fid or all")
     a = ap.parse_args()
-    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if a.device == "auto" else a.device))
+    device = torch.device(
+        "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
+    )
     metrics = list(suite.METRICS) if a.metrics == "all" else a.metrics.split(",")
     torch.manual_seed(0)
-    model = MultimodalVAE(ModelConfig([ModalitySpec(m, [3, 28, 28]) for m in NAMES],
-                                      latent_dim=a.latent_dim)).to(device).eval()
+    model = (
+        MultimodalVAE(ModelConfig([ModalitySpec(m, [3, 28, 28]) for m in NAMES], latent_dim=a.latent_dim))
+        .to(device)
+        .eval()
+    )
     test, train = _data(a.n_test, "test", 1), _data(a.n_train, "train", 2)
-    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
-             else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads")
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
+    )
     print(f"device: {device} ({where}); torch {torch.__version__}; MoPoE, latent {a.latent_dim}, 5 x 3x28x28")
     print(f"{'metric':<11} {'setting':<44} {'seconds':>8}  rate")
     for metric in metrics:
@@ -78,6 +85,7 @@ def main():
             # two parts with different scaling: Inception features (per image) and the Frechet
             # distance (one 2048x2048 matrix square root per FID, 2 x modalities of them per model)
             from mmvae_cli.evaluate import fid as F
+
             extractor = F.FIDInceptionFeatures(F._build_fid_inception_net()).to(device).eval()  # random: timing only
             imgs = torch.rand(a.n_fid, 3, 28, 28, generator=torch.Generator().manual_seed(0))
             _sync(device)
@@ -85,16 +93,22 @@ def main():
             F.inception_features([imgs], extractor, device)
             _sync(device)
             s = time.perf_counter() - t0
-            print(f"{'fid':<11} {f'Inception features of {a.n_fid} images (299x299)':<44} {s:>8.1f}  "
-                  f"{a.n_fid / s:.1f} images/s", flush=True)
+            print(
+                f"{'fid':<11} {f'Inception features of {a.n_fid} images (299x299)':<44} {s:>8.1f}  "
+                f"{a.n_fid / s:.1f} images/s",
+                flush=True,
+            )
             g = torch.Generator().manual_seed(1)
             mu, sigma = F.statistics(torch.randn(3000, F.FEATURE_DIM, generator=g).numpy())
             mu2, sigma2 = F.statistics((torch.randn(3000, F.FEATURE_DIM, generator=g) + 0.1).numpy())
             t0 = time.perf_counter()
             F.frechet_distance(mu, sigma, mu2, sigma2)
             s = time.perf_counter() - t0
-            print(f"{'fid':<11} {'one Frechet distance (2048-d, scipy sqrtm)':<44} {s:>8.1f}  "
-                  f"x {2 * len(NAMES)} per model (uncond. + cond.)", flush=True)
+            print(
+                f"{'fid':<11} {'one Frechet distance (2048-d, scipy sqrtm)':<44} {s:>8.1f}  "
+                f"x {2 * len(NAMES)} per model (uncond. + cond.)",
+                flush=True,
+            )
             continue
         else:
             raise SystemExit(f"unknown metric {metric!r}")

@@ -11,11 +11,15 @@ import math
 import sys
 from pathlib import Path
 
-ROWS = [("mopoe", "MoPoE", "base prior"), ("mopoe-posthoc", "MoPoE", "post-hoc energy"),
-        ("mopoe-joint", "MoPoE", "joint energy (Algorithm 1)"),
-        ("mmvae", "MMVAE", "base prior"), ("mmvae-posthoc", "MMVAE", "post-hoc energy"),
-        ("mmvae-joint", "MMVAE", "joint energy (Algorithm 1)"),
-        ("mmvaeplus-joint", "MMVAE+", "joint energy (\"Ours+\")")]
+ROWS = [
+    ("mopoe", "MoPoE", "base prior"),
+    ("mopoe-posthoc", "MoPoE", "post-hoc energy"),
+    ("mopoe-joint", "MoPoE", "joint energy (Algorithm 1)"),
+    ("mmvae", "MMVAE", "base prior"),
+    ("mmvae-posthoc", "MMVAE", "post-hoc energy"),
+    ("mmvae-joint", "MMVAE", "joint energy (Algorithm 1)"),
+    ("mmvaeplus-joint", "MMVAE+", 'joint energy ("Ours+")'),
+]
 
 
 def load(path: Path) -> dict | None:
@@ -43,8 +47,11 @@ def main(out: Path) -> None:
         if not log.exists():
             continue
         rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        trace = ", ".join(f"{row['epoch']}: {row['energy_q']:.2f}/{row['energy_neg']:.2f}/{row['kl']:.1f}"
-                          for row in rows if row["epoch"] in (1, 2, 5, 10, 20, 30, 45, 60, 80, 100))
+        trace = ", ".join(
+            f"{row['epoch']}: {row['energy_q']:.2f}/{row['energy_neg']:.2f}/{row['kl']:.1f}"
+            for row in rows
+            if row["epoch"] in (1, 2, 5, 10, 20, 30, 45, 60, 80, 100)
+        )
         print(f"\n{name}: epoch: E_q[E] / E_neg[E] / KL(q||p0) -- {trace}")
 
 

@@ -59,7 +59,7 @@ SETUPS = {
 # name -> (JointEnergySettings overrides, optimizer overrides, Langevin overrides)
 OLD = dict(reg=0.0, neg_start="prior", warmup_steps=0)
 CONFIGS = {
-    "no_ebm": ({**OLD, "warmup_steps": 10 ** 9}, {}, {}),      # reference: the energy never enters the VAE
+    "no_ebm": ({**OLD, "warmup_steps": 10**9}, {}, {}),  # reference: the energy never enters the VAE
     "baseline": (OLD, {}, {}),
     "ebm_lr/10": (OLD, {"ebm_lr_factor": 0.1}, {}),
     "steps_x4": (OLD, {}, {"steps_factor": 4}),
@@ -86,12 +86,14 @@ def toy_data(n: int, dim: int, seed: int = 0):
     return xs
 
 
-def toy_model(seed: int, settings: JointEnergySettings, langevin: dict, dim: int, hidden: int = 400,
-              vae_hidden: int = 64):
+def toy_model(
+    seed: int, settings: JointEnergySettings, langevin: dict, dim: int, hidden: int = 400, vae_hidden: int = 64
+):
     torch.manual_seed(seed)
     specs = [ModalitySpec(m, [4 * dim], "gaussian", 0.1, 1.0, "mlp") for m in ("a", "b")]
-    model = MultimodalVAE(ModelConfig(specs, dim, "mopoe", "all", "elbo", 1, 1.0, "gaussian", "gaussian",
-                                      hidden=vae_hidden))
+    model = MultimodalVAE(
+        ModelConfig(specs, dim, "mopoe", "all", "elbo", 1, 1.0, "gaussian", "gaussian", hidden=vae_hidden)
+    )
     ebm = LatentEBM(EnergyConfig(dim=dim, hidden=hidden, layers=4), "tilted", joint=True, joint_settings=settings)
     model.attach_ebm(ebm, langevin)
     return model
@@ -113,8 +115,9 @@ def run(name: str, epochs: int, setup: str = "exact", seed: int = 0, hidden: int
     settings = JointEnergySettings(**js_over)
     steps = st["steps"] * lv.get("steps_factor", 1)
     model = toy_model(seed, settings, {"steps": steps, "step_size": 0.4}, dim, hidden, st["vae_hidden"])
-    opt = make_optimizer(model, TrainSettings(lr=st["lr"]),
-                         replace(settings, ebm_lr=st["ebm_lr"] * opt_over.get("ebm_lr_factor", 1)))
+    opt = make_optimizer(
+        model, TrainSettings(lr=st["lr"]), replace(settings, ebm_lr=st["ebm_lr"] * opt_over.get("ebm_lr_factor", 1))
+    )
     x = toy_data(n, dim)
     test = DivergenceTest()
     rows = []
@@ -123,7 +126,7 @@ def run(name: str, epochs: int, setup: str = "exact", seed: int = 0, hidden: int
         perm = torch.randperm(n)
         sums, seen = {}, 0
         for i in range(0, n, batch):
-            idx = perm[i:i + batch]
+            idx = perm[i : i + batch]
             loss, stats = model({m: v[idx] for m, v in x.items()})
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -132,14 +135,17 @@ def run(name: str, epochs: int, setup: str = "exact", seed: int = 0, hidden: int
                 sums[k] = sums.get(k, 0.0) + v * len(idx)
             seen += len(idx)
         row = {"epoch": epoch + 1, **{k: v / seen for k, v in sums.items()}}
-        lz = log_z(model) if dim <= 2 else float("nan")      # importance sampling from p0: exact only in 2-D
+        lz = log_z(model) if dim <= 2 else float("nan")  # importance sampling from p0: exact only in 2-D
         row["log_z"] = lz
         row["kl_true"] = row["kl"] + row["energy_q"] + lz
         row["verdict"] = test.update(row)
         rows.append(row)
-        print(f"{name:16s} ep {epoch + 1:2d}  E_q {row['energy_q']:10.3g}  E_neg {row['energy_neg']:10.3g}  "
-              f"KL(q||p0) {row['kl']:8.3g}  KL(q||p_a) {row['kl_true']:8.3g}  rec {row['rec']:8.3g}"
-              f"{'  DIVERGED: ' + row['verdict'] if row['verdict'] else ''}", flush=True)
+        print(
+            f"{name:16s} ep {epoch + 1:2d}  E_q {row['energy_q']:10.3g}  E_neg {row['energy_neg']:10.3g}  "
+            f"KL(q||p0) {row['kl']:8.3g}  KL(q||p_a) {row['kl_true']:8.3g}  rec {row['rec']:8.3g}"
+            f"{'  DIVERGED: ' + row['verdict'] if row['verdict'] else ''}",
+            flush=True,
+        )
     return rows
 
 

@@ -33,7 +33,7 @@ def time_config(dim: int, batch: int, steps: int, repeats: int, device: torch.de
     net = EnergyNet(dim).to(device)
     log_prob = ebm_prior_log_prob(net, standard_normal_log_prob)
     z0 = torch.randn(batch, dim, device=device)
-    langevin(log_prob, z0, steps, step_size)          # warm-up (allocator, kernels, caches)
+    langevin(log_prob, z0, steps, step_size)  # warm-up (allocator, kernels, caches)
     times = []
     for _ in range(repeats):
         _sync(device)
@@ -63,14 +63,18 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("error: --device cuda requested but CUDA is not available")
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"Langevin throughput, EnergyNet(dim, hidden=400, layers=4, gelu), {args.steps} steps, "
-          f"median of {args.repeats}, device: {name}, torch {torch.__version__}")
+    print(
+        f"Langevin throughput, EnergyNet(dim, hidden=400, layers=4, gelu), {args.steps} steps, "
+        f"median of {args.repeats}, device: {name}, torch {torch.__version__}"
+    )
     print(f"{'latent':>7} {'batch':>6} {'seconds':>9} {'ms/step':>9} {'samples/s':>12}")
     for dim in args.dims:
         for batch in args.batches:
             sec = time_config(dim, batch, args.steps, args.repeats, device, args.step_size)
-            print(f"{dim:>7} {batch:>6} {sec:>9.3f} {1e3 * sec / args.steps:>9.2f} {args.steps * batch / sec:>12,.0f}",
-                  flush=True)
+            print(
+                f"{dim:>7} {batch:>6} {sec:>9.3f} {1e3 * sec / args.steps:>9.2f} {args.steps * batch / sec:>12,.0f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

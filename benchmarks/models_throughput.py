@@ -33,7 +33,7 @@ MODELS = {  # every model of the papers (recipes/polymnist-*.toml), at --latent-
 def measure(name: str, kw: dict, batch: int, steps: int, device: torch.device, latent: int) -> float:
     torch.manual_seed(0)
     if kw.get("private_dim"):
-        latent = 32                                   # MMVAE+ paper: z 32-d, w_m 32-d
+        latent = 32  # MMVAE+ paper: z 32-d, w_m 32-d
     cfg = ModelConfig([ModalitySpec(f"m{i}", [3, 28, 28]) for i in range(5)], latent_dim=latent, **kw)
     model = MultimodalVAE(cfg).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=5e-4)
@@ -67,10 +67,15 @@ def main():
     ap.add_argument("--device", default="auto")
     ap.add_argument("--models", default="all", help=f"comma-separated from {', '.join(MODELS)} or 'all'")
     a = ap.parse_args()
-    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if a.device == "auto" else a.device))
+    device = torch.device(
+        "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
+    )
     names = list(MODELS) if a.models == "all" else a.models.split(",")
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
+    )
     print(f"device: {device} ({where}); torch {torch.__version__}; batch {a.batch_size}; {a.steps} timed steps")
     print(f"{'model':<16} {'samples/s':>10}")
     for n in names:

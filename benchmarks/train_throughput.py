@@ -52,6 +52,7 @@ class PNGTuples(torch.utils.data.Dataset):
 
     def __init__(self, root: Path):
         from torchvision import transforms
+
         self.dirs = [root / f"m{m}" for m in range(M)]
         self.names = sorted(p.name for p in self.dirs[0].glob("*.png"))
         self.to_tensor = transforms.ToTensor()
@@ -85,7 +86,7 @@ class BaselineMoPoE(nn.Module):
         for s, subset in enumerate(self.subsets):
             mus = [heads[m][0] for m in subset]
             lvs = [heads[m][1] for m in subset]
-            if len(subset) == M:                                   # the prior expert joins the full set
+            if len(subset) == M:  # the prior expert joins the full set
                 mus.append(torch.zeros_like(mus[0]))
                 lvs.append(torch.zeros_like(lvs[0]))
             mu, lv = self.poe(mus, lvs)
@@ -106,8 +107,14 @@ def baseline_steps(root: Path, batch: int, device, workers: int):
     torch.manual_seed(0)
     model = BaselineMoPoE(LATENT).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=LR)
-    loader = torch.utils.data.DataLoader(PNGTuples(root), batch_size=batch, shuffle=True, drop_last=True,
-                                         num_workers=workers, persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(
+        PNGTuples(root),
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
     batches = iter(())
 
     def step():
@@ -122,16 +129,22 @@ def baseline_steps(root: Path, batch: int, device, workers: int):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
     return step
 
 
 # --- ours ---------------------------------------------------------------------------------------------
 def our_steps(root: Path, batch: int, device, variant: str):
-    data = place_data(load_dataset(str(root.parent), "train"), device)     # on the GPU when it fits
+    data = place_data(load_dataset(str(root.parent), "train"), device)  # on the GPU when it fits
     on = next(iter(data.tensors.values())).device
     torch.manual_seed(0)
-    cfg = ModelConfig([ModalitySpec(f"m{i}", [3, 28, 28], "laplace", SCALE) for i in range(M)], latent_dim=LATENT,
-                      fusion="mopoe", objective="elbo", beta=BETA)
+    cfg = ModelConfig(
+        [ModalitySpec(f"m{i}", [3, 28, 28], "laplace", SCALE) for i in range(M)],
+        latent_dim=LATENT,
+        fusion="mopoe",
+        objective="elbo",
+        beta=BETA,
+    )
     model = MultimodalVAE(cfg).to(device).train()
     if "channels-last" in variant:
         model.to(memory_format=torch.channels_last)
@@ -148,12 +161,13 @@ def our_steps(root: Path, batch: int, device, variant: str):
     def step():
         if state["pos"] + batch > n:
             state["perm"], state["pos"] = torch.randperm(n), 0
-        idx = state["perm"][state["pos"]:state["pos"] + batch]
+        idx = state["perm"][state["pos"] : state["pos"] + batch]
         state["pos"] += batch
         loss, _ = model(data.batch(idx.to(on), device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
     return step
 
 
@@ -163,7 +177,8 @@ def write_random_pngs(folder: Path, n: int) -> Path:
         (folder / "train" / f"m{m}").mkdir(parents=True, exist_ok=True)
         for i in range(n):
             Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).save(
-                folder / "train" / f"m{m}" / f"{i}.{i % 10}.png")
+                folder / "train" / f"m{m}" / f"{i}.{i % 10}.png"
+            )
     return folder
 
 
@@ -187,31 +202,41 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads for both sides")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--variants", default="fp32", help="ours: comma-separated from fp32, channels-last, bf16, "
-                    "compile, or combinations joined by '+' (e.g. channels-last+bf16)")
+    ap.add_argument(
+        "--variants",
+        default="fp32",
+        help="ours: comma-separated from fp32, channels-last, bf16, "
+        "compile, or combinations joined by '+' (e.g. channels-last+bf16)",
+    )
     ap.add_argument("--baseline-workers", type=int, default=0, help="DataLoader workers of the baseline")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--epoch-size", type=int, default=60000, help="tuples per epoch for the projection")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if a.device == "auto" else a.device))
+    device = torch.device(
+        "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
+    )
     tmp = None
     if a.png_root is None:
         tmp = tempfile.TemporaryDirectory()
         root = write_random_pngs(Path(tmp.name) / "MMNIST", 1024) / "train"
     else:
         root = Path(a.png_root) / "train"
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
-    print(f"device: {device} ({where}); torch {torch.__version__}; batch {a.batch_size}; data {root}; "
-          f"{a.rounds} rounds x {a.steps} timed steps; baseline DataLoader workers {a.baseline_workers}")
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    )
+    print(
+        f"device: {device} ({where}); torch {torch.__version__}; batch {a.batch_size}; data {root}; "
+        f"{a.rounds} rounds x {a.steps} timed steps; baseline DataLoader workers {a.baseline_workers}"
+    )
     sides = {f"ours[{v}]": our_steps(root, a.batch_size, device, v) for v in a.variants.split(",")}
     if not a.no_baseline:
         sides["baseline"] = baseline_steps(root, a.batch_size, device, a.baseline_workers)
     times: dict[str, list[float]] = {k: [] for k in sides}
-    for step in sides.values():       # warm-up (first PNG reads, allocator, compilation)
+    for step in sides.values():  # warm-up (first PNG reads, allocator, compilation)
         for _ in range(2):
             step()
     for _ in range(a.rounds):
@@ -222,8 +247,7 @@ def main():
     for name, ts in times.items():
         t = statistics.median(ts)
         ratio = f"{base / t:11.2f}x" if base else ""
-        print(f"{name:<28} {a.batch_size / t:>10.1f} {t * a.epoch_size / a.batch_size:>9.1f} {ratio:>12}",
-              flush=True)
+        print(f"{name:<28} {a.batch_size / t:>10.1f} {t * a.epoch_size / a.batch_size:>9.1f} {ratio:>12}", flush=True)
     if tmp is not None:
         tmp.cleanup()
 

@@ -83,8 +83,16 @@ def now() -> str:
 
 # --- manifest + weights ----------------------------------------------------------------------------
 def new_manifest(kind: str, **fields) -> dict:
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "created": now(),
-            "versions": versions(), **fields, "files": {}, "evaluations": []}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "created": now(),
+        "versions": versions(),
+        **fields,
+        "files": {},
+        "evaluations": [],
+    }
 
 
 def write_weights(run: Path, name: str, tensors: dict[str, torch.Tensor], manifest: dict) -> None:
@@ -112,8 +120,10 @@ def read_manifest(run: Path, kind: str | None = None) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path}: not an mmvae manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{run}: bundle format version {manifest.get('format_version')} is not supported "
-                          f"by mmvae {__version__} (expects {FORMAT_VERSION})")
+        raise BundleError(
+            f"{run}: bundle format version {manifest.get('format_version')} is not supported "
+            f"by mmvae {__version__} (expects {FORMAT_VERSION})"
+        )
     if kind is not None and manifest.get("kind") != kind:
         raise BundleError(f"{run}: is a {manifest.get('kind')!r} bundle, expected {kind!r}")
     return manifest

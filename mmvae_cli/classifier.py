@@ -32,8 +32,9 @@ def digit_net(shape: tuple[int, ...], n_classes: int = 10, kind: modalities.Moda
 class Classifiers(nn.Module):
     """One classifier per modality: forward(name, x) -> logits."""
 
-    def __init__(self, shapes: dict[str, list[int]], n_classes: int = 10,
-                 kinds: dict[str, modalities.ModalityKind] | None = None):
+    def __init__(
+        self, shapes: dict[str, list[int]], n_classes: int = 10, kinds: dict[str, modalities.ModalityKind] | None = None
+    ):
         super().__init__()
         self.shapes = shapes
         self.n_classes = n_classes
@@ -61,8 +62,9 @@ def accuracy(clf: Classifiers, data: MultimodalData, device, batch_size: int = 1
     return {n: c / len(data) for n, c in correct.items()}
 
 
-def train_classifiers(train: MultimodalData, test: MultimodalData, out: Path, epochs: int, batch_size: int,
-                      lr: float, seed: int, device) -> dict:
+def train_classifiers(
+    train: MultimodalData, test: MultimodalData, out: Path, epochs: int, batch_size: int, lr: float, seed: int, device
+) -> dict:
     if train.labels is None:
         raise MMVAEError(f"{train.name} has no labels: classifiers need them")
     torch.manual_seed(seed)
@@ -77,7 +79,7 @@ def train_classifiers(train: MultimodalData, test: MultimodalData, out: Path, ep
         perm = torch.randperm(len(train), generator=g)
         total, count = 0.0, 0
         for start in progress(range(0, len(train), batch_size), desc=f"classifiers {epoch + 1}/{epochs}"):
-            idx = perm[start:start + batch_size]
+            idx = perm[start : start + batch_size]
             x = train.batch(idx, device)
             y = train.labels[idx].to(device)
             loss = sum(F.cross_entropy(clf(n, kinds[n].augment(x[n], g)), y) for n in train.modalities)
@@ -90,11 +92,15 @@ def train_classifiers(train: MultimodalData, test: MultimodalData, out: Path, ep
         log(f"classifiers epoch {epoch + 1}/{epochs}  loss {total / count:.4f}")
     acc = accuracy(clf, test, device)
     manifest = bundle.new_manifest(
-        "classifier", dataset={"name": train.name, "fingerprint": train.fingerprint},
+        "classifier",
+        dataset={"name": train.name, "fingerprint": train.fingerprint},
         modalities={n: list(train.input_shape(n)) for n in train.modalities},
-        kinds={n: k.to_dict() for n, k in kinds.items()}, n_classes=n_classes,
-        training={"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}, history=history,
-        test_accuracy=acc)
+        kinds={n: k.to_dict() for n, k in kinds.items()},
+        n_classes=n_classes,
+        training={"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed},
+        history=history,
+        test_accuracy=acc,
+    )
     bundle.write_weights(out, WEIGHTS, clf.state_dict(), manifest)
     bundle.save_manifest(out, manifest)
     return manifest

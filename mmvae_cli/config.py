@@ -35,17 +35,40 @@ from .errors import MMVAEError
 # --- declaring a setting --------------------------------------------------------------------------
 
 
-def setting(default: Any, help: str, source: str, *, choices: tuple | None = None, min: float | None = None,
-            gt: float | None = None, max: float | None = None, lt: float | None = None,
-            optional: bool = False, pair: bool = False, flag: str | None = None, cli: bool = True):
+def setting(
+    default: Any,
+    help: str,
+    source: str,
+    *,
+    choices: tuple | None = None,
+    min: float | None = None,
+    gt: float | None = None,
+    max: float | None = None,
+    lt: float | None = None,
+    optional: bool = False,
+    pair: bool = False,
+    flag: str | None = None,
+    cli: bool = True,
+):
     """A dataclass field with its help text, the source of its default and its valid range.
 
     choices: allowed values; min/max: inclusive bounds; gt/lt: exclusive bounds; optional: None is
     allowed (meaning "decided elsewhere", said in help); pair: a pair of numbers (Adam betas);
     flag: the command-line flag when it is not --field-name (e.g. "--learn-prior/--fixed-prior");
     cli: False for settings that only recipes and manifests set."""
-    meta = dict(help=help, source=source, choices=choices, min=min, gt=gt, max=max, lt=lt, optional=optional,
-                pair=pair, flag=flag, cli=cli)
+    meta = dict(
+        help=help,
+        source=source,
+        choices=choices,
+        min=min,
+        gt=gt,
+        max=max,
+        lt=lt,
+        optional=optional,
+        pair=pair,
+        flag=flag,
+        cli=cli,
+    )
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -143,46 +166,97 @@ class ModelSettings:
     """What is trained: modalities' experts x fusion x objective x prior (model.ModelConfig is built
     from these and the data's modalities)."""
 
-    fusion: str = setting("mopoe", "poe = MVAE (product of experts with the prior expert), moe = MMVAE (mixture of "
-                          "experts), mopoe = MoPoE (mixture over all subsets' products), none = EB-MVAE's "
-                          "independent unimodal VAEs (couple them with `mmvae fit-ebm`)",
-                          "ours: MoPoE, the model of the quick start", choices=FUSIONS)
-    objective: str | None = setting(None, "elbo: generalised multimodal ELBO; iwae/dreg: stratified IWAE of MMVAE "
-                                    "(dreg: doubly-reparameterised gradients); mvae: MVAE's sub-sampled sum of "
-                                    "ELBOs (not a bound). Default: each fusion's paper (mvae for poe, iwae for moe, "
-                                    "elbo otherwise)", "the papers", choices=(*OBJECTIVES, None), optional=True)
+    fusion: str = setting(
+        "mopoe",
+        "poe = MVAE (product of experts with the prior expert), moe = MMVAE (mixture of "
+        "experts), mopoe = MoPoE (mixture over all subsets' products), none = EB-MVAE's "
+        "independent unimodal VAEs (couple them with `mmvae fit-ebm`)",
+        "ours: MoPoE, the model of the quick start",
+        choices=FUSIONS,
+    )
+    objective: str | None = setting(
+        None,
+        "elbo: generalised multimodal ELBO; iwae/dreg: stratified IWAE of MMVAE "
+        "(dreg: doubly-reparameterised gradients); mvae: MVAE's sub-sampled sum of "
+        "ELBOs (not a bound). Default: each fusion's paper (mvae for poe, iwae for moe, "
+        "elbo otherwise)",
+        "the papers",
+        choices=(*OBJECTIVES, None),
+        optional=True,
+    )
     k: int = setting(1, "importance samples for iwae/dreg", "MMVAE/MMVAE+ recipes set their papers' K", min=1)
-    mvae_subsets: int = setting(0, "MVAE: also add the ELBOs of this many random subsets of 2..M-1 modalities "
-                                "per step (Wu & Goodman's sub-sampling)", "Wu & Goodman 2018 (0 = joint + unimodal)",
-                                min=0)
-    private_dim: int = setting(0, "MMVAE+: size of each modality's private latent w_m (needs --fusion moe and "
-                               "--objective iwae|dreg)", "Palumbo et al. 2023 (0 = no private latents)", min=0)
-    private_prior: str = setting("reference", "MMVAE+: p(w_m) in log p(w_r) and at generation. reference: a fixed "
-                                 "Laplace(0, 1) (N(0, 1) for a Gaussian prior), the learned p(w_m) only in the "
-                                 "training cross terms, as the reference code; learned: the learned p(w_m) everywhere",
-                                 "MMVAE+ reference code (epalu/mmvaeplus)", choices=("reference", "learned"))
-    subsets: str = setting("all", 'MoPoE mixture subsets: "all", "unimodal+full", or "m0,m1;m2;..."',
-                           "MoPoE paper: all 2^M - 1 subsets")
-    latent_dim: int = setting(512, "size of the shared latent (per modality for fusion none)",
-                              "MoPoE PolyMNIST reference run", min=1)
-    beta: float = setting(2.5, "weight of the KL (or log prior - log posterior) terms", "MoPoE PolyMNIST reference run",
-                          min=0.0)
-    posterior: str = setting("gaussian", "family of the unimodal posteriors q(z | x_m)", "MoPoE reference",
-                             choices=FAMILIES)
-    prior: str = setting("gaussian", "family of the base prior p0(z) (--prior ebm tilts it by an energy)",
-                         "MoPoE reference", choices=FAMILIES, cli=False)
-    learn_prior: bool = setting(False, "learn the base prior's scale", "MMVAE MNIST-SVHN reference learns it",
-                                flag="--learn-prior/--fixed-prior")
-    likelihood: str = setting("laplace", "laplace, gaussian, bernoulli or categorical: one for every modality, or "
-                              "NAME=KIND,... (unnamed modalities: laplace)", "MoPoE PolyMNIST reference run")
-    likelihood_scale: float = setting(0.75, "scale of Laplace/Gaussian likelihoods", "MoPoE PolyMNIST reference run",
-                                      gt=0.0)
-    rescale: bool = setting(False, "weight log p(x_m | z) by (largest modality size) / (size of m)",
-                            "MMVAE MNIST-SVHN reference", flag="--rescale/--no-rescale")
-    hidden: int = setting(400, "hidden units of the mlp encoders and decoders (vectors, 1x28x28 images)",
-                          "MMVAE MNIST reference: 400", min=1)
-    arch: str = setting("", "networks: conv28, conv32, conv (any C,H,W), mlp; one for all or NAME=ARCH,... "
-                        "(default by shape)", "ours: by shape")
+    mvae_subsets: int = setting(
+        0,
+        "MVAE: also add the ELBOs of this many random subsets of 2..M-1 modalities "
+        "per step (Wu & Goodman's sub-sampling)",
+        "Wu & Goodman 2018 (0 = joint + unimodal)",
+        min=0,
+    )
+    private_dim: int = setting(
+        0,
+        "MMVAE+: size of each modality's private latent w_m (needs --fusion moe and --objective iwae|dreg)",
+        "Palumbo et al. 2023 (0 = no private latents)",
+        min=0,
+    )
+    private_prior: str = setting(
+        "reference",
+        "MMVAE+: p(w_m) in log p(w_r) and at generation. reference: a fixed "
+        "Laplace(0, 1) (N(0, 1) for a Gaussian prior), the learned p(w_m) only in the "
+        "training cross terms, as the reference code; learned: the learned p(w_m) everywhere",
+        "MMVAE+ reference code (epalu/mmvaeplus)",
+        choices=("reference", "learned"),
+    )
+    subsets: str = setting(
+        "all", 'MoPoE mixture subsets: "all", "unimodal+full", or "m0,m1;m2;..."', "MoPoE paper: all 2^M - 1 subsets"
+    )
+    latent_dim: int = setting(
+        512, "size of the shared latent (per modality for fusion none)", "MoPoE PolyMNIST reference run", min=1
+    )
+    beta: float = setting(
+        2.5, "weight of the KL (or log prior - log posterior) terms", "MoPoE PolyMNIST reference run", min=0.0
+    )
+    posterior: str = setting(
+        "gaussian", "family of the unimodal posteriors q(z | x_m)", "MoPoE reference", choices=FAMILIES
+    )
+    prior: str = setting(
+        "gaussian",
+        "family of the base prior p0(z) (--prior ebm tilts it by an energy)",
+        "MoPoE reference",
+        choices=FAMILIES,
+        cli=False,
+    )
+    learn_prior: bool = setting(
+        False,
+        "learn the base prior's scale",
+        "MMVAE MNIST-SVHN reference learns it",
+        flag="--learn-prior/--fixed-prior",
+    )
+    likelihood: str = setting(
+        "laplace",
+        "laplace, gaussian, bernoulli or categorical: one for every modality, or "
+        "NAME=KIND,... (unnamed modalities: laplace)",
+        "MoPoE PolyMNIST reference run",
+    )
+    likelihood_scale: float = setting(
+        0.75, "scale of Laplace/Gaussian likelihoods", "MoPoE PolyMNIST reference run", gt=0.0
+    )
+    rescale: bool = setting(
+        False,
+        "weight log p(x_m | z) by (largest modality size) / (size of m)",
+        "MMVAE MNIST-SVHN reference",
+        flag="--rescale/--no-rescale",
+    )
+    hidden: int = setting(
+        400,
+        "hidden units of the mlp encoders and decoders (vectors, 1x28x28 images)",
+        "MMVAE MNIST reference: 400",
+        min=1,
+    )
+    arch: str = setting(
+        "",
+        "networks: conv28, conv32, conv (any C,H,W), mlp; one for all or NAME=ARCH,... (default by shape)",
+        "ours: by shape",
+    )
 
 
 @dataclass(frozen=True)
@@ -192,8 +266,9 @@ class TrainSettings:
     epochs: int = setting(30, "passes over the training set", "ours (recipes set each paper's)", min=1)
     batch_size: int = setting(64, "global batch size", "ours (recipes set each paper's)", min=1)
     lr: float = setting(5e-4, "Adam learning rate", "MoPoE reference", gt=0.0)
-    adam_betas: tuple = setting((0.9, 0.999), "Adam betas", "torch default; MoPoE reference", pair=True, min=0.0,
-                                lt=1.0, cli=False)
+    adam_betas: tuple = setting(
+        (0.9, 0.999), "Adam betas", "torch default; MoPoE reference", pair=True, min=0.0, lt=1.0, cli=False
+    )
     amsgrad: bool = setting(False, "AMSGrad variant of Adam", "MMVAE reference uses it", cli=False)
     seed: int = setting(0, "random seed (initial weights, batches, noise)", "ours", min=0)
 
@@ -202,13 +277,17 @@ class TrainSettings:
 class EnergySettings:
     """The energy MLP E(z) (ebm.EnergyNet): dim -> hidden x (layers - 1) -> 1."""
 
-    energy_hidden: int = setting(400, "hidden units per layer of the energy MLP", "Yuan et al. Table 3 (best: 400)",
-                                 min=1)
+    energy_hidden: int = setting(
+        400, "hidden units per layer of the energy MLP", "Yuan et al. Table 3 (best: 400)", min=1
+    )
     energy_layers: int = setting(4, "Linear layers of the energy MLP", "Yuan et al. Table 3 (best: 4)", min=1)
-    energy_activation: str | None = setting(None, "energy MLP activation (default: gelu for maximum likelihood, "
-                                            "softplus for score matching)", "LEBM uses GELU; softplus is ours",
-                                            choices=("gelu", "silu", "softplus", "leaky_relu", "elu", None),
-                                            optional=True)
+    energy_activation: str | None = setting(
+        None,
+        "energy MLP activation (default: gelu for maximum likelihood, softplus for score matching)",
+        "LEBM uses GELU; softplus is ours",
+        choices=("gelu", "silu", "softplus", "leaky_relu", "elu", None),
+        optional=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -224,26 +303,46 @@ class JointEnergySettings:
     term. reg * (mean E(z_pos)^2 + mean E(z_neg)^2) pins that level (its optimum: E_pos = -1/(2 reg),
     E_neg = +1/(2 reg)). benchmarks/joint_ebm_toy.py measures it (README, energy-based priors)."""
 
-    ebm_lr: float = setting(2e-5, "Adam learning rate of the jointly trained energy", "LEBM (Yuan et al. give none)",
-                            gt=0.0)
-    ebm_betas: tuple = setting((0.5, 0.999), "Adam betas of the jointly trained energy", "LEBM", pair=True,
-                               min=0.0, lt=1.0, flag="--ebm-betas")
-    reg: float = setting(0.1, "weight of the L2 term on the energies added to eq. 10 (0 = off)",
-                         "ours, measured: 0 and 0.01 drift (toy E_q -84 / -20 after 30 epochs; polymnist-mini E_q "
-                         "-14 at epoch 3 with 0.01), 0.1 keeps |E| < 5, 1 flattens the prior; IGEBM (Du & "
-                         "Mordatch 2019) uses an L2 term, LEBM none", min=0.0, flag="--ebm-reg")
-    neg_start: str = setting("prior", "where the negatives' Langevin chains start: prior (z0 ~ p0), posterior (the "
-                             "batch's posterior samples), persistent (last step's chains, a fraction "
-                             "--ebm-persistent-reset restarted from p0)",
-                             "Yuan et al. Algorithm 1 and LEBM: prior; the others measured to drift the same",
-                             choices=("prior", "posterior", "persistent"), flag="--ebm-neg-start")
-    persistent_reset: float = setting(0.05, "persistent chains: fraction restarted from p0 each step",
-                                      "ours (replay-buffer convention of Du & Mordatch 2019), not measured",
-                                      min=0.0, max=1.0, flag="--ebm-persistent-reset")
-    warmup_steps: int = setting(0, "training steps during which the VAE's prior term ignores the energy (plain p0; "
-                                "the energy learns from the start)",
-                                "Algorithm 1 has none; measured: a 4-epoch warm-up does not change the drift",
-                                min=0, flag="--ebm-warmup-steps")
+    ebm_lr: float = setting(
+        2e-5, "Adam learning rate of the jointly trained energy", "LEBM (Yuan et al. give none)", gt=0.0
+    )
+    ebm_betas: tuple = setting(
+        (0.5, 0.999), "Adam betas of the jointly trained energy", "LEBM", pair=True, min=0.0, lt=1.0, flag="--ebm-betas"
+    )
+    reg: float = setting(
+        0.1,
+        "weight of the L2 term on the energies added to eq. 10 (0 = off)",
+        "ours, measured: 0 and 0.01 drift (toy E_q -84 / -20 after 30 epochs; polymnist-mini E_q "
+        "-14 at epoch 3 with 0.01), 0.1 keeps |E| < 5, 1 flattens the prior; IGEBM (Du & "
+        "Mordatch 2019) uses an L2 term, LEBM none",
+        min=0.0,
+        flag="--ebm-reg",
+    )
+    neg_start: str = setting(
+        "prior",
+        "where the negatives' Langevin chains start: prior (z0 ~ p0), posterior (the "
+        "batch's posterior samples), persistent (last step's chains, a fraction "
+        "--ebm-persistent-reset restarted from p0)",
+        "Yuan et al. Algorithm 1 and LEBM: prior; the others measured to drift the same",
+        choices=("prior", "posterior", "persistent"),
+        flag="--ebm-neg-start",
+    )
+    persistent_reset: float = setting(
+        0.05,
+        "persistent chains: fraction restarted from p0 each step",
+        "ours (replay-buffer convention of Du & Mordatch 2019), not measured",
+        min=0.0,
+        max=1.0,
+        flag="--ebm-persistent-reset",
+    )
+    warmup_steps: int = setting(
+        0,
+        "training steps during which the VAE's prior term ignores the energy (plain p0; "
+        "the energy learns from the start)",
+        "Algorithm 1 has none; measured: a 4-epoch warm-up does not change the drift",
+        min=0,
+        flag="--ebm-warmup-steps",
+    )
 
 
 @dataclass(frozen=True)
@@ -252,31 +351,52 @@ class LangevinSettings:
 
     steps: int = setting(50, "Langevin steps per chain", "Yuan et al. Table 3 (best: 50)", min=0)
     step_size: float = setting(0.4, "Langevin step size s", "LEBM's 0.4 (the paper gives none)", gt=0.0)
-    noise_scale: float = setting(1.0, "Langevin noise multiplier (1 = proper Langevin, 0 = gradient ascent)", "ours",
-                                 min=0.0)
-    clip_grad: float | None = setting(None, "clip each chain's gradient norm to this value (default: no clipping)",
-                                      "ours", gt=0.0, optional=True)
+    noise_scale: float = setting(
+        1.0, "Langevin noise multiplier (1 = proper Langevin, 0 = gradient ascent)", "ours", min=0.0
+    )
+    clip_grad: float | None = setting(
+        None, "clip each chain's gradient norm to this value (default: no clipping)", "ours", gt=0.0, optional=True
+    )
 
 
 @dataclass(frozen=True)
 class FitSettings:
     """`mmvae fit-ebm`: an energy fitted post hoc to a frozen VAE's aggregate posterior."""
 
-    objective: str | None = setting(None, "ml: maximum likelihood with Langevin negatives (Yuan et al. eq. 10); "
-                                    "exact|sliced|denoising: score matching (EB-MVAE eq. 1). Default: ml for a shared "
-                                    "latent, denoising for --fusion none", "the papers",
-                                    choices=("ml", "exact", "sliced", "denoising", None), optional=True)
+    objective: str | None = setting(
+        None,
+        "ml: maximum likelihood with Langevin negatives (Yuan et al. eq. 10); "
+        "exact|sliced|denoising: score matching (EB-MVAE eq. 1). Default: ml for a shared "
+        "latent, denoising for --fusion none",
+        "the papers",
+        choices=("ml", "exact", "sliced", "denoising", None),
+        optional=True,
+    )
     epochs: int = setting(20, "passes over the training set", "ours (measured: README, energy-based priors)", min=1)
     batch_size: int = setting(256, "batch size", "ours", min=1)
-    lr: float | None = setting(None, "Adam learning rate of the energy (default: 1e-4 for ml, 1e-3 for score "
-                               "matching)", "ours", gt=0.0, optional=True)
-    betas: tuple | None = setting(None, "Adam betas (default: 0.5 0.999 for ml as LEBM, 0.9 0.999 for score "
-                                  "matching)", "LEBM / torch", pair=True, min=0.0, lt=1.0, optional=True)
+    lr: float | None = setting(
+        None,
+        "Adam learning rate of the energy (default: 1e-4 for ml, 1e-3 for score matching)",
+        "ours",
+        gt=0.0,
+        optional=True,
+    )
+    betas: tuple | None = setting(
+        None,
+        "Adam betas (default: 0.5 0.999 for ml as LEBM, 0.9 0.999 for score matching)",
+        "LEBM / torch",
+        pair=True,
+        min=0.0,
+        lt=1.0,
+        optional=True,
+    )
     reg: float = setting(0.0, "ml: weight of an L2 penalty on the energies", "ours (0 = off)", min=0.0)
-    persistent: bool = setting(False, "ml: continue each batch's negative chains from the previous batch's",
-                               "ours", flag="--persistent")
-    sigma: float = setting(0.25, "denoising: noise level", "ours: about the smallest spread of polymnist-mini's "
-                           "EB-MVAE latents", gt=0.0)
+    persistent: bool = setting(
+        False, "ml: continue each batch's negative chains from the previous batch's", "ours", flag="--persistent"
+    )
+    sigma: float = setting(
+        0.25, "denoising: noise level", "ours: about the smallest spread of polymnist-mini's EB-MVAE latents", gt=0.0
+    )
     projections: int = setting(1, "sliced/denoising: draws per sample", "Song et al. 2019", min=1)
     seed: int = setting(0, "random seed", "ours", min=0)
 
@@ -284,8 +404,12 @@ class FitSettings:
         """The objective-dependent defaults filled in."""
         obj = self.objective or ("denoising" if fusion == "none" else "ml")
         ml = obj == "ml"
-        return replace(self, objective=obj, lr=self.lr if self.lr is not None else (1e-4 if ml else 1e-3),
-                       betas=tuple(self.betas) if self.betas is not None else ((0.5, 0.999) if ml else (0.9, 0.999)))
+        return replace(
+            self,
+            objective=obj,
+            lr=self.lr if self.lr is not None else (1e-4 if ml else 1e-3),
+            betas=tuple(self.betas) if self.betas is not None else ((0.5, 0.999) if ml else (0.9, 0.999)),
+        )
 
 
 @dataclass(frozen=True)
@@ -293,8 +417,13 @@ class PriorFitSettings:
     """`mmvae fit-prior`: what every fitted prior (priors/) learns from: samples of the frozen VAE's
     aggregate posterior q(z) = 1/N sum_i q(z | X_i) over the training set."""
 
-    draws: int = setting(1, "gmm: posterior samples z ~ q(z | X_i) per training tuple (the mixture is fitted to "
-                         "N x draws points); flow: fresh draws every epoch regardless", "ours", min=1)
+    draws: int = setting(
+        1,
+        "gmm: posterior samples z ~ q(z | X_i) per training tuple (the mixture is fitted to "
+        "N x draws points); flow: fresh draws every epoch regardless",
+        "ours",
+        min=1,
+    )
     seed: int = setting(0, "random seed (posterior draws, initialisation, batches)", "ours", min=0)
 
 
@@ -303,10 +432,13 @@ class GMMSettings:
     """`mmvae fit-prior --kind gmm`: scikit-learn's GaussianMixture (EM) on aggregate-posterior samples
     (pythae's GaussianMixtureSampler; the ex-post density estimation of Ghosh et al. 2020)."""
 
-    components: int = setting(10, "mixture components", "pythae's GaussianMixtureSamplerConfig default (10)",
-                              min=1)
-    covariance: str = setting("full", "covariance of each component (full, diag, tied, spherical)",
-                              "scikit-learn's default", choices=("full", "diag", "tied", "spherical"))
+    components: int = setting(10, "mixture components", "pythae's GaussianMixtureSamplerConfig default (10)", min=1)
+    covariance: str = setting(
+        "full",
+        "covariance of each component (full, diag, tied, spherical)",
+        "scikit-learn's default",
+        choices=("full", "diag", "tied", "spherical"),
+    )
     max_iter: int = setting(100, "EM iterations at most", "scikit-learn's default", min=1)
     reg_covar: float = setting(1e-6, "added to the covariances' diagonal", "scikit-learn's default", gt=0.0)
 
@@ -316,28 +448,39 @@ class FlowSettings:
     """`mmvae fit-prior --kind flow`: a normalising flow (zuko) trained by maximum likelihood on fresh
     aggregate-posterior samples every batch, with Adam."""
 
-    flow: str = setting("maf", "maf: masked autoregressive flow (affine); nsf: neural spline flow",
-                        "zuko; the peer library's MAF sampler", choices=("maf", "nsf"))
+    flow: str = setting(
+        "maf",
+        "maf: masked autoregressive flow (affine); nsf: neural spline flow",
+        "zuko; the peer library's MAF sampler",
+        choices=("maf", "nsf"),
+    )
     transforms: int = setting(3, "autoregressive transforms", "zuko's default", min=1)
-    flow_hidden: int = setting(128, "hidden units per layer of each transform's MADE", "ours (a 512-d latent fits "
-                               "in memory on a CPU)", min=1)
+    flow_hidden: int = setting(
+        128, "hidden units per layer of each transform's MADE", "ours (a 512-d latent fits in memory on a CPU)", min=1
+    )
     flow_layers: int = setting(2, "hidden layers of each transform's MADE", "zuko's default (64, 64): 2", min=1)
     epochs: int = setting(20, "passes over the training set", "ours", min=1)
     batch_size: int = setting(256, "batch size", "ours (as fit-ebm)", min=1)
-    lr: float = setting(1e-3, "Adam learning rate", "ours (not tuned; the tests' 2-d toy and polymnist-mini fit with it)",
-                        gt=0.0)
+    lr: float = setting(
+        1e-3, "Adam learning rate", "ours (not tuned; the tests' 2-d toy and polymnist-mini fit with it)", gt=0.0
+    )
 
 
 @dataclass(frozen=True)
 class RuntimeSettings:
     """How a run executes (not what it computes): recorded in the manifest, reused by --resume."""
 
-    precision: str = setting("fp32", "fp32, bf16 (autocast; CPU or recent GPUs) or fp16 (autocast + gradient "
-                             "scaler; CUDA only); the probabilistic math stays fp32",
-                             "ours, measured: bf16 was slower on an H100 (README)", choices=("fp32", "bf16", "fp16"))
+    precision: str = setting(
+        "fp32",
+        "fp32, bf16 (autocast; CPU or recent GPUs) or fp16 (autocast + gradient "
+        "scaler; CUDA only); the probabilistic math stays fp32",
+        "ours, measured: bf16 was slower on an H100 (README)",
+        choices=("fp32", "bf16", "fp16"),
+    )
     compile: bool = setting(False, "torch.compile the encoders and decoders", "ours", flag="--compile/--no-compile")
-    channels_last: bool = setting(False, "channels-last convolutions", "ours",
-                                  flag="--channels-last/--no-channels-last")
+    channels_last: bool = setting(
+        False, "channels-last convolutions", "ours", flag="--channels-last/--no-channels-last"
+    )
 
 
 @dataclass(frozen=True)
@@ -350,8 +493,13 @@ class ClassifierSettings:
     seed: int = setting(0, "random seed", "ours", min=0)
 
 
-SECTIONS = {"model": ModelSettings, "train": TrainSettings, "energy": EnergySettings, "joint": JointEnergySettings,
-            "langevin": LangevinSettings}
+SECTIONS = {
+    "model": ModelSettings,
+    "train": TrainSettings,
+    "energy": EnergySettings,
+    "joint": JointEnergySettings,
+    "langevin": LangevinSettings,
+}
 
 
 # --- recipes --------------------------------------------------------------------------------------
@@ -404,7 +552,7 @@ class TrainConfig:
     energy: EnergySettings
     joint: JointEnergySettings
     langevin: LangevinSettings
-    joint_ebm: bool = False            # --prior ebm: train the energy with the VAE (Algorithm 1)
+    joint_ebm: bool = False  # --prior ebm: train the energy with the VAE (Algorithm 1)
     recipe: str | None = None
     schedule: str | None = None
 
@@ -418,28 +566,33 @@ class TrainConfig:
     def from_dict(cls, d: dict, where: str = "manifest") -> TrainConfig:
         """Read back a manifest's `settings` (older bundles: missing fields take their defaults)."""
         model = dict(d.get("model", {}))
-        model.setdefault("private_prior", "learned")    # runs from before the field had the learned p(w_m)
-        extra = model.pop("extra", None) or {}          # bundles before config.py kept mvae_k here
+        model.setdefault("private_prior", "learned")  # runs from before the field had the learned p(w_m)
+        extra = model.pop("extra", None) or {}  # bundles before config.py kept mvae_k here
         if "mvae_k" in extra:
             model.setdefault("mvae_subsets", int(extra["mvae_k"]))
         train = dict(d.get("train", {}))
         joint = {k: train.pop(k) for k in ("ebm_lr", "ebm_betas") if k in train}
-        if joint:                                       # runs from before the L2 term trained without it
+        if joint:  # runs from before the L2 term trained without it
             joint["reg"] = 0.0
         joint.update(d.get("joint", {}))
         try:
-            return cls(from_dict(ModelSettings, model, f"{where} [model]"),
-                       from_dict(TrainSettings, train, f"{where} [train]"),
-                       from_dict(EnergySettings, d.get("energy"), f"{where} [energy]"),
-                       from_dict(JointEnergySettings, joint, f"{where} [joint]"),
-                       from_dict(LangevinSettings, d.get("langevin"), f"{where} [langevin]"),
-                       bool(d.get("joint_ebm", False)), d.get("recipe"), d.get("schedule"))
+            return cls(
+                from_dict(ModelSettings, model, f"{where} [model]"),
+                from_dict(TrainSettings, train, f"{where} [train]"),
+                from_dict(EnergySettings, d.get("energy"), f"{where} [energy]"),
+                from_dict(JointEnergySettings, joint, f"{where} [joint]"),
+                from_dict(LangevinSettings, d.get("langevin"), f"{where} [langevin]"),
+                bool(d.get("joint_ebm", False)),
+                d.get("recipe"),
+                d.get("schedule"),
+            )
         except TypeError as e:
             raise MMVAEError(f"{where}: invalid settings ({e})") from None
 
 
-def resolve_train(dataset: str, overrides: dict, recipe: str | Path | None = None,
-                  schedule: str | None = None) -> TrainConfig:
+def resolve_train(
+    dataset: str, overrides: dict, recipe: str | Path | None = None, schedule: str | None = None
+) -> TrainConfig:
     """Defaults < recipe sections < recipe schedule (auto [cpu] for *-mini) < overrides; then checked.
 
     overrides: flag values by field name (None = not given); "prior": "ebm" asks for the jointly trained
@@ -457,8 +610,11 @@ def resolve_train(dataset: str, overrides: dict, recipe: str | Path | None = Non
     if schedule is None and dataset.endswith("-mini") and "cpu" in data:
         schedule = "cpu"
     if schedule is not None and schedule not in data:
-        raise MMVAEError(f"recipe {getattr(path, 'name', path)} has no [{schedule}] schedule"
-                         if path is not None else f"--schedule {schedule}: no recipe for {dataset} with this model")
+        raise MMVAEError(
+            f"recipe {getattr(path, 'name', path)} has no [{schedule}] schedule"
+            if path is not None
+            else f"--schedule {schedule}: no recipe for {dataset} with this model"
+        )
     sections = {}
     for name, cls in SECTIONS.items():
         s = cls()
@@ -469,17 +625,22 @@ def resolve_train(dataset: str, overrides: dict, recipe: str | Path | None = Non
         sections[name] = s
     m = sections["model"]
     if m.objective is None:
-        sections["model"] = m = replace(m, objective=FUSION_OBJECTIVE[m.fusion] if m.fusion in FUSION_OBJECTIVE
-                                        else "elbo")
+        sections["model"] = m = replace(
+            m, objective=FUSION_OBJECTIVE[m.fusion] if m.fusion in FUSION_OBJECTIVE else "elbo"
+        )
     for s in sections.values():
-        for f in fields(s):           # TOML arrays for pairs
+        for f in fields(s):  # TOML arrays for pairs
             v = getattr(s, f.name)
             if f.metadata.get("pair") and isinstance(v, list):
                 object.__setattr__(s, f.name, tuple(v))
         check(s)
     check_model(m, joint_ebm)
-    return TrainConfig(joint_ebm=joint_ebm, recipe=getattr(path, "name", None) if path is not None else None,
-                       schedule=schedule, **sections)
+    return TrainConfig(
+        joint_ebm=joint_ebm,
+        recipe=getattr(path, "name", None) if path is not None else None,
+        schedule=schedule,
+        **sections,
+    )
 
 
 def check_model(m: ModelSettings, joint_ebm: bool = False) -> None:
@@ -487,11 +648,15 @@ def check_model(m: ModelSettings, joint_ebm: bool = False) -> None:
     if m.private_dim and (m.fusion != "moe" or m.objective not in ("iwae", "dreg")):
         raise MMVAEError("--private-dim (MMVAE+) needs --fusion moe and --objective iwae or dreg")
     if m.fusion in ("poe", "mopoe") and (m.posterior != "gaussian" or m.prior != "gaussian"):
-        raise MMVAEError(f"fusion {m.fusion} needs Gaussian posteriors and prior (a product with Laplace experts "
-                         "has no closed form); use --posterior gaussian or --fusion moe")
+        raise MMVAEError(
+            f"fusion {m.fusion} needs Gaussian posteriors and prior (a product with Laplace experts "
+            "has no closed form); use --posterior gaussian or --fusion moe"
+        )
     if joint_ebm and m.fusion == "none":
-        raise MMVAEError("--prior ebm learns a prior over a shared latent; EB-MVAE (--fusion none) gets its "
-                         "energy after training: `mmvae fit-ebm RUN`")
+        raise MMVAEError(
+            "--prior ebm learns a prior over a shared latent; EB-MVAE (--fusion none) gets its "
+            "energy after training: `mmvae fit-ebm RUN`"
+        )
     if m.mvae_subsets and m.objective != "mvae":
         raise MMVAEError("--mvae-subsets needs --objective mvae")
 

@@ -36,9 +36,14 @@ def expert(kind: str, loc: torch.Tensor, raw: torch.Tensor) -> td.Distribution:
     raise ValueError(f"unknown posterior {kind!r}")
 
 
-def product_of_gaussians(loc: torch.Tensor, scale: torch.Tensor, mask: torch.Tensor,
-                         prior_loc: torch.Tensor | None = None, prior_scale: torch.Tensor | None = None,
-                         with_prior: torch.Tensor | None = None) -> td.Normal:
+def product_of_gaussians(
+    loc: torch.Tensor,
+    scale: torch.Tensor,
+    mask: torch.Tensor,
+    prior_loc: torch.Tensor | None = None,
+    prior_scale: torch.Tensor | None = None,
+    with_prior: torch.Tensor | None = None,
+) -> td.Normal:
     """Products of Gaussian experts for S subsets at once.
 
     For subset s with experts {m : mask[s, m]} (and the prior expert where with_prior[s]):
@@ -47,12 +52,12 @@ def product_of_gaussians(loc: torch.Tensor, scale: torch.Tensor, mask: torch.Ten
     loc, scale: (M, B, D); mask: (S, M) bool; with_prior: (S,) bool; prior_*: broadcastable to (B, D).
     Returns Normal with batch shape (S, B, D).
     """
-    w = mask.to(loc.dtype)                                        # (S, M)
-    precision = 1.0 / (scale.pow(2) + 1e-8)                       # (M, B, D)
+    w = mask.to(loc.dtype)  # (S, M)
+    precision = 1.0 / (scale.pow(2) + 1e-8)  # (M, B, D)
     total = torch.einsum("sm,mbd->sbd", w, precision)
     weighted = torch.einsum("sm,mbd->sbd", w, precision * loc)
     if with_prior is not None:
-        p = with_prior.to(loc.dtype)[:, None, None]               # (S, 1, 1)
+        p = with_prior.to(loc.dtype)[:, None, None]  # (S, 1, 1)
         prior_precision = prior_scale.pow(-2).expand_as(loc[0])
         total = total + p * prior_precision
         weighted = weighted + p * prior_precision * prior_loc.expand_as(loc[0])
@@ -93,8 +98,8 @@ def log_likelihood(kind: str, out: torch.Tensor, x: torch.Tensor, scale: float) 
     """log p(x | z) summed over each sample's dimensions. out: (..., B, *shape), x: (B, *shape) -> (..., B)."""
     if kind == "categorical":
         # x is one-hot (or class probabilities) over the last axis: sum_c x_c log softmax(out)_c
-        lp = (x * F.log_softmax(out, dim=-1))
-    elif kind == "laplace":    # Laplace(out, scale).log_prob(x) with a scalar scale, in one pass
+        lp = x * F.log_softmax(out, dim=-1)
+    elif kind == "laplace":  # Laplace(out, scale).log_prob(x) with a scalar scale, in one pass
         lp = (x - out).abs().mul_(-1.0 / scale).sub_(math.log(2.0 * scale))
     elif kind == "gaussian":
         lp = (x - out).pow(2) * (-0.5 / scale**2) - (math.log(scale) + 0.5 * math.log(2 * math.pi))

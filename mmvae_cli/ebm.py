@@ -65,8 +65,7 @@ class EnergyConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise MMVAEError(f"energy {name} must be a positive integer, got {v!r}")
         if self.activation not in ACTIVATIONS:
-            raise MMVAEError(f"unknown energy activation {self.activation!r}; "
-                             f"choose one of {', '.join(ACTIVATIONS)}")
+            raise MMVAEError(f"unknown energy activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -152,13 +151,21 @@ def ebm_log_prob(energy: Callable[[torch.Tensor], torch.Tensor]) -> LogProb:
 
 
 class LangevinResult(NamedTuple):
-    z: torch.Tensor                 # final state, detached, same shape as z0
-    chain: list[torch.Tensor]       # every `every`-th state from the start (empty when every == 0)
+    z: torch.Tensor  # final state, detached, same shape as z0
+    chain: list[torch.Tensor]  # every `every`-th state from the start (empty when every == 0)
 
 
-def langevin(log_prob: LogProb, z0: torch.Tensor, steps: int, step_size: float, noise_scale: float = 1.0,
-             clip_grad: float | None = None, mask: torch.Tensor | None = None, every: int = 0,
-             max_abs: float = 1e4) -> LangevinResult:
+def langevin(
+    log_prob: LogProb,
+    z0: torch.Tensor,
+    steps: int,
+    step_size: float,
+    noise_scale: float = 1.0,
+    clip_grad: float | None = None,
+    mask: torch.Tensor | None = None,
+    every: int = 0,
+    max_abs: float = 1e4,
+) -> LangevinResult:
     """Unadjusted Langevin dynamics (Yuan et al. eq. 11; EB-MVAE eq. 3), batched over chains:
 
         z <- z + (s^2 / 2) * grad_z log p(z) + noise_scale * s * eps,   eps ~ N(0, I).
@@ -188,7 +195,7 @@ def langevin(log_prob: LogProb, z0: torch.Tensor, steps: int, step_size: float, 
         raise ValueError(f"step_size must be > 0, got {step_size}")
     if every < 0:
         raise ValueError(f"every must be >= 0, got {every}")
-    half = 0.5 * step_size ** 2
+    half = 0.5 * step_size**2
     sigma = noise_scale * step_size
 
     with torch.inference_mode(False), torch.enable_grad():
@@ -198,8 +205,9 @@ def langevin(log_prob: LogProb, z0: torch.Tensor, steps: int, step_size: float, 
             try:
                 free = torch.broadcast_to(mask.to(device=z.device) != 0, z.shape)
             except RuntimeError:
-                raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to z of "
-                                 f"shape {tuple(z.shape)}") from None
+                raise ValueError(
+                    f"mask of shape {tuple(mask.shape)} does not broadcast to z of shape {tuple(z.shape)}"
+                ) from None
         _check(z, 0, steps, step_size, max_abs)
         chain = [z.clone()] if every > 0 else []
         for t in range(1, steps + 1):
@@ -237,15 +245,15 @@ def _check(z: torch.Tensor, t: int, steps: int, step_size: float, max_abs: float
     else:
         what = f"|z| reached {float(zmax):.3g} > {max_abs:g}"
     where = "in the start state" if t == 0 else f"at step {t} of {steps}"
-    raise NumericalError(f"Langevin chain diverged {where} ({what}); "
-                         f"try a smaller --step-size (now {step_size:g})")
+    raise NumericalError(f"Langevin chain diverged {where} ({what}); try a smaller --step-size (now {step_size:g})")
 
 
 # --------------------------------------------------------------------------- maximum likelihood (Yuan et al.)
 
 
-def maximum_likelihood_loss(energy: Callable[[torch.Tensor], torch.Tensor], z_pos: torch.Tensor,
-                            z_neg: torch.Tensor, reg: float = 0.0) -> torch.Tensor:
+def maximum_likelihood_loss(
+    energy: Callable[[torch.Tensor], torch.Tensor], z_pos: torch.Tensor, z_neg: torch.Tensor, reg: float = 0.0
+) -> torch.Tensor:
     """Loss whose gradient w.r.t. the energy's parameters is minus Yuan et al. eq. 10:
 
         loss = mean E(z_pos) - mean E(z_neg) [+ reg * (mean E(z_pos)^2 + mean E(z_neg)^2)]
@@ -277,8 +285,14 @@ def _score(energy, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return z, -g
 
 
-def score_matching_loss(energy: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, objective: str = "exact",
-                        sigma: float = 0.1, projections: int = 1, variance_reduced: bool = True) -> torch.Tensor:
+def score_matching_loss(
+    energy: Callable[[torch.Tensor], torch.Tensor],
+    z: torch.Tensor,
+    objective: str = "exact",
+    sigma: float = 0.1,
+    projections: int = 1,
+    variance_reduced: bool = True,
+) -> torch.Tensor:
     """Score-matching loss for p ∝ exp(-E) with score S(z) = -grad_z E(z); z: (B, D) data latents.
 
     exact (Hyvärinen 2005; EB-MVAE eq. 1):
@@ -332,6 +346,8 @@ def score_matching_loss(energy: Callable[[torch.Tensor], torch.Tensor], z: torch
 # --------------------------------------------------------------------------- an energy attached to a model
 
 DENSITIES = ("tilted", "gibbs")
+
+
 class LatentEBM(nn.Module):
     """An energy over a model's latent z together with the density it defines:
 
@@ -346,12 +362,17 @@ class LatentEBM(nn.Module):
     use in their prior term. Its state (energy weights, init_loc, init_scale) is `ebm.safetensors`.
     """
 
-    def __init__(self, config: EnergyConfig | dict, density: str = "tilted", joint: bool = False,
-                 joint_settings: JointEnergySettings | None = None):
+    def __init__(
+        self,
+        config: EnergyConfig | dict,
+        density: str = "tilted",
+        joint: bool = False,
+        joint_settings: JointEnergySettings | None = None,
+    ):
         super().__init__()
         self.joint_settings = joint_settings or JointEnergySettings()
-        self.joint_step = 0                                   # training steps taken (warm-up; not saved)
-        self.chains: torch.Tensor | None = None               # persistent negatives (not saved)
+        self.joint_step = 0  # training steps taken (warm-up; not saved)
+        self.chains: torch.Tensor | None = None  # persistent negatives (not saved)
         if density not in DENSITIES:
             raise BundleError(f"unknown energy density {density!r}; expected one of {', '.join(DENSITIES)}")
         self.energy = EnergyNet.from_config(config)
@@ -366,7 +387,6 @@ class LatentEBM(nn.Module):
         if self.density == "tilted":
             return ebm_prior_log_prob(self.energy, base_log_prob)
         return ebm_log_prob(self.energy)
-
 
 
 class DivergenceTest:
@@ -395,8 +415,15 @@ class DivergenceTest:
     reg 0.01 at epoch 4; with the default reg 0.1 (8 epochs) and in the joint test nothing is flagged.
     """
 
-    def __init__(self, energy_ratio: float = 1.5, gap_ratio: float = 1.0, kl_floor: float = 10.0,
-                 window: int = 2, drift_floor: float = 5.0, kl_growth: float = 0.1):
+    def __init__(
+        self,
+        energy_ratio: float = 1.5,
+        gap_ratio: float = 1.0,
+        kl_floor: float = 10.0,
+        window: int = 2,
+        drift_floor: float = 5.0,
+        kl_growth: float = 0.1,
+    ):
         self.energy_ratio, self.gap_ratio, self.kl_floor = energy_ratio, gap_ratio, kl_floor
         self.window, self.drift_floor, self.kl_growth = window, drift_floor, kl_growth
         self.rows: list[dict] = []
@@ -413,20 +440,27 @@ class DivergenceTest:
         e_q, e_neg, kl = r["energy_q"], r["energy_neg"], r["kl"]
         k = max(kl, self.kl_floor)
         if e_neg - e_q > self.gap_ratio * k:
-            return self._say(t, f"energy gap E_neg - E_q = {e_neg - e_q:.4g} beyond {self.gap_ratio:g} x "
-                                f"KL(q||p0) {kl:.4g}")
+            return self._say(
+                t, f"energy gap E_neg - E_q = {e_neg - e_q:.4g} beyond {self.gap_ratio:g} x KL(q||p0) {kl:.4g}"
+            )
         if max(abs(e_q), abs(e_neg)) > self.energy_ratio * k:
-            return self._say(t, f"energy scale: E_q {e_q:.4g}, E_neg {e_neg:.4g} beyond "
-                                f"{self.energy_ratio:g} x KL(q||p0) {kl:.4g}")
+            return self._say(
+                t, f"energy scale: E_q {e_q:.4g}, E_neg {e_neg:.4g} beyond {self.energy_ratio:g} x KL(q||p0) {kl:.4g}"
+            )
         if len(self.rows) > self.window:
             old = self.rows[-1 - self.window]
             drop, rise = old["energy_q"] - e_q, kl - old["kl"]
             if drop > max(self.drift_floor, rise) and kl >= (1 + self.kl_growth) * old["kl"] > 0:
-                return self._say(t, f"drift: E_q fell {drop:.4g} ({old['energy_q']:.4g} -> {e_q:.4g}) while "
-                                    f"KL(q||p0) rose {old['kl']:.4g} -> {kl:.4g} over {self.window} epochs")
+                return self._say(
+                    t,
+                    f"drift: E_q fell {drop:.4g} ({old['energy_q']:.4g} -> {e_q:.4g}) while "
+                    f"KL(q||p0) rose {old['kl']:.4g} -> {kl:.4g} over {self.window} epochs",
+                )
         return None
 
     @staticmethod
     def _say(t: int, what: str) -> str:
-        return (f"the jointly trained energy prior diverged at epoch {t} ({what}); try a larger --ebm-reg "
-                f"(0.1 was stable where 0 and 0.01 drifted) or a lower --ebm-lr; the last good checkpoint is kept")
+        return (
+            f"the jointly trained energy prior diverged at epoch {t} ({what}); try a larger --ebm-reg "
+            f"(0.1 was stable where 0 and 0.01 drifted) or a lower --ebm-lr; the last good checkpoint is kept"
+        )

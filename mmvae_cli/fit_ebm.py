@@ -33,7 +33,7 @@ from .run import Run
 from .runtime import capture_rng, restore_rng
 
 OBJECTIVES = ("ml", "exact", "sliced", "denoising")
-EXACT_MAX_DIM = 128   # exact score matching costs one backward pass per latent dimension
+EXACT_MAX_DIM = 128  # exact score matching costs one backward pass per latent dimension
 
 
 class ExpertBank:
@@ -65,13 +65,23 @@ def check_objective(objective: str, dim: int) -> None:
     if objective not in OBJECTIVES:
         raise MMVAEError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
     if objective == "exact" and dim > EXACT_MAX_DIM:
-        raise MMVAEError(f"--objective exact takes one backward pass per latent dimension and this latent has "
-                         f"{dim} (limit {EXACT_MAX_DIM}); use --objective sliced or denoising")
+        raise MMVAEError(
+            f"--objective exact takes one backward pass per latent dimension and this latent has "
+            f"{dim} (limit {EXACT_MAX_DIM}); use --objective sliced or denoising"
+        )
 
 
-def fit_energy(model: MultimodalVAE, data: MultimodalData, energy: EnergyConfig, s: FitSettings,
-               langevin: dict, device, run: Run | None = None, resume: bool = False,
-               step_delay: float = 0.0) -> tuple[LatentEBM, list[dict]]:
+def fit_energy(
+    model: MultimodalVAE,
+    data: MultimodalData,
+    energy: EnergyConfig,
+    s: FitSettings,
+    langevin: dict,
+    device,
+    run: Run | None = None,
+    resume: bool = False,
+    step_delay: float = 0.0,
+) -> tuple[LatentEBM, list[dict]]:
     """Fit a LatentEBM to `model`'s aggregate posterior on `data` (settings `s` with their
     objective-dependent defaults resolved); the model itself is not changed (its parameters are
     frozen here) and the energy is attached to it when this returns.
@@ -89,7 +99,7 @@ def fit_energy(model: MultimodalVAE, data: MultimodalData, energy: EnergyConfig,
     bank = ExpertBank(model, data, device)
     density = "tilted" if s.objective == "ml" else "gibbs"
     ebm = LatentEBM(energy, density).to(device)
-    if density == "gibbs" and not resume:   # Gibbs chains start at the latents' moment-matched Gaussian
+    if density == "gibbs" and not resume:  # Gibbs chains start at the latents' moment-matched Gaussian
         z = bank.sample(torch.arange(bank.n))
         ebm.init_loc.copy_(z.mean(0))
         ebm.init_scale.copy_(z.std(0).clamp_min(1e-3))
@@ -121,10 +131,19 @@ def fit_energy(model: MultimodalVAE, data: MultimodalData, energy: EnergyConfig,
             tensors["fit.perm"] = perm
         if chains is not None:
             tensors["fit.chains"] = chains
-        run.checkpoint(tensors, {"epoch": epoch, "start": start, "sums": sums, "batches": batches,
-                                 "history": history, "optimizer": opt_meta})
+        run.checkpoint(
+            tensors,
+            {
+                "epoch": epoch,
+                "start": start,
+                "sums": sums,
+                "batches": batches,
+                "history": history,
+                "optimizer": opt_meta,
+            },
+        )
 
-    with (run.session() if run is not None else nullcontext()):
+    with run.session() if run is not None else nullcontext():
         for epoch in range(first_epoch, s.epochs):
             t0 = time.time()
             start0 = first_start if (epoch == first_epoch and perm is not None) else 0
@@ -132,12 +151,15 @@ def fit_energy(model: MultimodalVAE, data: MultimodalData, energy: EnergyConfig,
                 perm = torch.randperm(bank.n, generator=g)
                 sums, batches = {"loss": 0.0, "e_pos": 0.0, "e_neg": 0.0}, 0
             for start in range(start0, bank.n, s.batch_size):
-                idx = perm[start:start + s.batch_size]
+                idx = perm[start : start + s.batch_size]
                 if len(idx) >= 2:
                     z_pos = bank.sample(idx.to(bank.loc.device))
                     if s.objective == "ml":
-                        start_z = chains[:len(idx)] if (s.persistent and chains is not None and len(chains) >= len(idx)) \
+                        start_z = (
+                            chains[: len(idx)]
+                            if (s.persistent and chains is not None and len(chains) >= len(idx))
                             else model.ebm_start(len(idx))
+                        )
                         z_neg = model.run_langevin(start_z).z
                         if s.persistent:
                             chains = z_neg
@@ -148,9 +170,10 @@ def fit_energy(model: MultimodalVAE, data: MultimodalData, energy: EnergyConfig,
                     else:
                         loss = score_matching_loss(ebm.energy, z_pos, s.objective, s.sigma, s.projections)
                     if not torch.isfinite(loss):
-                        raise NumericalError(f"fit-ebm loss became {loss.item()} at epoch {epoch + 1}; "
-                                             f"try a smaller --lr (now {s.lr:g})"
-                                             + (" or --step-size" if s.objective == "ml" else ""))
+                        raise NumericalError(
+                            f"fit-ebm loss became {loss.item()} at epoch {epoch + 1}; "
+                            f"try a smaller --lr (now {s.lr:g})" + (" or --step-size" if s.objective == "ml" else "")
+                        )
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

@@ -53,8 +53,10 @@ def parse_subsets(spec: str | None, modalities: list[str]) -> torch.Tensor:
         names = [n.strip() for n in group.split(",") if n.strip()]
         unknown = [n for n in names if n not in modalities]
         if unknown or not names:
-            raise MMVAEError(f"--subsets: unknown modality {unknown[0] if unknown else '(empty group)'!r}; "
-                             f"modalities are {', '.join(modalities)}")
+            raise MMVAEError(
+                f"--subsets: unknown modality {unknown[0] if unknown else '(empty group)'!r}; "
+                f"modalities are {', '.join(modalities)}"
+            )
         rows.append([m in names for m in modalities])
     return torch.tensor(rows, dtype=torch.bool).unique(dim=0)
 
@@ -63,8 +65,8 @@ def parse_subsets(spec: str | None, modalities: list[str]) -> torch.Tensor:
 class Mixture:
     """A uniform mixture of S components with batch shape (S, B, D)."""
 
-    components: td.Distribution   # Normal or Laplace, batch shape (S, B, D)
-    mask: torch.Tensor            # (S, M): which experts each component multiplies
+    components: td.Distribution  # Normal or Laplace, batch shape (S, B, D)
+    mask: torch.Tensor  # (S, M): which experts each component multiplies
 
     @property
     def n_components(self) -> int:
@@ -72,7 +74,7 @@ class Mixture:
 
     def rsample_each(self, k: int = 1) -> torch.Tensor:
         """K reparameterised samples from every component: (S, K, B, D) (stratified sampling)."""
-        z = self.components.rsample((k,))             # (K, S, B, D)
+        z = self.components.rsample((k,))  # (K, S, B, D)
         return z.transpose(0, 1)
 
     def rsample_chunked(self) -> torch.Tensor:
@@ -80,7 +82,7 @@ class Mixture:
         draws from component s (the MoPoE reference's stratified mixture sampling). (B, D)"""
         S, B = self.n_components, self.components.batch_shape[1]
         which = torch.div(torch.arange(B, device=self.mask.device) * S, B, rounding_mode="floor")
-        z = self.components.rsample()                  # (S, B, D)
+        z = self.components.rsample()  # (S, B, D)
         return z[which, torch.arange(B, device=z.device)]
 
     def sample(self) -> torch.Tensor:
@@ -92,10 +94,10 @@ class Mixture:
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log q(z) = log (1/S) sum_s q_s(z). z: (..., B, D) -> (..., B)."""
-        lp = self.components.log_prob(z.unsqueeze(-3)).sum(-1)     # (..., S, B)
+        lp = self.components.log_prob(z.unsqueeze(-3)).sum(-1)  # (..., S, B)
         return torch.logsumexp(lp, dim=-2) - torch.log(torch.tensor(float(self.n_components)))
 
-    def detached(self) -> "Mixture":
+    def detached(self) -> Mixture:
         """Same mixture with parameters cut from the graph (for DReG's stop-gradients)."""
         c = self.components
         params = {k: getattr(c, k).detach() for k in ("loc", "scale")}
@@ -125,13 +127,16 @@ class Fusion:
                 return Mixture(td.Normal(experts.loc[idx], experts.scale[idx], validate_args=False), mask)
             if not isinstance(prior, td.Normal):
                 raise MMVAEError(f"fusion {self.name} multiplies the prior expert: it needs a Gaussian prior")
-            comp = product_of_gaussians(experts.loc, experts.scale, mask, prior.loc, prior.scale,
-                                        with_prior.to(experts.loc.device))
+            comp = product_of_gaussians(
+                experts.loc, experts.scale, mask, prior.loc, prior.scale, with_prior.to(experts.loc.device)
+            )
             return Mixture(comp, mask)
         # Laplace (or any non-Gaussian) experts: only mixtures of single experts are closed form.
         if with_prior.any() or bool((mask.sum(1) != 1).any()):
-            raise MMVAEError(f"fusion {self.name} needs Gaussian posteriors (a product of Laplace experts "
-                             "has no closed form); use --posterior gaussian or --fusion moe")
+            raise MMVAEError(
+                f"fusion {self.name} needs Gaussian posteriors (a product of Laplace experts "
+                "has no closed form); use --posterior gaussian or --fusion moe"
+            )
         idx = mask.float().argmax(1)
         return Mixture(type(experts)(experts.loc[idx], experts.scale[idx], validate_args=False), mask)
 
@@ -188,12 +193,14 @@ class Independent(Fusion):
     def combine(self, experts, given, prior):
         M, B, d = experts.loc.shape
         if type(prior) is not type(experts):
-            raise MMVAEError("fusion none needs the same family for posterior and prior "
-                             "(--posterior and --prior both gaussian or both laplace)")
-        g = given.to(experts.loc.device)[:, None, None]                       # (M, 1, 1)
+            raise MMVAEError(
+                "fusion none needs the same family for posterior and prior "
+                "(--posterior and --prior both gaussian or both laplace)"
+            )
+        g = given.to(experts.loc.device)[:, None, None]  # (M, 1, 1)
         loc = torch.where(g, experts.loc, prior.loc.reshape(M, 1, d))
         scale = torch.where(g, experts.scale, prior.scale.reshape(M, 1, d))
-        cat = lambda t: t.permute(1, 0, 2).reshape(1, B, M * d)              # noqa: E731
+        cat = lambda t: t.permute(1, 0, 2).reshape(1, B, M * d)  # noqa: E731
         return Mixture(type(experts)(cat(loc), cat(scale)), given[None, :].clone())
 
 

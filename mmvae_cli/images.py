@@ -16,6 +16,7 @@ from .bundle import atomic_write_bytes
 def to_rgb_uint8(x: torch.Tensor) -> np.ndarray:
     """(B, C, H, W) floats in [0, 1] or vectors (B, D) -> (B, H, W, 3) uint8, drawn by the kind the shape implies."""
     from . import modalities
+
     return modalities.infer(x).render(x)
 
 
@@ -30,7 +31,7 @@ def grid(rows: list, pad: int = 2) -> np.ndarray:
     for r, t in enumerate(tiles):
         for c in range(t.shape[0]):
             y, x = pad + r * (h + pad), pad + c * (w + pad)
-            out[y:y + t.shape[1], x:x + t.shape[2]] = t[c]
+            out[y : y + t.shape[1], x : x + t.shape[2]] = t[c]
     return out
 
 
@@ -41,11 +42,11 @@ def output_format(path: str | Path, option: str = "--out") -> str:
     """The format named by an output file's extension (png, jpeg, safetensors); others are refused,
     and so is a file whose folder does not exist."""
     from .errors import MMVAEError
+
     p = Path(path)
     fmt = FORMATS.get(p.suffix.lower())
     if fmt is None:
-        raise MMVAEError(f"{option} {path}: unknown file type {p.suffix or '(none)'!r}; use "
-                         f"{', '.join(FORMATS)}")
+        raise MMVAEError(f"{option} {path}: unknown file type {p.suffix or '(none)'!r}; use {', '.join(FORMATS)}")
     if not p.expanduser().resolve().parent.is_dir():
         raise MMVAEError(f"{option} {path}: folder {p.parent} does not exist")
     if p.is_dir():
@@ -63,10 +64,11 @@ def save_image(path: str | Path, array: np.ndarray) -> None:
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
-save_png = save_image     # figures and reports name their files .png
+save_png = save_image  # figures and reports name their files .png
 
 
 def load_image(path: str | Path, shape: tuple[int, ...]) -> torch.Tensor:
     """An image file as a float tensor (C, H, W) in [0, 1] matching a modality's shape."""
     from .modalities import ImageKind
+
     return ImageKind().read_file(path, shape)[0]

@@ -45,7 +45,6 @@ from .errors import MMVAEError
 from .fusion import Mixture, make_fusion, parse_subsets
 from .objectives import get_objective
 
-
 PRIVATE_PRIORS = ("reference", "learned")
 
 
@@ -53,12 +52,12 @@ PRIVATE_PRIORS = ("reference", "learned")
 class ModalitySpec:
     name: str
     shape: list[int]
-    likelihood: str = "laplace"   # laplace | gaussian | bernoulli | categorical
-    scale: float = 0.75           # likelihood scale (Laplace/Gaussian)
-    rescale: float = 1.0          # weight of log p(x_m | z) in the objective
-    arch: str = ""                # conv28 | conv32 | conv | mlp | char ("" = the kind's default for the shape)
-    kind: str = ""                # image | vector | text ("" in manifests made before kinds: by shape)
-    params: dict = field(default_factory=dict)   # the kind's parameters (text: alphabet, pad)
+    likelihood: str = "laplace"  # laplace | gaussian | bernoulli | categorical
+    scale: float = 0.75  # likelihood scale (Laplace/Gaussian)
+    rescale: float = 1.0  # weight of log p(x_m | z) in the objective
+    arch: str = ""  # conv28 | conv32 | conv | mlp | char ("" = the kind's default for the shape)
+    kind: str = ""  # image | vector | text ("" in manifests made before kinds: by shape)
+    params: dict = field(default_factory=dict)  # the kind's parameters (text: alphabet, pad)
 
     def __post_init__(self):
         if not self.kind:
@@ -72,32 +71,32 @@ class ModalitySpec:
 class ModelConfig:
     modalities: list[ModalitySpec]
     latent_dim: int = 512
-    fusion: str = "mopoe"         # poe | moe | mopoe | none (EB-MVAE: latent_dim per modality)
-    subsets: str = "all"          # MoPoE mixture subsets
-    objective: str = "elbo"       # elbo | iwae | dreg | mvae
-    k: int = 1                    # importance samples (iwae, dreg)
+    fusion: str = "mopoe"  # poe | moe | mopoe | none (EB-MVAE: latent_dim per modality)
+    subsets: str = "all"  # MoPoE mixture subsets
+    objective: str = "elbo"  # elbo | iwae | dreg | mvae
+    k: int = 1  # importance samples (iwae, dreg)
     beta: float = 2.5
-    posterior: str = "gaussian"   # gaussian | laplace
-    prior: str = "gaussian"       # gaussian | laplace
+    posterior: str = "gaussian"  # gaussian | laplace
+    prior: str = "gaussian"  # gaussian | laplace
     learn_prior: bool = False
-    hidden: int = 400             # hidden units of the mlp nets (config.ModelSettings.hidden)
+    hidden: int = 400  # hidden units of the mlp nets (config.ModelSettings.hidden)
     extra: dict = field(default_factory=dict)
-    private_dim: int = 0          # MMVAE+ modality-specific latent size (0 = none)
+    private_dim: int = 0  # MMVAE+ modality-specific latent size (0 = none)
     private_prior: str = "reference"  # MMVAE+ p(w) in log p(w_r) and generation: reference (fixed) | learned
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise MMVAEError(f"model config has unknown fields {sorted(unknown)} (made by a newer mmvae?)")
         d = dict(d)
         if d.get("hidden") is None:
-            d["hidden"] = 400     # bundles before config.py recorded None for the mlp nets' 400 units
-        d.setdefault("private_prior", "learned")   # manifests from before the field: the behaviour they had
+            d["hidden"] = 400  # bundles before config.py recorded None for the mlp nets' 400 units
+        d.setdefault("private_prior", "learned")  # manifests from before the field: the behaviour they had
         d["modalities"] = [ModalitySpec(**m) for m in d["modalities"]]
         return cls(**d)
 
@@ -119,14 +118,15 @@ def per_modality(spec: str | None, names: list[str], option: str, choices: tuple
         for item in spec.split(","):
             name, sep, value = (t.strip() for t in item.partition("="))
             if not sep or name not in names:
-                raise MMVAEError(f"{option} {spec!r}: {name!r} is not a modality of this data "
-                                 f"({', '.join(names)}); use VALUE or NAME=VALUE,...")
+                raise MMVAEError(
+                    f"{option} {spec!r}: {name!r} is not a modality of this data "
+                    f"({', '.join(names)}); use VALUE or NAME=VALUE,..."
+                )
             pairs[name] = value
     for n, v in pairs.items():
         if v not in choices and v != default:
             raise MMVAEError(f"{option}: unknown value {v!r} for {n}; choose one of {', '.join(choices)}")
     return pairs
-
 
 
 def build_config(m: ModelSettings, data) -> ModelConfig:
@@ -146,23 +146,45 @@ def build_config(m: ModelSettings, data) -> ModelConfig:
     arch = per_modality(m.arch, names, "--arch", nets.ARCHS, "")
     for n, k in kinds.items():
         if k.own_defaults and not named and lik[n] not in k.likelihoods:
-            lik[n] = ""                      # a value for all modalities does not reach text
+            lik[n] = ""  # a value for all modalities does not reach text
         lik[n] = lik[n] or k.default_likelihood
         k.check_likelihood(lik[n], n)
         if k.own_defaults and arch[n] not in k.archs:
             if arch_named and arch[n]:
-                raise MMVAEError(f"--arch {arch[n]} does not apply to {k.name} modality {n!r}; "
-                                 f"choose {', '.join(k.archs)}")
+                raise MMVAEError(
+                    f"--arch {arch[n]} does not apply to {k.name} modality {n!r}; choose {', '.join(k.archs)}"
+                )
             arch[n] = ""
-    specs = [ModalitySpec(n, list(shapes[n]), lik[n], float(m.likelihood_scale),
-                          float(largest / sizes[n]) if m.rescale else 1.0,
-                          arch[n] or kinds[n].default_arch(shapes[n]), kinds[n].name, dict(kinds[n].params))
-             for n in names]
+    specs = [
+        ModalitySpec(
+            n,
+            list(shapes[n]),
+            lik[n],
+            float(m.likelihood_scale),
+            float(largest / sizes[n]) if m.rescale else 1.0,
+            arch[n] or kinds[n].default_arch(shapes[n]),
+            kinds[n].name,
+            dict(kinds[n].params),
+        )
+        for n in names
+    ]
     extra = {"mvae_k": m.mvae_subsets} if m.mvae_subsets else {}
-    return ModelConfig(specs, m.latent_dim, m.fusion, m.subsets, m.objective, m.k, float(m.beta), m.posterior,
-                       m.prior, m.learn_prior, m.hidden, extra, private_dim=m.private_dim,
-                       private_prior=m.private_prior)
-
+    return ModelConfig(
+        specs,
+        m.latent_dim,
+        m.fusion,
+        m.subsets,
+        m.objective,
+        m.k,
+        float(m.beta),
+        m.posterior,
+        m.prior,
+        m.learn_prior,
+        m.hidden,
+        extra,
+        private_dim=m.private_dim,
+        private_prior=m.private_prior,
+    )
 
 
 class Prior(nn.Module):
@@ -193,11 +215,19 @@ class MultimodalVAE(nn.Module):
         if c.posterior not in D.POSTERIORS:
             raise MMVAEError(f"unknown posterior {c.posterior!r}; choose gaussian or laplace")
         self.names = c.names
-        self.z_dim = c.latent_dim * (len(c.modalities) if c.fusion == "none" else 1)   # size of z
+        self.z_dim = c.latent_dim * (len(c.modalities) if c.fusion == "none" else 1)  # size of z
         self.encoders = nn.ModuleDict()
         self.decoders = nn.ModuleDict()
-        check_model(ModelSettings(fusion=c.fusion, objective=c.objective, k=c.k, private_dim=c.private_dim,
-                                  posterior=c.posterior, prior=c.prior))
+        check_model(
+            ModelSettings(
+                fusion=c.fusion,
+                objective=c.objective,
+                k=c.k,
+                private_dim=c.private_dim,
+                posterior=c.posterior,
+                prior=c.prior,
+            )
+        )
         if c.private_prior not in PRIVATE_PRIORS:
             raise MMVAEError(f"unknown private prior {c.private_prior!r}; choose {' or '.join(PRIVATE_PRIORS)}")
         width = c.latent_dim + c.private_dim
@@ -211,10 +241,11 @@ class MultimodalVAE(nn.Module):
         self.prior = Prior(c.prior, self.z_dim, c.learn_prior)
         # MMVAE+: p(w_m) of the prior's family with a learned scale, one per modality
         self.private_priors = nn.ModuleDict(
-            {n: Prior(c.prior, c.private_dim, learn=True) for n in self.names} if c.private_dim else {})
-        self.ebm = None                                      # LatentEBM, see attach_ebm
+            {n: Prior(c.prior, c.private_dim, learn=True) for n in self.names} if c.private_dim else {}
+        )
+        self.ebm = None  # LatentEBM, see attach_ebm
         self.langevin_settings: dict = {}
-        self.priors: dict = {}                               # fitted priors by kind (not submodules), attach_prior
+        self.priors: dict = {}  # fitted priors by kind (not submodules), attach_prior
         self.objective = get_objective(c.objective)
 
     # Runtime settings (not part of the bundle), set by training: with `amp_dtype` the networks run under
@@ -289,10 +320,11 @@ class MultimodalVAE(nn.Module):
         if self.config.fusion != "none":
             return z
         i, d = self.names.index(name), self.config.latent_dim
-        return z[..., i * d:(i + 1) * d]
+        return z[..., i * d : (i + 1) * d]
 
-    def decode(self, z: torch.Tensor, names: list[str] | None = None,
-               w: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    def decode(
+        self, z: torch.Tensor, names: list[str] | None = None, w: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Decoder outputs (likelihood parameters) for latents z of shape (..., D).
 
         Decoder d reads its block of z (all of z unless fusion none). With private latents, it reads
@@ -300,7 +332,7 @@ class MultimodalVAE(nn.Module):
         w_d ~ p(w_d) = `w_prior(d)` (generation: the fixed prior unless private_prior is "learned").
         The training objective passes every w_d itself (see objectives._stratified_log_weights)."""
         out = {}
-        for n in (names or self.names):
+        for n in names or self.names:
             h = self.block(z, n)
             if self.config.private_dim:
                 wd = w.get(n) if w else None
@@ -333,7 +365,9 @@ class MultimodalVAE(nn.Module):
         total = 0.0
         for spec in self.config.modalities:
             if spec.name in outs and spec.name in x:
-                total = total + spec.rescale * D.log_likelihood(spec.likelihood, outs[spec.name], x[spec.name], spec.scale)
+                total = total + spec.rescale * D.log_likelihood(
+                    spec.likelihood, outs[spec.name], x[spec.name], spec.scale
+                )
         return total
 
     def means(self, outs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -350,8 +384,10 @@ class MultimodalVAE(nn.Module):
         """Use `ebm` as this model's energy (None removes it). langevin_settings: defaults for
         `run_langevin` (steps, step_size, noise_scale, clip_grad), e.g. those it was fitted with."""
         if ebm is not None and ebm.init_loc.numel() != self.z_dim:
-            raise MMVAEError(f"energy over {ebm.init_loc.numel()} latent dimensions does not fit a model "
-                             f"whose latent has {self.z_dim}")
+            raise MMVAEError(
+                f"energy over {ebm.init_loc.numel()} latent dimensions does not fit a model "
+                f"whose latent has {self.z_dim}"
+            )
         self.ebm = ebm.to(self.device) if ebm is not None else None
         self.langevin_settings = dict(langevin_settings or {})
 
@@ -365,8 +401,9 @@ class MultimodalVAE(nn.Module):
             return self.sample_prior(n)
         return self.ebm.init_loc + self.ebm.init_scale * torch.randn(n, self.z_dim, device=self.device)
 
-    def run_langevin(self, z0: torch.Tensor, mask: torch.Tensor | None = None, every: int = 0,
-                     **overrides) -> LangevinResult:
+    def run_langevin(
+        self, z0: torch.Tensor, mask: torch.Tensor | None = None, every: int = 0, **overrides
+    ) -> LangevinResult:
         """Langevin dynamics (Yuan et al. eq. 11) on this model's energy-based density from z0.
         overrides (steps, step_size, noise_scale, clip_grad; None = keep) win over langevin_settings."""
         if self.ebm is None:
@@ -377,16 +414,25 @@ class MultimodalVAE(nn.Module):
         unknown = set(overrides) - set(s)
         if unknown:
             raise MMVAEError(f"unknown Langevin settings: {', '.join(sorted(unknown))}")
-        return langevin(self.ebm.log_prob(self.base_log_prob), z0, int(s["steps"]), float(s["step_size"]),
-                        float(s["noise_scale"]), s["clip_grad"], mask=mask, every=every)
+        return langevin(
+            self.ebm.log_prob(self.base_log_prob),
+            z0,
+            int(s["steps"]),
+            float(s["step_size"]),
+            float(s["noise_scale"]),
+            s["clip_grad"],
+            mask=mask,
+            every=every,
+        )
 
     # --- priors (priors/: base, ebm, gmm, flow, ...) ---------------------------------------------------
     def attach_prior(self, prior) -> None:
         """Attach a fitted prior (priors.LatentPrior of a fitted kind, e.g. gmm or flow) under its kind."""
         dim = prior.to_json().get("dim")
         if dim is not None and int(dim) != self.z_dim:
-            raise MMVAEError(f"{prior.kind} prior over {dim} latent dimensions does not fit a model whose latent "
-                             f"has {self.z_dim}")
+            raise MMVAEError(
+                f"{prior.kind} prior over {dim} latent dimensions does not fit a model whose latent has {self.z_dim}"
+            )
         self.priors[prior.kind] = prior.to(self.device).eval()
 
     def latent_prior(self, name: str, run: str = "RUN"):
@@ -394,6 +440,7 @@ class MultimodalVAE(nn.Module):
         One-line errors for an unknown kind or one this bundle does not have (naming the command that
         gives it one)."""
         from . import priors
+
         cls = priors.get(name)
         p = self.priors.get(name) or cls.from_model(self)
         if p is None:
@@ -402,6 +449,7 @@ class MultimodalVAE(nn.Module):
 
     def available_priors(self) -> list[str]:
         from . import priors
+
         return [k for k in priors.names() if k in self.priors or priors.get(k).from_model(self) is not None]
 
     def sample_latents(self, n: int, prior: str = "base", **options) -> torch.Tensor:
@@ -415,8 +463,9 @@ class MultimodalVAE(nn.Module):
         return self.means(self.decode(z))
 
     @torch.no_grad()
-    def cross_generate(self, x: dict[str, torch.Tensor], names: list[str] | None = None,
-                       **langevin) -> dict[str, torch.Tensor]:
+    def cross_generate(
+        self, x: dict[str, torch.Tensor], names: list[str] | None = None, **langevin
+    ) -> dict[str, torch.Tensor]:
         """One sample z ~ q(z | X_given), decoded to the means of `names` (default: all).
 
         With private latents, a given modality reuses w_d ~ q(w_d | x_d) (reconstruction) and a
@@ -427,7 +476,7 @@ class MultimodalVAE(nn.Module):
         z = self.fuse(experts, x).sample()
         if self.config.fusion == "none" and self.ebm is not None:
             d = self.config.latent_dim
-            free = (~self.given_mask(x)).repeat_interleave(d).to(z.device)        # (M * d,)
+            free = (~self.given_mask(x)).repeat_interleave(d).to(z.device)  # (M * d,)
             z = torch.where(free, self.ebm_start(z.shape[0]), z)
             z = self.run_langevin(z, mask=free, **langevin).z
         w = {n: q.sample() for n, q in private.items()}

@@ -14,11 +14,11 @@ from .ebm import LatentEBM
 from .errors import BundleError, MMVAEError
 from .model import ModelConfig, MultimodalVAE
 
-CHECKPOINT = "checkpoint.safetensors"     # an interrupted or extendable training run
+CHECKPOINT = "checkpoint.safetensors"  # an interrupted or extendable training run
 WEIGHTS = "model.safetensors"
 EBM_WEIGHTS = "ebm.safetensors"
-PRIOR_CHECKPOINT = "prior-checkpoint.safetensors"   # an interrupted fit-prior (flow): weights, Adam, RNG
-PRIOR_FIT_STATE = "prior_fit_state"                  # its manifest key (kind, settings, position)
+PRIOR_CHECKPOINT = "prior-checkpoint.safetensors"  # an interrupted fit-prior (flow): weights, Adam, RNG
+PRIOR_FIT_STATE = "prior_fit_state"  # its manifest key (kind, settings, position)
 
 
 def ebm_from_section(section: dict, where: str) -> tuple[LatentEBM, dict]:
@@ -42,8 +42,10 @@ def _vae_weights(run: Path, manifest: dict) -> dict[str, torch.Tensor]:
     pman = bundle.read_manifest(ppath, kind="mmvae")
     got = pman.get("files", {}).get(WEIGHTS, {}).get("sha256")
     if got != parent.get("model_sha256"):
-        raise BundleError(f"{run}: its parent {ppath} changed since the energy was fitted "
-                          f"(model.safetensors fingerprint differs); refit with `mmvae fit-ebm`")
+        raise BundleError(
+            f"{run}: its parent {ppath} changed since the energy was fitted "
+            f"(model.safetensors fingerprint differs); refit with `mmvae fit-ebm`"
+        )
     return bundle.read_weights(ppath, WEIGHTS, pman)
 
 
@@ -53,11 +55,15 @@ def load_model(run: Path, device: str | torch.device = "cpu") -> tuple[Multimoda
     manifest = bundle.read_manifest(run, kind="mmvae")
     if manifest.get("parent") is not None and not manifest.get("ebm") and not manifest.get("priors"):
         if manifest.get(PRIOR_FIT_STATE):
-            raise BundleError(f"{run}: its prior is not fitted yet (fit-prior was interrupted); continue with "
-                              f"`mmvae fit-prior {manifest['parent'].get('path')} --kind "
-                              f"{manifest[PRIOR_FIT_STATE].get('kind', 'KIND')} --out {run} --resume`")
-        raise BundleError(f"{run}: its energy is not fitted yet (fit-ebm was interrupted); continue with "
-                          f"`mmvae fit-ebm {manifest['parent'].get('path')} --out {run} --resume`")
+            raise BundleError(
+                f"{run}: its prior is not fitted yet (fit-prior was interrupted); continue with "
+                f"`mmvae fit-prior {manifest['parent'].get('path')} --kind "
+                f"{manifest[PRIOR_FIT_STATE].get('kind', 'KIND')} --out {run} --resume`"
+            )
+        raise BundleError(
+            f"{run}: its energy is not fitted yet (fit-ebm was interrupted); continue with "
+            f"`mmvae fit-ebm {manifest['parent'].get('path')} --out {run} --resume`"
+        )
     try:
         config = ModelConfig.from_dict(manifest["model"])
     except (KeyError, TypeError) as e:
@@ -77,11 +83,13 @@ def load_model(run: Path, device: str | torch.device = "cpu") -> tuple[Multimoda
 def prior_from_section(run: Path, kind: str, section: dict, manifest: dict):
     """A fitted prior from its manifest section `priors: {kind: ...}` and prior-KIND.safetensors."""
     from . import priors
+
     try:
         cls = priors.get(kind)
     except MMVAEError:
-        raise BundleError(f"{run}: has a {kind!r} prior that this mmvae does not know (registered: "
-                          f"{', '.join(priors.names())})") from None
+        raise BundleError(
+            f"{run}: has a {kind!r} prior that this mmvae does not know (registered: {', '.join(priors.names())})"
+        ) from None
     if not isinstance(section, dict) or not isinstance(section.get("prior"), dict):
         raise BundleError(f"{run}: manifest has an invalid priors.{kind} section")
     tensors = bundle.read_weights(run, priors.prior_file(kind), manifest)
@@ -98,4 +106,3 @@ def save_bundle(run: Path, model: MultimodalVAE, manifest: dict) -> None:
     if model.ebm is not None:
         bundle.write_weights(run, EBM_WEIGHTS, model.ebm.state_dict(), manifest)
     bundle.save_manifest(run, manifest)
-

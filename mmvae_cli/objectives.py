@@ -95,14 +95,14 @@ def elbo(model, x):
     q = model.posterior(x)
     S = q.n_components
     if S == 1 or model.config.fusion == "mopoe":
-        z = q.rsample_chunked()                        # (B, D)
+        z = q.rsample_chunked()  # (B, D)
         rec = model.log_likelihoods(model.decode(z), x)
     else:
-        z = q.rsample_each(1)                          # (S, 1, B, D)
+        z = q.rsample_each(1)  # (S, 1, B, D)
         rec = model.log_likelihoods(model.decode(z), x).mean((0, 1))
     kld = _kl_to_prior(model, q)
-    stats = {"kl": kld.mean().item()}                  # KL(q || p0)
-    if _joint_ebm(model):                              # KL(q || p_alpha) up to log Z (see _prior_energy)
+    stats = {"kl": kld.mean().item()}  # KL(q || p0)
+    if _joint_ebm(model):  # KL(q || p_alpha) up to log Z (see _prior_energy)
         e = _prior_energy(model, z)
         e = e if e.dim() == 1 else e.mean((0, 1))
         if _energy_on(model):
@@ -136,25 +136,25 @@ def _stratified_log_weights(model, x, k: int, stop_q: bool = False):
     drawn by reparameterisation from q, for DReG's gradient hooks)."""
     experts, private = model.encode(x)
     q = model.fuse(experts, x)
-    z = q.rsample_each(k)                                               # (S, K, B, Dz)
+    z = q.rsample_each(k)  # (S, K, B, Dz)
     q_density = q.detached() if stop_q else q
     reg = model.prior.dist().log_prob(z).sum(-1) - q_density.log_prob(z)
-    if _energy_on(model):   # log p_alpha(z) = log p0(z) - E(z) - log Z (log Z: see _ebm_learning)
+    if _energy_on(model):  # log p_alpha(z) = log p0(z) - E(z) - log Z (log Z: see _ebm_learning)
         reg = reg - _prior_energy(model, z)
     samples, w = [(z, None)], None
     if model.config.private_dim:
         S, K, B = z.shape[:3]
-        owner = [model.names[i] for i in q.mask.float().argmax(1).tolist()]   # component s -> modality r
+        owner = [model.names[i] for i in q.mask.float().argmax(1).tolist()]  # component s -> modality r
         w, terms = {}, []
         for d in model.names:
-            w[d] = model.private_priors[d].dist().rsample((S, K, B))           # w^(d) ~ p(w_d)
+            w[d] = model.private_priors[d].dist().rsample((S, K, B))  # w^(d) ~ p(w_d)
         for s, r in enumerate(owner):
             qw = private[r]
-            wr = qw.rsample((k,))                                              # w_r ~ q(w_r | x_r): (K, B, Dw)
+            wr = qw.rsample((k,))  # w_r ~ q(w_r | x_r): (K, B, Dw)
             samples.append((wr, s))
             qw_density = _detached(qw) if stop_q else qw
             terms.append(model.w_prior(r).log_prob(wr).sum(-1) - qw_density.log_prob(wr).sum(-1))
-            w[r] = torch.cat([w[r][:s], wr[None], w[r][s + 1:]])               # w^(r) = w_r
+            w[r] = torch.cat([w[r][:s], wr[None], w[r][s + 1 :]])  # w^(r) = w_r
         reg = reg + torch.stack(terms)
     lpx = model.log_likelihoods(model.decode(z, None, w), x)
     return lpx + model.config.beta * reg, samples
@@ -168,8 +168,8 @@ def iwae(model, x):
     q(z | X) the whole mixture. With K = 1 this is the stratified mixture ELBO. With private
     latents it is the MMVAE+ objective (see _stratified_log_weights)."""
     lw, samples = _stratified_log_weights(model, x, model.config.k)
-    z = samples[0][0]                                  # the shared latent's samples (S, K, B, D)
-    obj = log_mean_exp(lw, dim=1)                      # (S, B)
+    z = samples[0][0]  # the shared latent's samples (S, K, B, D)
+    obj = log_mean_exp(lw, dim=1)  # (S, B)
     loss = -obj.mean()
     return _ebm_learning(model, z, loss, {"loss": loss.item(), "iwae": obj.mean().item()})
 
@@ -190,7 +190,7 @@ def dreg(model, x):
     E_{q_s}[w~_k d/dphi log q_mix(z_k)], and q_mix is not the distribution z_k was drawn from,
     so the identity behind DReG does not cancel it (for K = 1, w~ = 1 and the stratified
     average of that term is E_{q_mix}[d log q_mix] = 0, so K = 1 stays unbiased)."""
-    lw, samples = _stratified_log_weights(model, x, model.config.k, stop_q=True)   # (S, K, B)
+    lw, samples = _stratified_log_weights(model, x, model.config.k, stop_q=True)  # (S, K, B)
     with torch.no_grad():
         wt = torch.softmax(lw, dim=1)
         value = log_mean_exp(lw, dim=1).mean()
@@ -229,13 +229,14 @@ def mvae(model, x):
         z_joint = z if z_joint is None else z_joint
         rec = model.log_likelihoods(model.decode(z, g), xg)
         kld = _kl_to_prior(model, q)
-        kl_sum += kld.mean().item()                    # KL(q || p0), as elbo reports it
+        kl_sum += kld.mean().item()  # KL(q || p0), as elbo reports it
         if _energy_on(model):
             kld = kld + _prior_energy(model, z)
         total_loss = total_loss - (rec - model.config.beta * kld).mean()
         rec_sum += -rec.mean().item()
-    return _ebm_learning(model, z_joint, total_loss, {"loss": total_loss.item(), "rec": rec_sum, "kl": kl_sum},
-                         prior_terms=len(groups))
+    return _ebm_learning(
+        model, z_joint, total_loss, {"loss": total_loss.item(), "rec": rec_sum, "kl": kl_sum}, prior_terms=len(groups)
+    )
 
 
 OBJECTIVES: dict[str, Callable] = {"elbo": elbo, "iwae": iwae, "dreg": dreg, "mvae": mvae}

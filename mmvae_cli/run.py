@@ -69,16 +69,26 @@ def check_tensorboard(logdir: str | None) -> None:
 class Run:
     """A bundle being written by a long command: its folder, manifest, checkpoint and logs."""
 
-    def __init__(self, path: Path, manifest: dict, *, checkpoint_name: str, state_key: str, event: str = "epoch",
-                 log_jsonl: str | None = None, tensorboard: str | None = None, dist: Dist | None = None,
-                 history_key: str | None = "history"):
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict,
+        *,
+        checkpoint_name: str,
+        state_key: str,
+        event: str = "epoch",
+        log_jsonl: str | None = None,
+        tensorboard: str | None = None,
+        dist: Dist | None = None,
+        history_key: str | None = "history",
+    ):
         self.path, self.manifest = Path(path), manifest
         self.checkpoint_name, self.state_key, self.event = checkpoint_name, state_key, event
         self.log_jsonl, self.tensorboard = log_jsonl, tensorboard
         self.dist = dist or Dist()
         self.history_key = history_key
         self.stop = StopFlag()
-        self.extra_state: dict = {}        # JSON added to every checkpoint's state (e.g. the settings to resume with)
+        self.extra_state: dict = {}  # JSON added to every checkpoint's state (e.g. the settings to resume with)
         self._tb = None
 
     # --- creation ------------------------------------------------------------------------------
@@ -117,6 +127,7 @@ class Run:
         """Signals handled (SIGTERM/SIGUSR1 set `stop`), the TensorBoard writer open, while the body runs."""
         if self.tensorboard and self.dist.is_main:
             from torch.utils.tensorboard import SummaryWriter
+
             self._tb = SummaryWriter(self.tensorboard)
         try:
             with self.stop.installed():
@@ -131,16 +142,25 @@ class Run:
         return self.stop.requested(self.dist)
 
     def interrupted(self, resume_hint: str = "continue with --resume") -> None:
-        raise Interrupted(f"stopped by signal {self.stop.signal or 'on another rank'}: checkpoint written to "
-                          f"{self.path}; {resume_hint}")
+        raise Interrupted(
+            f"stopped by signal {self.stop.signal or 'on another rank'}: checkpoint written to "
+            f"{self.path}; {resume_hint}"
+        )
 
     # --- checkpoints ---------------------------------------------------------------------------
     def checkpoint(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         """Write the checkpoint file and its manifest state together (rank 0; every rank calls)."""
         if self.dist.is_main:
             self.path.mkdir(parents=True, exist_ok=True)
-        write_checkpoint(self.path, self.checkpoint_name, tensors, self.manifest, self.state_key,
-                         {**state, **self.extra_state}, self.dist)
+        write_checkpoint(
+            self.path,
+            self.checkpoint_name,
+            tensors,
+            self.manifest,
+            self.state_key,
+            {**state, **self.extra_state},
+            self.dist,
+        )
 
     def restore(self) -> tuple[dict[str, torch.Tensor], dict]:
         """(tensors, state) of the last checkpoint, checksum-checked."""
@@ -162,8 +182,10 @@ class Run:
         if not self.dist.is_main:
             return
         epoch = row.get("epoch")
-        log(f"{prefix} {epoch}{f'/{total}' if total else ''}  " +
-            "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, (int, float))))
+        log(
+            f"{prefix} {epoch}{f'/{total}' if total else ''}  "
+            + "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, (int, float)))
+        )
         if self.log_jsonl:
             with open(self.log_jsonl, "a") as f:
                 f.write(json.dumps({"event": self.event, "run": str(self.path), **row}) + "\n")

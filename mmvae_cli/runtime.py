@@ -157,13 +157,16 @@ def init_distributed(device_name: str, required: bool = False) -> tuple[Dist, to
         if world is not None:
             missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
             if missing:
-                raise MMVAEError(f"--distributed under srun needs {' and '.join(missing)} in the environment "
-                                 "(see docs/cluster.md)")
+                raise MMVAEError(
+                    f"--distributed under srun needs {' and '.join(missing)} in the environment (see docs/cluster.md)"
+                )
             os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(local or 0))
     if world is None:
         if required:
-            raise MMVAEError("--distributed: no process group to join; launch with "
-                             "`torchrun --nproc-per-node N -m mmvae_cli train ...` or srun (see docs/cluster.md)")
+            raise MMVAEError(
+                "--distributed: no process group to join; launch with "
+                "`torchrun --nproc-per-node N -m mmvae_cli train ...` or srun (see docs/cluster.md)"
+            )
         return Dist(), pick_device(device_name)
     if world == 1 and not required:
         return Dist(), pick_device(device_name)
@@ -236,8 +239,15 @@ def restore_rng(tensors: dict[str, torch.Tensor], dist: Dist | None = None, seed
 
 
 # --- checkpoints ------------------------------------------------------------------------------------
-def write_checkpoint(run: Path, name: str, tensors: dict[str, torch.Tensor], manifest: dict, key: str,
-                     state: dict, dist: Dist | None = None) -> None:
+def write_checkpoint(
+    run: Path,
+    name: str,
+    tensors: dict[str, torch.Tensor],
+    manifest: dict,
+    key: str,
+    state: dict,
+    dist: Dist | None = None,
+) -> None:
     """Rank 0 writes RUN/name (atomically) and then the manifest with `manifest[key] = state` (one
     atomic write, so position, statistics and file checksum always agree); other ranks only wait."""
     dist = dist or Dist()
@@ -291,5 +301,3 @@ def speed_up(model: torch.nn.Module, channels_last: bool = False, compile: bool 
         for nets in (getattr(model, "encoders", {}), getattr(model, "decoders", {})):
             for net in nets.values():
                 net.compile()
-
-

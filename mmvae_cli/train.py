@@ -40,8 +40,9 @@ def main_log(dist: Dist, msg: str) -> None:
         log(msg)
 
 
-def make_optimizer(model: torch.nn.Module, t: TrainSettings,
-                   joint: JointEnergySettings | None = None) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: torch.nn.Module, t: TrainSettings, joint: JointEnergySettings | None = None
+) -> torch.optim.Optimizer:
     """Adam over the VAE's parameters; a jointly trained energy gets its own group (ebm_lr, ebm_betas)."""
     ebm = getattr(model, "ebm", None)
     if ebm is None:
@@ -49,13 +50,16 @@ def make_optimizer(model: torch.nn.Module, t: TrainSettings,
     else:
         joint = joint or JointEnergySettings()
         own = {id(p) for p in ebm.parameters()}
-        groups = [{"params": [p for p in model.parameters() if id(p) not in own]},
-                  {"params": list(ebm.parameters()), "lr": float(joint.ebm_lr), "betas": tuple(joint.ebm_betas)}]
+        groups = [
+            {"params": [p for p in model.parameters() if id(p) not in own]},
+            {"params": list(ebm.parameters()), "lr": float(joint.ebm_lr), "betas": tuple(joint.ebm_betas)},
+        ]
     return torch.optim.Adam(groups, lr=float(t.lr), betas=tuple(t.adam_betas), amsgrad=bool(t.amsgrad))
 
 
-def checkpoint_state(model, opt, epoch: int, step: int, partial: dict | None = None, scaler=None,
-                     dist: Dist | None = None) -> tuple[dict, dict]:
+def checkpoint_state(
+    model, opt, epoch: int, step: int, partial: dict | None = None, scaler=None, dist: Dist | None = None
+) -> tuple[dict, dict]:
     """(tensors, state) of a training checkpoint: weights, optimizer, every rank's RNG as tensors;
     position, optimizer hyperparameters and partial-epoch sums as JSON. A collective call."""
     dist = dist or Dist()
@@ -63,8 +67,13 @@ def checkpoint_state(model, opt, epoch: int, step: int, partial: dict | None = N
     opt_tensors, opt_meta = bundle.flatten_optimizer(opt)
     tensors.update(opt_tensors)
     tensors.update(capture_rng(dist))
-    state = {"epoch": epoch, "step": step, "optimizer": opt_meta, "world_size": dist.world,
-             "partial": partial or {"sums": {}, "seen": 0}}
+    state = {
+        "epoch": epoch,
+        "step": step,
+        "optimizer": opt_meta,
+        "world_size": dist.world,
+        "partial": partial or {"sums": {}, "seen": 0},
+    }
     if scaler is not None:
         state["scaler"] = {k: v for k, v in scaler.state_dict().items()}
     return tensors, state
@@ -78,9 +87,12 @@ def restore_checkpoint(run: Run, model, opt, scaler=None, seed: int = 0) -> tupl
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     if not restore_rng(tensors, dist, seed, int(state["step"])):
-        print(f"warning: rank {dist.rank}: the checkpoint was written by {state.get('world_size', 1)} process(es); "
-              "this rank's noise is reseeded, so the run is not bit-identical to an uninterrupted one",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: rank {dist.rank}: the checkpoint was written by {state.get('world_size', 1)} process(es); "
+            "this rank's noise is reseeded, so the run is not bit-identical to an uninterrupted one",
+            file=sys.stderr,
+            flush=True,
+        )
     return int(state["epoch"]), int(state["step"])
 
 
@@ -95,16 +107,21 @@ def place_data(data: MultimodalData, device: torch.device) -> MultimodalData:
     if device.type != "cuda":
         return data
     gathered = isinstance(data.tensors, GatheredTensors)
-    parts = list(data.tensors.store.values()) + list(data.tensors.index.values()) if gathered else \
-        list(data.tensors.values())
+    parts = (
+        list(data.tensors.store.values()) + list(data.tensors.index.values())
+        if gathered
+        else list(data.tensors.values())
+    )
     nbytes = sum(t.numel() * t.element_size() for t in parts)
     free, _ = torch.cuda.mem_get_info(device)
     if nbytes > free // 2:
         log(f"data ({nbytes / 2**30:.1f} GiB) does not fit on {device}: batches are gathered on the host")
         return data
     if gathered:
-        tensors = GatheredTensors({m: t.to(device) for m, t in data.tensors.store.items()},
-                                  {m: i.to(device) for m, i in data.tensors.index.items()})
+        tensors = GatheredTensors(
+            {m: t.to(device) for m, t in data.tensors.store.items()},
+            {m: i.to(device) for m, i in data.tensors.index.items()},
+        )
     else:
         tensors = {m: t.to(device) for m, t in data.tensors.items()}
     return replace(data, tensors=tensors, labels=None)
@@ -124,9 +141,19 @@ def _reduce(sums: dict[str, float], seen: int, dist: Dist) -> tuple[dict[str, fl
     return {k: float(v) for k, v in zip(keys, total[1:].tolist())}, int(total[0].item())
 
 
-def fit(model: MultimodalVAE, data: MultimodalData, run: Run, t: TrainSettings, device: torch.device,
-        joint: JointEnergySettings | None = None, resume: bool = False, max_steps: int | None = None,
-        runtime: RuntimeSettings | None = None, step_delay: float = 0.0, monitor=None) -> dict:
+def fit(
+    model: MultimodalVAE,
+    data: MultimodalData,
+    run: Run,
+    t: TrainSettings,
+    device: torch.device,
+    joint: JointEnergySettings | None = None,
+    resume: bool = False,
+    max_steps: int | None = None,
+    runtime: RuntimeSettings | None = None,
+    step_delay: float = 0.0,
+    monitor=None,
+) -> dict:
     """Train `model` on `data` with the train settings `t`, writing the bundle of `run`.
 
     Checkpoints at the end of every epoch and when SIGTERM/SIGUSR1 arrives (then raises Interrupted).
@@ -155,13 +182,15 @@ def fit(model: MultimodalVAE, data: MultimodalData, run: Run, t: TrainSettings, 
     net = model
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
+
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     data = place_data(data, device)
     on = _data_device(data)
     n, bs, epochs = len(data), int(t.batch_size), int(t.epochs)
     if bs < dist.world:
-        raise MMVAEError(f"--batch-size {bs} is the global batch: it must be at least the number of processes "
-                         f"({dist.world})")
+        raise MMVAEError(
+            f"--batch-size {bs} is the global batch: it must be at least the number of processes ({dist.world})"
+        )
     steps_per_epoch = (n + bs - 1) // bs
     done = 0
 
@@ -177,21 +206,28 @@ def fit(model: MultimodalVAE, data: MultimodalData, run: Run, t: TrainSettings, 
             if first and dist.is_main:  # the partial epoch's (global) sums were saved with the checkpoint
                 sums, seen = {k: float(v) for k, v in partial.get("sums", {}).items()}, int(partial.get("seen", 0))
             t0 = time.time()
-            bar = progress(range(first, steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", total=steps_per_epoch,
-                           initial=first, disable=not dist.is_main)
+            bar = progress(
+                range(first, steps_per_epoch),
+                desc=f"epoch {epoch + 1}/{epochs}",
+                total=steps_per_epoch,
+                initial=first,
+                disable=not dist.is_main,
+            )
             for step in bar:
-                gidx = perm[step * bs:(step + 1) * bs]
+                gidx = perm[step * bs : (step + 1) * bs]
                 idx = dist.shard(gidx)
                 x = data.batch(idx.to(on), device)
                 loss, stats = net(x)
                 bad, stopping = not bool(torch.isfinite(loss)), bool(run.stop)
-                if dist.enabled:   # one collective per step: every rank raises or stops together
+                if dist.enabled:  # one collective per step: every rank raises or stops together
                     flags = dist.sum(torch.tensor([float(bad), float(stopping)]))
                     bad, stopping = bool(flags[0] > 0), bool(flags[1] > 0)
                 if bad:
-                    raise NumericalError(f"loss became non-finite at epoch {epoch + 1}, step {step + 1}; "
-                                         "try a lower --lr (the last good checkpoint is kept for --resume)")
-                if len(idx) * dist.world != len(gidx):   # uneven shards: DDP's average = global-batch mean
+                    raise NumericalError(
+                        f"loss became non-finite at epoch {epoch + 1}, step {step + 1}; "
+                        "try a lower --lr (the last good checkpoint is kept for --resume)"
+                    )
+                if len(idx) * dist.world != len(gidx):  # uneven shards: DDP's average = global-batch mean
                     loss = loss * (len(idx) * dist.world / len(gidx))
                 opt.zero_grad(set_to_none=True)
                 if scaler is not None:
@@ -215,10 +251,14 @@ def fit(model: MultimodalVAE, data: MultimodalData, run: Run, t: TrainSettings, 
                         run.interrupted()
                     return manifest
             sums, seen = _reduce(sums, seen, dist)
-            summary = {"epoch": epoch + 1, **{k: v / max(seen, 1) for k, v in sums.items()},
-                       "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 2)}
+            summary = {
+                "epoch": epoch + 1,
+                **{k: v / max(seen, 1) for k, v in sums.items()},
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": round(time.time() - t0, 2),
+            }
             run.end_epoch(summary, epochs)
-            if monitor is not None:      # raises for a diverging run: this epoch is logged, not saved
+            if monitor is not None:  # raises for a diverging run: this epoch is logged, not saved
                 monitor(summary)
             manifest["epochs_done"] = epoch + 1
             if dist.is_main:

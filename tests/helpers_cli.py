@@ -25,7 +25,7 @@ def digit_pattern(d: int, rng: np.random.Generator, channel_shift: int) -> np.nd
     """A 28x28x3 uint8 image whose bright bar position encodes the class d (learnable in one epoch)."""
     img = rng.integers(0, 60, (28, 28, 3), dtype=np.uint8)
     r, c = divmod(d, 5)
-    img[4 + r * 12: 12 + r * 12, 2 + c * 5: 6 + c * 5, :] = 255
+    img[4 + r * 12 : 12 + r * 12, 2 + c * 5 : 6 + c * 5, :] = 255
     img[..., channel_shift % 3] //= 2
     return img
 

@@ -35,13 +35,15 @@ def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
 
 def random_digits(rng: np.random.Generator, n: int) -> np.ndarray:
     """Random MNIST-like uint8 digits (n, 28, 28) that include the threshold values 128 and 129."""
-    d = rng.choice(np.array([0, 30, 128, 129, 200, 255], dtype=np.uint8), size=(n, 28, 28),
-                   p=[0.4, 0.1, 0.1, 0.1, 0.1, 0.2])
+    d = rng.choice(
+        np.array([0, 30, 128, 129, 200, 255], dtype=np.uint8), size=(n, 28, 28), p=[0.4, 0.1, 0.1, 0.1, 0.1, 0.2]
+    )
     return d
 
 
-def write_mnist_raw(directory: Path, per_class_train: int = 3, per_class_test: int = 2, seed: int = 0,
-                    compress: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def write_mnist_raw(
+    directory: Path, per_class_train: int = 3, per_class_test: int = 2, seed: int = 0, compress: bool = False
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Synthetic MNIST in torchvision's raw layout (DIR/MNIST/raw); returns {split: (images, labels)}."""
     rng = np.random.default_rng(seed)
     out = {}
@@ -56,8 +58,9 @@ def write_mnist_raw(directory: Path, per_class_train: int = 3, per_class_test: i
     return out
 
 
-def write_backgrounds(directory: Path, sizes=((41, 37), (35, 44), (30, 30), (52, 33), (40, 40)),
-                      seed: int = 1, names=None) -> list[np.ndarray]:
+def write_backgrounds(
+    directory: Path, sizes=((41, 37), (35, 44), (30, 30), (52, 33), (40, 40)), seed: int = 1, names=None
+) -> list[np.ndarray]:
     """Random-noise RGB backgrounds (W, H given) saved as PNG; returns the arrays in sorted-name order."""
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -29,15 +29,44 @@ def bundles(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("badinput")
     root = write_tiny_polymnist(tmp / "data", n_train=20, n_test=10)
     run_dir, erun, clf = tmp / "run", tmp / "erun", tmp / "clf"
-    code, _, err = run(["train", "polymnist", "--data-root", root, "--out", run_dir, "--epochs", "1",
-                        "--batch-size", "10", "--latent-dim", "4", *CPU])
+    code, _, err = run(
+        [
+            "train",
+            "polymnist",
+            "--data-root",
+            root,
+            "--out",
+            run_dir,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "10",
+            "--latent-dim",
+            "4",
+            *CPU,
+        ]
+    )
     assert code == 0, err
     shutil.copytree(run_dir, erun)
-    code, _, err = run(["fit-ebm", erun, "--data-root", root, "--energy-hidden", "8", "--epochs", "1",
-                        "--langevin-steps", "2", "--batch-size", "10", *CPU])
+    code, _, err = run(
+        [
+            "fit-ebm",
+            erun,
+            "--data-root",
+            root,
+            "--energy-hidden",
+            "8",
+            "--epochs",
+            "1",
+            "--langevin-steps",
+            "2",
+            "--batch-size",
+            "10",
+            *CPU,
+        ]
+    )
     assert code == 0, err
-    code, _, err = run(["classifier", "train", "polymnist", "--data-root", root, "--out", clf, "--epochs", "1",
-                        *CPU])
+    code, _, err = run(["classifier", "train", "polymnist", "--data-root", root, "--out", clf, "--epochs", "1", *CPU])
     assert code == 0, err
     return {"root": root, "run": run_dir, "erun": erun, "clf": clf}
 
@@ -71,7 +100,7 @@ def _corrupt(tmp, mp):
     p = tmp / "run" / "model.safetensors"
     data = bytearray(p.read_bytes())
     data[len(data) // 2] ^= 0x01
-    p.unlink()                       # break the hard link to the shared fixture before writing
+    p.unlink()  # break the hard link to the shared fixture before writing
     p.write_bytes(bytes(data))
 
 
@@ -106,7 +135,7 @@ def _garbage_safetensors(tmp, mp):
 
 def _no_tensorboard(tmp, mp):
     for name in ("tensorboard", "torch.utils.tensorboard", "tensorboardX"):
-        mp.setitem(sys.modules, name, None)          # `import tensorboard` now raises ImportError
+        mp.setitem(sys.modules, name, None)  # `import tensorboard` now raises ImportError
 
 
 def _needs_no_cuda(tmp, mp):
@@ -114,28 +143,65 @@ def _needs_no_cuda(tmp, mp):
         pytest.skip("CUDA is available here: --device cuda is valid")
 
 
-PREP = {"corrupt": _corrupt, "notabundle": _notabundle, "bad_recipe": _bad_recipe,
-        "malformed_recipe": _malformed_recipe, "empty": _empty_dir, "dr": _data_root,
-        "garbage_zip": _garbage_zip, "garbage_safetensors": _garbage_safetensors,
-        "no_tensorboard": _no_tensorboard, "no_cuda": _needs_no_cuda}
+PREP = {
+    "corrupt": _corrupt,
+    "notabundle": _notabundle,
+    "bad_recipe": _bad_recipe,
+    "malformed_recipe": _malformed_recipe,
+    "empty": _empty_dir,
+    "dr": _data_root,
+    "garbage_zip": _garbage_zip,
+    "garbage_safetensors": _garbage_safetensors,
+    "no_tensorboard": _no_tensorboard,
+    "no_cuda": _needs_no_cuda,
+}
 
 
 # --- the table ---------------------------------------------------------------------------------------
 # train: tiny and capped at one step, so a case that is wrongly accepted still finishes quickly
-TRAIN = ["train", "polymnist", "--out", "{tmp}/x", "--epochs", "1", "--batch-size", "10", "--latent-dim", "4",
-         "--max-steps", "1"]
+TRAIN = [
+    "train",
+    "polymnist",
+    "--out",
+    "{tmp}/x",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "10",
+    "--latent-dim",
+    "4",
+    "--max-steps",
+    "1",
+]
 TRAIN_EBM = [*TRAIN, "--prior", "ebm", "--energy-hidden", "8", "--langevin-steps", "2"]
 IWAE = ["--fusion", "moe", "--objective", "iwae"]
-FIT = ["fit-ebm", "{run}", "--energy-hidden", "8", "--epochs", "1", "--langevin-steps", "2", "--batch-size", "10",
-       *CPU]
+FIT = ["fit-ebm", "{run}", "--energy-hidden", "8", "--epochs", "1", "--langevin-steps", "2", "--batch-size", "10", *CPU]
 PFIT = ["fit-prior", "{run}", *CPU]
 CLF = ["classifier", "train", "polymnist", "--out", "{tmp}/c", "--epochs", "1", *CPU]
 CROSS = ["cross-generate", "{run}", "--out", "{tmp}/c.png", *CPU]
 COH = ["eval", "coherence", "{run}", "--classifiers", "{clf}", "--n-joint", "10", "--limit", "5", *CPU]
 LL = ["eval", "likelihood", "{run}", "--k", "2", "--limit", "5", *CPU]
-ALL = ["eval", "all", "{run}", "--classifiers", "{clf}", "--n-joint", "10", "--k", "2", "--limit", "5",
-       "--ll-limit", "5", "--n-train", "10", "--n-fid", "10", *CPU]
-CLOSED = "http://127.0.0.1:9"       # discard port: closed, connection refused, no network used
+ALL = [
+    "eval",
+    "all",
+    "{run}",
+    "--classifiers",
+    "{clf}",
+    "--n-joint",
+    "10",
+    "--k",
+    "2",
+    "--limit",
+    "5",
+    "--ll-limit",
+    "5",
+    "--n-train",
+    "10",
+    "--n-fid",
+    "10",
+    *CPU,
+]
+CLOSED = "http://127.0.0.1:9"  # discard port: closed, connection refused, no network used
 
 
 def case(id_, argv, code=2, prep=()):
@@ -165,8 +231,11 @@ CASES = [
     case("train-recipe-malformed", [*TRAIN, *CPU, "--recipe", "{tmp}/broken.toml"], prep=["malformed_recipe"]),
     case("train-unknown-dataset", ["train", "no-such-dataset", "--out", "{tmp}/x", *CPU]),
     case("train-missing-safetensors", ["train", "{tmp}/nope.safetensors", "--out", "{tmp}/x", *CPU]),
-    case("train-garbage-safetensors", ["train", "{tmp}/garbage.safetensors", "--out", "{tmp}/x", *CPU],
-         prep=["garbage_safetensors"]),
+    case(
+        "train-garbage-safetensors",
+        ["train", "{tmp}/garbage.safetensors", "--out", "{tmp}/x", *CPU],
+        prep=["garbage_safetensors"],
+    ),
     case("train-schedule-unknown", [*TRAIN, *CPU, "--schedule", "nope"]),
     case("train-resume-no-run", ["train", "polymnist", "--out", "{tmp}/empty", "--resume", *CPU], prep=["empty"]),
     case("train-resume-missing-folder", ["train", "polymnist", "--out", "{tmp}/x", "--resume", *CPU]),
@@ -188,18 +257,44 @@ CASES = [
     case("sample-n-neg", ["sample", "{run}", "-n", "-3", "--out", "{tmp}/s.png", *CPU]),
     case("sample-n-0", ["sample", "{run}", "-n", "0", "--out", "{tmp}/s.png", *CPU]),
     case("sample-out-unknown-ext", ["sample", "{run}", "-n", "2", "--out", "{tmp}/s.xyz", *CPU]),
-    case("sample-ebm-steps-neg", ["sample", "{erun}", "--prior", "ebm", "--steps", "-1", "-n", "2", "--out",
-                                  "{tmp}/s.png", *CPU]),
-    case("sample-ebm-step-size-0", ["sample", "{erun}", "--prior", "ebm", "--step-size", "0", "-n", "2", "--out",
-                                    "{tmp}/s.png", *CPU]),
-    case("sample-ebm-chain-every-neg", ["sample", "{erun}", "--prior", "ebm", "-n", "2", "--out", "{tmp}/s.png",
-                                      "--save-chain", "{tmp}/chain.png", "--chain-every", "-1", *CPU]),
-    case("sample-ebm-diverges", ["sample", "{erun}", "--prior", "ebm", "--step-size", "1e4", "-n", "2", "--out",
-                                 "{tmp}/s.png", *CPU], code=3),
+    case(
+        "sample-ebm-steps-neg",
+        ["sample", "{erun}", "--prior", "ebm", "--steps", "-1", "-n", "2", "--out", "{tmp}/s.png", *CPU],
+    ),
+    case(
+        "sample-ebm-step-size-0",
+        ["sample", "{erun}", "--prior", "ebm", "--step-size", "0", "-n", "2", "--out", "{tmp}/s.png", *CPU],
+    ),
+    case(
+        "sample-ebm-chain-every-neg",
+        [
+            "sample",
+            "{erun}",
+            "--prior",
+            "ebm",
+            "-n",
+            "2",
+            "--out",
+            "{tmp}/s.png",
+            "--save-chain",
+            "{tmp}/chain.png",
+            "--chain-every",
+            "-1",
+            *CPU,
+        ],
+    ),
+    case(
+        "sample-ebm-diverges",
+        ["sample", "{erun}", "--prior", "ebm", "--step-size", "1e4", "-n", "2", "--out", "{tmp}/s.png", *CPU],
+        code=3,
+    ),
     case("sample-ebm-without-energy", ["sample", "{run}", "--prior", "ebm", "-n", "2", "--out", "{tmp}/s.png", *CPU]),
     case("sample-corrupted-bundle", ["sample", "{run}", "-n", "2", "--out", "{tmp}/s.png", *CPU], prep=["corrupt"]),
-    case("sample-not-a-bundle", ["sample", "{tmp}/notabundle", "-n", "2", "--out", "{tmp}/s.png", *CPU],
-         prep=["notabundle"]),
+    case(
+        "sample-not-a-bundle",
+        ["sample", "{tmp}/notabundle", "-n", "2", "--out", "{tmp}/s.png", *CPU],
+        prep=["notabundle"],
+    ),
     case("sample-missing-run", ["sample", "{tmp}/missing", "-n", "2", "--out", "{tmp}/s.png", *CPU]),
     case("sample-classifier-bundle", ["sample", "{clf}", "-n", "2", "--out", "{tmp}/s.png", *CPU]),
     # ---- fit-ebm ----
@@ -248,8 +343,9 @@ CASES = [
     case("cross-no-inputs", [*CROSS]),
     case("cross-n-0", [*CROSS, "--given", "m0", "-n", "0"]),
     case("cross-n-neg", [*CROSS, "--given", "m0", "-n", "-2"]),
-    case("cross-out-unknown-ext", ["cross-generate", "{run}", "--given", "m0", "-n", "2", "--out", "{tmp}/c.xyz",
-                                   *CPU]),
+    case(
+        "cross-out-unknown-ext", ["cross-generate", "{run}", "--given", "m0", "-n", "2", "--out", "{tmp}/c.xyz", *CPU]
+    ),
     case("cross-unknown-target", [*CROSS, "--given", "m0", "--targets", "m9"]),
     case("cross-everything-given", [*CROSS, "--given", "m0,m1,m2,m3,m4"]),
     case("cross-image-missing-file", [*CROSS, "--image", "m0={tmp}/missing.png"]),
@@ -257,18 +353,39 @@ CASES = [
     case("cross-corrupted-bundle", [*CROSS, "--given", "m0", "-n", "2"], prep=["corrupt"]),
     case("cross-missing-run", ["cross-generate", "{tmp}/missing", "--given", "m0", "--out", "{tmp}/c.png", *CPU]),
     # ---- eval ----
-    case("eval-coherence-missing-classifiers", ["eval", "coherence", "{run}", "--classifiers", "{tmp}/missing-clf",
-                                                "--n-joint", "10", "--limit", "5", *CPU]),
-    case("eval-coherence-classifiers-is-a-run", ["eval", "coherence", "{run}", "--classifiers", "{run}",
-                                                 "--n-joint", "10", "--limit", "5", *CPU]),
+    case(
+        "eval-coherence-missing-classifiers",
+        ["eval", "coherence", "{run}", "--classifiers", "{tmp}/missing-clf", "--n-joint", "10", "--limit", "5", *CPU],
+    ),
+    case(
+        "eval-coherence-classifiers-is-a-run",
+        ["eval", "coherence", "{run}", "--classifiers", "{run}", "--n-joint", "10", "--limit", "5", *CPU],
+    ),
     case("eval-coherence-no-classifiers", ["eval", "coherence", "{run}", "--limit", "5", *CPU]),
     case("eval-coherence-unknown-prior", [*COH, "--prior", "nope"]),
     case("eval-coherence-ebm-without-energy", [*COH, "--prior", "ebm"]),
     case("eval-coherence-n-joint-0", [*COH, "--n-joint", "0"]),
     case("eval-coherence-n-joint-neg", [*COH, "--n-joint", "-5"]),
     case("eval-coherence-limit-0", [*COH, "--limit", "0"]),
-    case("eval-coherence-ebm-steps-neg", ["eval", "coherence", "{erun}", "--classifiers", "{clf}", "--prior", "ebm",
-                                          "--steps", "-1", "--n-joint", "10", "--limit", "5", *CPU]),
+    case(
+        "eval-coherence-ebm-steps-neg",
+        [
+            "eval",
+            "coherence",
+            "{erun}",
+            "--classifiers",
+            "{clf}",
+            "--prior",
+            "ebm",
+            "--steps",
+            "-1",
+            "--n-joint",
+            "10",
+            "--limit",
+            "5",
+            *CPU,
+        ],
+    ),
     case("eval-coherence-report-limit-0", [*COH, "--limit", "0", "--report", "{tmp}/rep"]),
     case("eval-likelihood-k-0", [*LL, "--k", "0"]),
     case("eval-likelihood-k-neg", [*LL, "--k", "-2"]),
@@ -278,8 +395,10 @@ CASES = [
     case("eval-likelihood-unknown-split", [*LL, "--split", "nope"]),
     case("eval-latent-n-train-0", ["eval", "latent", "{run}", "--n-train", "0", "--limit", "5", *CPU]),
     case("eval-fid-n-fid-0", ["eval", "fid", "{run}", "--n-fid", "0", "--limit", "5", *CPU]),
-    case("eval-fid-missing-weights", ["eval", "fid", "{run}", "--inception-weights", "{tmp}/nope.pth", "--n-fid",
-                                      "10", "--limit", "5", *CPU]),
+    case(
+        "eval-fid-missing-weights",
+        ["eval", "fid", "{run}", "--inception-weights", "{tmp}/nope.pth", "--n-fid", "10", "--limit", "5", *CPU],
+    ),
     case("eval-all-n-joint-0", [*ALL, "--n-joint", "0"]),
     case("eval-all-k-0", [*ALL, "--k", "0"]),
     case("eval-all-ll-limit-0", [*ALL, "--ll-limit", "0"]),
@@ -296,28 +415,50 @@ CASES = [
     case("classifier-out-is-a-run", ["classifier", "train", "polymnist", "--out", "{run}", "--epochs", "1", *CPU]),
     # ---- data ----
     case("data-fetch-unknown-dataset", ["data", "fetch", "no-such-dataset", "--data-root", "{tmp}/dr"], prep=["dr"]),
-    case("data-fetch-closed-port", ["data", "fetch", "polymnist", "--url", f"{CLOSED}/PolyMNIST.zip",
-                                    "--data-root", "{tmp}/dr"], prep=["dr"]),
-    case("data-fetch-bad-scheme", ["data", "fetch", "polymnist", "--url", "ftp://127.0.0.1:9/PolyMNIST.zip",
-                                   "--data-root", "{tmp}/dr"], prep=["dr"]),
-    case("data-fetch-not-a-url", ["data", "fetch", "polymnist", "--url", "::not a url::", "--data-root", "{tmp}/dr"],
-         prep=["dr"]),
-    case("data-fetch-missing-local-zip", ["data", "fetch", "polymnist", "--url", "{tmp}/missing.zip",
-                                          "--data-root", "{tmp}/dr"], prep=["dr"]),
-    case("data-fetch-garbage-zip", ["data", "fetch", "polymnist", "--url", "{tmp}/bad.zip",
-                                    "--data-root", "{tmp}/dr"], prep=["dr", "garbage_zip"]),
-    case("data-fetch-sha256-mismatch", ["data", "fetch", "polymnist", "--url", "{tmp}/bad.zip", "--sha256", "0" * 64,
-                                        "--data-root", "{tmp}/dr"], prep=["dr", "garbage_zip"]),
-    case("data-fetch-url-for-mini", ["data", "fetch", "polymnist-mini", "--url", f"{CLOSED}/x.zip",
-                                     "--data-root", "{tmp}/dr"], prep=["dr"]),
+    case(
+        "data-fetch-closed-port",
+        ["data", "fetch", "polymnist", "--url", f"{CLOSED}/PolyMNIST.zip", "--data-root", "{tmp}/dr"],
+        prep=["dr"],
+    ),
+    case(
+        "data-fetch-bad-scheme",
+        ["data", "fetch", "polymnist", "--url", "ftp://127.0.0.1:9/PolyMNIST.zip", "--data-root", "{tmp}/dr"],
+        prep=["dr"],
+    ),
+    case(
+        "data-fetch-not-a-url",
+        ["data", "fetch", "polymnist", "--url", "::not a url::", "--data-root", "{tmp}/dr"],
+        prep=["dr"],
+    ),
+    case(
+        "data-fetch-missing-local-zip",
+        ["data", "fetch", "polymnist", "--url", "{tmp}/missing.zip", "--data-root", "{tmp}/dr"],
+        prep=["dr"],
+    ),
+    case(
+        "data-fetch-garbage-zip",
+        ["data", "fetch", "polymnist", "--url", "{tmp}/bad.zip", "--data-root", "{tmp}/dr"],
+        prep=["dr", "garbage_zip"],
+    ),
+    case(
+        "data-fetch-sha256-mismatch",
+        ["data", "fetch", "polymnist", "--url", "{tmp}/bad.zip", "--sha256", "0" * 64, "--data-root", "{tmp}/dr"],
+        prep=["dr", "garbage_zip"],
+    ),
+    case(
+        "data-fetch-url-for-mini",
+        ["data", "fetch", "polymnist-mini", "--url", f"{CLOSED}/x.zip", "--data-root", "{tmp}/dr"],
+        prep=["dr"],
+    ),
     case("data-build-unknown-dataset", ["data", "build", "no-such-dataset", "--out", "{tmp}/b"]),
     case("data-build-polymnist-missing-options", ["data", "build", "polymnist", "--out", "{tmp}/b"]),
-    case("data-build-polymnist-missing-dirs", ["data", "build", "polymnist", "--mnist", "{tmp}/nomnist",
-                                               "--backgrounds", "{tmp}/nobg", "--out", "{tmp}/b"]),
+    case(
+        "data-build-polymnist-missing-dirs",
+        ["data", "build", "polymnist", "--mnist", "{tmp}/nomnist", "--backgrounds", "{tmp}/nobg", "--out", "{tmp}/b"],
+    ),
     case("data-info-unknown-dataset", ["data", "info", "no-such-dataset", "--data-root", "{tmp}/dr"], prep=["dr"]),
     case("data-info-missing-safetensors", ["data", "info", "{tmp}/nope.safetensors"]),
-    case("data-info-garbage-safetensors", ["data", "info", "{tmp}/garbage.safetensors"],
-         prep=["garbage_safetensors"]),
+    case("data-info-garbage-safetensors", ["data", "info", "{tmp}/garbage.safetensors"], prep=["garbage_safetensors"]),
     # ---- compare ----
     case("compare-missing-run", ["compare", "{tmp}/missing"]),
     case("compare-not-a-bundle", ["compare", "{tmp}/notabundle"], prep=["notabundle"]),
@@ -348,8 +489,9 @@ def check_one_error_line(code, expected, out, err):
 
 
 @pytest.mark.parametrize("argv, expected, prep", CASES)
-def test_bad_input_is_refused_and_writes_nothing(bundles, shared_bundles_untouched, tmp_path, monkeypatch, capsys,
-                                                 argv, expected, prep):
+def test_bad_input_is_refused_and_writes_nothing(
+    bundles, shared_bundles_untouched, tmp_path, monkeypatch, capsys, argv, expected, prep
+):
     monkeypatch.setenv("MMVAE_DATA", str(bundles["root"]))
     text = " ".join(argv)
     for name in ("run", "erun", "clf"):
@@ -357,8 +499,7 @@ def test_bad_input_is_refused_and_writes_nothing(bundles, shared_bundles_untouch
             copy_bundle(bundles[name], tmp_path / name)
     for p in prep:
         PREP[p](tmp_path, monkeypatch)
-    argv = [a.format(tmp=tmp_path, run=tmp_path / "run", erun=tmp_path / "erun", clf=tmp_path / "clf")
-            for a in argv]
+    argv = [a.format(tmp=tmp_path, run=tmp_path / "run", erun=tmp_path / "erun", clf=tmp_path / "clf") for a in argv]
     before = snapshot(tmp_path)
     capsys.readouterr()
     code, out, err = run(argv, capsys)
@@ -367,8 +508,9 @@ def test_bad_input_is_refused_and_writes_nothing(bundles, shared_bundles_untouch
     assert not changes, f"the refused command changed {tmp_path}: {changes}"
 
 
-def test_fit_ebm_divergence_exits_3_and_leaves_run_unchanged(bundles, shared_bundles_untouched, tmp_path, monkeypatch,
-                                                             capsys):
+def test_fit_ebm_divergence_exits_3_and_leaves_run_unchanged(
+    bundles, shared_bundles_untouched, tmp_path, monkeypatch, capsys
+):
     """A chain that diverges mid-fit: exit 3, no traceback, the last stderr line is the only `error:` line
     (the progress lines printed before the fit started are allowed here), RUN byte-for-byte unchanged."""
     monkeypatch.setenv("MMVAE_DATA", str(bundles["root"]))
@@ -400,10 +542,11 @@ def test_sample_jpeg_is_real_or_refused(bundles, shared_bundles_untouched, tmp_p
 def test_the_table_covers_every_command():
     """Every command `mmvae --help` lists has at least one case above."""
     from mmvae_cli.cli import cli
+
     seen = {tuple(p.values[0][:2]) for p in CASES} | {(p.values[0][0],) for p in CASES}
     for name, cmd in cli.commands.items():
         if name == "evaluate":
-            continue                       # an alias of eval
+            continue  # an alias of eval
         subs = getattr(cmd, "commands", None)
         if subs:
             for sub in subs:

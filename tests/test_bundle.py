@@ -13,8 +13,7 @@ from mmvae_cli.model_io import load_model, save_bundle
 
 def _model():
     torch.manual_seed(0)
-    cfg = ModelConfig([ModalitySpec("a", [6]), ModalitySpec("b", [1, 28, 28])], latent_dim=4, fusion="mopoe",
-                      hidden=16)
+    cfg = ModelConfig([ModalitySpec("a", [6]), ModalitySpec("b", [1, 28, 28])], latent_dim=4, fusion="mopoe", hidden=16)
     return MultimodalVAE(cfg)
 
 

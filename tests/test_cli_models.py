@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from helpers_cli import run, write_tiny_polymnist
-from mmvae_cli.model_io import load_model
+from safetensors.torch import save_file
 from test_data_mnist_svhn import write_mnist_svhn
+
+from mmvae_cli.model_io import load_model
 
 MODELS = {
     "mvae": ["--fusion", "poe"],
@@ -23,8 +23,13 @@ MODELS = {
     "mmvaeplus": ["--fusion", "moe", "--objective", "dreg", "--private-dim", "3"],
 }
 EXPECTED = {  # (fusion, objective, private_dim) each bundle's manifest must record
-    "mvae": ("poe", "mvae", 0), "mvae-subsets": ("poe", "mvae", 0), "mmvae-elbo": ("moe", "elbo", 0), "mmvae-iwae": ("moe", "iwae", 0),
-    "mmvae-dreg": ("moe", "dreg", 0), "mopoe": ("mopoe", "elbo", 0), "mmvaeplus": ("moe", "dreg", 3),
+    "mvae": ("poe", "mvae", 0),
+    "mvae-subsets": ("poe", "mvae", 0),
+    "mmvae-elbo": ("moe", "elbo", 0),
+    "mmvae-iwae": ("moe", "iwae", 0),
+    "mmvae-dreg": ("moe", "dreg", 0),
+    "mopoe": ("mopoe", "elbo", 0),
+    "mmvaeplus": ("moe", "dreg", 3),
 }
 
 
@@ -35,9 +40,16 @@ def roots(tmp_path_factory):
     ms = tmp / "ms"
     write_mnist_svhn(ms)
     g = torch.Generator().manual_seed(0)
-    vec = tmp / "events.safetensors"     # audio features + neural recordings of the same events
-    save_file({"audio": torch.randn(40, 12, generator=g), "neural": torch.randn(40, 7, generator=g),
-               "label": torch.arange(40) % 4, "split": (torch.arange(40) >= 32).long()}, str(vec))
+    vec = tmp / "events.safetensors"  # audio features + neural recordings of the same events
+    save_file(
+        {
+            "audio": torch.randn(40, 12, generator=g),
+            "neural": torch.randn(40, 7, generator=g),
+            "label": torch.arange(40) % 4,
+            "split": (torch.arange(40) >= 32).long(),
+        },
+        str(vec),
+    )
     return tmp, poly, ms, vec
 
 
@@ -58,8 +70,26 @@ def _check_bundle(run_dir, name, names):
 def test_every_model_trains_on_polymnist_shaped_data(roots, name, capsys):
     tmp, poly, _, _ = roots
     out = tmp / "runs" / f"poly-{name}"
-    code, _, err = run(["train", "polymnist", "--data-root", poly, "--out", out, "--epochs", "1", "--batch-size", "16",
-                        "--latent-dim", "4", "--device", "cpu", *MODELS[name]], capsys)
+    code, _, err = run(
+        [
+            "train",
+            "polymnist",
+            "--data-root",
+            poly,
+            "--out",
+            out,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--latent-dim",
+            "4",
+            "--device",
+            "cpu",
+            *MODELS[name],
+        ],
+        capsys,
+    )
     assert code == 0, err
     model = _check_bundle(out, name, [f"m{i}" for i in range(5)])
     assert model.config.extra.get("mvae_k", 0) == (2 if name == "mvae-subsets" else 0)
@@ -71,8 +101,26 @@ def test_every_model_trains_on_polymnist_shaped_data(roots, name, capsys):
 def test_mnist_svhn_models_use_the_recipe_nets_and_rescaling(roots, name, capsys):
     tmp, _, ms, _ = roots
     out = tmp / "runs" / f"ms-{name}"
-    code, _, err = run(["train", "mnist-svhn", "--data-root", ms, "--out", out, "--schedule", "cpu", "--epochs", "1",
-                        "--latent-dim", "4", "--device", "cpu", *MODELS[name][:2]], capsys)
+    code, _, err = run(
+        [
+            "train",
+            "mnist-svhn",
+            "--data-root",
+            ms,
+            "--out",
+            out,
+            "--schedule",
+            "cpu",
+            "--epochs",
+            "1",
+            "--latent-dim",
+            "4",
+            "--device",
+            "cpu",
+            *MODELS[name][:2],
+        ],
+        capsys,
+    )
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["settings"]["recipe"] == f"mnist-svhn-{name.split('-')[0]}.toml"
@@ -80,7 +128,7 @@ def test_mnist_svhn_models_use_the_recipe_nets_and_rescaling(roots, name, capsys
     assert specs["mnist"]["arch"] == "mlp" and specs["svhn"]["arch"] == "conv32"
     assert specs["mnist"]["rescale"] == pytest.approx(3072 / 784) and specs["svhn"]["rescale"] == 1.0
     model = _check_bundle(out, name, ["mnist", "svhn"])
-    if name == "mmvae-dreg":    # MMVAE on MNIST-SVHN: Laplace, learned prior scale, K from the cpu schedule
+    if name == "mmvae-dreg":  # MMVAE on MNIST-SVHN: Laplace, learned prior scale, K from the cpu schedule
         assert (manifest["model"]["posterior"], manifest["model"]["k"]) == ("laplace", 4)
         assert model.prior.raw.requires_grad
 
@@ -89,8 +137,26 @@ def test_mnist_svhn_models_use_the_recipe_nets_and_rescaling(roots, name, capsys
 def test_vector_data_models(roots, name, capsys):
     tmp, _, _, vec = roots
     out = tmp / "runs" / f"vec-{name}"
-    code, _, err = run(["train", vec, "--out", out, "--epochs", "1", "--batch-size", "8", "--latent-dim", "3",
-                        "--likelihood", "audio=gaussian,neural=laplace", "--device", "cpu", *MODELS[name]], capsys)
+    code, _, err = run(
+        [
+            "train",
+            vec,
+            "--out",
+            out,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--latent-dim",
+            "3",
+            "--likelihood",
+            "audio=gaussian,neural=laplace",
+            "--device",
+            "cpu",
+            *MODELS[name],
+        ],
+        capsys,
+    )
     assert code == 0, err
     model = _check_bundle(out, name, ["audio", "neural"])
     specs = {m.name: m for m in model.config.modalities}
@@ -102,28 +168,59 @@ def test_generic_image_shape_gets_a_conv_net_sized_to_it(roots, capsys):
     tmp, _, _, _ = roots
     path = tmp / "shapes.safetensors"
     g = torch.Generator().manual_seed(1)
-    save_file({"spec": torch.rand(24, 2, 17, 23, generator=g), "trace": torch.randn(24, 5, generator=g),
-               "split": (torch.arange(24) >= 20).long()}, str(path))
+    save_file(
+        {
+            "spec": torch.rand(24, 2, 17, 23, generator=g),
+            "trace": torch.randn(24, 5, generator=g),
+            "split": (torch.arange(24) >= 20).long(),
+        },
+        str(path),
+    )
     out = tmp / "runs" / "shapes"
-    code, _, err = run(["train", path, "--out", out, "--epochs", "1", "--batch-size", "8", "--latent-dim", "3",
-                        "--fusion", "moe", "--objective", "dreg", "--k", "2", "--device", "cpu"], capsys)
+    code, _, err = run(
+        [
+            "train",
+            path,
+            "--out",
+            out,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--latent-dim",
+            "3",
+            "--fusion",
+            "moe",
+            "--objective",
+            "dreg",
+            "--k",
+            "2",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 0, err
     model, _ = load_model(out)
     assert type(model.encoders["spec"]).__name__ == "ConvEncoder"
     assert model.generate(model.sample_prior(2))["spec"].shape == (2, 2, 17, 23)
 
 
-@pytest.mark.parametrize("extra, needle", [
-    (["--likelihood", "audio=gaussian,video=laplace"], "'video' is not a modality"),
-    (["--likelihood", "poisson"], "unknown value 'poisson'"),
-    (["--arch", "neural=conv28"], "conv28 needs (C, 28, 28)"),
-    (["--fusion", "mopoe", "--private-dim", "2"], "--private-dim (MMVAE+) needs --fusion moe"),
-    (["--fusion", "poe", "--posterior", "laplace"], "needs Gaussian posteriors"),
-])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--likelihood", "audio=gaussian,video=laplace"], "'video' is not a modality"),
+        (["--likelihood", "poisson"], "unknown value 'poisson'"),
+        (["--arch", "neural=conv28"], "conv28 needs (C, 28, 28)"),
+        (["--fusion", "mopoe", "--private-dim", "2"], "--private-dim (MMVAE+) needs --fusion moe"),
+        (["--fusion", "poe", "--posterior", "laplace"], "needs Gaussian posteriors"),
+    ],
+)
 def test_model_option_errors_are_one_line(roots, extra, needle, capsys):
     tmp, _, _, vec = roots
-    code, _, err = run(["train", vec, "--out", tmp / "runs" / "bad", "--overwrite", "--epochs", "1", "--device", "cpu",
-                        *extra], capsys)
+    code, _, err = run(
+        ["train", vec, "--out", tmp / "runs" / "bad", "--overwrite", "--epochs", "1", "--device", "cpu", *extra], capsys
+    )
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err

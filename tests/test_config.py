@@ -23,24 +23,28 @@ def test_every_setting_declares_help_source_and_a_valid_default():
     for cls in (*config.SECTIONS.values(), config.FitSettings, config.RuntimeSettings, config.ClassifierSettings):
         for f in fields(cls):
             assert f.metadata["help"] and f.metadata["source"], (cls.__name__, f.name)
-        config.check(cls())                        # the defaults are in range
+        config.check(cls())  # the defaults are in range
 
 
-@pytest.mark.parametrize("section, field, bad, needle", [
-    (config.TrainSettings, "batch_size", 0, "--batch-size must be >= 1"),
-    (config.TrainSettings, "lr", 0.0, "--lr must be > 0"),
-    (config.TrainSettings, "lr", float("nan"), "--lr must be a finite number"),
-    (config.TrainSettings, "adam_betas", (1.0, 0.9), "--adam-betas must be < 1"),
-    (config.ModelSettings, "beta", -0.5, "--beta must be >= 0"),
-    (config.ModelSettings, "fusion", "sum", "--fusion must be one of"),
-    (config.ModelSettings, "latent_dim", 2.5, "--latent-dim must be an integer"),
-    (config.ModelSettings, "learn_prior", "yes", "--learn-prior must be true or false"),
-    (config.LangevinSettings, "steps", -1, "--steps must be >= 0"),
-    (config.LangevinSettings, "clip_grad", 0.0, "--clip-grad must be > 0"),
-    (config.FitSettings, "sigma", 0.0, "--sigma must be > 0"),
-])
+@pytest.mark.parametrize(
+    "section, field, bad, needle",
+    [
+        (config.TrainSettings, "batch_size", 0, "--batch-size must be >= 1"),
+        (config.TrainSettings, "lr", 0.0, "--lr must be > 0"),
+        (config.TrainSettings, "lr", float("nan"), "--lr must be a finite number"),
+        (config.TrainSettings, "adam_betas", (1.0, 0.9), "--adam-betas must be < 1"),
+        (config.ModelSettings, "beta", -0.5, "--beta must be >= 0"),
+        (config.ModelSettings, "fusion", "sum", "--fusion must be one of"),
+        (config.ModelSettings, "latent_dim", 2.5, "--latent-dim must be an integer"),
+        (config.ModelSettings, "learn_prior", "yes", "--learn-prior must be true or false"),
+        (config.LangevinSettings, "steps", -1, "--steps must be >= 0"),
+        (config.LangevinSettings, "clip_grad", 0.0, "--clip-grad must be > 0"),
+        (config.FitSettings, "sigma", 0.0, "--sigma must be > 0"),
+    ],
+)
 def test_check_names_the_flag_and_the_range(section, field, bad, needle):
     from dataclasses import replace
+
     with pytest.raises(MMVAEError, match=needle.replace("+", r"\+")):
         config.check(replace(section(), **{field: bad}))
 
@@ -48,13 +52,13 @@ def test_check_names_the_flag_and_the_range(section, field, bad, needle):
 def test_resolution_order_defaults_recipe_schedule_flags():
     cfg = config.resolve_train("polymnist-mini", {})
     assert (cfg.recipe, cfg.schedule) == ("polymnist-mopoe.toml", "cpu")
-    assert (cfg.train.epochs, cfg.train.batch_size) == (45, 32)          # the [cpu] schedule
-    assert cfg.model.latent_dim == 512 and cfg.model.arch == "conv28"   # the recipe's [model]
+    assert (cfg.train.epochs, cfg.train.batch_size) == (45, 32)  # the [cpu] schedule
+    assert cfg.model.latent_dim == 512 and cfg.model.arch == "conv28"  # the recipe's [model]
     cfg = config.resolve_train("polymnist-mini", {"epochs": 3, "fusion": "moe"})
     assert cfg.train.epochs == 3 and cfg.recipe == "polymnist-mmvae.toml" and cfg.model.objective == "iwae"
     cfg = config.resolve_train("polymnist", {})
     assert cfg.schedule is None and cfg.train.epochs == 300 and cfg.train.batch_size == 256
-    cfg = config.resolve_train("my-data", {})                          # no recipe: the fields' defaults
+    cfg = config.resolve_train("my-data", {})  # no recipe: the fields' defaults
     assert cfg.recipe is None and cfg.train.epochs == config.TrainSettings().epochs
 
 
@@ -79,10 +83,14 @@ def test_every_shipped_recipe_resolves():
 
 def test_old_manifest_settings_read_back():
     """Bundles from before config.py kept mvae_k under model.extra and ebm_lr under train."""
-    cfg = config.TrainConfig.from_dict({"model": {"fusion": "poe", "objective": "mvae", "extra": {"mvae_k": 2},
-                                                  "latent_dim": 8},
-                                        "train": {"epochs": 2, "ebm_lr": 1e-4, "ebm_betas": [0.5, 0.9]},
-                                        "recipe": None, "schedule": None})
+    cfg = config.TrainConfig.from_dict(
+        {
+            "model": {"fusion": "poe", "objective": "mvae", "extra": {"mvae_k": 2}, "latent_dim": 8},
+            "train": {"epochs": 2, "ebm_lr": 1e-4, "ebm_betas": [0.5, 0.9]},
+            "recipe": None,
+            "schedule": None,
+        }
+    )
     assert cfg.model.mvae_subsets == 2 and cfg.joint.ebm_lr == 1e-4 and cfg.joint.ebm_betas == (0.5, 0.9)
     assert cfg.model.private_prior == "learned"
 
@@ -98,8 +106,20 @@ def test_dry_run_prints_the_resolved_settings_and_writes_nothing(tmp_path, capsy
 def test_resume_refuses_changed_settings(tmp_path, capsys):
     root = write_tiny_polymnist(tmp_path / "data", n_train=16, n_test=4)
     out = tmp_path / "r"
-    base = ["train", "polymnist", "--data-root", root, "--out", out, "--latent-dim", "4", "--batch-size", "8",
-            "--device", "cpu"]
+    base = [
+        "train",
+        "polymnist",
+        "--data-root",
+        root,
+        "--out",
+        out,
+        "--latent-dim",
+        "4",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+    ]
     assert run([*base, "--epochs", "1", "--max-steps", "1"], capsys)[0] == 0
     before = (out / "manifest.json").read_bytes()
     code, _, err = run([*base, "--resume", "--lr", "0.1"], capsys)
@@ -110,11 +130,32 @@ def test_resume_refuses_changed_settings(tmp_path, capsys):
 def test_tensorboard_writes_scalars_per_epoch(tmp_path, capsys):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     root = write_tiny_polymnist(tmp_path / "data", n_train=16, n_test=4)
     tb, log = tmp_path / "tb", tmp_path / "log.jsonl"
-    code, _, err = run(["train", "polymnist", "--data-root", root, "--out", tmp_path / "r", "--latent-dim", "4",
-                        "--batch-size", "8", "--epochs", "2", "--device", "cpu", "--tensorboard", tb,
-                        "--log-jsonl", log], capsys)
+    code, _, err = run(
+        [
+            "train",
+            "polymnist",
+            "--data-root",
+            root,
+            "--out",
+            tmp_path / "r",
+            "--latent-dim",
+            "4",
+            "--batch-size",
+            "8",
+            "--epochs",
+            "2",
+            "--device",
+            "cpu",
+            "--tensorboard",
+            tb,
+            "--log-jsonl",
+            log,
+        ],
+        capsys,
+    )
     assert code == 0, err
     acc = EventAccumulator(str(tb))
     acc.Reload()
@@ -128,6 +169,7 @@ def test_tensorboard_writes_scalars_per_epoch(tmp_path, capsys):
 def test_every_subpackage_ships_in_the_wheel():
     """pyproject lists the packages (recipes/ is mapped into the package): a new subpackage must be listed."""
     import tomllib
+
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.relative_to(ROOT).parent.parts) for p in (ROOT / "mmvae_cli").rglob("__init__.py")}
     assert found | {"mmvae_cli.recipes"} == listed
@@ -144,13 +186,21 @@ def _wheel_python(tmp: Path) -> tuple[list[str], dict]:
             shutil.copy2(ROOT / name, src / name)
     for name in ("mmvae_cli", "recipes"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                        "-w", str(dist), str(src)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if r.returncode != 0:
         pytest.fail(f"building the wheel failed: {r.stderr[-2000:]}")
     wheel = next(dist.glob("mmvae_cli-*.whl"))
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     env = {**os.environ, "PYTHONPATH": str(site)}
     return [sys.executable, "-c", "import sys; from mmvae_cli.cli import main; main(sys.argv[1:])"], env
@@ -158,13 +208,28 @@ def _wheel_python(tmp: Path) -> tuple[list[str], dict]:
 
 def test_wheel_install_resolves_the_same_recipe_as_the_source_tree(tmp_path, capsys):
     cmd, env = _wheel_python(tmp_path)
-    where = subprocess.run([sys.executable, "-c", "import mmvae_cli, mmvae_cli.config as c; "
-                            "print(mmvae_cli.__file__); print(c.recipe_files())"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    where = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import mmvae_cli, mmvae_cli.config as c; print(mmvae_cli.__file__); print(c.recipe_files())",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert where.returncode == 0, where.stderr
     assert all(line.startswith(str(tmp_path / "site")) for line in where.stdout.split()), where.stdout
-    r = subprocess.run([*cmd, "train", "polymnist-mini", "--dry-run"], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [*cmd, "train", "polymnist-mini", "--dry-run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     code, out, err = run(["train", "polymnist-mini", "--dry-run"], capsys)
     assert code == 0, err

@@ -9,8 +9,8 @@ import json
 
 import pytest
 import torch
-
 from helpers_cli import run, write_tiny_polymnist
+
 from mmvae_cli.data import load_dataset
 from mmvae_cli.ebm import langevin
 from mmvae_cli.model import ModalitySpec, ModelConfig, MultimodalVAE
@@ -37,14 +37,16 @@ def exact_fp32():
 @pytest.mark.parametrize("fusion,objective,k", [("mopoe", "elbo", 1), ("moe", "iwae", 3), ("poe", "mvae", 1)])
 def test_loss_and_gradients_match_the_cpu(fusion, objective, k):
     torch.manual_seed(0)
-    cfg = ModelConfig([ModalitySpec(f"m{i}", [3, 28, 28]) for i in range(3)], latent_dim=8, fusion=fusion,
-                      objective=objective, k=k)
+    cfg = ModelConfig(
+        [ModalitySpec(f"m{i}", [3, 28, 28]) for i in range(3)], latent_dim=8, fusion=fusion, objective=objective, k=k
+    )
     cpu = MultimodalVAE(cfg)
     gpu = MultimodalVAE(cfg).cuda()
     gpu.load_state_dict(cpu.state_dict())
     x = {f"m{i}": torch.rand(6, 3, 28, 28) for i in range(3)}
     # the same reparameterisation noise on both devices: Normal.rsample's draws come from the CPU
     import torch.distributions.normal as normal
+
     real, gen = normal._standard_normal, torch.Generator().manual_seed(0)
 
     def cpu_drawn(shape, dtype, device):
@@ -80,8 +82,26 @@ def test_data_is_placed_on_the_device(data_root, monkeypatch):
 @pytest.mark.parametrize("flags", [[], ["--precision", "bf16", "--channels-last"], ["--precision", "fp16"]])
 def test_train_on_cuda_and_reload_on_cpu(data_root, tmp_path, capsys, flags):
     out = tmp_path / "run"
-    code, _, err = run(["train", "polymnist", "--data-root", data_root, "--epochs", "2", "--batch-size", "16",
-                        "--latent-dim", "8", "--device", "cuda", "--out", out, *flags], capsys)
+    code, _, err = run(
+        [
+            "train",
+            "polymnist",
+            "--data-root",
+            data_root,
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--latent-dim",
+            "8",
+            "--device",
+            "cuda",
+            "--out",
+            out,
+            *flags,
+        ],
+        capsys,
+    )
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     losses = [h["loss"] for h in manifest["history"]]
@@ -110,15 +130,61 @@ def test_langevin_on_cuda_matches_a_gaussian_target():
 
 def test_eval_coherence_runs_on_cuda(data_root, tmp_path, capsys):
     clf = tmp_path / "clf"
-    code, _, err = run(["classifier", "train", "polymnist", "--data-root", data_root, "--epochs", "2",
-                        "--device", "cuda", "--out", clf], capsys)
+    code, _, err = run(
+        [
+            "classifier",
+            "train",
+            "polymnist",
+            "--data-root",
+            data_root,
+            "--epochs",
+            "2",
+            "--device",
+            "cuda",
+            "--out",
+            clf,
+        ],
+        capsys,
+    )
     assert code == 0, err
     out = tmp_path / "run"
-    code, _, err = run(["train", "polymnist", "--data-root", data_root, "--epochs", "1", "--batch-size", "16",
-                        "--latent-dim", "8", "--device", "cuda", "--out", out], capsys)
+    code, _, err = run(
+        [
+            "train",
+            "polymnist",
+            "--data-root",
+            data_root,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--latent-dim",
+            "8",
+            "--device",
+            "cuda",
+            "--out",
+            out,
+        ],
+        capsys,
+    )
     assert code == 0, err
-    code, text, err = run(["eval", "coherence", out, "--classifiers", clf, "--device", "cuda", "--n-joint", "50",
-                           "--data-root", data_root, "--json"], capsys)
+    code, text, err = run(
+        [
+            "eval",
+            "coherence",
+            out,
+            "--classifiers",
+            clf,
+            "--device",
+            "cuda",
+            "--n-joint",
+            "50",
+            "--data-root",
+            data_root,
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     res = json.loads(text)
     assert 0.0 <= res["joint"] <= 1.0 and set(res["conditional"]) == {"1", "2", "3", "4"}

@@ -92,22 +92,32 @@ def test_no_test_split_and_info(tmp_path):
     assert res.exit_code == 0 and "test (none)" in res.stdout and "vector" in res.stdout
 
 
-@pytest.mark.parametrize("mutate, expected", [
-    (lambda t: t.update(image=torch.zeros(12, 8, 8, dtype=torch.uint8)), "'image' has shape (12, 8, 8)"),
-    (lambda t: t.update(image=torch.zeros(12, 1, 1, 8, 8, dtype=torch.uint8)), "expected (N, C, H, W)"),
-    (lambda t: t.update(attrs=torch.zeros(11, 5)), "different lengths"),
-    (lambda t: t["attrs"].__setitem__((3, 2), float("nan")), "'attrs' has 1 NaN"),
-    (lambda t: t["photo"].__setitem__((0, 0, 0, 0), float("inf")), "'photo' has 0 NaN and 1 Inf"),
-    (lambda t: t.update(photo=t["photo"] * 2), "scale them to [0, 1]"),
-    (lambda t: t.update(image=torch.zeros(12, 1, 8, 8, dtype=torch.int32)), "use uint8"),
-    (lambda t: [t.pop(k) for k in ("image", "photo", "attrs")], "no modalities"),
-    (lambda t: t.update(label=torch.rand(12)), "integer dtype"),
-    (lambda t: t.update(label=torch.arange(5)), "'label' has shape"),
-    (lambda t: t.update(split=torch.full((12,), 2)), "0 (train) or 1 (test)"),
-    (lambda t: t.update(labels=torch.arange(12)), "must be named 'label'"),
-    (lambda t: t.update(image=torch.zeros(0, 1, 8, 8, dtype=torch.uint8), photo=torch.zeros(0, 3, 6, 6),
-                        attrs=torch.zeros(0, 5), label=torch.zeros(0, dtype=torch.long)), "no samples"),
-])
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda t: t.update(image=torch.zeros(12, 8, 8, dtype=torch.uint8)), "'image' has shape (12, 8, 8)"),
+        (lambda t: t.update(image=torch.zeros(12, 1, 1, 8, 8, dtype=torch.uint8)), "expected (N, C, H, W)"),
+        (lambda t: t.update(attrs=torch.zeros(11, 5)), "different lengths"),
+        (lambda t: t["attrs"].__setitem__((3, 2), float("nan")), "'attrs' has 1 NaN"),
+        (lambda t: t["photo"].__setitem__((0, 0, 0, 0), float("inf")), "'photo' has 0 NaN and 1 Inf"),
+        (lambda t: t.update(photo=t["photo"] * 2), "scale them to [0, 1]"),
+        (lambda t: t.update(image=torch.zeros(12, 1, 8, 8, dtype=torch.int32)), "use uint8"),
+        (lambda t: [t.pop(k) for k in ("image", "photo", "attrs")], "no modalities"),
+        (lambda t: t.update(label=torch.rand(12)), "integer dtype"),
+        (lambda t: t.update(label=torch.arange(5)), "'label' has shape"),
+        (lambda t: t.update(split=torch.full((12,), 2)), "0 (train) or 1 (test)"),
+        (lambda t: t.update(labels=torch.arange(12)), "must be named 'label'"),
+        (
+            lambda t: t.update(
+                image=torch.zeros(0, 1, 8, 8, dtype=torch.uint8),
+                photo=torch.zeros(0, 3, 6, 6),
+                attrs=torch.zeros(0, 5),
+                label=torch.zeros(0, dtype=torch.long),
+            ),
+            "no samples",
+        ),
+    ],
+)
 def test_bad_tensors_are_one_line_errors(tmp_path, mutate, expected):
     t = make()
     mutate(t)

@@ -8,11 +8,11 @@ import zipfile
 
 import pytest
 from click.testing import CliRunner
-
 from helpers_data import _QuietHandler, free_port, http_server, listing, write_mmnist, zip_folder
+
 from mmvae_cli.cli.data_cmd import data as data_group
-from mmvae_cli.data import fetch_polymnist, load_dataset
 from mmvae_cli.data import fetch as F
+from mmvae_cli.data import fetch_polymnist, load_dataset
 from mmvae_cli.data import polymnist as P
 from mmvae_cli.errors import DataError
 
@@ -54,7 +54,7 @@ def test_fetch_verifies_extracts_and_loads(served, tmp_path):
     url, digest, size, _ = served
     mm = fetch_polymnist(str(tmp_path), url=f"{url}/PolyMNIST.zip", sha256=digest.upper(), size=size)
     assert mm == tmp_path / "polymnist" / "MMNIST"
-    assert listing(tmp_path) == ["polymnist"]                      # temp folders are gone
+    assert listing(tmp_path) == ["polymnist"]  # temp folders are gone
     assert listing(tmp_path / "polymnist") == ["MMNIST", "trained_classifiers"]
     d = load_dataset("polymnist", "train", str(tmp_path))
     assert len(d) == 10 and d.modalities == [f"m{i}" for i in range(5)]
@@ -85,12 +85,15 @@ def test_wrong_size_is_refused(served, tmp_path):
     assert_clean(tmp_path)
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("missing.zip", "HTTP 404"),
-    ("nommnist.zip", "no MMNIST folder"),
-    ("evil.zip", "unsafe member name"),
-    ("notazip.zip", "not a valid zip"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("missing.zip", "HTTP 404"),
+        ("nommnist.zip", "no MMNIST folder"),
+        ("evil.zip", "unsafe member name"),
+        ("notazip.zip", "not a valid zip"),
+    ],
+)
 def test_bad_downloads_are_one_line_errors(served, tmp_path, name, expected):
     url, _, _, _ = served
     with pytest.raises(DataError) as e:
@@ -125,7 +128,7 @@ def test_download_from_a_local_file_and_progress_is_quiet_off_tty(served, tmp_pa
     mm = fetch_polymnist(str(tmp_path), url=str(www / "PolyMNIST.zip"), sha256=digest)
     assert mm.is_dir()
     err = capsys.readouterr().err
-    assert "\r" not in err                 # no progress bar when stderr is not a terminal
+    assert "\r" not in err  # no progress bar when stderr is not a terminal
     with F.progress(10, "x") as bar:
         assert bar.disable
 
@@ -133,12 +136,16 @@ def test_download_from_a_local_file_and_progress_is_quiet_off_tty(served, tmp_pa
 def test_cli_fetch(served, tmp_path):
     url, digest, _, _ = served
     runner = CliRunner()
-    res = runner.invoke(data_group, ["fetch", "polymnist", "--url", f"{url}/PolyMNIST.zip", "--sha256", "1" * 64,
-                                     "--data-root", str(tmp_path)])
+    res = runner.invoke(
+        data_group,
+        ["fetch", "polymnist", "--url", f"{url}/PolyMNIST.zip", "--sha256", "1" * 64, "--data-root", str(tmp_path)],
+    )
     assert res.exit_code != 0 and isinstance(res.exception, DataError)
     assert_clean(tmp_path)
-    res = runner.invoke(data_group, ["fetch", "polymnist", "--url", f"{url}/PolyMNIST.zip", "--sha256", digest,
-                                     "--data-root", str(tmp_path)])
+    res = runner.invoke(
+        data_group,
+        ["fetch", "polymnist", "--url", f"{url}/PolyMNIST.zip", "--sha256", digest, "--data-root", str(tmp_path)],
+    )
     assert res.exit_code == 0, res.output
     assert res.stdout.strip().splitlines()[-1] == str(tmp_path / "polymnist" / "MMNIST")
     res = runner.invoke(data_group, ["fetch", "mnist-svhn", "--url", "http://x", "--data-root", str(tmp_path)])

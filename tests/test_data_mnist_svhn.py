@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-
 from helpers_data import write_idx
+
 from mmvae_cli.data import dataset_info, fetch_mnist_svhn, load_dataset
 from mmvae_cli.data import mnist_svhn as MS
 from mmvae_cli.errors import DataError
@@ -38,8 +38,10 @@ def write_mnist_svhn(root, seed=0):
         ys = _labels(SVHN_COUNTS[split], rng)
         xs = rng.integers(0, 256, size=(32, 32, 3, len(ys)), dtype=np.uint8)
         (base / "SVHN").mkdir(parents=True, exist_ok=True)
-        scipy.io.savemat(base / "SVHN" / f"{split}_32x32.mat",
-                         {"X": xs, "y": np.where(ys == 0, 10, ys).reshape(-1, 1).astype(np.uint8)})
+        scipy.io.savemat(
+            base / "SVHN" / f"{split}_32x32.mat",
+            {"X": xs, "y": np.where(ys == 0, 10, ys).reshape(-1, 1).astype(np.uint8)},
+        )
         truth[split] = (xm, ym, xs, ys)
     return truth
 
@@ -86,13 +88,13 @@ def test_pairing_is_the_reference_algorithm():
     a, b = MS.pair_indices(la, lb, max_per_class=4, dm=3, seed=11)
     n_per = [min(x, y, 4) for x, y in zip(MNIST_COUNTS["train"], SVHN_COUNTS["train"])]
     assert len(a) == len(b) == 3 * sum(n_per)
-    assert np.array_equal(la[a], lb[b])                       # every pair has equal labels
+    assert np.array_equal(la[a], lb[b])  # every pair has equal labels
     pos = 0
     for c in range(10):
         n = n_per[c]
         first_a, first_b = np.flatnonzero(la == c)[:n], np.flatnonzero(lb == c)[:n]
-        for _ in range(3):                                     # dm permutations of the first n
-            assert sorted(a[pos:pos + n]) == sorted(first_a) and sorted(b[pos:pos + n]) == sorted(first_b)
+        for _ in range(3):  # dm permutations of the first n
+            assert sorted(a[pos : pos + n]) == sorted(first_a) and sorted(b[pos : pos + n]) == sorted(first_b)
             pos += n
     a2, b2 = MS.pair_indices(la, lb, max_per_class=4, dm=3, seed=11)
     assert np.array_equal(a, a2) and np.array_equal(b, b2)
@@ -161,8 +163,10 @@ def test_missing_and_broken_files(tmp_path, monkeypatch):
     (tmp_path / "mnist-svhn" / "SVHN" / "train_32x32.mat").write_bytes(b"garbage")
     with pytest.raises(DataError, match="MATLAB"):
         load_dataset("mnist-svhn", "train", str(tmp_path))
-    scipy.io.savemat(tmp_path / "mnist-svhn" / "SVHN" / "train_32x32.mat",
-                     {"X": np.zeros((28, 28, 3, 2), np.uint8), "y": np.ones((2, 1), np.uint8)})
+    scipy.io.savemat(
+        tmp_path / "mnist-svhn" / "SVHN" / "train_32x32.mat",
+        {"X": np.zeros((28, 28, 3, 2), np.uint8), "y": np.ones((2, 1), np.uint8)},
+    )
     with pytest.raises(DataError, match=r"\(32, 32, 3, N\)"):
         load_dataset("mnist-svhn", "train", str(tmp_path))
 

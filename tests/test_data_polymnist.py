@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers_data import MODS, all_files, listing, tile, write_backgrounds, write_mmnist, write_mnist_raw
 from PIL import Image
 
-from helpers_data import (MODS, all_files, listing, tile, write_backgrounds, write_mmnist, write_mnist_raw)
 from mmvae_cli.cli.data_cmd import data as data_group
-from mmvae_cli.data import (DATASETS, build_polymnist, build_polymnist_mini, data_root, dataset_info,
-                            load_dataset)
+from mmvae_cli.data import DATASETS, build_polymnist, build_polymnist_mini, data_root, dataset_info, load_dataset
 from mmvae_cli.data import polymnist as P
 from mmvae_cli.errors import DataError
 
@@ -31,6 +30,7 @@ def one_line_error(excinfo) -> str:
 # generation algorithm
 # ----------------------------------------------------------------------------------------------
 
+
 def test_compose_inverts_exactly_under_the_binarised_digit():
     rng = np.random.default_rng(0)
     bg = rng.integers(0, 256, size=(40, 50, 3), dtype=np.uint8)
@@ -39,8 +39,8 @@ def test_compose_inverts_exactly_under_the_binarised_digit():
     out = P.compose(bg, digits, xs, ys)
     assert out.shape == (6, 28, 28, 3) and out.dtype == np.uint8
     for k in range(6):
-        crop = bg[ys[k]:ys[k] + 28, xs[k]:xs[k] + 28]
-        mask = digits[k] > 128                      # 128 is background, 129 is digit
+        crop = bg[ys[k] : ys[k] + 28, xs[k] : xs[k] + 28]
+        mask = digits[k] > 128  # 128 is background, 129 is digit
         assert np.array_equal(out[k][mask], 255 - crop[mask])
         assert np.array_equal(out[k][~mask], crop[~mask])
         # same as the float formulation of the reference: img[:, mask] = 1 - img[:, mask], then quantise
@@ -65,7 +65,7 @@ def _match(out_img, digits_of_class, bg):
         mask = dig > 128
         for y in range(h - 28):
             for x in range(w - 28):
-                crop = bg[y:y + 28, x:x + 28]
+                crop = bg[y : y + 28, x : x + 28]
                 if np.array_equal(out_img, np.where(mask[..., None], 255 - crop, crop)):
                     hits.append((j, x, y))
     return hits
@@ -90,7 +90,7 @@ def test_build_follows_the_reference_algorithm(tiny_inputs, tmp_path):
     assert [p.name for p in P.list_backgrounds(tmp / "bgs")] == ["a.png", "b.jpg", "c.png", "d_last.png", "e.png"]
     mm = build_polymnist(tmp / "mnist", tmp / "bgs", tmp_path / "out", seed=3)
     assert mm == tmp_path / "out" / "MMNIST"
-    assert listing(tmp_path / "out") == ["MMNIST"]          # no temp folders left
+    assert listing(tmp_path / "out") == ["MMNIST"]  # no temp folders left
     for split, per in (("train", 3), ("test", 2)):
         images, labels = mnist[split]
         assert listing(mm / split) == MODS
@@ -108,7 +108,7 @@ def test_build_follows_the_reference_algorithm(tiny_inputs, tmp_path):
                     assert im.size == (28, 28) and im.mode == "RGB"
                     out = np.asarray(im)
                 cands = [(j, images[j]) for j in np.flatnonzero(labels == d)]
-                hits = _match(out, cands, bgs[m])   # modality m uses background m (sorted by name)
+                hits = _match(out, cands, bgs[m])  # modality m uses background m (sorted by name)
                 assert hits, f"{split}/m{m}/{f} is not a digit of class {d} on a crop of background {m}"
                 used.setdefault(d, set()).add(hits[0][0])
             # each modality uses every MNIST digit of class d exactly once (a permutation)
@@ -129,7 +129,7 @@ def test_build_is_byte_identical_and_seed_dependent(tiny_inputs, tmp_path):
 
 def test_build_accepts_gz_idx_in_dir_and_refuses_bad_inputs(tmp_path):
     write_mnist_raw(tmp_path / "m", per_class_train=1, per_class_test=1, compress=True)
-    os.replace(tmp_path / "m" / "MNIST" / "raw", tmp_path / "flat")   # IDX files directly in DIR
+    os.replace(tmp_path / "m" / "MNIST" / "raw", tmp_path / "flat")  # IDX files directly in DIR
     write_backgrounds(tmp_path / "bgs")
     mm = build_polymnist(tmp_path / "flat", tmp_path / "bgs", tmp_path / "out")
     assert len(listing(mm / "test" / "m4")) == 10
@@ -154,6 +154,7 @@ def test_build_accepts_gz_idx_in_dir_and_refuses_bad_inputs(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # polymnist-mini
 # ----------------------------------------------------------------------------------------------
+
 
 def test_mini_reduced_build_is_byte_identical(tmp_path):
     a = build_polymnist_mini(tmp_path / "a", n_train_per_class=2, n_test_per_class=1)
@@ -222,6 +223,7 @@ def test_mini_info_and_cli(mini_root):
 # official-layout loader
 # ----------------------------------------------------------------------------------------------
 
+
 def test_loader_matches_tuples_by_name_not_listing_order(tmp_path, monkeypatch):
     spec = write_mmnist(tmp_path / "polymnist")
     real_scandir = os.scandir
@@ -242,7 +244,7 @@ def test_loader_matches_tuples_by_name_not_listing_order(tmp_path, monkeypatch):
     monkeypatch.setattr(P.os, "scandir", Shuffled)
     d = load_dataset("polymnist", "train", str(tmp_path))
     assert d.name == "polymnist" and d.modalities == MODS and len(d) == 20
-    items = sorted(spec["train"])                                  # tuple order: by index
+    items = sorted(spec["train"])  # tuple order: by index
     assert d.labels.tolist() == [dg for _, dg in items]
     for m in range(5):
         t = d.tensors[f"m{m}"]
@@ -283,13 +285,13 @@ def test_cache_is_reused_and_rebuilt_when_the_folder_changes(tmp_path, monkeypat
     assert calls == [1] and changed.fingerprint != first.fingerprint
     assert torch.equal(changed.tensors["m2"][0].permute(1, 2, 0), torch.from_numpy(noisy))
     new_caches = sorted((tmp_path / "polymnist" / "mmvae-cache").glob("*train*.safetensors"))
-    assert len(new_caches) == 1 and new_caches != caches   # the stale cache is gone
+    assert len(new_caches) == 1 and new_caches != caches  # the stale cache is gone
 
     # a corrupt cache is decoded again, not trusted
     new_caches[0].write_bytes(b"garbage")
     load_dataset("polymnist", "train", str(tmp_path))
     assert calls == [1, 1]
-    assert not list((tmp_path / "polymnist" / "mmvae-cache").glob(".*"))   # no temp files left
+    assert not list((tmp_path / "polymnist" / "mmvae-cache").glob(".*"))  # no temp files left
 
 
 def test_missing_polymnist_says_how_to_get_it(tmp_path):
@@ -299,15 +301,18 @@ def test_missing_polymnist_says_how_to_get_it(tmp_path):
     assert "mmvae data fetch polymnist" in msg and "mmvae data build polymnist" in msg and "MMNIST" in msg
 
 
-@pytest.mark.parametrize("breakage, expected", [
-    ("missing_modality", "has no m3 folder"),
-    ("mismatched_names", "different file names"),
-    ("wrong_size", "is 30x28"),
-    ("bad_name", "bad PolyMNIST file name"),
-    ("missing_split", "test is missing"),
-    ("empty_modality", "holds no images"),
-    ("not_png", "cannot read image"),
-])
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        ("missing_modality", "has no m3 folder"),
+        ("mismatched_names", "different file names"),
+        ("wrong_size", "is 30x28"),
+        ("bad_name", "bad PolyMNIST file name"),
+        ("missing_split", "test is missing"),
+        ("empty_modality", "holds no images"),
+        ("not_png", "cannot read image"),
+    ],
+)
 def test_wrong_layout_is_a_clear_error(tmp_path, breakage, expected):
     write_mmnist(tmp_path / "polymnist", counts={"train": 10, "test": 10})
     mm = tmp_path / "polymnist" / "MMNIST"
@@ -353,11 +358,25 @@ def test_registry_and_data_root(tmp_path, monkeypatch):
 # CLI
 # ----------------------------------------------------------------------------------------------
 
+
 def test_cli_build_and_help(tiny_inputs, tmp_path):
     tmp, _, _ = tiny_inputs
     runner = CliRunner()
-    res = runner.invoke(data_group, ["build", "polymnist", "--mnist", str(tmp / "mnist"), "--backgrounds",
-                                     str(tmp / "bgs"), "--out", str(tmp_path / "out"), "--seed", "3"])
+    res = runner.invoke(
+        data_group,
+        [
+            "build",
+            "polymnist",
+            "--mnist",
+            str(tmp / "mnist"),
+            "--backgrounds",
+            str(tmp / "bgs"),
+            "--out",
+            str(tmp_path / "out"),
+            "--seed",
+            "3",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert res.stdout.strip().splitlines()[-1] == str(tmp_path / "out" / "MMNIST")
     assert len(load_dataset(str(tmp_path / "out"), "train")) == 30

@@ -38,9 +38,7 @@ def _one_thread():
 
 # A fixed 3-D Gaussian with full covariance (eigenvalues ~0.35 .. 1.9).
 MU = torch.tensor([1.0, -2.0, 0.5], dtype=D64)
-SIGMA = torch.tensor([[1.0, 0.5, 0.2],
-                      [0.5, 1.5, -0.3],
-                      [0.2, -0.3, 0.6]], dtype=D64)
+SIGMA = torch.tensor([[1.0, 0.5, 0.2], [0.5, 1.5, -0.3], [0.2, -0.3, 0.6]], dtype=D64)
 PREC = torch.linalg.inv(SIGMA)
 
 
@@ -48,6 +46,7 @@ def gaussian_log_prob(mu, prec):
     def lp(z):
         d = z - mu
         return -0.5 * ((d @ prec) * d).sum(1)
+
     return lp
 
 
@@ -57,7 +56,7 @@ def ula_gaussian_cov(prec, step):
     With h = s^2/2 and x = z - mu: x' = (I - hP) x + s eps, so C = (I-hP) C (I-hP) + 2h I,
     solved (P symmetric) by C = [P (I - (h/2) P)]^-1 = P^-1 (1 + O(h)).
     """
-    h = step ** 2 / 2
+    h = step**2 / 2
     eye = torch.eye(prec.shape[0], dtype=prec.dtype)
     return torch.linalg.inv(prec @ (eye - 0.5 * h * prec))
 
@@ -65,7 +64,7 @@ def ula_gaussian_cov(prec, step):
 def cov_se(cov, n):
     """Standard error of each entry of a sample covariance of n iid Gaussian draws."""
     d = torch.diagonal(cov)
-    return torch.sqrt((d[:, None] * d[None, :] + cov ** 2) / n)
+    return torch.sqrt((d[:, None] * d[None, :] + cov**2) / n)
 
 
 def sample_cov(x):
@@ -123,9 +122,9 @@ def ula_right_mass_1d(step, steps, start=-2.0, dx=0.03, lim=9.0):
     x = torch.arange(-lim, lim + dx / 2, dx, dtype=D64)
     a = math.log(W_MIX[0]) - 0.5 * (x + 2) ** 2
     b = math.log(W_MIX[1]) - 0.5 * (x - 2) ** 2
-    r = torch.sigmoid(a - b)                     # responsibility of the left component
+    r = torch.sigmoid(a - b)  # responsibility of the left component
     grad = r * (-(x + 2)) + (1 - r) * (-(x - 2))
-    mean = x + 0.5 * step ** 2 * grad
+    mean = x + 0.5 * step**2 * grad
     k = torch.exp(-0.5 * ((x[None, :] - mean[:, None]) / step) ** 2)
     k = k / k.sum(1, keepdim=True)
     p = torch.zeros_like(x)
@@ -145,10 +144,10 @@ def test_langevin_mixture_visits_both_modes_in_proportion():
     z = langevin(mixture_log_prob, C_MIX[0].repeat(n, 1), steps, s).z
     right = (z[:, 0] > 0).double().mean().item()
     exact = W_MIX[0] * 0.5 * math.erfc(2 / math.sqrt(2)) + W_MIX[1] * 0.5 * math.erfc(-2 / math.sqrt(2))
-    expected = ula_right_mass_1d(s, steps)      # includes discretisation bias and leftover burn-in
+    expected = ula_right_mass_1d(s, steps)  # includes discretisation bias and leftover burn-in
     systematic = abs(expected - exact)
-    assert systematic < 0.005                   # the sampler itself is accurate here (~0.0014)
-    se = math.sqrt(exact * (1 - exact) / n)     # ~0.006
+    assert systematic < 0.005  # the sampler itself is accurate here (~0.0014)
+    se = math.sqrt(exact * (1 - exact) / n)  # ~0.006
     assert abs(right - expected) <= 5 * se
     assert abs(right - exact) <= systematic + 5 * se
     # both modes are really populated (mass within 1.5 of each centre: ~0.2 and ~0.47)
@@ -163,15 +162,15 @@ def test_langevin_mixture_visits_both_modes_in_proportion():
 def test_mask_clamps_observed_and_samples_the_conditional(mask_kind):
     torch.manual_seed(2)
     n, steps, s = 4000, 600, 0.25
-    u, o = [0, 1], [2]                           # free / observed coordinates
-    z_o = MU[o] + torch.sqrt(SIGMA[o][:, o]) * torch.randn(n, 1, dtype=D64)   # a different z_o per chain
+    u, o = [0, 1], [2]  # free / observed coordinates
+    z_o = MU[o] + torch.sqrt(SIGMA[o][:, o]) * torch.randn(n, 1, dtype=D64)  # a different z_o per chain
     z0 = torch.zeros(n, 3, dtype=D64)
     z0[:, o] = z_o
     free = torch.tensor([True, True, False])
     mask = {"bool": free.expand(n, 3), "float": free.double().expand(n, 3), "broadcast": free}[mask_kind]
     res = langevin(gaussian_log_prob(MU, PREC), z0, steps, s, mask=mask, every=200)
     z = res.z
-    assert torch.equal(z[:, o], z_o)            # observed coordinates untouched, bit for bit
+    assert torch.equal(z[:, o], z_o)  # observed coordinates untouched, bit for bit
     assert len(res.chain) == steps // 200 + 1 and torch.equal(res.chain[0], z0)
     # Closed-form conditional: mean mu_u + S_uo S_oo^-1 (z_o - mu_o), cov S_uu - S_uo S_oo^-1 S_ou;
     # the conditional precision is P_uu, so ULA's stationary covariance is ula_gaussian_cov(P_uu).
@@ -193,7 +192,7 @@ def test_mask_clamps_observed_and_samples_the_conditional(mask_kind):
 
 
 def test_diverging_chain_raises_numerical_error_with_advice():
-    steep = gaussian_log_prob(torch.zeros(2), 100.0 * torch.eye(2))   # h * 100 = 50: |z| grows x49 per step
+    steep = gaussian_log_prob(torch.zeros(2), 100.0 * torch.eye(2))  # h * 100 = 50: |z| grows x49 per step
     with pytest.raises(NumericalError) as info:
         langevin(steep, torch.ones(8, 2), 50, 1.0)
     msg = str(info.value)
@@ -220,7 +219,7 @@ def test_langevin_under_no_grad_leaves_energy_parameters_alone():
         res = langevin(lp, z0, 10, 0.1, clip_grad=1.0, every=3)
     assert all(p.grad is None for p in net.parameters())
     assert not res.z.requires_grad and res.z.shape == (5, 4)
-    assert len(res.chain) == 4                  # steps 0, 3, 6, 9
+    assert len(res.chain) == 4  # steps 0, 3, 6, 9
     with torch.inference_mode():
         res2 = langevin(lp, torch.randn(5, 4), 3, 0.1)
     assert torch.isfinite(res2.z).all()
@@ -263,13 +262,14 @@ def test_energy_net_shapes_and_config_roundtrip():
 def test_maximum_likelihood_loss_gradient_is_minus_eq10():
     # Linear energy E(z) = w.z: d(loss)/dw = mean z_pos - mean z_neg = -(E_q[df/dw] - E_p[df/dw]), f = -E.
     lin = torch.nn.Linear(3, 1, bias=False)
+
     def energy(z):
         return lin(z).squeeze(-1)
 
     z_pos, z_neg = torch.randn(10, 3), torch.randn(12, 3, requires_grad=True)
     maximum_likelihood_loss(energy, z_pos, z_neg).backward()
     assert torch.allclose(lin.weight.grad[0], z_pos.mean(0) - z_neg.detach().mean(0))
-    assert z_neg.grad is None                   # negatives are detached
+    assert z_neg.grad is None  # negatives are detached
     e_pos, e_neg = energy(z_pos), energy(z_neg)
     reg = maximum_likelihood_loss(energy, z_pos, z_neg, reg=0.5)
     want = e_pos.mean() - e_neg.mean() + 0.5 * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
@@ -288,9 +288,9 @@ def test_ebm_prior_learns_two_modes():
 
     net = EnergyNet(2, hidden=64, layers=3, activation="gelu")
     opt = torch.optim.Adam(net.parameters(), lr=2e-3, betas=(0.5, 0.999))
-    log_prior = ebm_prior_log_prob(net, standard_normal_log_prob)    # p0 = N(0, I)
-    for _ in range(150):                         # Algorithm 1, "learn alpha" step only
-        z_neg = langevin(log_prior, torch.randn(256, 2), 20, 0.3).z    # short-run from p0
+    log_prior = ebm_prior_log_prob(net, standard_normal_log_prob)  # p0 = N(0, I)
+    for _ in range(150):  # Algorithm 1, "learn alpha" step only
+        z_neg = langevin(log_prior, torch.randn(256, 2), 20, 0.3).z  # short-run from p0
         loss = maximum_likelihood_loss(net, data(256), z_neg)
         opt.zero_grad()
         loss.backward()
@@ -305,7 +305,7 @@ def test_ebm_prior_learns_two_modes():
     assert origin < 0.02, origin
     with torch.no_grad():
         lp = log_prior(torch.cat([centres, torch.zeros(1, 2)]))
-    assert lp[:2].min() > lp[2] + 2.0          # centres clearly more likely than the origin
+    assert lp[:2].min() > lp[2] + 2.0  # centres clearly more likely than the origin
 
 
 # --------------------------------------------------------------------------- 6-7. score matching
@@ -331,8 +331,14 @@ class Quadratic(torch.nn.Module):
 def fit(energy, loss_fn, seed=None):
     """Full-batch L-BFGS; `seed` re-draws the same projections/noise at every evaluation,
     so stochastic objectives become a fixed (deterministic) function to minimise."""
-    opt = torch.optim.LBFGS(energy.parameters(), lr=1, max_iter=500, tolerance_grad=1e-10,
-                            tolerance_change=1e-14, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        energy.parameters(),
+        lr=1,
+        max_iter=500,
+        tolerance_grad=1e-10,
+        tolerance_change=1e-14,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         if seed is not None:
@@ -371,30 +377,33 @@ def test_exact_score_matching_recovers_precision():
 def test_sliced_estimate_is_unbiased_for_the_exact_objective():
     torch.manual_seed(7)
     net = EnergyNet(4, hidden=32, layers=3, activation="softplus").double()
-    with torch.no_grad():                       # sharpen the random net so that tr(grad S) matters
+    with torch.no_grad():  # sharpen the random net so that tr(grad S) matters
         net.net[0].weight.mul_(3)
         net.net[2].weight.mul_(2)
         net.net[4].weight.mul_(10)
     z = 1.5 * torch.randn(32, 4, dtype=D64)
-    exact = score_matching_loss(net, z, "exact").item()      # ~2.7 = tr term (~ -1.1) + 0.5||S||^2 (~3.8)
+    exact = score_matching_loss(net, z, "exact").item()  # ~2.7 = tr term (~ -1.1) + 0.5||S||^2 (~3.8)
     for vr in (True, False):
-        vals = torch.tensor([score_matching_loss(net, z, "sliced", projections=20, variance_reduced=vr).item()
-                             for _ in range(200)])
-        se = vals.std().item() / math.sqrt(len(vals))          # ~0.008 (VR), ~0.017 (plain)
+        vals = torch.tensor(
+            [score_matching_loss(net, z, "sliced", projections=20, variance_reduced=vr).item() for _ in range(200)]
+        )
+        se = vals.std().item() / math.sqrt(len(vals))  # ~0.008 (VR), ~0.017 (plain)
         assert abs(vals.mean().item() - exact) <= 5 * se, (vr, vals.mean().item(), exact, se)
     # Its parameter gradient is unbiased too. Two independent estimates g1, g2 give the
     # Monte Carlo error scale: rms ||g_i - g|| ~ ||g1 - g2|| / sqrt(2); the error norm over
     # ~1,200 parameters is concentrated, so 3x that scale is a safe bound for their mean.
-    params = [p for name, p in net.named_parameters() if name != "net.4.bias"]   # the score ignores E's offset
+    params = [p for name, p in net.named_parameters() if name != "net.4.bias"]  # the score ignores E's offset
+
     def flat(gs):
         return torch.cat([g.flatten() for g in gs])
 
     ge = flat(torch.autograd.grad(score_matching_loss(net, z, "exact"), params))
-    g1, g2 = (flat(torch.autograd.grad(score_matching_loss(net, z, "sliced", projections=1000), params))
-              for _ in range(2))
+    g1, g2 = (
+        flat(torch.autograd.grad(score_matching_loss(net, z, "sliced", projections=1000), params)) for _ in range(2)
+    )
     err_scale = (g1 - g2).norm() / math.sqrt(2) / math.sqrt(2)
     assert ((g1 + g2) / 2 - ge).norm() <= 3 * err_scale
-    assert err_scale < 0.02 * ge.norm()         # and the check is not vacuous
+    assert err_scale < 0.02 * ge.norm()  # and the check is not vacuous
 
 
 def test_exact_sliced_and_denoising_agree_on_gaussian_precision():
@@ -414,8 +423,8 @@ def test_exact_sliced_and_denoising_agree_on_gaussian_precision():
     a_sliced = fit(Quadratic(d), lambda e: score_matching_loss(e, x, "sliced", projections=m), seed=9)
     lam = torch.linalg.eigvalsh(s_hat)
     pair = 4 / (lam[:, None] + lam[None, :]) ** 2
-    ms = ((2 / lam ** 2).sum() + pair.sum() - torch.diagonal(pair).sum()).item() / (n * m)
-    assert torch.linalg.norm(a_sliced - a_exact) <= 4 * math.sqrt(ms)       # ~0.06; 5% of A would be ~0.15
+    ms = ((2 / lam**2).sum() + pair.sum() - torch.diagonal(pair).sum()).item() / (n * m)
+    assert torch.linalg.norm(a_sliced - a_exact) <= 4 * math.sqrt(ms)  # ~0.06; 5% of A would be ~0.15
 
     # Denoising: the optimum is the precision of the smoothed data, (S + sigma^2 I)^-1 = O(sigma^2)
     # away from S^-1. With M fixed noise draws it is a least-squares regression of eps/sigma on
@@ -424,9 +433,9 @@ def test_exact_sliced_and_denoising_agree_on_gaussian_precision():
     sigma, m = 0.2, 10
     a_dsm = fit(Quadratic(d), lambda e: score_matching_loss(e, x, "denoising", sigma=sigma, projections=m), seed=10)
     eye = torch.eye(d, dtype=D64)
-    smoothed = torch.linalg.inv(torch.linalg.inv(a_exact) + sigma ** 2 * eye)
-    c_inv = torch.linalg.inv(s_hat + sigma ** 2 * eye)
-    resid = (eye - sigma ** 2 * c_inv) / sigma ** 2
+    smoothed = torch.linalg.inv(torch.linalg.inv(a_exact) + sigma**2 * eye)
+    c_inv = torch.linalg.inv(s_hat + sigma**2 * eye)
+    resid = (eye - sigma**2 * c_inv) / sigma**2
     sd = math.sqrt(torch.diagonal(resid).max().item() * torch.diagonal(c_inv).max().item() / (n * m))
     assert (a_dsm - smoothed).abs().max() <= 5 * sd
     # the O(sigma^2) bias is real (~0.2 here): compared with A_exact directly, the same

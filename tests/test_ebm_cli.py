@@ -19,8 +19,24 @@ def runs(tmp_path_factory):
     common = ["--data-root", root, "--epochs", "1", "--batch-size", "20", "--device", "cpu"]
     for name, extra in (("mopoe", ["--latent-dim", "6"]), ("none", ["--fusion", "none", "--latent-dim", "2"])):
         assert run(["train", "polymnist", "--out", tmp / name, *common, *extra])[0] == 0
-    assert run(["classifier", "train", "polymnist", "--data-root", root, "--out", tmp / "clf", "--epochs", "1",
-                "--device", "cpu"])[0] == 0
+    assert (
+        run(
+            [
+                "classifier",
+                "train",
+                "polymnist",
+                "--data-root",
+                root,
+                "--out",
+                tmp / "clf",
+                "--epochs",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )[0]
+        == 0
+    )
     return tmp, root
 
 
@@ -32,8 +48,10 @@ def test_fit_ebm_round_trips_the_bundle(runs, capsys):
     tmp, root = runs
     r = tmp / "rt"
     shutil.copytree(tmp / "mopoe", r)
-    code, out, err = run(["fit-ebm", r, "--data-root", root, "--json", *TINY_EBM, "--classifiers", tmp / "clf",
-                          "--n-joint", "20"], capsys)
+    code, out, err = run(
+        ["fit-ebm", r, "--data-root", root, "--json", *TINY_EBM, "--classifiers", tmp / "clf", "--n-joint", "20"],
+        capsys,
+    )
     assert code == 0, err
     res = json.loads(out)
     assert res["objective"] == "ml" and res["density"] == "tilted" and res["loss_curve"]["epochs"] == 2
@@ -42,22 +60,59 @@ def test_fit_ebm_round_trips_the_bundle(runs, capsys):
     assert m["ebm"]["energy"] == {"dim": 6, "hidden": 16, "layers": 4, "activation": "gelu"}
     assert m["ebm"]["langevin"]["steps"] == 5 and m["ebm"]["training"] == "post-hoc"
     assert m["files"]["ebm.safetensors"]["sha256"]
-    assert m["files"]["model.safetensors"] == manifest(tmp / "mopoe")["files"]["model.safetensors"]   # VAE frozen
+    assert m["files"]["model.safetensors"] == manifest(tmp / "mopoe")["files"]["model.safetensors"]  # VAE frozen
     model, _ = load_model(r)
     from safetensors.torch import load_file
+
     saved = load_file(r / "ebm.safetensors")
     assert set(saved) == set(model.ebm.state_dict())
     for k, v in model.ebm.state_dict().items():
         assert v.equal(saved[k])
     assert model.langevin_settings["steps"] == 5
     # sample from it, with the chain figure: 8 chains x 5 modalities rows, steps/every + 1 columns
-    code, _, err = run(["sample", r, "--prior", "ebm", "-n", "9", "--out", tmp / "s.png", "--save-chain",
-                        tmp / "chain.png", "--chain-every", "1", "--device", "cpu"], capsys)
+    code, _, err = run(
+        [
+            "sample",
+            r,
+            "--prior",
+            "ebm",
+            "-n",
+            "9",
+            "--out",
+            tmp / "s.png",
+            "--save-chain",
+            tmp / "chain.png",
+            "--chain-every",
+            "1",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 0, err
     w, h = Image.open(tmp / "chain.png").size
     assert h == 8 * 5 * 30 + 2 and w == 6 * 30 + 2
-    code, out, _ = run(["eval", "coherence", r, "--classifiers", tmp / "clf", "--prior", "ebm", "--steps", "3",
-                        "--n-joint", "10", "--data-root", root, "--json", "--device", "cpu"], capsys)
+    code, out, _ = run(
+        [
+            "eval",
+            "coherence",
+            r,
+            "--classifiers",
+            tmp / "clf",
+            "--prior",
+            "ebm",
+            "--steps",
+            "3",
+            "--n-joint",
+            "10",
+            "--data-root",
+            root,
+            "--json",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 0 and json.loads(out)["prior"] == "ebm" and json.loads(out)["langevin"] == {"steps": 3}
     # a second fit needs --overwrite
     code, _, err = run(["fit-ebm", r, "--data-root", root, *TINY_EBM], capsys)
@@ -72,9 +127,10 @@ def test_fit_ebm_out_refers_to_its_parent_by_fingerprint(runs, capsys):
     m = manifest(child)
     assert set(m["files"]) == {"ebm.safetensors"} and "ebm" not in manifest(parent)
     assert m["parent"]["model_sha256"] == manifest(parent)["files"]["model.safetensors"]["sha256"]
-    assert run(["sample", child, "--prior", "ebm", "-n", "2", "--out", tmp / "c.png", "--device", "cpu"],
-               capsys)[0] == 0
-    pm = manifest(parent)          # the parent is retrained: its weights change, the child refuses to load
+    assert (
+        run(["sample", child, "--prior", "ebm", "-n", "2", "--out", tmp / "c.png", "--device", "cpu"], capsys)[0] == 0
+    )
+    pm = manifest(parent)  # the parent is retrained: its weights change, the child refuses to load
     pm["files"]["model.safetensors"]["sha256"] = "0" * 64
     (parent / "manifest.json").write_text(json.dumps(pm))
     code, _, err = run(["sample", child, "--prior", "ebm", "-n", "2", "--out", tmp / "c2.png"], capsys)
@@ -83,21 +139,45 @@ def test_fit_ebm_out_refers_to_its_parent_by_fingerprint(runs, capsys):
     assert code == 2 and "energy-only bundle" in err
 
 
-@pytest.mark.parametrize("what, argv, needle", [
-    ("classifier bundle", ["fit-ebm", "{clf}"], "expected 'mmvae'"),
-    ("no weights yet", ["fit-ebm", "{fresh}"], "no trained weights"),
-    ("exact on a big latent", ["fit-ebm", "{big}", "--objective", "exact"], "sliced or denoising"),
-    ("score matching with a non-smooth energy", ["fit-ebm", "{mopoe}", "--objective", "sliced",
-                                                 "--energy-activation", "leaky_relu"], "twice-differentiable"),
-])
+@pytest.mark.parametrize(
+    "what, argv, needle",
+    [
+        ("classifier bundle", ["fit-ebm", "{clf}"], "expected 'mmvae'"),
+        ("no weights yet", ["fit-ebm", "{fresh}"], "no trained weights"),
+        ("exact on a big latent", ["fit-ebm", "{big}", "--objective", "exact"], "sliced or denoising"),
+        (
+            "score matching with a non-smooth energy",
+            ["fit-ebm", "{mopoe}", "--objective", "sliced", "--energy-activation", "leaky_relu"],
+            "twice-differentiable",
+        ),
+    ],
+)
 def test_fit_ebm_refuses_what_it_cannot_fit(runs, capsys, what, argv, needle):
     tmp, root = runs
     fresh = tmp / "fresh"
     if not fresh.exists():
-        run(["train", "polymnist", "--data-root", root, "--out", fresh, "--epochs", "2", "--batch-size", "20",
-             "--latent-dim", "4", "--max-steps", "1", "--device", "cpu"])
+        run(
+            [
+                "train",
+                "polymnist",
+                "--data-root",
+                root,
+                "--out",
+                fresh,
+                "--epochs",
+                "2",
+                "--batch-size",
+                "20",
+                "--latent-dim",
+                "4",
+                "--max-steps",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
     big = tmp / "big"
-    if not big.exists():        # a 129-dimensional latent: over the exact objective's limit of 128
+    if not big.exists():  # a 129-dimensional latent: over the exact objective's limit of 128
         shutil.copytree(tmp / "mopoe", big)
         m = manifest(big)
         m["model"]["latent_dim"] = 129
@@ -121,8 +201,10 @@ def test_a_diverging_chain_is_reported_and_nothing_is_written(runs, capsys):
     assert (r / "manifest.json").read_bytes() == before and not (r / "ebm.safetensors").exists()
     assert run(["fit-ebm", r, "--data-root", root, *TINY_EBM, "--persistent"], capsys)[0] == 0
     assert manifest(r)["ebm"]["fit"]["persistent"] is True
-    code, _, err = run(["sample", r, "--prior", "ebm", "--step-size", "1e4", "-n", "4", "--out", tmp / "d.png",
-                        "--device", "cpu"], capsys)
+    code, _, err = run(
+        ["sample", r, "--prior", "ebm", "--step-size", "1e4", "-n", "4", "--out", tmp / "d.png", "--device", "cpu"],
+        capsys,
+    )
     assert code == 3 and "diverged" in err and not (tmp / "d.png").exists()
 
 
@@ -131,37 +213,97 @@ def test_eb_mvae_fit_cross_generate_and_coherence(runs, capsys):
     r = tmp / "ebmvae"
     shutil.copytree(tmp / "none", r)
     m = manifest(r)
-    assert m["model"]["fusion"] == "none" and m["model"]["beta"] == 0.1              # the EB-MVAE recipe
+    assert m["model"]["fusion"] == "none" and m["model"]["beta"] == 0.1  # the EB-MVAE recipe
     for objective in ("exact", "sliced", "denoising"):
-        code, out, err = run(["fit-ebm", r, "--objective", objective, "--overwrite", "--json", "--data-root", root,
-                              *TINY_EBM], capsys)
+        code, out, err = run(
+            ["fit-ebm", r, "--objective", objective, "--overwrite", "--json", "--data-root", root, *TINY_EBM], capsys
+        )
         assert code == 0, err
         assert json.loads(out)["density"] == "gibbs"
     ebm = manifest(r)["ebm"]
     assert ebm["energy"]["dim"] == 10 and ebm["energy"]["activation"] == "softplus"
     model, _ = load_model(r)
     assert model.ebm.init_scale.shape == (10,) and (model.ebm.init_scale > 0).all()
-    code, _, err = run(["cross-generate", r, "--given", "m0,m1", "-n", "3", "--out", tmp / "x.safetensors",
-                        "--steps", "4", "--data-root", root, "--device", "cpu"], capsys)
+    code, _, err = run(
+        [
+            "cross-generate",
+            r,
+            "--given",
+            "m0,m1",
+            "-n",
+            "3",
+            "--out",
+            tmp / "x.safetensors",
+            "--steps",
+            "4",
+            "--data-root",
+            root,
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 0, err
-    code, out, err = run(["eval", "coherence", r, "--classifiers", tmp / "clf", "--prior", "ebm", "--n-joint",
-                          "10", "--steps", "3", "--data-root", root, "--json", "--device", "cpu"], capsys)
+    code, out, err = run(
+        [
+            "eval",
+            "coherence",
+            r,
+            "--classifiers",
+            tmp / "clf",
+            "--prior",
+            "ebm",
+            "--n-joint",
+            "10",
+            "--steps",
+            "3",
+            "--data-root",
+            root,
+            "--json",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert set(json.loads(out)["conditional"]) == {"1", "2", "3", "4"}
-    code, _, err = run(["train", "polymnist", "--fusion", "none", "--prior", "ebm", "--out", tmp / "no",
-                        "--data-root", root], capsys)
+    code, _, err = run(
+        ["train", "polymnist", "--fusion", "none", "--prior", "ebm", "--out", tmp / "no", "--data-root", root], capsys
+    )
     assert code == 2 and "fit-ebm" in err
 
 
 def test_joint_training_writes_and_resumes_the_energy(runs, capsys):
     tmp, root = runs
     out = tmp / "joint"
-    args = ["train", "polymnist", "--prior", "ebm", "--fusion", "moe", "--objective", "elbo", "--data-root", root, "--out", out,
-            "--epochs", "1", "--batch-size", "20", "--latent-dim", "4", "--energy-hidden", "8",
-            "--langevin-steps", "3", "--device", "cpu"]
+    args = [
+        "train",
+        "polymnist",
+        "--prior",
+        "ebm",
+        "--fusion",
+        "moe",
+        "--objective",
+        "elbo",
+        "--data-root",
+        root,
+        "--out",
+        out,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "20",
+        "--latent-dim",
+        "4",
+        "--energy-hidden",
+        "8",
+        "--langevin-steps",
+        "3",
+        "--device",
+        "cpu",
+    ]
     assert run(args + ["--max-steps", "1"], capsys)[0] == 0
-    code, _, err = run(["train", "polymnist", "--out", out, "--resume", "--data-root", root, "--device", "cpu"],
-                       capsys)
+    code, _, err = run(["train", "polymnist", "--out", out, "--resume", "--data-root", root, "--device", "cpu"], capsys)
     assert code == 0, err
     m = manifest(out)
     assert m["ebm"]["training"] == "joint" and m["ebm"]["density"] == "tilted"

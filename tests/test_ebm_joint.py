@@ -22,6 +22,7 @@ def linear_ebm(dim, w, joint=True, settings=None):
 
 # --- learnable p0: d log Z / d theta = E_{p_alpha}[d log p0 / d theta] ----------------------------------
 
+
 def test_learnable_prior_gets_the_gradient_of_log_z():
     """1-D: p0 = N(0, exp(raw)) learnable, E(z) = w z, q from one encoder (moe, one modality: no prior
     expert, so q does not depend on raw). The exact prior term KL(q || p_alpha) = KL(q || p0) + E_q[E]
@@ -31,8 +32,9 @@ def test_learnable_prior_gets_the_gradient_of_log_z():
     torch.manual_seed(0)
     beta, w, raw0 = 0.8, 1.5, 0.6
     spec = [ModalitySpec("a", [3], "gaussian", 1.0, 1.0, "mlp")]
-    model = MultimodalVAE(ModelConfig(spec, 1, "moe", "all", "elbo", 1, beta, "gaussian", "gaussian",
-                                      learn_prior=True, hidden=8))
+    model = MultimodalVAE(
+        ModelConfig(spec, 1, "moe", "all", "elbo", 1, beta, "gaussian", "gaussian", learn_prior=True, hidden=8)
+    )
     with torch.no_grad():
         model.prior.raw.fill_(raw0)
     x = {"a": torch.randn(20000, 3)}
@@ -52,16 +54,18 @@ def test_learnable_prior_gets_the_gradient_of_log_z():
     p0 = torch.distributions.Normal(0.0, torch.exp(raw / 2))
     log_z = torch.log(torch.trapezoid(torch.exp(-w * z + p0.log_prob(z)), z))
     (dlogz,) = torch.autograd.grad(log_z, raw)
-    assert abs(log_z.item() - w ** 2 * math.exp(raw0) / 2) < 1e-6          # the quadrature itself
+    assert abs(log_z.item() - w**2 * math.exp(raw0) / 2) < 1e-6  # the quadrature itself
     expected = beta * dlogz.item()
     assert abs((g_ebm - g_p0) - expected) < 0.03 * abs(expected) + 0.01, (g_ebm - g_p0, expected)
 
 
 # --- the divergence test on synthetic histories -----------------------------------------------------------
 
+
 def history(e_q, e_neg, kl):
-    return [{"loss": 100.0, "kl": k, "energy_q": a, "energy_neg": b, "ebm_ml": a - b}
-            for a, b, k in zip(e_q, e_neg, kl)]
+    return [
+        {"loss": 100.0, "kl": k, "energy_q": a, "energy_neg": b, "ebm_ml": a - b} for a, b, k in zip(e_q, e_neg, kl)
+    ]
 
 
 def first_alarm(rows, **kw):
@@ -91,17 +95,26 @@ def test_divergence_test_flags_a_growing_gap_and_non_finite_values():
 
 def test_divergence_test_passes_stable_histories():
     # a healthy start: KL rises while the VAE learns, energies stay small
-    assert first_alarm(history([0.0, -0.5, -1.0, -1.2, -1.1, -1.3, -1.2], [0.0, 0.1, 0.2, 0.1, 0.2, 0.1, 0.2],
-                               [5, 25, 60, 80, 90, 95, 97])) == (None, None)
+    assert first_alarm(
+        history(
+            [0.0, -0.5, -1.0, -1.2, -1.1, -1.3, -1.2], [0.0, 0.1, 0.2, 0.1, 0.2, 0.1, 0.2], [5, 25, 60, 80, 90, 95, 97]
+        )
+    ) == (None, None)
     # a harmless common shift of the energy at a constant KL (log Z absorbs it)
-    assert first_alarm(history([-3, -6, -9, -12, -14, -15, -16], [-1, -3, -8, -11, -14, -15, -16],
-                               [14.4, 14.7, 14.8, 14.9, 15.1, 15.2, 15.4])) == (None, None)
+    assert first_alarm(
+        history(
+            [-3, -6, -9, -12, -14, -15, -16],
+            [-1, -3, -8, -11, -14, -15, -16],
+            [14.4, 14.7, 14.8, 14.9, 15.1, 15.2, 15.4],
+        )
+    ) == (None, None)
     # rows without energies (a VAE without joint energy) are ignored
     test = DivergenceTest()
     assert all(test.update({"loss": 1.0, "kl": k}) is None for k in (1, 10, 100, 1000))
 
 
 # --- a short joint run through the real objective ----------------------------------------------------------
+
 
 def train_joint(with_energy, settings=None, epochs=8):
     """Rows of per-epoch mean stats; asserts nothing."""
@@ -112,18 +125,16 @@ def train_joint(with_energy, settings=None, epochs=8):
     z[:, 0] = 2 * torch.sign(z[:, 0]) + 0.3 * z[:, 0]
     x = {m: z @ torch.randn(dim, 24, generator=g) + 0.1 * torch.randn(n, 24, generator=g) for m in "ab"}
     specs = [ModalitySpec(m, [24], "gaussian", 0.1, 1.0, "mlp") for m in "ab"]
-    model = MultimodalVAE(ModelConfig(specs, dim, "mopoe", "all", "elbo", 1, 1.0, "gaussian", "gaussian",
-                                      hidden=32))
+    model = MultimodalVAE(ModelConfig(specs, dim, "mopoe", "all", "elbo", 1, 1.0, "gaussian", "gaussian", hidden=32))
     if with_energy:
-        model.attach_ebm(LatentEBM(EnergyConfig(dim=dim), "tilted", joint=True, joint_settings=settings),
-                         {"steps": 20})
+        model.attach_ebm(LatentEBM(EnergyConfig(dim=dim), "tilted", joint=True, joint_settings=settings), {"steps": 20})
     opt = make_optimizer(model, TrainSettings(lr=3e-3), replace(settings or JointEnergySettings(), ebm_lr=2e-4))
     rows = []
     model.train()
     for _ in range(epochs):
         sums = {}
         for i in range(0, n, bs):
-            loss, stats = model({m: v[i:i + bs] for m, v in x.items()})
+            loss, stats = model({m: v[i : i + bs] for m, v in x.items()})
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -157,11 +168,38 @@ def test_a_diverging_joint_run_stops_with_exit_3_and_keeps_its_last_good_checkpo
     import json
 
     from helpers_cli import run, write_tiny_polymnist
+
     root = write_tiny_polymnist(tmp_path / "data", n_train=40, n_test=4)
     out = tmp_path / "r"
-    code, _, err = run(["train", "polymnist", "--data-root", root, "--out", out, "--prior", "ebm", "--latent-dim", "4",
-                        "--batch-size", "8", "--epochs", "12", "--energy-hidden", "16", "--langevin-steps", "0",
-                        "--ebm-lr", "0.05", "--ebm-reg", "0", "--device", "cpu"], capsys)
+    code, _, err = run(
+        [
+            "train",
+            "polymnist",
+            "--data-root",
+            root,
+            "--out",
+            out,
+            "--prior",
+            "ebm",
+            "--latent-dim",
+            "4",
+            "--batch-size",
+            "8",
+            "--epochs",
+            "12",
+            "--energy-hidden",
+            "16",
+            "--langevin-steps",
+            "0",
+            "--ebm-lr",
+            "0.05",
+            "--ebm-reg",
+            "0",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 3, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: the jointly trained energy prior diverged at epoch") and "--ebm-reg" in last

@@ -15,8 +15,7 @@ from mmvae_cli.train import make_optimizer
 
 def vec_model(fusion="mopoe", d=3, M=3, objective="elbo", k=1, beta=1.0):
     specs = [ModalitySpec(f"m{i}", [4], "gaussian", 1.0, 1.0, "mlp") for i in range(M)]
-    return MultimodalVAE(ModelConfig(specs, d, fusion, "all", objective, k, beta, "gaussian", "gaussian",
-                                     hidden=8))
+    return MultimodalVAE(ModelConfig(specs, d, fusion, "all", objective, k, beta, "gaussian", "gaussian", hidden=8))
 
 
 def batch(model, B=6, seed=0):
@@ -36,11 +35,12 @@ def linear_ebm(dim, w, b=0.0, density="tilted", joint=False):
 
 # --- fusion none: independent unimodal VAEs -----------------------------------------------------
 
+
 def test_fusion_none_posterior_is_the_concatenation_with_prior_blocks_for_missing_inputs():
     model = vec_model("none", d=2, M=3)
     x = batch(model)
     assert model.z_dim == 6
-    e = model.experts(x)                                           # (M, B, d)
+    e = model.experts(x)  # (M, B, d)
     q = model.posterior(x)
     assert q.n_components == 1
     torch.testing.assert_close(q.components.loc[0], e.loc.permute(1, 0, 2).reshape(6, 6))
@@ -48,7 +48,7 @@ def test_fusion_none_posterior_is_the_concatenation_with_prior_blocks_for_missin
     loc, scale = qa.components.loc[0], qa.components.scale[0]
     torch.testing.assert_close(loc[:, 2:4], e.loc[1])
     assert torch.equal(loc[:, :2], torch.zeros(6, 2)) and torch.equal(loc[:, 4:], torch.zeros(6, 2))
-    assert torch.equal(scale[:, :2], torch.ones(6, 2))             # N(0, I) blocks: the prior's
+    assert torch.equal(scale[:, :2], torch.ones(6, 2))  # N(0, I) blocks: the prior's
 
 
 def test_fusion_none_elbo_is_the_sum_of_unimodal_elbos():
@@ -59,10 +59,10 @@ def test_fusion_none_elbo_is_the_sum_of_unimodal_elbos():
     loss, _ = model(x)
     torch.manual_seed(1)
     q = model.posterior(x)
-    z = q.components.rsample()[0]                                  # same noise as the objective's
+    z = q.components.rsample()[0]  # same noise as the objective's
     total = 0.0
     for i, n in enumerate(model.names):
-        zi = z[:, 2 * i:2 * i + 2]
+        zi = z[:, 2 * i : 2 * i + 2]
         e = model.experts(x)
         qi = torch.distributions.Normal(e.loc[i], e.scale[i])
         kl = torch.distributions.kl_divergence(qi, torch.distributions.Normal(0.0, 1.0)).sum(-1)
@@ -79,6 +79,7 @@ def test_fusion_none_elbo_is_the_sum_of_unimodal_elbos():
 
 # --- sampling the energy-based prior ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("fusion", ["poe", "moe", "mopoe", "none"])
 def test_sample_latents_ebm_targets_the_tilted_prior(fusion):
     """E(z) = -a.z tilts N(0, I) into N(a, I). Unadjusted Langevin with h = s^2/2 on N(a, I) has the
@@ -90,7 +91,7 @@ def test_sample_latents_ebm_targets_the_tilted_prior(fusion):
     a = torch.linspace(-1.5, 1.5, D)
     model.attach_ebm(linear_ebm(D, -a), {"steps": 200, "step_size": 0.5})
     z = model.sample_latents(4000, "ebm")
-    h = 0.5 ** 2 / 2
+    h = 0.5**2 / 2
     var = 1 / (1 - h / 2)
     se = math.sqrt(var / 4000)
     assert (z.mean(0) - a).abs().max() < 5 * se
@@ -101,6 +102,7 @@ def test_sample_latents_ebm_targets_the_tilted_prior(fusion):
 
 def test_sample_latents_ebm_without_energy_is_a_clear_error():
     from mmvae_cli.errors import MMVAEError
+
     with pytest.raises(MMVAEError, match="fit-ebm"):
         vec_model().sample_latents(3, "ebm")
 
@@ -128,21 +130,22 @@ def test_eb_mvae_cross_generation_samples_the_conditional_with_observed_latents_
         enc.loc.weight.zero_()
         enc.loc.bias.fill_(c)
         enc.raw.weight.zero_()
-        enc.raw.bias.fill_(-40.0)          # variance e^-40: z0 = c
+        enc.raw.bias.fill_(-40.0)  # variance e^-40: z0 = c
     ebm = LatentEBM(EnergyConfig(dim=2, hidden=1, layers=1), "gibbs")
     ebm.energy = Quadratic(torch.linalg.inv(torch.tensor([[1.0, r], [r, 1.0]])))
     model.attach_ebm(ebm, {"steps": 300, "step_size": 0.4})
     seen = {}
 
-    def decode(z, names=None, w=None):                                   # capture the latents
+    def decode(z, names=None, w=None):  # capture the latents
         seen["z"] = z
         return {n: z for n in (names or model.names)}
+
     model.decode = decode
     model.means = lambda outs: outs
     model.cross_generate({"m0": torch.randn(4000, 4)}, ["m1"])
     z = seen["z"]
-    assert torch.allclose(z[:, 0], torch.full((4000,), c), atol=1e-6)           # clamped exactly
-    p, h = 1 / (1 - r ** 2), 0.4 ** 2 / 2
+    assert torch.allclose(z[:, 0], torch.full((4000,), c), atol=1e-6)  # clamped exactly
+    p, h = 1 / (1 - r**2), 0.4**2 / 2
     var = 1 / (p * (1 - h * p / 2))
     assert abs(z[:, 1].mean().item() - r * c) < 5 * math.sqrt(var / 4000)
     assert abs(z[:, 1].var().item() - var) < 5 * var * math.sqrt(2 / 4000)
@@ -150,9 +153,18 @@ def test_eb_mvae_cross_generation_samples_the_conditional_with_observed_latents_
 
 # --- joint training (Algorithm 1) -----------------------------------------------------------------
 
-@pytest.mark.parametrize("fusion, objective, groups", [
-    ("poe", "elbo", 1), ("moe", "elbo", 1), ("mopoe", "elbo", 1), ("moe", "iwae", 1), ("mopoe", "dreg", 1),
-    ("poe", "mvae", 4)])
+
+@pytest.mark.parametrize(
+    "fusion, objective, groups",
+    [
+        ("poe", "elbo", 1),
+        ("moe", "elbo", 1),
+        ("mopoe", "elbo", 1),
+        ("moe", "iwae", 1),
+        ("mopoe", "dreg", 1),
+        ("poe", "mvae", 4),
+    ],
+)
 def test_joint_prior_term_adds_beta_times_the_energy(fusion, objective, groups):
     """KL(q || p_alpha) = KL(q || p0) + E_q[E] + log Z: a constant energy E = b shifts the loss by
     beta * b per ELBO term (mvae sums the joint and the 3 unimodal ELBOs), whatever the fusion."""
@@ -173,9 +185,10 @@ def test_joint_training_gradients_reach_each_part_only_through_its_own_term():
     torch.manual_seed(0)
     model = vec_model("mopoe", beta=1.0)
     x = batch(model, B=64)
-    model.attach_ebm(linear_ebm(model.z_dim, torch.tensor([3.0, -2.0, 1.0]), joint=True),
-                     {"steps": 5, "step_size": 0.1})
-    model.eval()                                       # eval: no eq. 10 term, only the prior term
+    model.attach_ebm(
+        linear_ebm(model.z_dim, torch.tensor([3.0, -2.0, 1.0]), joint=True), {"steps": 5, "step_size": 0.1}
+    )
+    model.eval()  # eval: no eq. 10 term, only the prior term
     loss, _ = model(x)
     loss.backward()
     assert model.ebm.energy.net[0].weight.grad is None
@@ -184,10 +197,11 @@ def test_joint_training_gradients_reach_each_part_only_through_its_own_term():
     model.attach_ebm(None)
     torch.manual_seed(0)
     model(x)[0].backward()
-    assert not torch.allclose(enc_grad, model.encoders["m0"].loc.bias.grad)     # dE/dz reached the encoder
+    assert not torch.allclose(enc_grad, model.encoders["m0"].loc.bias.grad)  # dE/dz reached the encoder
 
-    model.attach_ebm(linear_ebm(model.z_dim, torch.tensor([3.0, -2.0, 1.0]), joint=True),
-                     {"steps": 5, "step_size": 0.1})
+    model.attach_ebm(
+        linear_ebm(model.z_dim, torch.tensor([3.0, -2.0, 1.0]), joint=True), {"steps": 5, "step_size": 0.1}
+    )
     model.ebm.joint_settings = JointEnergySettings(reg=0.0)
     model.train()
     model.zero_grad(set_to_none=True)
@@ -195,7 +209,7 @@ def test_joint_training_gradients_reach_each_part_only_through_its_own_term():
     loss.backward()
     g = model.ebm.energy.net[0].weight.grad
     assert g is not None and "ebm_ml" in stats and "energy_neg" in stats
-    assert model.ebm.energy.net[0].bias.grad.abs().item() < 1e-5                 # constants cancel in eq. 10
+    assert model.ebm.energy.net[0].bias.grad.abs().item() < 1e-5  # constants cancel in eq. 10
     # the default L2 term (JointEnergySettings.reg) gives the bias 2 reg (mean E(z_pos) + mean E(z_neg))
     reg = JointEnergySettings().reg
     model.ebm.joint_settings = JointEnergySettings()

@@ -85,7 +85,7 @@ def test_oracle_coherence_equals_classifier_accuracy():
     data = _vector_data()
     clf = ColumnClassifier()
     acc = {m: int((clf.predict(m, data.tensors[m]) == data.labels).sum()) / len(data) for m in NAMES}
-    assert len(set(acc.values())) == 4 and max(acc.values()) < 1   # four different, imperfect classifiers
+    assert len(set(acc.values())) == 4 and max(acc.values()) < 1  # four different, imperfect classifiers
     cond = conditional_coherence(Oracle(data), clf, data, "cpu", batch_size=64)
     for s, accs in cond["per_subset"].items():
         assert set(accs) == set(NAMES) - set(s.split(","))
@@ -145,20 +145,25 @@ def test_latent_probe_per_subset_separable_and_noise():
     res = latent_probe(LatentStandIn(), train, test, "cpu", n_train=500, seed=0)
     assert set(res["per_subset"]) == {"sep", "noise", "sep,noise"}
     assert res["per_subset"]["sep"] == 1.0
-    assert res["per_subset"]["sep,noise"] >= 0.99          # mixture mean (sep + noise) / 2: still separable
-    assert abs(res["per_subset"]["noise"] - 0.1) < 0.04     # chance with 10 balanced classes
+    assert res["per_subset"]["sep,noise"] >= 0.99  # mixture mean (sep + noise) / 2: still separable
+    assert abs(res["per_subset"]["noise"] - 0.1) < 0.04  # chance with 10 balanced classes
     assert res["by_inputs"]["1"] == pytest.approx((res["per_subset"]["sep"] + res["per_subset"]["noise"]) / 2)
     assert res["n_train"] == 500 and res["n_test"] == 2000
     again = latent_probe(LatentStandIn(), train, test, "cpu", n_train=500, seed=0)
-    assert again == res                                      # deterministic for a seed
+    assert again == res  # deterministic for a seed
 
 
 # --- FID of a model -------------------------------------------------------------------------------
 def _tiny_extractor():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Tanh(),
-                         nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.Tanh(),
-                         nn.AdaptiveAvgPool2d(2), nn.Flatten()).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.Tanh(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.Tanh(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+    ).eval()
 
 
 class ImageOracle:
@@ -189,7 +194,7 @@ class ImageOracle:
 def _image_data(n=300):
     g = torch.Generator().manual_seed(0)
     t = {m: torch.randint(0, 200, (n, 3, 16, 16), dtype=torch.uint8, generator=g) for m in ("a", "b")}
-    for m in t:   # the tuple index in the first pixel (base 256), so the oracle can find the tuple
+    for m in t:  # the tuple index in the first pixel (base 256), so the oracle can find the tuple
         t[m][:, 0, 0, 0] = torch.arange(n) % 256
         t[m][:, 1, 0, 0] = torch.arange(n) // 256
     return MultimodalData("imgs", "test", t, torch.arange(n) % 10, fingerprint="fp")
@@ -201,25 +206,30 @@ def test_model_fid_oracle_is_zero_and_grows_with_shift(tmp_path):
     assert set(res["unconditional"]) == set(res["conditional"]) == {"a", "b"}
     assert res["n_generated"] == res["n_real"] == 300
     assert all(abs(v) < 1e-6 for d in (res["unconditional"], res["conditional"]) for v in d.values()), res
-    assert len(list(tmp_path.glob("imgs-test-*-fp-300.safetensors"))) == 2     # cached reference statistics
-    fids = [model_fid(ImageOracle(data, s), data, "cpu", net, n=300, cache_dir=tmp_path)["conditional"]["a"]
-            for s in (0.05, 0.15, 0.3)]
+    assert len(list(tmp_path.glob("imgs-test-*-fp-300.safetensors"))) == 2  # cached reference statistics
+    fids = [
+        model_fid(ImageOracle(data, s), data, "cpu", net, n=300, cache_dir=tmp_path)["conditional"]["a"]
+        for s in (0.05, 0.15, 0.3)
+    ]
     assert 0 < fids[0] < fids[1] < fids[2], fids
 
 
 def test_markdown_table_rows_keep_three_columns():
     import re
+
     from mmvae_cli.evaluate.report import markdown_table
+
     res = {"likelihood": {"k": 3, "n_test": 5, "joint": -10.0, "by_inputs": {"1": -12.0, "2": -10.0}}}
     table = markdown_table(res, {"fid": "weights not found | see help"})
     for line in table.splitlines():
-        assert len(re.findall(r"(?<!\\)\|", line)) == 4, line      # unescaped pipes delimit 3 cells
+        assert len(re.findall(r"(?<!\\)\|", line)) == 4, line  # unescaped pipes delimit 3 cells
     assert "|X_k| = 1" not in table and "\\|X_k\\| = 1" in table
 
 
 def test_spread_indices_cover_a_class_sorted_split():
     from mmvae_cli.evaluate import spread_indices
-    labels = torch.arange(1000) // 100                       # sorted by class, like polymnist-mini's test split
+
+    labels = torch.arange(1000) // 100  # sorted by class, like polymnist-mini's test split
     idx = spread_indices(1000, 200)
     assert len(idx) == 200 and len(set(idx.tolist())) == 200 and idx.max() < 1000
     assert labels[idx].bincount(minlength=10).tolist() == [20] * 10

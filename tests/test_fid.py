@@ -15,17 +15,20 @@ from safetensors.torch import save_file
 from mmvae_cli.errors import DataError, MMVAEError, NumericalError
 from mmvae_cli.evaluate import fid as F
 
-
 # --------------------------------------------------------------------------------------
 # Tiny extractor: statistics and distance
 # --------------------------------------------------------------------------------------
 
+
 def _tiny_extractor():
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Tanh(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.Tanh(),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(),  # (B, 64)
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.Tanh(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.Tanh(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),  # (B, 64)
     ).eval()
 
 
@@ -67,11 +70,15 @@ def test_features_input_handling(images):
     assert a.shape == (50, 64) and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)  # 1 channel -> repeated to 3
     u8 = (images[:50] * 255).round().to(torch.uint8)
-    np.testing.assert_allclose(F.inception_features([u8], net),
-                               F.inception_features([u8.float() / 255], net), rtol=0, atol=0)
+    np.testing.assert_allclose(
+        F.inception_features([u8], net), F.inception_features([u8.float() / 255], net), rtol=0, atol=0
+    )
     # re-chunking into batch_size pieces does not change the features
-    np.testing.assert_allclose(F.inception_features(_batches(images, 100), net, batch_size=7),
-                               F.inception_features([images], net, batch_size=1000), atol=1e-6)
+    np.testing.assert_allclose(
+        F.inception_features(_batches(images, 100), net, batch_size=7),
+        F.inception_features([images], net, batch_size=1000),
+        atol=1e-6,
+    )
     with pytest.raises(DataError):
         F.inception_features([images[:4] * 2], net)  # not in [0, 1]
     assert F.inception_features([images[:4] * 2], net, clamp=True).shape == (4, 64)
@@ -138,6 +145,7 @@ def test_statistics_cache_round_trip(tmp_path, images):
 # Finding the weights
 # --------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def no_weights(tmp_path, monkeypatch):
     """Empty env-var folder and hub folder; any download attempt fails the test."""
@@ -196,6 +204,7 @@ def test_weights_search_order(no_weights, monkeypatch, tmp_path):
 # Loading the weights: a randomly initialised FID-architecture Inception
 # --------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def random_inception_sd():
     torch.manual_seed(0)
@@ -203,8 +212,7 @@ def random_inception_sd():
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
-def test_random_inception_loads_from_safetensors(random_inception_sd, no_weights, tmp_path,
-                                                 monkeypatch):
+def test_random_inception_loads_from_safetensors(random_inception_sd, no_weights, tmp_path, monkeypatch):
     path = tmp_path / F.WEIGHTS_SAFETENSORS
     save_file(random_inception_sd, str(path))
     monkeypatch.setenv(F.ENV_VAR, str(path))
@@ -212,11 +220,15 @@ def test_random_inception_loads_from_safetensors(random_inception_sd, no_weights
     assert isinstance(model, F.FIDInceptionFeatures) and not model.training
     params = dict(model.named_parameters())
     assert len(params) > 0 and not any(p.requires_grad or p.is_meta for p in params.values())
-    torch.testing.assert_close(model.blocks[0].conv.weight,
-                               random_inception_sd["Conv2d_1a_3x3.conv.weight"], rtol=0, atol=0)
-    torch.testing.assert_close(model.blocks[-2].branch_pool.bn.running_var,
-                               random_inception_sd["Mixed_7c.branch_pool.bn.running_var"],
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        model.blocks[0].conv.weight, random_inception_sd["Conv2d_1a_3x3.conv.weight"], rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        model.blocks[-2].branch_pool.bn.running_var,
+        random_inception_sd["Mixed_7c.branch_pool.bn.running_var"],
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_pth_is_read_weights_only_and_converts(random_inception_sd, tmp_path):
@@ -244,8 +256,7 @@ def test_forward_matches_pytorch_fid(random_inception_sd):
     orig = pfi.load_state_dict_from_url
     pfi.load_state_dict_from_url = lambda *a, **k: dict(random_inception_sd)
     try:
-        ref_model = pfi.InceptionV3([3], resize_input=True, normalize_input=True,
-                                    use_fid_inception=True).eval()
+        ref_model = pfi.InceptionV3([3], resize_input=True, normalize_input=True, use_fid_inception=True).eval()
     finally:
         pfi.load_state_dict_from_url = orig
     with torch.inference_mode():

@@ -12,7 +12,7 @@ from mmvae_cli.fusion import MoE, MoPoE, PoE, enumerate_subsets, parse_subsets
 
 def test_product_of_gaussians_matches_numerical_product_of_densities():
     torch.manual_seed(0)
-    loc = torch.tensor([[[-1.0]], [[0.5]], [[2.0]]], dtype=torch.float64)        # (M=3, B=1, D=1)
+    loc = torch.tensor([[[-1.0]], [[0.5]], [[2.0]]], dtype=torch.float64)  # (M=3, B=1, D=1)
     scale = torch.tensor([[[0.7]], [[1.3]], [[0.4]]], dtype=torch.float64)
     mask = torch.tensor([[True, True, False], [True, True, True]])
     prior_loc, prior_scale = torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
@@ -32,8 +32,10 @@ def test_product_of_gaussians_matches_numerical_product_of_densities():
 
 def test_kl_closed_form_matches_monte_carlo():
     torch.manual_seed(1)
-    for q, p in [(td.Normal(torch.tensor([0.3, -1.0]), torch.tensor([0.5, 2.0])), td.Normal(torch.zeros(2), torch.ones(2))),
-                 (td.Laplace(torch.tensor([0.3, -1.0]), torch.tensor([0.5, 2.0])), td.Laplace(torch.zeros(2), torch.ones(2)))]:
+    for q, p in [
+        (td.Normal(torch.tensor([0.3, -1.0]), torch.tensor([0.5, 2.0])), td.Normal(torch.zeros(2), torch.ones(2))),
+        (td.Laplace(torch.tensor([0.3, -1.0]), torch.tensor([0.5, 2.0])), td.Laplace(torch.zeros(2), torch.ones(2))),
+    ]:
         z = q.sample((400_000,))
         mc = (q.log_prob(z) - p.log_prob(z)).sum(-1).mean()
         assert abs(kl(q, p) - mc) < 0.01, (kl(q, p), mc)
@@ -41,7 +43,7 @@ def test_kl_closed_form_matches_monte_carlo():
 
 def test_gaussian_kl_formula():
     mu, logvar = torch.tensor([0.5, -0.2]), torch.tensor([0.1, -1.0])
-    expected = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum()
+    expected = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum()
     assert torch.allclose(kl(expert("gaussian", mu, logvar), td.Normal(0.0, 1.0)), expected)
 
 
@@ -68,15 +70,19 @@ def test_poe_includes_prior_expert():
     q = PoE(3).combine(e, given, p)
     prec = e.scale[0] ** -2 + e.scale[2] ** -2 + 1
     assert q.n_components == 1
-    assert torch.allclose(q.components.scale[0], prec ** -0.5, atol=1e-6)
-    assert torch.allclose(q.components.loc[0], (e.loc[0] * e.scale[0] ** -2 + e.loc[2] * e.scale[2] ** -2) / prec, atol=1e-6)
+    assert torch.allclose(q.components.scale[0], prec**-0.5, atol=1e-6)
+    assert torch.allclose(
+        q.components.loc[0], (e.loc[0] * e.scale[0] ** -2 + e.loc[2] * e.scale[2] ** -2) / prec, atol=1e-6
+    )
 
 
 def test_moe_is_uniform_mixture_of_given_experts():
     e, p = _experts()
     q = MoE(3).combine(e, torch.tensor([True, True, False]), p)
     z = torch.randn(5, 4, 2)
-    manual = torch.log(0.5 * e.log_prob(z[:, None]).sum(-1)[:, 0].exp() + 0.5 * e.log_prob(z[:, None]).sum(-1)[:, 1].exp())
+    manual = torch.log(
+        0.5 * e.log_prob(z[:, None]).sum(-1)[:, 0].exp() + 0.5 * e.log_prob(z[:, None]).sum(-1)[:, 1].exp()
+    )
     assert torch.allclose(q.log_prob(z), manual, atol=1e-5)
 
 
@@ -86,7 +92,7 @@ def test_mopoe_components():
     q = f.combine(e, torch.ones(3, dtype=torch.bool), p)
     assert q.n_components == 7
     # the prior expert joins only the full subset (reference implementation)
-    single = q.components.scale[0]                     # subset {0}
+    single = q.components.scale[0]  # subset {0}
     assert torch.allclose(single, e.scale[0])
     full = q.components.scale[6]
     assert torch.allclose(full, (e.scale.pow(-2).sum(0) + 1) ** -0.5, atol=1e-6)
@@ -99,6 +105,7 @@ def test_mopoe_components():
 def test_chunked_sampling_assigns_contiguous_chunks():
     loc = torch.arange(3.0)[:, None, None].expand(3, 9, 1).contiguous() * 100
     from mmvae_cli.fusion import Mixture
+
     q = Mixture(td.Normal(loc, torch.full_like(loc, 1e-4)), torch.eye(3, dtype=torch.bool))
     z = q.rsample_chunked()
     assert torch.allclose(z[:, 0].round(), torch.tensor([0.0] * 3 + [100.0] * 3 + [200.0] * 3))

@@ -29,16 +29,16 @@ from mmvae_cli.objectives import _kl_to_prior, _stratified_log_weights, elbo, iw
 F64 = torch.float64
 NAMES = ("a", "b")
 DZ, DW = 2, 2
-HEADS = {"a": ([0.3, -0.5], [0.4, -0.2]), "b": ([1.2, 0.7], [-0.6, 0.1])}          # q(z | x_m): loc, raw
+HEADS = {"a": ([0.3, -0.5], [0.4, -0.2]), "b": ([1.2, 0.7], [-0.6, 0.1])}  # q(z | x_m): loc, raw
 PRIVATE_HEADS = {"a": ([0.2, -0.1], [0.5, -0.3]), "b": ([-0.4, 0.6], [-0.2, 0.7])}  # q(w_m | x_m)
-W_Z = {"a": [1.5, -0.4], "b": [-0.8, 0.6]}          # decoder weights on z ...
-W_W = {"a": [0.7, 0.2], "b": [1.2, -0.5]}           # ... and on w_m
-SCALE = {"a": 0.6, "b": 0.9}                         # likelihood scales (Gaussian); Laplace uses 0.75
+W_Z = {"a": [1.5, -0.4], "b": [-0.8, 0.6]}  # decoder weights on z ...
+W_W = {"a": [0.7, 0.2], "b": [1.2, -0.5]}  # ... and on w_m
+SCALE = {"a": 0.6, "b": 0.9}  # likelihood scales (Gaussian); Laplace uses 0.75
 RESCALE = {"a": 3.0, "b": 1.0}
 BETA = 2.5
-X = {"a": [0.9, -0.3, 1.4], "b": [-1.1, 0.5, 0.2]}   # B = 3
-PRIOR_RAW = [0.8, -0.3]                              # learned p(z) scale logits
-W_PRIOR_RAW = {"a": [3.0, -3.0], "b": [-2.5, 2.5]}   # learned p(w_m) scale logits, far from 0
+X = {"a": [0.9, -0.3, 1.4], "b": [-1.1, 0.5, 0.2]}  # B = 3
+PRIOR_RAW = [0.8, -0.3]  # learned p(z) scale logits
+W_PRIOR_RAW = {"a": [3.0, -3.0], "b": [-2.5, 2.5]}  # learned p(w_m) scale logits, far from 0
 # fusion.Mixture.log_prob subtracts log S computed in float32 (log 2 off by 1.9e-9): beta times that
 ATOL_MIX = 1e-8
 
@@ -69,13 +69,32 @@ class RecordingLinear(nn.Module):
         return h @ self.weight.T
 
 
-def tiny(fusion="moe", objective="elbo", family="gaussian", learn_prior=False, k=1, private=0,
-         private_prior="reference", beta=BETA):
+def tiny(
+    fusion="moe",
+    objective="elbo",
+    family="gaussian",
+    learn_prior=False,
+    k=1,
+    private=0,
+    private_prior="reference",
+    beta=BETA,
+):
     lik, scale = ("laplace", {"a": 0.75, "b": 0.75}) if family == "laplace" else ("gaussian", SCALE)
     specs = [ModalitySpec(n, [1], lik, scale[n], RESCALE[n], "mlp") for n in NAMES]
-    cfg = ModelConfig(specs, latent_dim=DZ, fusion=fusion, objective=objective, k=k, beta=beta, posterior=family,
-                      prior=family, learn_prior=learn_prior, hidden=4, private_dim=private,
-                      private_prior=private_prior)
+    cfg = ModelConfig(
+        specs,
+        latent_dim=DZ,
+        fusion=fusion,
+        objective=objective,
+        k=k,
+        beta=beta,
+        posterior=family,
+        prior=family,
+        learn_prior=learn_prior,
+        hidden=4,
+        private_dim=private,
+        private_prior=private_prior,
+    )
     model = MultimodalVAE(cfg).double()
     for n in NAMES:
         loc, raw = HEADS[n]
@@ -103,7 +122,7 @@ def t(v):
 
 # --- the closed forms, written out ------------------------------------------------------------------
 def normal_lp(x, m, s):
-    return -0.5 * math.log(2 * math.pi) - torch.log(torch.as_tensor(s, dtype=F64)) - (x - m) ** 2 / (2 * s ** 2)
+    return -0.5 * math.log(2 * math.pi) - torch.log(torch.as_tensor(s, dtype=F64)) - (x - m) ** 2 / (2 * s**2)
 
 
 def laplace_lp(x, m, b):
@@ -121,7 +140,7 @@ def laplace_scale(raw):
 
 
 def kl_normal_std(m, s):
-    return (0.5 * (m ** 2 + s ** 2 - 1 - 2 * torch.log(s))).sum(-1)
+    return (0.5 * (m**2 + s**2 - 1 - 2 * torch.log(s))).sum(-1)
 
 
 def kl_laplace_zero(m, b1, b2):
@@ -176,7 +195,7 @@ def test_kl_to_prior_is_the_mean_over_moe_components():
     model = tiny("moe")
     expected = sum(kl_normal_std(t(HEADS[m][0]), gauss_scale(HEADS[m][1])) for m in NAMES) / 2
     kls = [float(kl_normal_std(t(HEADS[m][0]), gauss_scale(HEADS[m][1]))) for m in NAMES]
-    assert abs(kls[0] - kls[1]) > 0.1                                # one component's KL would differ
+    assert abs(kls[0] - kls[1]) > 0.1  # one component's KL would differ
     got = _kl_to_prior(model, model.posterior(data()))
     assert got.shape == (3,) and torch.allclose(got, expected.expand(3), rtol=1e-13, atol=0)
 
@@ -189,7 +208,7 @@ def test_kl_to_prior_is_the_mean_over_mopoe_subsets():
     def kl_of(members, with_prior):
         p = sum(prec[m] for m in members) + (1.0 if with_prior else 0.0)
         mu = sum(prec[m] * t(HEADS[m][0]) for m in members) / p
-        return kl_normal_std(mu, p ** -0.5)
+        return kl_normal_std(mu, p**-0.5)
 
     kls = [kl_of(["a"], False), kl_of(["b"], False), kl_of(["a", "b"], True)]
     got = _kl_to_prior(model, model.posterior(data()))
@@ -206,9 +225,9 @@ def test_moe_elbo_is_rec_minus_beta_times_the_mean_kl(family, learn_prior):
     x = data()
     torch.manual_seed(0)
     loss, stats = elbo(model, x)
-    z = recorded(model, "a", (2, 3))                                 # (S, B, D): one draw per component
+    z = recorded(model, "a", (2, 3))  # (S, B, D): one draw per component
     assert torch.equal(z, recorded(model, "b", (2, 3)))
-    rec = lik_by_hand(model, {"a": z, "b": z}, x).mean(0)             # (B,)
+    rec = lik_by_hand(model, {"a": z, "b": z}, x).mean(0)  # (B,)
     if family == "gaussian":
         kls = [kl_normal_std(t(HEADS[m][0]), gauss_scale(HEADS[m][1])) for m in NAMES]
     else:
@@ -225,7 +244,7 @@ def test_mopoe_elbo_by_hand():
     x = data()
     torch.manual_seed(1)
     loss, _ = elbo(model, x)
-    z = recorded(model, "a", (3,))                                   # (B, D): chunked over the subsets
+    z = recorded(model, "a", (3,))  # (B, D): chunked over the subsets
     rec = lik_by_hand(model, {"a": z, "b": z}, x)
     expected = -(rec - BETA * _kl_by_hand_mopoe()).mean()
     assert loss.item() == pytest.approx(float(expected), rel=1e-12)
@@ -236,7 +255,7 @@ def _kl_by_hand_mopoe():
     out = 0.0
     for members, with_prior in ((["a"], False), (["b"], False), (["a", "b"], True)):
         p = sum(prec[m] for m in members) + (1.0 if with_prior else 0.0)
-        out = out + kl_normal_std(sum(prec[m] * t(HEADS[m][0]) for m in members) / p, p ** -0.5)
+        out = out + kl_normal_std(sum(prec[m] * t(HEADS[m][0]) for m in members) / p, p**-0.5)
     return out / 3
 
 
@@ -252,8 +271,11 @@ def test_stratified_iwae_log_weights_by_hand(family, learn_prior):
     lw, samples = _stratified_log_weights(model, x, K)
     z = recorded(model, "a", (2, K, 3))
     assert torch.equal(z, samples[0][0].detach()) and torch.equal(z, recorded(model, "b", (2, K, 3)))
-    prior_scale = (laplace_scale(PRIOR_RAW) if learn_prior else laplace_scale([0.0, 0.0])) \
-        if family == "laplace" else torch.ones(DZ, dtype=F64)
+    prior_scale = (
+        (laplace_scale(PRIOR_RAW) if learn_prior else laplace_scale([0.0, 0.0]))
+        if family == "laplace"
+        else torch.ones(DZ, dtype=F64)
+    )
     log_pz = lp_fn(family)(z, 0.0, prior_scale).sum(-1)
     expected = lik_by_hand(model, {"a": z, "b": z}, x) + BETA * (log_pz - log_q_mix_by_hand(z, family))
     assert lw.shape == (2, K, 3)
@@ -308,21 +330,27 @@ def test_mmvae_plus_log_weights_by_hand(private_prior):
     assert torch.equal(z, h["b"][..., :DZ])
     expected = []
     for s, r in enumerate(NAMES):
-        wr = h[r][s, ..., DZ:]                                       # the decoder of r reads w_r
+        wr = h[r][s, ..., DZ:]  # the decoder of r reads w_r
         assert torch.equal(wr, samples[1 + s][0].detach())
         log_pw = laplace_lp(wr, 0.0, 1.0 if private_prior == "reference" else laplace_scale(W_PRIOR_RAW[r]))
         log_qw = laplace_lp(wr, t(PRIVATE_HEADS[r][0]), laplace_scale(PRIVATE_HEADS[r][1]))
         zs = z[s]
-        reg = (laplace_lp(zs, 0.0, laplace_scale([0.0, 0.0])).sum(-1) + log_pw.sum(-1)
-               - log_q_mix_by_hand(zs, "laplace") - log_qw.sum(-1))
+        reg = (
+            laplace_lp(zs, 0.0, laplace_scale([0.0, 0.0])).sum(-1)
+            + log_pw.sum(-1)
+            - log_q_mix_by_hand(zs, "laplace")
+            - log_qw.sum(-1)
+        )
         expected.append(lik_by_hand(model, {n: h[n][s] for n in NAMES}, x) + BETA * reg)
     expected = torch.stack(expected)
     assert torch.allclose(lw.detach(), expected, rtol=0, atol=ATOL_MIX), (lw.detach() - expected).abs().max()
     # the two choices differ here: the learned scales are far from 1
-    other = laplace_lp(h["a"][0, ..., DZ:], 0.0, laplace_scale(W_PRIOR_RAW["a"]) if private_prior == "reference"
-                       else 1.0).sum(-1)
-    this = laplace_lp(h["a"][0, ..., DZ:], 0.0, 1.0 if private_prior == "reference"
-                      else laplace_scale(W_PRIOR_RAW["a"])).sum(-1)
+    other = laplace_lp(
+        h["a"][0, ..., DZ:], 0.0, laplace_scale(W_PRIOR_RAW["a"]) if private_prior == "reference" else 1.0
+    ).sum(-1)
+    this = laplace_lp(
+        h["a"][0, ..., DZ:], 0.0, 1.0 if private_prior == "reference" else laplace_scale(W_PRIOR_RAW["a"])
+    ).sum(-1)
     assert (other - this).abs().min() > 0.1
 
 
@@ -334,8 +362,8 @@ def test_mmvae_plus_cross_terms_draw_w_from_the_learned_prior(private_prior):
     torch.manual_seed(4)
     with torch.no_grad():
         _stratified_log_weights(model, data(n), 1)
-    w_b = recorded(model, "b", (2, 1, n))[0, 0, :, DZ:]              # component a decodes b: cross term
-    w_a = recorded(model, "a", (2, 1, n))[1, 0, :, DZ:]              # component b decodes a
+    w_b = recorded(model, "b", (2, 1, n))[0, 0, :, DZ:]  # component a decodes b: cross term
+    w_a = recorded(model, "a", (2, 1, n))[1, 0, :, DZ:]  # component b decodes a
     for w, m in ((w_b, "b"), (w_a, "a")):
         expected = math.sqrt(2) * laplace_scale(W_PRIOR_RAW[m])
         assert torch.allclose(w.std(0), expected, rtol=0.05), (m, w.std(0), expected)
@@ -348,13 +376,13 @@ def test_mmvae_plus_generation_draws_w_from_w_prior(private_prior):
     n = 20000
     model = tiny("moe", "iwae", family="laplace", private=DW, private_prior=private_prior)
     torch.manual_seed(5)
-    model.generate(model.sample_prior(n))                         # decoder inputs [0]: joint generation
-    model.cross_generate({"a": data(n)["a"]})                       # decoder inputs [1]: from a's posterior
+    model.generate(model.sample_prior(n))  # decoder inputs [0]: joint generation
+    model.cross_generate({"a": data(n)["a"]})  # decoder inputs [1]: from a's posterior
     gen = [(m, model.decoders[m].inputs[0][:, DZ:]) for m in NAMES]
     for m, w in gen + [("b", model.decoders["b"].inputs[1][:, DZ:])]:
         b = torch.ones(DW, dtype=F64) if private_prior == "reference" else laplace_scale(W_PRIOR_RAW[m])
         assert torch.allclose(w.std(0), math.sqrt(2) * b, rtol=0.05), (m, w.std(0), b)
-        assert (w.mean(0).abs() < 5 * math.sqrt(2) * b / math.sqrt(n)).all()    # 5 standard errors
+        assert (w.mean(0).abs() < 5 * math.sqrt(2) * b / math.sqrt(n)).all()  # 5 standard errors
     # cross-generation reuses w_a ~ q(w_a | x_a) for the given modality
     w_a = model.decoders["a"].inputs[1][:, DZ:]
     assert torch.allclose(w_a.mean(0), t(PRIVATE_HEADS["a"][0]), atol=0.05)
@@ -362,14 +390,17 @@ def test_mmvae_plus_generation_draws_w_from_w_prior(private_prior):
 
 def test_private_prior_config_defaults_and_old_manifests():
     spec = [ModalitySpec("a", [1]), ModalitySpec("b", [1])]
-    assert ModelConfig(spec).private_prior == "reference"                 # new models: the reference code's
+    assert ModelConfig(spec).private_prior == "reference"  # new models: the reference code's
     d = ModelConfig(spec, fusion="moe", objective="iwae", private_dim=2).to_dict()
-    assert ModelConfig.from_dict(d).private_prior == "reference"          # recorded value round-trips
+    assert ModelConfig.from_dict(d).private_prior == "reference"  # recorded value round-trips
     del d["private_prior"]
-    assert ModelConfig.from_dict(d).private_prior == "learned"            # manifests from before the field
+    assert ModelConfig.from_dict(d).private_prior == "learned"  # manifests from before the field
     with pytest.raises(Exception, match="private prior"):
-        MultimodalVAE(ModelConfig(spec, latent_dim=2, fusion="moe", objective="iwae", private_dim=2,
-                                  private_prior="fixed", hidden=4))
+        MultimodalVAE(
+            ModelConfig(
+                spec, latent_dim=2, fusion="moe", objective="iwae", private_dim=2, private_prior="fixed", hidden=4
+            )
+        )
 
 
 def test_old_bundle_loads_with_the_learned_private_prior(tmp_path):
@@ -377,8 +408,16 @@ def test_old_bundle_loads_with_the_learned_private_prior(tmp_path):
     from mmvae_cli.model_io import load_model, save_bundle
 
     torch.manual_seed(0)
-    cfg = ModelConfig([ModalitySpec("a", [3]), ModalitySpec("b", [2])], latent_dim=2, fusion="moe",
-                      objective="iwae", posterior="laplace", prior="laplace", private_dim=2, hidden=4)
+    cfg = ModelConfig(
+        [ModalitySpec("a", [3]), ModalitySpec("b", [2])],
+        latent_dim=2,
+        fusion="moe",
+        objective="iwae",
+        posterior="laplace",
+        prior="laplace",
+        private_dim=2,
+        hidden=4,
+    )
     model = MultimodalVAE(cfg)
     old = cfg.to_dict()
     del old["private_prior"]

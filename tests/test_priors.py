@@ -41,6 +41,7 @@ def test_registry_lists_every_kind_and_refuses_unknown_ones():
 @pytest.mark.parametrize("cov", ["full", "diag", "tied", "spherical"])
 def test_gmm_log_prob_equals_sklearn_score_samples(cov):
     from sklearn.mixture import GaussianMixture
+
     z = two_moons_ish().double()
     gm = GaussianMixture(3, covariance_type=cov, random_state=0).fit(z.numpy())
     p = priors.get("gmm").from_sklearn(gm)
@@ -65,13 +66,14 @@ def test_fitted_priors_round_trip_through_safetensors(tmp_path):
     bank = SampleBank(two_moons_ish())
     gmm, stats = priors.get("gmm").fit(bank, config.PriorFitSettings(), config.GMMSettings(components=2))
     assert stats["converged"] and stats["samples"] == 600
-    flow, fstats = priors.get("flow").fit(bank, config.PriorFitSettings(),
-                                          config.FlowSettings(epochs=2, batch_size=200, flow_hidden=8))
+    flow, fstats = priors.get("flow").fit(
+        bank, config.PriorFitSettings(), config.FlowSettings(epochs=2, batch_size=200, flow_hidden=8)
+    )
     pts = torch.randn(50, 2)
     for p in (gmm, flow):
         path = tmp_path / f"{p.kind}.safetensors"
-        save_file(p.tensors(), path)                       # safetensors: tensors only, nothing pickled
-        settings = json.loads(json.dumps(p.to_json()))     # the manifest's JSON
+        save_file(p.tensors(), path)  # safetensors: tensors only, nothing pickled
+        settings = json.loads(json.dumps(p.to_json()))  # the manifest's JSON
         q = type(p).from_stored(settings, load_file(path))
         assert torch.equal(p.log_prob(pts), q.log_prob(pts))
         torch.manual_seed(1)
@@ -86,8 +88,7 @@ def test_fitted_priors_round_trip_through_safetensors(tmp_path):
 def test_flow_fits_a_2d_toy_better_than_the_base_prior(kind):
     z = two_moons_ish()
     bank = SampleBank(z)
-    s = config.FlowSettings(flow=kind, epochs=40 if kind == "maf" else 25, batch_size=100, flow_hidden=32,
-                            transforms=2)
+    s = config.FlowSettings(flow=kind, epochs=40 if kind == "maf" else 25, batch_size=100, flow_hidden=32, transforms=2)
     flow, stats = priors.get("flow").fit(bank, config.PriorFitSettings(seed=1), s)
     held_out = two_moons_ish(seed=7)
     ll = flow.log_prob(held_out).mean().item()
@@ -106,8 +107,23 @@ FLOW = ["--kind", "flow", "--epochs", "2", "--batch-size", "10", "--flow-hidden"
 def tiny(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("priors")
     root = write_tiny_polymnist(tmp / "data", n_train=30, n_test=6)
-    code, _, err = run(["train", "polymnist", "--out", tmp / "vae", "--data-root", root, "--epochs", "1",
-                        "--batch-size", "10", "--latent-dim", "3", *CPU])
+    code, _, err = run(
+        [
+            "train",
+            "polymnist",
+            "--out",
+            tmp / "vae",
+            "--data-root",
+            root,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "10",
+            "--latent-dim",
+            "3",
+            *CPU,
+        ]
+    )
     assert code == 0, err
     return tmp, root
 
@@ -122,15 +138,18 @@ def snapshot(folder):
 
 def test_fit_prior_sample_and_likelihood_end_to_end(tiny, tmp_path, capsys):
     import shutil
+
     tmp, root = tiny
     r = tmp_path / "r"
     shutil.copytree(tmp / "vae", r)
-    code, out, err = run(["fit-prior", r, "--kind", "gmm", "--components", "2", "--draws", "2", "--data-root", root,
-                          "--json", *CPU], capsys)
+    code, out, err = run(
+        ["fit-prior", r, "--kind", "gmm", "--components", "2", "--draws", "2", "--data-root", root, "--json", *CPU],
+        capsys,
+    )
     assert code == 0, err
     res = json.loads(out)
     assert res["kind"] == "gmm" and res["prior"]["components"] == 2 and res["samples"] == 60 and res["seconds"] >= 0
-    assert np.isfinite(res["log_lik"]) and np.isfinite(res["base_log_lik"])   # fresh draws under both densities
+    assert np.isfinite(res["log_lik"]) and np.isfinite(res["base_log_lik"])  # fresh draws under both densities
     log = tmp_path / "fit.jsonl"
     code, out, err = run(["fit-prior", r, *FLOW, "--data-root", root, "--log-jsonl", log, *CPU], capsys)
     assert code == 0, err
@@ -142,22 +161,27 @@ def test_fit_prior_sample_and_likelihood_end_to_end(tiny, tmp_path, capsys):
     assert m["priors"]["gmm"]["settings"]["components"] == 2 and m["priors"]["gmm"]["seconds"] >= 0
     assert {"prior-gmm.safetensors", "prior-flow.safetensors"} <= set(m["files"])
     assert "prior_fit_state" not in m and not (r / "prior-checkpoint.safetensors").exists()
-    assert m["files"]["model.safetensors"] == manifest(tmp / "vae")["files"]["model.safetensors"]   # VAE frozen
+    assert m["files"]["model.safetensors"] == manifest(tmp / "vae")["files"]["model.safetensors"]  # VAE frozen
     from mmvae_cli.model_io import load_model
+
     model, _ = load_model(r)
     assert model.available_priors() == ["base", "gmm", "flow"]
     assert model.sample_latents(4, prior="flow").shape == (4, 3)
     for kind in ("gmm", "flow"):
-        code, _, err = run(["sample", r, "--prior", kind, "-n", "4", "--out", tmp_path / f"{kind}.safetensors",
-                            *CPU], capsys)
+        code, _, err = run(
+            ["sample", r, "--prior", kind, "-n", "4", "--out", tmp_path / f"{kind}.safetensors", *CPU], capsys
+        )
         assert code == 0, err
         assert load_file(tmp_path / f"{kind}.safetensors")["generated.m0"].shape == (4, 3, 28, 28)
-    code, out, err = run(["eval", "likelihood", r, "--prior", "gmm", "--k", "2", "--limit", "3", "--data-root", root,
-                          "--json", *CPU], capsys)
+    code, out, err = run(
+        ["eval", "likelihood", r, "--prior", "gmm", "--k", "2", "--limit", "3", "--data-root", root, "--json", *CPU],
+        capsys,
+    )
     assert code == 0, err
     assert json.loads(out)["prior"] == "gmm"
-    code, out, err = run(["eval", "likelihood", r, "--k", "2", "--limit", "3", "--data-root", root, "--json", *CPU],
-                         capsys)
+    code, out, err = run(
+        ["eval", "likelihood", r, "--k", "2", "--limit", "3", "--data-root", root, "--json", *CPU], capsys
+    )
     assert code == 0 and json.loads(out)["prior"] == "base"
     code, out, err = run(["compare", r], capsys)
     assert code == 0 and "2 / 3 / base" in out
@@ -169,8 +193,10 @@ def test_fit_prior_sample_and_likelihood_end_to_end(tiny, tmp_path, capsys):
 def test_fit_prior_out_makes_a_prior_only_bundle(tiny, tmp_path, capsys):
     tmp, root = tiny
     child = tmp_path / "child"
-    code, _, err = run(["fit-prior", tmp / "vae", "--kind", "gmm", "--components", "2", "--out", child,
-                        "--data-root", root, *CPU], capsys)
+    code, _, err = run(
+        ["fit-prior", tmp / "vae", "--kind", "gmm", "--components", "2", "--out", child, "--data-root", root, *CPU],
+        capsys,
+    )
     assert code == 0, err
     assert set(manifest(child)["files"]) == {"prior-gmm.safetensors"} and "priors" not in manifest(tmp / "vae")
     assert run(["sample", child, "--prior", "gmm", "-n", "2", "--out", tmp_path / "c.png", *CPU], capsys)[0] == 0
@@ -178,37 +204,81 @@ def test_fit_prior_out_makes_a_prior_only_bundle(tiny, tmp_path, capsys):
 
 BAD = [
     ("unknown kind", ["sample", "{vae}", "--prior", "nope", "-n", "2", "--out", "{tmp}/s.png"], "'nope' is not one of"),
-    ("unfitted kind", ["sample", "{vae}", "--prior", "gmm", "-n", "2", "--out", "{tmp}/s.png"],
-     "has no gmm prior; fit one with `mmvae fit-prior"),
-    ("unfitted flow in eval", ["eval", "likelihood", "{vae}", "--prior", "flow", "--k", "2", "--data-root", "{root}"],
-     "fit-prior {vae} --kind flow"),
+    (
+        "unfitted kind",
+        ["sample", "{vae}", "--prior", "gmm", "-n", "2", "--out", "{tmp}/s.png"],
+        "has no gmm prior; fit one with `mmvae fit-prior",
+    ),
+    (
+        "unfitted flow in eval",
+        ["eval", "likelihood", "{vae}", "--prior", "flow", "--k", "2", "--data-root", "{root}"],
+        "fit-prior {vae} --kind flow",
+    ),
     ("unknown fit kind", ["fit-prior", "{vae}", "--kind", "ebm", "--data-root", "{root}"], "'ebm' is not one of"),
-    ("components 0", ["fit-prior", "{vae}", "--kind", "gmm", "--components", "0", "--data-root", "{root}"],
-     "--components must be >= 1, got 0"),
-    ("too many components", ["fit-prior", "{vae}", "--kind", "gmm", "--components", "31", "--data-root", "{root}"],
-     "more components than posterior samples (30)"),
-    ("flow flag for gmm", ["fit-prior", "{vae}", "--kind", "gmm", "--epochs", "3", "--data-root", "{root}"],
-     "--epochs applies to --kind flow, not gmm"),
+    (
+        "components 0",
+        ["fit-prior", "{vae}", "--kind", "gmm", "--components", "0", "--data-root", "{root}"],
+        "--components must be >= 1, got 0",
+    ),
+    (
+        "too many components",
+        ["fit-prior", "{vae}", "--kind", "gmm", "--components", "31", "--data-root", "{root}"],
+        "more components than posterior samples (30)",
+    ),
+    (
+        "flow flag for gmm",
+        ["fit-prior", "{vae}", "--kind", "gmm", "--epochs", "3", "--data-root", "{root}"],
+        "--epochs applies to --kind flow, not gmm",
+    ),
     ("lr 0", ["fit-prior", "{vae}", *FLOW, "--lr", "0", "--data-root", "{root}"], "--lr must be > 0"),
-    ("ebm likelihood", ["eval", "likelihood", "{erun}", "--prior", "ebm", "--data-root", "{root}"],
-     "no known normaliser"),
-    ("langevin flags for gmm", ["sample", "{grun}", "--prior", "gmm", "--steps", "3", "--out", "{tmp}/s.png"],
-     "need --prior ebm"),
-    ("resume nothing", ["fit-prior", "{vae}", *FLOW[:2], "--resume", "--data-root", "{root}"],
-     "no interrupted fit-prior to resume"),
-    ("out is run", ["fit-prior", "{vae}", "--kind", "gmm", "--out", "{vae}", "--data-root", "{root}"],
-     "--out must differ from RUN"),
+    (
+        "ebm likelihood",
+        ["eval", "likelihood", "{erun}", "--prior", "ebm", "--data-root", "{root}"],
+        "no known normaliser",
+    ),
+    (
+        "langevin flags for gmm",
+        ["sample", "{grun}", "--prior", "gmm", "--steps", "3", "--out", "{tmp}/s.png"],
+        "need --prior ebm",
+    ),
+    (
+        "resume nothing",
+        ["fit-prior", "{vae}", *FLOW[:2], "--resume", "--data-root", "{root}"],
+        "no interrupted fit-prior to resume",
+    ),
+    (
+        "out is run",
+        ["fit-prior", "{vae}", "--kind", "gmm", "--out", "{vae}", "--data-root", "{root}"],
+        "--out must differ from RUN",
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def bad_bundles(tiny):
     import shutil
+
     tmp, root = tiny
     erun, grun = tmp / "erun", tmp / "grun"
     shutil.copytree(tmp / "vae", erun)
-    assert run(["fit-ebm", erun, "--data-root", root, "--energy-hidden", "8", "--epochs", "1", "--langevin-steps",
-                "2", *CPU])[0] == 0
+    assert (
+        run(
+            [
+                "fit-ebm",
+                erun,
+                "--data-root",
+                root,
+                "--energy-hidden",
+                "8",
+                "--epochs",
+                "1",
+                "--langevin-steps",
+                "2",
+                *CPU,
+            ]
+        )[0]
+        == 0
+    )
     shutil.copytree(tmp / "vae", grun)
     assert run(["fit-prior", grun, "--kind", "gmm", "--components", "2", "--data-root", root, *CPU])[0] == 0
     return {"vae": tmp / "vae", "erun": erun, "grun": grun, "root": root, "tmp": tmp}
@@ -234,13 +304,32 @@ def _env():
 
 def test_flow_fit_sigterm_then_resume_is_bit_identical(tiny, tmp_path, capsys):
     tmp, root = tiny
-    fit = ["fit-prior", tmp / "vae", *FLOW[:2], "--epochs", "3", "--batch-size", "3", "--flow-hidden", "8",
-           "--seed", "4", "--data-root", root, *CPU]                       # 10 steps per epoch
+    fit = [
+        "fit-prior",
+        tmp / "vae",
+        *FLOW[:2],
+        "--epochs",
+        "3",
+        "--batch-size",
+        "3",
+        "--flow-hidden",
+        "8",
+        "--seed",
+        "4",
+        "--data-root",
+        root,
+        *CPU,
+    ]  # 10 steps per epoch
     ref, killed = tmp_path / "ref", tmp_path / "killed"
-    p = subprocess.Popen([sys.executable, "-m", "mmvae_cli", *map(str, fit), "--out", killed, "--step-delay", "0.1"],
-                         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "mmvae_cli", *map(str, fit), "--out", killed, "--step-delay", "0.1"],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 90
-    while not (killed / "prior-checkpoint.safetensors").exists():      # epoch 1 done: now inside epoch 2
+    while not (killed / "prior-checkpoint.safetensors").exists():  # epoch 1 done: now inside epoch 2
         assert p.poll() is None and time.time() < deadline, p.communicate()[1]
         time.sleep(0.01)
     time.sleep(0.25)
@@ -256,8 +345,10 @@ def test_flow_fit_sigterm_then_resume_is_bit_identical(tiny, tmp_path, capsys):
     torch.set_num_threads(1)
     try:
         assert run([*fit, "--out", ref])[0] == 0
-        assert run(["fit-prior", tmp / "vae", "--kind", "flow", "--out", killed, "--resume", "--data-root", root,
-                    *CPU])[0] == 0
+        assert (
+            run(["fit-prior", tmp / "vae", "--kind", "flow", "--out", killed, "--resume", "--data-root", root, *CPU])[0]
+            == 0
+        )
     finally:
         torch.set_num_threads(threads)
     a, b = load_file(ref / "prior-flow.safetensors"), load_file(killed / "prior-flow.safetensors")

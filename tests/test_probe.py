@@ -25,8 +25,13 @@ def test_accepts_tensors_and_is_deterministic():
     ztr, ytr = _clusters(300, 5, 8, rng, sep=1.0)  # overlapping: accuracy strictly between
     zte, yte = _clusters(500, 5, 8, rng, sep=1.0)
     a = logistic_probe(ztr, ytr, zte, yte, seed=3)
-    b = logistic_probe(torch.from_numpy(ztr).float(), torch.from_numpy(ytr),
-                       torch.from_numpy(zte).float(), torch.from_numpy(yte), seed=3)
+    b = logistic_probe(
+        torch.from_numpy(ztr).float(),
+        torch.from_numpy(ytr),
+        torch.from_numpy(zte).float(),
+        torch.from_numpy(yte),
+        seed=3,
+    )
     assert a == logistic_probe(ztr, ytr, zte, yte, seed=3)
     assert 0.3 < a < 1.0
     assert abs(a - b) <= 0.01  # float32 vs float64 inputs

@@ -25,8 +25,14 @@ def _env():
 
 
 def _mmvae(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "mmvae_cli", *map(str, args)], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mmvae_cli", *map(str, args)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def _finish(p, timeout=120):
@@ -50,12 +56,26 @@ def data_root(tmp_path_factory):
 
 
 def test_sigterm_mid_epoch_then_resume_is_bit_identical(data_root, tmp_path):
-    args = ["train", "polymnist", "--data-root", data_root, "--epochs", "3", "--batch-size", "4",
-            "--latent-dim", "4", "--seed", "3", "--device", "cpu"]          # 10 steps per epoch
+    args = [
+        "train",
+        "polymnist",
+        "--data-root",
+        data_root,
+        "--epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--latent-dim",
+        "4",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+    ]  # 10 steps per epoch
     ref, killed, log = tmp_path / "ref", tmp_path / "killed", tmp_path / "log.jsonl"
     p = _mmvae(args + ["--out", killed, "--log-jsonl", log, "--step-delay", "0.1"])
     deadline = time.time() + 90
-    while not (log.exists() and log.read_text().strip()):     # epoch 1 done: now inside epoch 2
+    while not (log.exists() and log.read_text().strip()):  # epoch 1 done: now inside epoch 2
         assert p.poll() is None and time.time() < deadline, p.communicate()[1]
         time.sleep(0.01)
     p.send_signal(signal.SIGTERM)
@@ -64,14 +84,30 @@ def test_sigterm_mid_epoch_then_resume_is_bit_identical(data_root, tmp_path):
     lines = err.strip().splitlines()
     assert lines[-1].startswith("error: stopped by signal") and "--resume" in lines[-1] and "Traceback" not in err
     state = json.loads((killed / "manifest.json").read_text())["training_state"]
-    assert state["epoch"] >= 1 and 0 < state["step"] < 10, state      # stopped mid-epoch
+    assert state["epoch"] >= 1 and 0 < state["step"] < 10, state  # stopped mid-epoch
     assert state["partial"]["seen"] == 4 * state["step"]
 
     # the uninterrupted run and the resumption run in this process, with the killed process's thread count
     with one_thread():
         assert run(args + ["--out", ref])[0] == 0
-        assert run(["train", "polymnist", "--out", killed, "--resume", "--data-root", data_root, "--device", "cpu",
-                    "--log-jsonl", log])[0] == 0
+        assert (
+            run(
+                [
+                    "train",
+                    "polymnist",
+                    "--out",
+                    killed,
+                    "--resume",
+                    "--data-root",
+                    data_root,
+                    "--device",
+                    "cpu",
+                    "--log-jsonl",
+                    log,
+                ]
+            )[0]
+            == 0
+        )
     a, b = load_file(ref / "model.safetensors"), load_file(killed / "model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
@@ -79,7 +115,7 @@ def test_sigterm_mid_epoch_then_resume_is_bit_identical(data_root, tmp_path):
     ha = json.loads((ref / "manifest.json").read_text())["history"]
     hb = json.loads((killed / "manifest.json").read_text())["history"]
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
-    assert strip(ha) == strip(hb) and len(ha) == 3          # partial-epoch statistics survived the kill
+    assert strip(ha) == strip(hb) and len(ha) == 3  # partial-epoch statistics survived the kill
     assert [json.loads(x)["epoch"] for x in log.read_text().splitlines()] == [1, 2, 3]
 
 
@@ -88,14 +124,50 @@ def test_fit_ebm_sigterm_mid_epoch_then_resume_is_bit_identical(data_root, tmp_p
     chains, so the chains and both RNG streams must survive) gives the uninterrupted fit's energy."""
     vae = tmp_path / "vae"
     with one_thread():
-        assert run(["train", "polymnist", "--data-root", data_root, "--epochs", "1", "--batch-size", "8",
-                    "--latent-dim", "4", "--device", "cpu", "--out", vae])[0] == 0
-    fit = ["fit-ebm", vae, "--data-root", data_root, "--epochs", "3", "--batch-size", "4", "--langevin-steps", "3",
-           "--energy-hidden", "16", "--persistent", "--seed", "5", "--device", "cpu"]       # 10 steps per epoch
+        assert (
+            run(
+                [
+                    "train",
+                    "polymnist",
+                    "--data-root",
+                    data_root,
+                    "--epochs",
+                    "1",
+                    "--batch-size",
+                    "8",
+                    "--latent-dim",
+                    "4",
+                    "--device",
+                    "cpu",
+                    "--out",
+                    vae,
+                ]
+            )[0]
+            == 0
+        )
+    fit = [
+        "fit-ebm",
+        vae,
+        "--data-root",
+        data_root,
+        "--epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--langevin-steps",
+        "3",
+        "--energy-hidden",
+        "16",
+        "--persistent",
+        "--seed",
+        "5",
+        "--device",
+        "cpu",
+    ]  # 10 steps per epoch
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     p = _mmvae(fit + ["--out", killed, "--step-delay", "0.1"])
     deadline = time.time() + 90
-    while not (killed / "ebm-checkpoint.safetensors").exists():   # epoch 1 done: now inside epoch 2
+    while not (killed / "ebm-checkpoint.safetensors").exists():  # epoch 1 done: now inside epoch 2
         assert p.poll() is None and time.time() < deadline, p.communicate()[1]
         time.sleep(0.01)
     time.sleep(0.25)
@@ -104,10 +176,10 @@ def test_fit_ebm_sigterm_mid_epoch_then_resume_is_bit_identical(data_root, tmp_p
     assert code == 75, err
     assert err.strip().splitlines()[-1].startswith("error: stopped by signal") and "Traceback" not in err
     state = json.loads((killed / "manifest.json").read_text())["ebm_fit_state"]
-    assert state["epoch"] == 1 and 0 < state["start"] < 40, state          # stopped mid-epoch 2
+    assert state["epoch"] == 1 and 0 < state["start"] < 40, state  # stopped mid-epoch 2
     capsys.readouterr()
     code, _, err = run(["sample", killed, "--prior", "ebm", "-n", "2", "--out", tmp_path / "s.png"], capsys)
-    assert code == 2 and err.count("\n") == 1 and "--resume" in err, err    # no energy until the fit ends
+    assert code == 2 and err.count("\n") == 1 and "--resume" in err, err  # no energy until the fit ends
 
     with one_thread():
         assert run(fit + ["--out", ref])[0] == 0
@@ -129,10 +201,47 @@ def test_fit_ebm_sigterm_mid_epoch_then_resume_is_bit_identical(data_root, tmp_p
 def test_fit_ebm_in_place_interrupted_then_resumed(data_root, tmp_path):
     """Without --out the checkpoint lives in RUN itself and is removed once the resumed fit ends."""
     vae = tmp_path / "vae"
-    assert run(["train", "polymnist", "--data-root", data_root, "--epochs", "1", "--batch-size", "8",
-                "--latent-dim", "4", "--device", "cpu", "--out", vae])[0] == 0
-    p = _mmvae(["fit-ebm", vae, "--data-root", data_root, "--epochs", "2", "--batch-size", "4", "--langevin-steps",
-                "3", "--energy-hidden", "16", "--device", "cpu", "--step-delay", "0.1"])
+    assert (
+        run(
+            [
+                "train",
+                "polymnist",
+                "--data-root",
+                data_root,
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--latent-dim",
+                "4",
+                "--device",
+                "cpu",
+                "--out",
+                vae,
+            ]
+        )[0]
+        == 0
+    )
+    p = _mmvae(
+        [
+            "fit-ebm",
+            vae,
+            "--data-root",
+            data_root,
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--langevin-steps",
+            "3",
+            "--energy-hidden",
+            "16",
+            "--device",
+            "cpu",
+            "--step-delay",
+            "0.1",
+        ]
+    )
     deadline = time.time() + 90
     while not (vae / "ebm-checkpoint.safetensors").exists():
         assert p.poll() is None and time.time() < deadline, p.communicate()[1]
@@ -142,8 +251,22 @@ def test_fit_ebm_in_place_interrupted_then_resumed(data_root, tmp_path):
     assert code == 75, err
     m = json.loads((vae / "manifest.json").read_text())
     assert "ebm" not in m and m["ebm_fit_state"]["settings"]["fit"]["epochs"] == 2
-    assert run(["fit-ebm", vae, "--resume", "--data-root", data_root, "--device", "cpu", "--log-jsonl",
-                tmp_path / "log.jsonl"])[0] == 0
+    assert (
+        run(
+            [
+                "fit-ebm",
+                vae,
+                "--resume",
+                "--data-root",
+                data_root,
+                "--device",
+                "cpu",
+                "--log-jsonl",
+                tmp_path / "log.jsonl",
+            ]
+        )[0]
+        == 0
+    )
     lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [(x["event"], x["epoch"]) for x in lines][-1] == ("fit-ebm-epoch", 2)
     m = json.loads((vae / "manifest.json").read_text())
@@ -166,12 +289,37 @@ def test_two_process_ddp_matches_single_process_global_batch(data_root, tmp_path
     from mmvae_cli.train import epoch_permutation, make_optimizer
 
     out, log = tmp_path / "ddp", tmp_path / "ddp.jsonl"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "mmvae_cli", "train", "polymnist", "--data-root", str(data_root), "--out", str(out), "--epochs", "1",
-           "--batch-size", "8", "--latent-dim", "4", "--seed", "5", "--device", "cpu", "--log-jsonl", str(log)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "mmvae_cli",
+        "train",
+        "polymnist",
+        "--data-root",
+        str(data_root),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--latent-dim",
+        "4",
+        "--seed",
+        "5",
+        "--device",
+        "cpu",
+        "--log-jsonl",
+        str(log),
+    ]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert len(log.read_text().splitlines()) == 1                     # only rank 0 logs
+    assert len(log.read_text().splitlines()) == 1  # only rank 0 logs
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["runtime"]["world_size"] == 2 and manifest["epochs_done"] == 1
     got = load_file(out / "model.safetensors")
@@ -190,9 +338,9 @@ def test_two_process_ddp_matches_single_process_global_batch(data_root, tmp_path
                 streams.append(torch.get_rng_state())
             perm = epoch_permutation(len(data), 5, 0)
             for step in range(len(data) // 8):
-                gidx = perm[step * 8:(step + 1) * 8]
+                gidx = perm[step * 8 : (step + 1) * 8]
                 opt.zero_grad(set_to_none=True)
-                for rank in ((0, 1) if ranks_averaged else (0,)):
+                for rank in (0, 1) if ranks_averaged else (0,):
                     torch.set_rng_state(streams[rank])
                     loss, _ = model(data.batch(Dist(rank, 2).shard(gidx)))
                     (loss / 2 if ranks_averaged else loss).backward()
@@ -209,8 +357,20 @@ def test_two_process_ddp_matches_single_process_global_batch(data_root, tmp_path
 
 
 def test_precision_flags(data_root, tmp_path, capsys):
-    base = ["train", "polymnist", "--data-root", data_root, "--epochs", "1", "--batch-size", "40", "--latent-dim", "4",
-            "--device", "cpu"]
+    base = [
+        "train",
+        "polymnist",
+        "--data-root",
+        data_root,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "40",
+        "--latent-dim",
+        "4",
+        "--device",
+        "cpu",
+    ]
     code, _, err = run(base + ["--out", tmp_path / "fp16", "--precision", "fp16"], capsys)
     assert code == 2 and err.strip() == "error: --precision fp16 needs a CUDA device (use bf16 or fp32 on the CPU)"
     code, _, err = run(base + ["--out", tmp_path / "bf16", "--precision", "bf16", "--channels-last"], capsys)
@@ -218,7 +378,7 @@ def test_precision_flags(data_root, tmp_path, capsys):
     manifest = json.loads((tmp_path / "bf16" / "manifest.json").read_text())
     assert manifest["runtime"]["precision"] == "bf16" and manifest["runtime"]["channels_last"] is True
     weights = load_file(tmp_path / "bf16" / "model.safetensors")
-    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())   # fp32 master weights
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())  # fp32 master weights
     code, _, err = run(base + ["--out", tmp_path / "x", "--distributed"], capsys)
     assert code == 2 and err.strip().startswith("error: --distributed: no process group") and "torchrun" in err
 
@@ -227,6 +387,7 @@ def test_mixed_precision_keeps_the_math_in_fp32():
     """Under bf16 the networks run in bfloat16 but experts and decoder outputs come back as fp32, so the
     products of experts, KLs and likelihoods are computed in fp32."""
     from mmvae_cli.model import ModalitySpec, ModelConfig, MultimodalVAE
+
     torch.manual_seed(0)
     model = MultimodalVAE(ModelConfig([ModalitySpec(f"m{i}", [3, 28, 28]) for i in range(2)], latent_dim=4))
     x = {f"m{i}": torch.rand(3, 3, 28, 28) for i in range(2)}
@@ -243,6 +404,7 @@ def test_mixed_precision_keeps_the_math_in_fp32():
 
 def test_stop_flag_catches_sigterm_and_sigusr1_and_restores_handlers():
     from mmvae_cli.runtime import StopFlag
+
     before = signal.getsignal(signal.SIGUSR1)
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         stop = StopFlag()

@@ -32,8 +32,16 @@ def write_image_text(path, n_train=32, n_test=10):
     labels = np.arange(n) % 10
     img = np.stack([digit_pattern(int(d), rng, 0) for d in labels]).transpose(0, 3, 1, 2)
     ids = TextKind().encode(digit_strings(labels, "train"), 8)
-    save_file({"img": torch.from_numpy(np.ascontiguousarray(img)), "text": ids, "label": torch.from_numpy(labels),
-               "split": (torch.arange(n) >= n_train).long()}, str(path), metadata={"kind.text": "text"})
+    save_file(
+        {
+            "img": torch.from_numpy(np.ascontiguousarray(img)),
+            "text": ids,
+            "label": torch.from_numpy(labels),
+            "split": (torch.arange(n) >= n_train).long(),
+        },
+        str(path),
+        metadata={"kind.text": "text"},
+    )
     return path
 
 
@@ -44,7 +52,7 @@ def tiny(tmp_path_factory):
 
 def test_text_kind_encodes_decodes_and_refuses_bad_strings():
     k = TextKind()
-    assert k.vocab == 71 and k.index["-"] == 36          # the reference alphabet; '-' listed twice
+    assert k.vocab == 71 and k.index["-"] == 36  # the reference alphabet; '-' listed twice
     ids = k.encode(["Three", "a b"], 8)
     assert k.decode(ids) == ["three   ", "a b     "]
     with pytest.raises(MMVAEError, match="outside the alphabet"):
@@ -56,7 +64,7 @@ def test_text_kind_encodes_decodes_and_refuses_bad_strings():
 
 def test_categorical_log_likelihood_is_exact_on_a_hand_made_example():
     k = TextKind(alphabet="ab ")
-    ids = k.encode(["b "], 2)                               # ids [1, 2]
+    ids = k.encode(["b "], 2)  # ids [1, 2]
     out = torch.tensor([[[0.0, math.log(3.0), 0.0], [math.log(2.0), 0.0, math.log(5.0)]]])
     # position 1: softmax([0, log 3, 0])[1] = 3/5; position 2: softmax([log 2, 0, log 5])[2] = 5/8
     expected = math.log(3 / 5) + math.log(5 / 8)
@@ -70,21 +78,21 @@ def test_char_nets_fit_any_length(length):
     loc, raw = enc(torch.rand(4, length, 71))
     assert loc.shape == raw.shape == (4, 6)
     assert dec(torch.randn(4, 6)).shape == (4, length, 71)
-    if length == 8:                                         # the MoPoE reference layout: 8 -> 4 -> 1
+    if length == 8:  # the MoPoE reference layout: 8 -> 4 -> 1
         convs = [m for m in enc.body.net if isinstance(m, torch.nn.Conv1d)]
         assert [(c.kernel_size[0], c.stride[0], c.padding[0]) for c in convs] == [(1, 1, 0), (4, 2, 1), (4, 2, 0)]
 
 
 def test_polymnist_text_mini_strings_name_the_digit(tmp_path):
     root = write_tiny_polymnist(tmp_path / "d", n_train=20, n_test=10)
-    (root / "polymnist").rename(root / "polymnist-mini")    # stands in for the built polymnist-mini
+    (root / "polymnist").rename(root / "polymnist-mini")  # stands in for the built polymnist-mini
     a = load_dataset("polymnist-text-mini", "train", str(root))
     b = load_dataset("polymnist-text-mini", "train", str(root))
     assert a.modalities == ["m0", "m1", "m2", "text"] and a.kind("text").name == "text"
     assert a.fingerprint == b.fingerprint and torch.equal(a.tensors["text"], b.tensors["text"])
     strings = a.kind("text").decode(a.tensors["text"])
     assert all(len(s) == 8 and s.strip() == WORDS[int(y)] for s, y in zip(strings, a.labels))
-    assert len({s for s in strings if s.strip() == "one"}) > 1           # random offsets
+    assert len({s for s in strings if s.strip() == "one"}) > 1  # random offsets
     assert a.batch(torch.arange(3))["text"].shape == (3, 8, 71)
 
 
@@ -99,8 +107,10 @@ FUSIONS = {
 @pytest.mark.parametrize("name", list(FUSIONS))
 def test_every_fusion_trains_on_image_and_text(tiny, tmp_path, name, capsys):
     out = tmp_path / name
-    code, _, err = run(["train", tiny, "--out", out, "--epochs", "1", "--batch-size", "16", "--latent-dim", "4",
-                        *CPU, *FUSIONS[name]], capsys)
+    code, _, err = run(
+        ["train", tiny, "--out", out, "--epochs", "1", "--batch-size", "16", "--latent-dim", "4", *CPU, *FUSIONS[name]],
+        capsys,
+    )
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     spec = {m["name"]: m for m in manifest["model"]["modalities"]}
@@ -127,8 +137,22 @@ def test_text_classifier_and_coherence_end_to_end(trained, capsys):
     manifest = json.loads((clf / "manifest.json").read_text())
     assert manifest["kinds"]["text"]["kind"] == "text" and manifest["modalities"]["text"] == [8, 71]
     assert 0.0 <= manifest["test_accuracy"]["text"] <= 1.0
-    code, out, err = run(["eval", "coherence", rd, "--classifiers", clf, "--n-joint", "20", "--json",
-                          "--report", rd.parent / "report", *CPU], capsys)
+    code, out, err = run(
+        [
+            "eval",
+            "coherence",
+            rd,
+            "--classifiers",
+            clf,
+            "--n-joint",
+            "20",
+            "--json",
+            "--report",
+            rd.parent / "report",
+            *CPU,
+        ],
+        capsys,
+    )
     assert code == 0, err
     c = json.loads(out)
     assert "text" in json.dumps(c) and "img" in json.dumps(c)
@@ -143,13 +167,14 @@ def test_cross_generate_text_input_json_and_png(trained, tmp_path, capsys):
     obj = json.loads(out.strip().splitlines()[0])
     assert obj["index"] == 0 and obj["input"]["text"] == "  seven " and "img" not in obj.get("generated", {})
     rows = np.asarray(Image.open(png))
-    assert rows.shape[0] > 2 * 16                            # two rows: the rendered input text, the image
+    assert rows.shape[0] > 2 * 16  # two rows: the rendered input text, the image
     txt = tmp_path / "in.txt"
     txt.write_text("four\n", encoding="utf-8")
     img = tmp_path / "in.png"
     Image.fromarray(digit_pattern(4, np.random.default_rng(0), 0)).save(img)
-    code, out, err = run(["cross-generate", rd, "--input", f"img={img}", "--out", tmp_path / "g.png", "--json", *CPU],
-                         capsys)
+    code, out, err = run(
+        ["cross-generate", rd, "--input", f"img={img}", "--out", tmp_path / "g.png", "--json", *CPU], capsys
+    )
     assert code == 0, err
     assert len(json.loads(out)["generated"]["text"]) == 8
     code, _, err = run(["cross-generate", rd, "--input", f"text={txt}", "--out", tmp_path / "h.png", *CPU], capsys)
@@ -171,7 +196,7 @@ def test_old_manifests_without_kind_still_load(trained, tmp_path):
     assert [m.kind for m in d.modalities] == ["image", "vector"]
     import shutil
 
-    old = shutil.copytree(rd, tmp_path / "old")              # an image-only-style manifest: strip kinds
+    old = shutil.copytree(rd, tmp_path / "old")  # an image-only-style manifest: strip kinds
     m = json.loads((old / "manifest.json").read_text())
     for spec in m["model"]["modalities"]:
         if spec["kind"] == "image":

@@ -58,7 +58,7 @@ def _register():
 _register()
 
 
-INVOCATION: list[str] = []   # the arguments of the running command, recorded in manifests
+INVOCATION: list[str] = []  # the arguments of the running command, recorded in manifests
 
 
 def invocation() -> str:
@@ -80,8 +80,10 @@ def main(argv=None) -> None:
     except click.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.UsageError as e:      # one line, naming the command: "error: train: Invalid value for ..."
-        where = f"{e.ctx.command_path.removeprefix('mmvae ').strip()}: " if e.ctx and e.ctx.command_path != "mmvae" else ""
+    except click.UsageError as e:  # one line, naming the command: "error: train: Invalid value for ..."
+        where = (
+            f"{e.ctx.command_path.removeprefix('mmvae ').strip()}: " if e.ctx and e.ctx.command_path != "mmvae" else ""
+        )
         click.echo(f"error: {where}{' '.join(e.format_message().split())}", err=True)
         sys.exit(e.exit_code)
     except click.ClickException as e:

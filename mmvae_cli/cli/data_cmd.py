@@ -29,9 +29,13 @@ def data():
 
 @data.command("fetch")
 @click.argument("name")
-@click.option("--url", default=None, metavar="URL",
-              help="Where to download PolyMNIST.zip from (default: zenodo record 4899160). "
-                   "A local path to an already downloaded zip works too.")
+@click.option(
+    "--url",
+    default=None,
+    metavar="URL",
+    help="Where to download PolyMNIST.zip from (default: zenodo record 4899160). "
+    "A local path to an already downloaded zip works too.",
+)
 @click.option("--sha256", default=None, metavar="HEX", help="Expected sha256 of the download; a mismatch is an error.")
 @options.data_root
 def fetch_cmd(name, url, sha256, data_root):
@@ -66,15 +70,33 @@ def fetch_cmd(name, url, sha256, data_root):
 
 @data.command("build")
 @click.argument("name", type=click.Choice(["polymnist", "polymnist-mini"]))
-@click.option("--mnist", "mnist_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
-              help="MNIST raw IDX files (train-images-idx3-ubyte[.gz], ...) in DIR or DIR/MNIST/raw "
-                   "(torchvision's layout). polymnist only.")
-@click.option("--backgrounds", "backgrounds_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
-              help="A folder of at least five images; the first five sorted by name are the backgrounds "
-                   "of m0..m4. polymnist only.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
-              help="Output folder: MMNIST/{train,test}/m0..m4 is written inside it. Required for polymnist; "
-                   "polymnist-mini defaults to <data root>/polymnist-mini.")
+@click.option(
+    "--mnist",
+    "mnist_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    metavar="DIR",
+    help="MNIST raw IDX files (train-images-idx3-ubyte[.gz], ...) in DIR or DIR/MNIST/raw "
+    "(torchvision's layout). polymnist only.",
+)
+@click.option(
+    "--backgrounds",
+    "backgrounds_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    metavar="DIR",
+    help="A folder of at least five images; the first five sorted by name are the backgrounds "
+    "of m0..m4. polymnist only.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    metavar="DIR",
+    help="Output folder: MMNIST/{train,test}/m0..m4 is written inside it. Required for polymnist; "
+    "polymnist-mini defaults to <data root>/polymnist-mini.",
+)
 @click.option("--seed", type=int, default=None, help="Random seed of the permutations and crops (default 0).")
 @options.data_root
 def build_cmd(name, mnist_dir, backgrounds_dir, out_dir, seed, data_root):
@@ -94,8 +116,9 @@ def build_cmd(name, mnist_dir, backgrounds_dir, out_dir, seed, data_root):
 
     t0 = time.perf_counter()
     if name == "polymnist":
-        missing = [opt for opt, v in (("--mnist", mnist_dir), ("--backgrounds", backgrounds_dir), ("--out", out_dir))
-                   if not v]
+        missing = [
+            opt for opt, v in (("--mnist", mnist_dir), ("--backgrounds", backgrounds_dir), ("--out", out_dir)) if not v
+        ]
         if missing:
             raise click.UsageError(f"`data build polymnist` needs {', '.join(missing)}")
         where = D.build_polymnist(mnist_dir, backgrounds_dir, out_dir, **({"seed": seed} if seed is not None else {}))

@@ -12,27 +12,52 @@ from . import options
 
 @click.command("fit-ebm")
 @click.argument("run", type=click.Path())
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Write a new energy-only bundle that refers to RUN by path and weight fingerprint, "
-                   "instead of adding the energy to RUN.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write a new energy-only bundle that refers to RUN by path and weight fingerprint, "
+    "instead of adding the energy to RUN.",
+)
 @options.settings_options(config.FitSettings)
 @options.energy_net
 @options.langevin_fit
-@click.option("--classifiers", "clf_run", type=click.Path(), default=None,
-              help="Classifier bundle: report joint coherence with the base prior and with the fitted energy.")
+@click.option(
+    "--classifiers",
+    "clf_run",
+    type=click.Path(),
+    default=None,
+    help="Classifier bundle: report joint coherence with the base prior and with the fitted energy.",
+)
 @click.option("--n-joint", type=int, default=1000, show_default=True, help="Samples for those joint coherences.")
 @click.option("--overwrite", is_flag=True, help="Replace an energy already fitted post hoc to RUN.")
-@click.option("--resume", is_flag=True,
-              help="Continue a fit stopped by SIGTERM/SIGUSR1 (exit code 75) from its checkpoint, with the "
-                   "settings it was started with (same RUN and --out).")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a fit stopped by SIGTERM/SIGUSR1 (exit code 75) from its checkpoint, with the "
+    "settings it was started with (same RUN and --out).",
+)
 @click.option("--step-delay", type=float, default=0.0, hidden=True, help="Sleep after every step (tests).")
 @options.log_jsonl
 @options.tensorboard
 @options.device
 @options.data_root
 @options.json_flag
-def fit_ebm(run, out, clf_run, n_joint, overwrite, resume, step_delay, log_jsonl, tensorboard, device, data_root,
-            as_json, **settings):
+def fit_ebm(
+    run,
+    out,
+    clf_run,
+    n_joint,
+    overwrite,
+    resume,
+    step_delay,
+    log_jsonl,
+    tensorboard,
+    device,
+    data_root,
+    as_json,
+    **settings,
+):
     """Fit an energy over the latent of the trained model RUN, keeping the VAE frozen.
 
     \b
@@ -49,18 +74,35 @@ def fit_ebm(run, out, clf_run, n_joint, overwrite, resume, step_delay, log_jsonl
     after the current step and exit with code 75; --resume continues it with the same result.
     """
     from ..jobs import FitRequest, prepare_energy_fit
-    request = FitRequest(run, out, options.given(settings, config.FitSettings),
-                         options.given(settings, config.EnergySettings),
-                         options.given(settings, config.LangevinSettings), clf_run, n_joint, overwrite, resume,
-                         log_jsonl, tensorboard, step_delay, device, data_root)
+
+    request = FitRequest(
+        run,
+        out,
+        options.given(settings, config.FitSettings),
+        options.given(settings, config.EnergySettings),
+        options.given(settings, config.LangevinSettings),
+        clf_run,
+        n_joint,
+        overwrite,
+        resume,
+        log_jsonl,
+        tensorboard,
+        step_delay,
+        device,
+        data_root,
+    )
     result = prepare_energy_fit(request).run()
     if as_json:
         click.echo(json.dumps(result))
         return
     lc = result["loss_curve"]
-    click.echo(f"{result['objective']} loss: first {lc['first']:.4g}  last {lc['last']:.4g}  min {lc['min']:.4g} "
-               f"(epoch {lc['min_epoch']} of {lc['epochs']})")
+    click.echo(
+        f"{result['objective']} loss: first {lc['first']:.4g}  last {lc['last']:.4g}  min {lc['min']:.4g} "
+        f"(epoch {lc['min_epoch']} of {lc['epochs']})"
+    )
     coherence = result.get("joint_coherence")
     if coherence:
-        click.echo(f"joint coherence: base prior {coherence['base']:.4f}  ->  energy-based prior "
-                   f"{coherence['ebm']:.4f}  ({coherence['n_joint']} samples)")
+        click.echo(
+            f"joint coherence: base prior {coherence['base']:.4f}  ->  energy-based prior "
+            f"{coherence['ebm']:.4f}  ({coherence['n_joint']} samples)"
+        )

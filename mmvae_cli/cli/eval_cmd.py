@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 
 from .. import bundle
+from ..console import log
 from ..data import load_dataset
 from ..errors import MMVAEError
 from ..evaluate import spread_indices
-from ..console import log
 from ..model_io import load_model
 from ..runtime import pick_device
 from . import options
@@ -31,25 +31,42 @@ def evaluate():
 def _record(run: Path, what: str, result: dict) -> None:
     """Append the result and the command that produced it to the bundle's manifest."""
     from . import invocation
+
     manifest = bundle.read_manifest(run)
     manifest.setdefault("evaluations", []).append(
-        {"metric": what, "created": bundle.now(), "command": invocation(), "result": result})
+        {"metric": what, "created": bundle.now(), "command": invocation(), "result": result}
+    )
     bundle.save_manifest(run, manifest)
 
 
 # --- shared options --------------------------------------------------------------------------------
-split_opt = click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True,
-                         help="Evaluation split.")
-limit_opt = click.option("--limit", type=click.IntRange(min=1), default=None,
-                         help="Use only N tuples of the evaluation split, evenly spaced over it.")
-report_opt = click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
-                          help="Write DIR/report.md with the tables and PNG figures.")
+split_opt = click.option(
+    "--split", type=click.Choice(["train", "test"]), default="test", show_default=True, help="Evaluation split."
+)
+limit_opt = click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use only N tuples of the evaluation split, evenly spaced over it.",
+)
+report_opt = click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write DIR/report.md with the tables and PNG figures.",
+)
 prior_opt = options.prior
-clf_opt = click.option("--classifiers", "clf_run", type=click.Path(), default=None,
-                       help="Classifier bundle (needed for coherence).")
-weights_opt = click.option("--inception-weights", default=None, metavar="PATH",
-                           help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or .safetensors); "
-                                "default $MMVAE_INCEPTION_WEIGHTS, then torch hub's cache.")
+clf_opt = click.option(
+    "--classifiers", "clf_run", type=click.Path(), default=None, help="Classifier bundle (needed for coherence)."
+)
+weights_opt = click.option(
+    "--inception-weights",
+    default=None,
+    metavar="PATH",
+    help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or .safetensors); "
+    "default $MMVAE_INCEPTION_WEIGHTS, then torch hub's cache.",
+)
 
 
 def _positive(name: str, value: int | None, minimum: int = 1) -> None:
@@ -65,7 +82,7 @@ class Context:
         self.run = Path(run)
         self.dev = pick_device(device)
         self.model, self.manifest = load_model(self.run, self.dev)
-        self.prior = self.model.latent_prior(prior, str(run))      # an unfitted kind: one line, before any metric
+        self.prior = self.model.latent_prior(prior, str(run))  # an unfitted kind: one line, before any metric
         self.data_root = data_root
         self.dataset = self.manifest["dataset"]["name_or_path"]
         self.test = load_dataset(self.dataset, split, data_root)
@@ -79,6 +96,7 @@ class Context:
 def _coherence(ctx: Context, clf_run, n_joint, prior, seed, langevin: dict | None = None) -> dict:
     from ..classifier import load_classifiers
     from ..evaluate import suite
+
     _positive("--n-joint", n_joint)
     suite.require_labels(ctx.test, "coherence")
     clf, _ = load_classifiers(Path(clf_run), ctx.dev)
@@ -90,6 +108,7 @@ def _coherence(ctx: Context, clf_run, n_joint, prior, seed, langevin: dict | Non
 
 def _likelihood(ctx: Context, k, seed, limit: int | None = None, prior: str = "base") -> dict:
     from ..evaluate import suite
+
     _positive("--k", k)
     _positive("--ll-limit", limit)
     test = ctx.test if not limit else ctx.test.subset(spread_indices(len(ctx.test), limit))
@@ -98,6 +117,7 @@ def _likelihood(ctx: Context, k, seed, limit: int | None = None, prior: str = "b
 
 def _latent(ctx: Context, n_train, seed) -> dict:
     from ..evaluate import suite
+
     _positive("--n-train", n_train, 2)
     suite.require_labels(ctx.test, "the latent probe")
     return suite.latent(ctx.model, ctx.train(), ctx.test, ctx.dev, n_train, seed)
@@ -106,29 +126,41 @@ def _latent(ctx: Context, n_train, seed) -> dict:
 def _fid(ctx: Context, n_fid, prior, seed, weights) -> dict:
     from ..data.fetch import data_root
     from ..evaluate import suite
+
     _positive("--n-fid", n_fid, 2)
-    return suite.fid(ctx.model, ctx.test, ctx.dev, n_fid, prior, seed, weights,
-                     data_root(ctx.data_root) / "fid-stats")
+    return suite.fid(ctx.model, ctx.test, ctx.dev, n_fid, prior, seed, weights, data_root(ctx.data_root) / "fid-stats")
 
 
-def _finish(ctx: Context, results: dict, skipped: dict, seed: int, as_json: bool, report_dir, prior="base",
-            single: bool = True):
+def _finish(
+    ctx: Context, results: dict, skipped: dict, seed: int, as_json: bool, report_dir, prior="base", single: bool = True
+):
     """Record each result in the manifest, print the table or JSON, write the report."""
     from ..evaluate.report import text_table, write_report
     from ..evaluate.suite import METRICS
     from . import invocation
+
     for name, res in results.items():
         _record(ctx.run, name, res)
     if report_dir:
-        path = write_report(Path(report_dir), ctx.run.name, results, skipped, bundle.read_manifest(ctx.run),
-                            invocation(), ctx.model, ctx.test, ctx.dev, prior, seed)
+        path = write_report(
+            Path(report_dir),
+            ctx.run.name,
+            results,
+            skipped,
+            bundle.read_manifest(ctx.run),
+            invocation(),
+            ctx.model,
+            ctx.test,
+            ctx.dev,
+            prior,
+            seed,
+        )
         log(f"wrote {path}")
     if as_json:
-        if single:   # one metric: its result, flat
+        if single:  # one metric: its result, flat
             payload = {"run": str(ctx.run), **next(iter(results.values()))}
         else:
-            payload = {"run": str(ctx.run), "seed": seed, **{m: results.get(m) for m in METRICS},
-                       "skipped": skipped}
+            payload = {"run": str(ctx.run), "seed": seed, **{m: results.get(m) for m in METRICS}, "skipped": skipped}
         click.echo(json.dumps(payload))
     else:
         click.echo(f"{ctx.run}  ({ctx.test.name} {ctx.test.split}, seed {seed})")
@@ -136,8 +168,7 @@ def _finish(ctx: Context, results: dict, skipped: dict, seed: int, as_json: bool
 
 
 def _common(f):
-    for opt in (options.json_flag, report_opt, options.data_root, options.device, options.seed, limit_opt,
-                split_opt):
+    for opt in (options.json_flag, report_opt, options.data_root, options.device, options.seed, limit_opt, split_opt):
         f = opt(f)
     return f
 
@@ -146,12 +177,29 @@ def _common(f):
 @evaluate.command()
 @click.argument("run", type=click.Path())
 @clf_opt
-@click.option("--n-joint", type=click.IntRange(min=1), default=10000, show_default=True, help="Prior samples for joint coherence.")
+@click.option(
+    "--n-joint", type=click.IntRange(min=1), default=10000, show_default=True, help="Prior samples for joint coherence."
+)
 @prior_opt
 @options.langevin_sample
 @_common
-def coherence(run, clf_run, n_joint, prior, steps, step_size, noise_scale, clip_grad, split, limit, seed, device,
-              data_root, report_dir, as_json):
+def coherence(
+    run,
+    clf_run,
+    n_joint,
+    prior,
+    steps,
+    step_size,
+    noise_scale,
+    clip_grad,
+    split,
+    limit,
+    seed,
+    device,
+    data_root,
+    report_dir,
+    as_json,
+):
     """Joint coherence (prior samples) and conditional coherence for every subset of inputs.
 
     Conditional coherence is reported per subset and target, averaged by number of inputs (the
@@ -161,13 +209,22 @@ def coherence(run, clf_run, n_joint, prior, steps, step_size, noise_scale, clip_
         raise MMVAEError("coherence needs digit classifiers: --classifiers RUN (see `mmvae classifier train`)")
     langevin = options.langevin_given(steps, step_size, noise_scale, clip_grad)
     ctx = Context(run, device, data_root, split, limit, prior)
-    _finish(ctx, {"coherence": _coherence(ctx, clf_run, n_joint, prior, seed, langevin)}, {}, seed, as_json,
-            report_dir, prior)
+    _finish(
+        ctx,
+        {"coherence": _coherence(ctx, clf_run, n_joint, prior, seed, langevin)},
+        {},
+        seed,
+        as_json,
+        report_dir,
+        prior,
+    )
 
 
 @evaluate.command()
 @click.argument("run", type=click.Path())
-@click.option("--k", type=click.IntRange(min=1), default=15, show_default=True, help="Importance samples per tuple and subset.")
+@click.option(
+    "--k", type=click.IntRange(min=1), default=15, show_default=True, help="Importance samples per tuple and subset."
+)
 @prior_opt
 @_common
 def likelihood(run, k, prior, split, limit, seed, device, data_root, report_dir, as_json):
@@ -179,15 +236,22 @@ def likelihood(run, k, prior, split, limit, seed, device, data_root, report_dir,
     """
     ctx = Context(run, device, data_root, split, limit, prior)
     if not ctx.prior.tractable:
-        raise MMVAEError(f"eval likelihood --prior {prior}: its density has no known normaliser; choose one of "
-                         f"{', '.join(k for k in ctx.model.available_priors() if ctx.model.latent_prior(k).tractable)}")
+        raise MMVAEError(
+            f"eval likelihood --prior {prior}: its density has no known normaliser; choose one of "
+            f"{', '.join(k for k in ctx.model.available_priors() if ctx.model.latent_prior(k).tractable)}"
+        )
     _finish(ctx, {"likelihood": _likelihood(ctx, k, seed, prior=prior)}, {}, seed, as_json, report_dir)
 
 
 @evaluate.command()
 @click.argument("run", type=click.Path())
-@click.option("--n-train", type=click.IntRange(min=1), default=500, show_default=True,
-              help="Encoded training tuples the logistic regression is fitted on.")
+@click.option(
+    "--n-train",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Encoded training tuples the logistic regression is fitted on.",
+)
 @_common
 def latent(run, n_train, split, limit, seed, device, data_root, report_dir, as_json):
     """Logistic-regression probe of the posterior mean for every subset of inputs."""
@@ -198,8 +262,13 @@ def latent(run, n_train, split, limit, seed, device, data_root, report_dir, as_j
 @evaluate.command()
 @click.argument("run", type=click.Path())
 @weights_opt
-@click.option("--n-fid", type=click.IntRange(min=1), default=10000, show_default=True,
-              help="Generated and real images per modality (capped at the split size).")
+@click.option(
+    "--n-fid",
+    type=click.IntRange(min=1),
+    default=10000,
+    show_default=True,
+    help="Generated and real images per modality (capped at the split size).",
+)
 @prior_opt
 @_common
 def fid(run, inception_weights, n_fid, prior, split, limit, seed, device, data_root, report_dir, as_json):
@@ -218,16 +287,52 @@ def fid(run, inception_weights, n_fid, prior, split, limit, seed, device, data_r
 @weights_opt
 @prior_opt
 @options.langevin_sample
-@click.option("--n-joint", type=click.IntRange(min=1), default=2000, show_default=True, help="Prior samples for joint coherence.")
-@click.option("--k", type=click.IntRange(min=1), default=12, show_default=True, help="Importance samples for the likelihoods.")
-@click.option("--ll-limit", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Likelihood on N evaluation tuples only, evenly spaced (it decodes K x (2^M-1) latents "
-                   "per tuple).")
-@click.option("--n-train", type=click.IntRange(min=1), default=500, show_default=True, help="Training tuples for the latent probe.")
-@click.option("--n-fid", type=click.IntRange(min=1), default=10000, show_default=True, help="Images per modality for FID.")
+@click.option(
+    "--n-joint", type=click.IntRange(min=1), default=2000, show_default=True, help="Prior samples for joint coherence."
+)
+@click.option(
+    "--k", type=click.IntRange(min=1), default=12, show_default=True, help="Importance samples for the likelihoods."
+)
+@click.option(
+    "--ll-limit",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Likelihood on N evaluation tuples only, evenly spaced (it decodes K x (2^M-1) latents per tuple).",
+)
+@click.option(
+    "--n-train",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Training tuples for the latent probe.",
+)
+@click.option(
+    "--n-fid", type=click.IntRange(min=1), default=10000, show_default=True, help="Images per modality for FID."
+)
 @_common
-def all_(run, clf_run, inception_weights, prior, steps, step_size, noise_scale, clip_grad, n_joint, k, ll_limit,
-         n_train, n_fid, split, limit, seed, device, data_root, report_dir, as_json):
+def all_(
+    run,
+    clf_run,
+    inception_weights,
+    prior,
+    steps,
+    step_size,
+    noise_scale,
+    clip_grad,
+    n_joint,
+    k,
+    ll_limit,
+    n_train,
+    n_fid,
+    split,
+    limit,
+    seed,
+    device,
+    data_root,
+    report_dir,
+    as_json,
+):
     """Every metric the bundle supports: coherence (with --classifiers), likelihood, latent (with labels),
     and FID (when the Inception weights are found). Skipped metrics are listed with the reason.
 
@@ -236,15 +341,17 @@ def all_(run, clf_run, inception_weights, prior, steps, step_size, noise_scale, 
     how many samples it used, and the options set them.
     """
     from ..evaluate import fid as F
+
     results, skipped = {}, {}
     langevin = options.langevin_given(steps, step_size, noise_scale, clip_grad)
-    if clf_run:                  # check the classifier bundle before any metric runs
+    if clf_run:  # check the classifier bundle before any metric runs
         from ..classifier import load_classifiers
+
         load_classifiers(Path(clf_run))
     try:
         F.find_inception_weights(inception_weights)
     except MMVAEError as e:
-        if inception_weights:        # an explicit path that is wrong is an error, not a skip
+        if inception_weights:  # an explicit path that is wrong is an error, not a skip
             raise
         skipped["fid"] = f"no Inception weights ({str(e).split(':', 1)[0]}; see `mmvae eval fid --help`)"
     ctx = Context(run, device, data_root, split, limit, prior)

@@ -9,10 +9,10 @@ import click
 import torch
 
 from ..bundle import atomic_save_tensors
+from ..console import log
 from ..data import load_dataset
 from ..errors import MMVAEError
 from ..images import grid, output_format, save_image
-from ..console import log
 from ..model_io import load_model
 from ..runtime import pick_device
 from . import options
@@ -39,8 +39,13 @@ def _print_json(rows: dict[str, torch.Tensor], kinds: dict) -> None:
         if values is not None:
             forms.setdefault(role, {})[m] = values
     for i in range(n):
-        obj = {"index": i, **{role: {m: vals[i] if i < len(vals) else vals[0] for m, vals in by_mod.items()}
-                               for role, by_mod in forms.items()}}
+        obj = {
+            "index": i,
+            **{
+                role: {m: vals[i] if i < len(vals) else vals[0] for m, vals in by_mod.items()}
+                for role, by_mod in forms.items()
+            },
+        }
         click.echo(json.dumps(obj, ensure_ascii=False))
 
 
@@ -53,23 +58,44 @@ def _check_format(out: str, fmt: str | None) -> None:
 
 @click.command()
 @click.argument("run", type=click.Path())
-@click.option("-n", "--n", "n", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Number of joint samples.")
+@click.option(
+    "-n", "--n", "n", type=click.IntRange(min=1), default=64, show_default=True, help="Number of joint samples."
+)
 @click.option("--out", required=True, help="Output file: .png or .jpg grid (one row per modality), or .safetensors.")
-@click.option("--format", "fmt", type=click.Choice(["png", "jpeg", "safetensors"]), default=None,
-              help="Default: from the --out extension (which must agree).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["png", "jpeg", "safetensors"]),
+    default=None,
+    help="Default: from the --out extension (which must agree).",
+)
 @options.prior
 @options.langevin_sample
-@click.option("--save-chain", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
-              help="--prior ebm: also draw the chains' transitions (the first 8 chains, one row per chain and "
-                   "modality, columns every --chain-every steps from the start state to the last).")
-@click.option("--chain-every", type=click.IntRange(min=1), default=None, help="Steps between the columns of --save-chain (default: steps/10).")
-@click.option("--json", "as_json", is_flag=True,
-              help="Also print one JSON object per sample on stdout (text modalities as strings).")
+@click.option(
+    "--save-chain",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE.png",
+    help="--prior ebm: also draw the chains' transitions (the first 8 chains, one row per chain and "
+    "modality, columns every --chain-every steps from the start state to the last).",
+)
+@click.option(
+    "--chain-every",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Steps between the columns of --save-chain (default: steps/10).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Also print one JSON object per sample on stdout (text modalities as strings).",
+)
 @options.seed
 @options.device
-def sample(run, n, out, fmt, prior, steps, step_size, noise_scale, clip_grad, save_chain, chain_every, as_json, seed,
-           device):
+def sample(
+    run, n, out, fmt, prior, steps, step_size, noise_scale, clip_grad, save_chain, chain_every, as_json, seed, device
+):
     """Joint generation: z ~ p(z) (base prior, energy-based prior or a fitted prior), decoded to every
     modality's mean.
 
@@ -94,12 +120,13 @@ def sample(run, n, out, fmt, prior, steps, step_size, noise_scale, clip_grad, sa
         res = p.chain(n, every=every, **langevin)
         z = res.z
         k = min(n, 8)
-        frames = [model.generate(c[:k]) for c in res.chain]          # per snapshot: {modality: (k, ...)}
+        frames = [model.generate(c[:k]) for c in res.chain]  # per snapshot: {modality: (k, ...)}
         if lsteps % every:
             frames.append(model.generate(z[:k]))
         rows = [torch.stack([f[m][i] for f in frames]) for i in range(k) for m in model.names]
-        save_image(save_chain, grid([model.kinds[model.names[j % len(model.names)]].render(r)
-                                     for j, r in enumerate(rows)]))
+        save_image(
+            save_chain, grid([model.kinds[model.names[j % len(model.names)]].render(r) for j, r in enumerate(rows)])
+        )
         log(f"wrote {save_chain} ({k} chains x {len(model.names)} modalities, {len(frames)} columns)")
     gen = {f"generated.{m}": v for m, v in model.generate(z).items()}
     _write(out, gen, model.kinds)
@@ -110,26 +137,64 @@ def sample(run, n, out, fmt, prior, steps, step_size, noise_scale, clip_grad, sa
 @click.command("cross-generate")
 @click.argument("run", type=click.Path())
 @click.option("--given", default=None, help="Comma-separated input modalities taken from --split, e.g. m1,m2.")
-@click.option("--input", "--image", "inputs", multiple=True, metavar="MOD=FILE",
-              help="An input file for a modality (repeatable): an image file, or a UTF-8 text file for a text "
-                   "modality; used instead of --split data.")
-@click.option("--text", "texts", multiple=True, metavar='MOD="..."',
-              help="An input string for a text modality (repeatable); used instead of --split data.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Also print one JSON object per tuple on stdout (text inputs and outputs as strings).")
+@click.option(
+    "--input",
+    "--image",
+    "inputs",
+    multiple=True,
+    metavar="MOD=FILE",
+    help="An input file for a modality (repeatable): an image file, or a UTF-8 text file for a text "
+    "modality; used instead of --split data.",
+)
+@click.option(
+    "--text",
+    "texts",
+    multiple=True,
+    metavar='MOD="..."',
+    help="An input string for a text modality (repeatable); used instead of --split data.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Also print one JSON object per tuple on stdout (text inputs and outputs as strings).",
+)
 @click.option("--targets", default=None, help="Modalities to generate (default: all others).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
-@click.option("-n", "--n", "n", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Number of input tuples.")
+@click.option(
+    "-n", "--n", "n", type=click.IntRange(min=1), default=16, show_default=True, help="Number of input tuples."
+)
 @click.option("--out", required=True, help="Output file: .png or .jpg grid, or .safetensors.")
-@click.option("--format", "fmt", type=click.Choice(["png", "jpeg", "safetensors"]), default=None,
-              help="Default: from the --out extension (which must agree).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["png", "jpeg", "safetensors"]),
+    default=None,
+    help="Default: from the --out extension (which must agree).",
+)
 @options.langevin_sample
 @options.seed
 @options.device
 @options.data_root
-def cross_generate(run, given, inputs, texts, as_json, targets, split, n, out, fmt, steps, step_size, noise_scale,
-                   clip_grad, seed, device, data_root):
+def cross_generate(
+    run,
+    given,
+    inputs,
+    texts,
+    as_json,
+    targets,
+    split,
+    n,
+    out,
+    fmt,
+    steps,
+    step_size,
+    noise_scale,
+    clip_grad,
+    seed,
+    device,
+    data_root,
+):
     """Generate the missing modalities from a subset of given ones.
 
     The PNG shows the inputs in the first rows, then one row per generated modality. For EB-MVAE
@@ -149,15 +214,19 @@ def cross_generate(run, given, inputs, texts, as_json, targets, split, n, out, f
         for option, items in (("--input", inputs), ("--text", texts)):
             for item in items:
                 if "=" not in item:
-                    raise MMVAEError(f"{option} expects {'MOD=FILE' if option == '--input' else 'MOD=STRING'}, "
-                                     f"got {item!r}")
+                    raise MMVAEError(
+                        f"{option} expects {'MOD=FILE' if option == '--input' else 'MOD=STRING'}, got {item!r}"
+                    )
                 name, value = item.split("=", 1)
                 if name not in shapes:
                     raise MMVAEError(f"unknown modality {name!r}; this model has {', '.join(shapes)}")
                 if name in x:
                     raise MMVAEError(f"{option} {name}: modality {name!r} is given twice")
-                x[name] = (kinds[name].read_file(value, shapes[name]) if option == "--input"
-                           else kinds[name].from_string(value, shapes[name]))
+                x[name] = (
+                    kinds[name].read_file(value, shapes[name])
+                    if option == "--input"
+                    else kinds[name].from_string(value, shapes[name])
+                )
         x = {k: v.to(dev) for k, v in x.items()}
     else:
         if not given:

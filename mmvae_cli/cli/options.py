@@ -8,17 +8,28 @@ import click
 
 from .. import config
 
-data_root = click.option("--data-root", type=click.Path(file_okay=False), default=None,
-                         help="Data folder (default: $MMVAE_DATA, else ~/.cache/mmvae).")
-device = click.option("--device", default="auto", show_default=True,
-                      help="cpu, cuda, cuda:N or auto (cuda when available).")
+data_root = click.option(
+    "--data-root",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Data folder (default: $MMVAE_DATA, else ~/.cache/mmvae).",
+)
+device = click.option(
+    "--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (cuda when available)."
+)
 seed = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed.")
 json_flag = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-log_jsonl = click.option("--log-jsonl", type=click.Path(dir_okay=False), default=None,
-                         help="Append one JSON line per epoch to this file.")
-tensorboard = click.option("--tensorboard", type=click.Path(file_okay=False), default=None, metavar="DIR",
-                           help="Write TensorBoard scalars (loss terms, lr, seconds per epoch) to DIR "
-                                "(needs the extra: pip install 'mmvae-cli[tb]').")
+log_jsonl = click.option(
+    "--log-jsonl", type=click.Path(dir_okay=False), default=None, help="Append one JSON line per epoch to this file."
+)
+tensorboard = click.option(
+    "--tensorboard",
+    type=click.Path(file_okay=False),
+    default=None,
+    metavar="DIR",
+    help="Write TensorBoard scalars (loss terms, lr, seconds per epoch) to DIR "
+    "(needs the extra: pip install 'mmvae-cli[tb]').",
+)
 
 
 def _default_text(f) -> str:
@@ -32,8 +43,13 @@ def _default_text(f) -> str:
     return f"{d:g}" if isinstance(d, float) else str(d)
 
 
-def settings_options(cls, only: tuple[str, ...] | None = None, skip: tuple[str, ...] = (),
-                     rename: dict[str, str] | None = None, show_defaults: bool = True):
+def settings_options(
+    cls,
+    only: tuple[str, ...] | None = None,
+    skip: tuple[str, ...] = (),
+    rename: dict[str, str] | None = None,
+    show_defaults: bool = True,
+):
     """Click options for the fields of a config section: default None (= not given, the recipe or the
     field's default applies), the field's help, default and source in the help text. Ranges are
     checked by config.check after resolution, so flags, recipes and manifests share one check."""
@@ -50,7 +66,7 @@ def settings_options(cls, only: tuple[str, ...] | None = None, skip: tuple[str, 
             help_ = m["help"] + (f" [default: {d}]" if d else "") + f" (source: {m['source']})"
             kw: dict = {"default": None, "help": help_}
             if "/" in flag:
-                pass                                           # --x/--no-x boolean
+                pass  # --x/--no-x boolean
             elif isinstance(fld.default, bool):
                 kw["is_flag"] = True
             elif m.get("pair"):
@@ -63,6 +79,7 @@ def settings_options(cls, only: tuple[str, ...] | None = None, skip: tuple[str, 
                 kw["type"] = float
             f = click.option(flag, fld.name, **kw)(f)
         return f
+
     return deco
 
 
@@ -78,11 +95,19 @@ def given(kwargs: dict, cls, rename: dict[str, str] | None = None) -> dict:
 
 def _prior_option():
     from .. import priors
+
     kinds = {k: priors.get(k) for k in priors.names()}
-    return click.option("--prior", type=click.Choice(list(kinds)), default="base", show_default=True,
-                        help="Prior of the latents: " + "; ".join(f"{k}: {c.help} (`{c.how_to_get()}`)"
-                                                                   if k != "base" else f"{k}: {c.help}"
-                                                                   for k, c in kinds.items()) + ".")
+    return click.option(
+        "--prior",
+        type=click.Choice(list(kinds)),
+        default="base",
+        show_default=True,
+        help="Prior of the latents: "
+        + "; ".join(
+            f"{k}: {c.help} (`{c.how_to_get()}`)" if k != "base" else f"{k}: {c.help}" for k, c in kinds.items()
+        )
+        + ".",
+    )
 
 
 prior = _prior_option()

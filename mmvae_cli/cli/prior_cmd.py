@@ -23,25 +23,37 @@ def _kind_settings(f):
 
 @click.command("fit-prior")
 @click.argument("run", type=click.Path())
-@click.option("--kind", required=True, type=click.Choice(list(priors.fittable())),
-              help="gmm: Gaussian mixture (scikit-learn's EM); flow: normalising flow (zuko MAF/NSF, Adam).")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Write a new prior-only bundle that refers to RUN by path and weight fingerprint, "
-                   "instead of adding the prior to RUN.")
+@click.option(
+    "--kind",
+    required=True,
+    type=click.Choice(list(priors.fittable())),
+    help="gmm: Gaussian mixture (scikit-learn's EM); flow: normalising flow (zuko MAF/NSF, Adam).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write a new prior-only bundle that refers to RUN by path and weight fingerprint, "
+    "instead of adding the prior to RUN.",
+)
 @options.settings_options(config.PriorFitSettings)
 @_kind_settings
 @click.option("--overwrite", is_flag=True, help="Replace a prior of this kind already fitted to RUN.")
-@click.option("--resume", is_flag=True,
-              help="Continue a flow fit stopped by SIGTERM/SIGUSR1 (exit code 75) from its checkpoint, with the "
-                   "settings it was started with (same RUN, --kind and --out).")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a flow fit stopped by SIGTERM/SIGUSR1 (exit code 75) from its checkpoint, with the "
+    "settings it was started with (same RUN, --kind and --out).",
+)
 @click.option("--step-delay", type=float, default=0.0, hidden=True, help="Sleep after every step (tests).")
 @options.log_jsonl
 @options.tensorboard
 @options.device
 @options.data_root
 @options.json_flag
-def fit_prior(run, kind, out, overwrite, resume, step_delay, log_jsonl, tensorboard, device, data_root, as_json,
-              **settings):
+def fit_prior(
+    run, kind, out, overwrite, resume, step_delay, log_jsonl, tensorboard, device, data_root, as_json, **settings
+):
     """Fit a prior over the latent of the trained model RUN to its aggregate posterior, VAE frozen.
 
     \b
@@ -57,13 +69,26 @@ def fit_prior(run, kind, out, overwrite, resume, step_delay, log_jsonl, tensorbo
     Energy-based priors keep their command: `mmvae fit-ebm`.
     """
     from ..jobs import PriorFitRequest, prepare_prior_fit
-    request = PriorFitRequest(run, kind, out, options.given(settings, config.PriorFitSettings),
-                              {k: v for k, v in settings.items()
-                               if k not in {f.name for f in config.fields(config.PriorFitSettings)}},
-                              overwrite, resume, log_jsonl, tensorboard, step_delay, device, data_root)
+
+    request = PriorFitRequest(
+        run,
+        kind,
+        out,
+        options.given(settings, config.PriorFitSettings),
+        {k: v for k, v in settings.items() if k not in {f.name for f in config.fields(config.PriorFitSettings)}},
+        overwrite,
+        resume,
+        log_jsonl,
+        tensorboard,
+        step_delay,
+        device,
+        data_root,
+    )
     result = prepare_prior_fit(request).run()
     if as_json:
         click.echo(json.dumps(result))
         return
-    click.echo(f"{kind} prior fitted in {result['seconds']:.2f} s: mean log-density of {result['eval_samples']} "
-               f"aggregate-posterior samples {result['log_lik']:.4g} (base prior p0: {result['base_log_lik']:.4g})")
+    click.echo(
+        f"{kind} prior fitted in {result['seconds']:.2f} s: mean log-density of {result['eval_samples']} "
+        f"aggregate-posterior samples {result['log_lik']:.4g} (base prior p0: {result['base_log_lik']:.4g})"
+    )

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import click
-import torch
 
 from .. import config
 from ..console import log
@@ -18,37 +17,69 @@ from . import options
 
 @click.command()
 @click.argument("dataset")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Run folder to write (default: runs/DATASET-FUSION).")
-@click.option("--prior", type=click.Choice(["gaussian", "laplace", "ebm"]), default=None,
-              help="Prior p(z): the base prior's family, or ebm: the energy-based prior exp(-E(z)) p0(z) of "
-                   "Yuan et al. trained jointly (Algorithm 1), p0 the recipe's base prior; see --langevin-steps, "
-                   "--step-size, --ebm-lr. Default: the recipe's (gaussian).")
+@click.option(
+    "--out", type=click.Path(file_okay=False), default=None, help="Run folder to write (default: runs/DATASET-FUSION)."
+)
+@click.option(
+    "--prior",
+    type=click.Choice(["gaussian", "laplace", "ebm"]),
+    default=None,
+    help="Prior p(z): the base prior's family, or ebm: the energy-based prior exp(-E(z)) p0(z) of "
+    "Yuan et al. trained jointly (Algorithm 1), p0 the recipe's base prior; see --langevin-steps, "
+    "--step-size, --ebm-lr. Default: the recipe's (gaussian).",
+)
 @options.settings_options(config.ModelSettings)
 @options.settings_options(config.TrainSettings)
-@click.option("--recipe", type=click.Path(dir_okay=False), default=None,
-              help="TOML recipe (default: the shipped recipes/<family>-<model>.toml when it exists).")
+@click.option(
+    "--recipe",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML recipe (default: the shipped recipes/<family>-<model>.toml when it exists).",
+)
 @click.option("--schedule", default=None, help="Recipe schedule to apply, e.g. cpu (automatic for *-mini data).")
 @options.device
 @options.data_root
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint "
-                                            "(with --epochs: train a finished run for longer).")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out from its last checkpoint (with --epochs: train a finished run for longer).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
-@click.option("--dry-run", is_flag=True, help="Print the resolved settings as JSON and exit (nothing is loaded "
-                                              "or written).")
+@click.option(
+    "--dry-run", is_flag=True, help="Print the resolved settings as JSON and exit (nothing is loaded or written)."
+)
 @options.log_jsonl
 @options.tensorboard
 @options.settings_options(config.RuntimeSettings)
-@click.option("--distributed", is_flag=True,
-              help="Data-parallel training under torchrun or srun (automatic under torchrun); --batch-size is "
-                   "the global batch. See docs/cluster.md.")
+@click.option(
+    "--distributed",
+    is_flag=True,
+    help="Data-parallel training under torchrun or srun (automatic under torchrun); --batch-size is "
+    "the global batch. See docs/cluster.md.",
+)
 @click.option("--max-steps", type=int, default=None, hidden=True, help="Stop after N steps (tests, benchmarks).")
 @click.option("--step-delay", type=float, default=0.0, hidden=True, help="Sleep after every step (tests).")
 @options.energy_net
 @options.langevin_fit
 @options.settings_options(config.JointEnergySettings)
-def train(dataset, out, prior, recipe, schedule, device, data_root, resume, overwrite, dry_run, log_jsonl,
-          tensorboard, distributed, max_steps, step_delay, **settings):
+def train(
+    dataset,
+    out,
+    prior,
+    recipe,
+    schedule,
+    device,
+    data_root,
+    resume,
+    overwrite,
+    dry_run,
+    log_jsonl,
+    tensorboard,
+    distributed,
+    max_steps,
+    step_delay,
+    **settings,
+):
     """Train a multimodal VAE on DATASET (polymnist, polymnist-mini, mnist-svhn, or a .safetensors path).
 
     Settings come from the recipe for the dataset and model (recipes/), its short `cpu` schedule for
@@ -58,11 +89,27 @@ def train(dataset, out, prior, recipe, schedule, device, data_root, resume, over
     Data-parallel: `torchrun --nproc-per-node N -m mmvae_cli train ...` (gloo on CPU, NCCL on GPU).
     """
     from ..jobs import TrainRequest, prepare_training, resolve_request
+
     runtime = options.given(settings, config.RuntimeSettings)
     overrides = {k: v for k, v in settings.items() if k not in runtime}
     overrides["prior"] = prior
-    request = TrainRequest(dataset, out, overrides, runtime, recipe, schedule, device, data_root, resume, overwrite,
-                           log_jsonl, tensorboard, distributed, max_steps, step_delay)
+    request = TrainRequest(
+        dataset,
+        out,
+        overrides,
+        runtime,
+        recipe,
+        schedule,
+        device,
+        data_root,
+        resume,
+        overwrite,
+        log_jsonl,
+        tensorboard,
+        distributed,
+        max_steps,
+        step_delay,
+    )
     if dry_run:
         click.echo(json.dumps(resolve_request(request).to_dict()))
         return
@@ -89,6 +136,7 @@ def classifier():
 def classifier_train(dataset, out, epochs, batch_size, lr, seed, overwrite, device, data_root, as_json):
     """Train one digit classifier per modality of DATASET and report test accuracy per modality."""
     from ..classifier import train_classifiers
+
     s = config.resolve(config.ClassifierSettings, dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
     dev = pick_device(device)
     check_new_output(Path(out), overwrite, "choose another --out")

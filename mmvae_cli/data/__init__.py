@@ -20,8 +20,15 @@ from .base import GatheredTensors, MultimodalData, fingerprint_tensors, to_float
 from .custom import NoTestSplit, load_custom
 from .fetch import data_root
 from .mnist_svhn import fetch_mnist_svhn, load_mnist_svhn
-from .polymnist import (build_polymnist, build_polymnist_mini, fetch_polymnist, load_mmnist, load_polymnist,
-                        load_polymnist_mini, resolve_mmnist)
+from .polymnist import (
+    build_polymnist,
+    build_polymnist_mini,
+    fetch_polymnist,
+    load_mmnist,
+    load_polymnist,
+    load_polymnist_mini,
+    resolve_mmnist,
+)
 from .polymnist_text import load_polymnist_text_mini
 
 DATASETS = ["polymnist", "polymnist-mini", "polymnist-text-mini", "mnist-svhn"]
@@ -35,9 +42,22 @@ _LOADERS = {
 }
 
 __all__ = [
-    "DATASETS", "SPLITS", "MultimodalData", "GatheredTensors", "DataError", "data_root", "load_dataset",
-    "dataset_info", "fetch_polymnist", "build_polymnist", "build_polymnist_mini", "fetch_mnist_svhn",
-    "fingerprint_tensors", "to_float", "to_uint8", "known_name",
+    "DATASETS",
+    "SPLITS",
+    "MultimodalData",
+    "GatheredTensors",
+    "DataError",
+    "data_root",
+    "load_dataset",
+    "dataset_info",
+    "fetch_polymnist",
+    "build_polymnist",
+    "build_polymnist_mini",
+    "fetch_mnist_svhn",
+    "fingerprint_tensors",
+    "to_float",
+    "to_uint8",
+    "known_name",
 ]
 
 
@@ -51,8 +71,10 @@ def _unknown(name_or_path: str) -> DataError:
     s = str(name_or_path)
     if s.endswith(".safetensors") or "/" in s or "\\" in s or s.startswith("."):
         return DataError(f"no such file or folder: {s}")
-    return DataError(f"unknown dataset {s!r}: known names are {', '.join(DATASETS)}, "
-                     "or give a path to a .safetensors file or a folder of them")
+    return DataError(
+        f"unknown dataset {s!r}: known names are {', '.join(DATASETS)}, "
+        "or give a path to a .safetensors file or a folder of them"
+    )
 
 
 def load_dataset(name_or_path: str, split: str = "train", root: str | None = None) -> MultimodalData:
@@ -98,9 +120,12 @@ def dataset_info(name_or_path: str, root: str | None = None) -> dict:
         splits[split] = entry
     assert first is not None  # the train split always exists or raised
     modalities = {
-        m: {"kind": first.kind(m).name, "shape": list(first.shape(m)),
+        m: {
+            "kind": first.kind(m).name,
+            "shape": list(first.shape(m)),
             "dtype": str(first.dtype(m)).replace("torch.", ""),
-            **({"params": first.kind(m).params} if first.kind(m).params else {})}
+            **({"params": first.kind(m).params} if first.kind(m).params else {}),
+        }
         for m in first.modalities
     }
     num_classes = None

@@ -55,18 +55,18 @@ class GatheredTensors(Mapping):
     def rows_of(self, m: str) -> int:
         return int(self.index[m].shape[0])
 
-    def subset(self, rows: torch.Tensor) -> "GatheredTensors":
+    def subset(self, rows: torch.Tensor) -> GatheredTensors:
         return GatheredTensors(self.store, {m: i[rows] for m, i in self.index.items()})
 
 
 @dataclass
 class MultimodalData:
-    name: str                       # dataset name, e.g. "polymnist-mini"
-    split: str                      # "train" or "test"
+    name: str  # dataset name, e.g. "polymnist-mini"
+    split: str  # "train" or "test"
     tensors: dict[str, torch.Tensor]  # modality name -> (N, ...) image (N,C,H,W) or float32 vector (N, D)
     labels: torch.Tensor | None = None  # (N,) int64 or None
-    fingerprint: str = ""           # stable hash of the source files/cache, recorded in manifests
-    location: str = ""              # where it lives on disk (for `data info`)
+    fingerprint: str = ""  # stable hash of the source files/cache, recorded in manifests
+    location: str = ""  # where it lives on disk (for `data info`)
     extra: dict = field(default_factory=dict)
     kinds: dict = field(default_factory=dict)  # modality name -> modalities.ModalityKind (inferred if absent)
 
@@ -124,15 +124,21 @@ class MultimodalData:
         """Gather rows `index` of every modality and convert them to network input on `device`."""
         return {m: self.kinds[m].to_model(self.rows(m, index).to(device, non_blocking=True)) for m in self.tensors}
 
-    def subset(self, index: torch.Tensor) -> "MultimodalData":
+    def subset(self, index: torch.Tensor) -> MultimodalData:
         if isinstance(self.tensors, GatheredTensors):
             tensors = self.tensors.subset(index)
         else:
             tensors = {m: t[index] for m, t in self.tensors.items()}
         return MultimodalData(
-            self.name, self.split, tensors,
-            None if self.labels is None else self.labels[index], self.fingerprint, self.location, dict(self.extra),
-            dict(self.kinds))
+            self.name,
+            self.split,
+            tensors,
+            None if self.labels is None else self.labels[index],
+            self.fingerprint,
+            self.location,
+            dict(self.extra),
+            dict(self.kinds),
+        )
 
 
 def to_float(t: torch.Tensor) -> torch.Tensor:

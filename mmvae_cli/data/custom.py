@@ -64,8 +64,10 @@ def resolve(path: str | Path) -> tuple[str, Path, Path | None]:
         if not mains:
             raise DataError(f"{p}: no .safetensors files in this folder")
         if len(mains) > 1:
-            raise DataError(f"{p}: several .safetensors files ({', '.join(f.name for f in mains[:4])}"
-                            f"{', ...' if len(mains) > 4 else ''}): pass one file, or name them train/test.safetensors")
+            raise DataError(
+                f"{p}: several .safetensors files ({', '.join(f.name for f in mains[:4])}"
+                f"{', ...' if len(mains) > 4 else ''}): pass one file, or name them train/test.safetensors"
+            )
         test = p / (_stem(mains[0]) + TEST_SUFFIX)
         return _stem(mains[0]), mains[0], test if test.is_file() else None
     raise DataError(f"no such file or folder: {p}")
@@ -77,8 +79,10 @@ def kind_of(meta: dict, m: str, t: torch.Tensor, path: Path) -> modalities.Modal
     if name is None:
         if not any(k.claims(t) for k in modalities.KINDS.values()):
             hint = " (a 1-D tensor of class labels must be named 'label')" if t.dim() == 1 else ""
-            raise DataError(f"{path}: modality {m!r} has shape {tuple(t.shape)}: expected (N, C, H, W) images "
-                            f"or (N, D) vectors{hint}")
+            raise DataError(
+                f"{path}: modality {m!r} has shape {tuple(t.shape)}: expected (N, C, H, W) images "
+                f"or (N, D) vectors{hint}"
+            )
         return modalities.infer(t)
     params = {k.split(".", 1)[0]: v for k, v in meta.items() if k.endswith(f".{m}") and k != f"kind.{m}"}
     try:
@@ -87,8 +91,9 @@ def kind_of(meta: dict, m: str, t: torch.Tensor, path: Path) -> modalities.Modal
         raise DataError(f"{path}: modality {m!r}: bad kind metadata ({e})") from None
 
 
-def read_file(path: Path, kinds: dict | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None,
-                                                              torch.Tensor | None]:
+def read_file(
+    path: Path, kinds: dict | None = None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
     """Validated (modalities, labels, split) of one safetensors file; fills `kinds` (name -> kind)."""
     kinds = {} if kinds is None else kinds
     raw, meta = load_safetensors(path)
@@ -108,8 +113,9 @@ def read_file(path: Path, kinds: dict | None = None) -> tuple[dict[str, torch.Te
         tensors[m] = t.contiguous()
     lengths = {m: int(t.shape[0]) for m, t in tensors.items()}
     if len(set(lengths.values())) != 1:
-        raise DataError(f"{path}: modalities have different lengths ("
-                        + ", ".join(f"{m}={n}" for m, n in lengths.items()) + ")")
+        raise DataError(
+            f"{path}: modalities have different lengths (" + ", ".join(f"{m}={n}" for m, n in lengths.items()) + ")"
+        )
     n = next(iter(lengths.values()))
     if label is not None:
         if label.dim() == 2 and label.shape[1] == 1:
@@ -156,17 +162,24 @@ def load_custom(path: str | Path, split: str) -> MultimodalData:
         files = [str(test_file)]
         shapes = {m: (tuple(t.shape[1:]), t.dtype) for m, t in tensors.items()}
         if set(shapes) != set(train_shapes):
-            raise DataError(f"{test_file}: modalities {sorted(shapes)} differ from the training file's "
-                            f"{sorted(train_shapes)}")
+            raise DataError(
+                f"{test_file}: modalities {sorted(shapes)} differ from the training file's {sorted(train_shapes)}"
+            )
         for m in shapes:
             if shapes[m][0] != train_shapes[m][0]:
-                raise DataError(f"{test_file}: modality {m!r} has samples of shape {shapes[m][0]}, "
-                                f"the training file {train_shapes[m][0]}")
+                raise DataError(
+                    f"{test_file}: modality {m!r} has samples of shape {shapes[m][0]}, "
+                    f"the training file {train_shapes[m][0]}"
+                )
             if kinds[m].to_dict() != train_kinds[m].to_dict():
-                raise DataError(f"{test_file}: modality {m!r} is {kinds[m].name} {kinds[m].params or ''}, "
-                                f"the training file's {train_kinds[m].name} {train_kinds[m].params or ''}")
+                raise DataError(
+                    f"{test_file}: modality {m!r} is {kinds[m].name} {kinds[m].params or ''}, "
+                    f"the training file's {train_kinds[m].name} {train_kinds[m].params or ''}"
+                )
             if shapes[m][1] != train_shapes[m][1]:
-                raise DataError(f"{test_file}: modality {m!r} is {shapes[m][1]}, the training file {train_shapes[m][1]}")
+                raise DataError(
+                    f"{test_file}: modality {m!r} is {shapes[m][1]}, the training file {train_shapes[m][1]}"
+                )
         if has_labels != (labels is not None):
             raise DataError(f"{test_file}: 'label' present in only one of the training and test files")
         if extra_split is not None:
@@ -176,11 +189,14 @@ def load_custom(path: str | Path, split: str) -> MultimodalData:
         tensors = {m: t[rows] for m, t in tensors.items()}
         labels = None if labels is None else labels[rows]
     else:
-        raise NoTestSplit(f"{name}: no test split: add a 'split' tensor (0 = train, 1 = test) to {main.name} "
-                          f"or a file {_stem(main) if _stem(main) != 'train' else 'test'}"
-                          f"{TEST_SUFFIX if _stem(main) != 'train' else SUFFIX} next to it")
+        raise NoTestSplit(
+            f"{name}: no test split: add a 'split' tensor (0 = train, 1 = test) to {main.name} "
+            f"or a file {_stem(main) if _stem(main) != 'train' else 'test'}"
+            f"{TEST_SUFFIX if _stem(main) != 'train' else SUFFIX} next to it"
+        )
     n = int(next(iter(tensors.values())).shape[0])
     if n == 0:
         raise DataError(f"{name}: the {split} split is empty (no rows with split = {0 if split == 'train' else 1})")
-    return MultimodalData(name, split, tensors, labels, fingerprint_tensors(tensors, labels), str(Path(files[0])),
-                          {"files": files}, kinds)
+    return MultimodalData(
+        name, split, tensors, labels, fingerprint_tensors(tensors, labels), str(Path(files[0])), {"files": files}, kinds
+    )

@@ -14,7 +14,6 @@ import hashlib
 import http.client
 import os
 import shutil
-import socket
 import tempfile
 import urllib.error
 import urllib.request
@@ -54,8 +53,9 @@ def one_line(exc: BaseException) -> str:
 
 def progress(total: int | None, desc: str, unit: str = "B"):
     """A download/extraction bar (bytes scaled by 1024), on stderr and only on a terminal."""
-    return console_progress(total=total, desc=desc, unit=unit, unit_scale=unit == "B",
-                            unit_divisor=1024 if unit == "B" else 1000)
+    return console_progress(
+        total=total, desc=desc, unit=unit, unit_scale=unit == "B", unit_divisor=1024 if unit == "B" else 1000
+    )
 
 
 def _open_url(url: str, timeout: float):
@@ -71,8 +71,15 @@ def _open_url(url: str, timeout: float):
     return resp, int(length) if length and length.isdigit() else None
 
 
-def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, size: int | None = None,
-             timeout: float = 60.0, desc: str | None = None) -> Path:
+def download(
+    url: str,
+    dest: str | os.PathLike,
+    *,
+    sha256: str | None = None,
+    size: int | None = None,
+    timeout: float = 60.0,
+    desc: str | None = None,
+) -> Path:
     """Stream `url` into `dest` (temp file + rename), checking `size` and `sha256` when given.
 
     Any network or integrity problem raises a one-line DataError and leaves no file behind.
@@ -89,7 +96,7 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, si
                 stream, total = _open_url(url, timeout)
             except DataError:
                 raise
-            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError, socket.timeout) as exc:
+            except (TimeoutError, urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
                 raise DataError(f"could not download {url}: {one_line(exc)}") from None
             with contextlib.closing(stream), progress(total or size, desc or dest.name) as bar:
                 try:
@@ -98,15 +105,17 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, si
                         h.update(block)
                         written += len(block)
                         bar.update(len(block))
-                except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError, socket.timeout) as exc:
+                except (TimeoutError, urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
                     raise DataError(f"could not download {url}: {one_line(exc)} after {written} bytes") from None
             if total is not None and written != total:
                 raise DataError(f"could not download {url}: connection closed after {written} of {total} bytes")
         if size is not None and written != int(size):
             raise DataError(f"download of {url} has {written} bytes, expected {size}: not the expected file")
         if sha256 is not None and h.hexdigest().lower() != sha256.strip().lower():
-            raise DataError(f"download of {url} has sha256 {h.hexdigest()}, expected {sha256.strip().lower()}: "
-                            "corrupted or not the expected file")
+            raise DataError(
+                f"download of {url} has sha256 {h.hexdigest()}, expected {sha256.strip().lower()}: "
+                "corrupted or not the expected file"
+            )
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
-from .base import GatheredTensors, MultimodalData, fingerprint_tensors
 from ..bundle import atomic_save_tensors
 from ..console import log
+from ..errors import DataError
+from .base import GatheredTensors, MultimodalData, fingerprint_tensors
 from .fetch import data_root, load_safetensors, one_line
 
 NAME = "mnist-svhn"
@@ -74,8 +74,10 @@ def read_idx(path: str | Path) -> np.ndarray:
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(data) - header != expected:
-        raise DataError(f"{path}: truncated or corrupted IDX file ({len(data) - header} data bytes, "
-                        f"expected {expected} for shape {tuple(dims)})")
+        raise DataError(
+            f"{path}: truncated or corrupted IDX file ({len(data) - header} data bytes, "
+            f"expected {expected} for shape {tuple(dims)})"
+        )
     arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
@@ -138,8 +140,14 @@ def load_svhn_mat(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return images, y
 
 
-def pair_indices(labels_a: np.ndarray, labels_b: np.ndarray, *, max_per_class: int = DEFAULT_MAX_PER_CLASS,
-                 dm: int = DEFAULT_DM, seed: int | list[int] = DEFAULT_SEED) -> tuple[np.ndarray, np.ndarray]:
+def pair_indices(
+    labels_a: np.ndarray,
+    labels_b: np.ndarray,
+    *,
+    max_per_class: int = DEFAULT_MAX_PER_CLASS,
+    dm: int = DEFAULT_DM,
+    seed: int | list[int] = DEFAULT_SEED,
+) -> tuple[np.ndarray, np.ndarray]:
     """Reference MMVAE pairing: per class, `dm` random permutations of the first n indices of each side."""
     rng = np.random.default_rng(seed)
     labels_a, labels_b = np.asarray(labels_a), np.asarray(labels_b)
@@ -171,12 +179,20 @@ def _svhn_file(base: Path, split: str) -> Path:
 
 
 def _missing_message(base: Path) -> str:
-    return (f"MNIST-SVHN not found under {base}: run `mmvae data fetch mnist-svhn`, or put torchvision's "
-            f"MNIST/raw/ and SVHN/{{train,test}}_32x32.mat under {base}/")
+    return (
+        f"MNIST-SVHN not found under {base}: run `mmvae data fetch mnist-svhn`, or put torchvision's "
+        f"MNIST/raw/ and SVHN/{{train,test}}_32x32.mat under {base}/"
+    )
 
 
-def load_mnist_svhn(root: str | Path | None, split: str, *, dm: int = DEFAULT_DM,
-                    max_per_class: int = DEFAULT_MAX_PER_CLASS, seed: int = DEFAULT_SEED) -> MultimodalData:
+def load_mnist_svhn(
+    root: str | Path | None,
+    split: str,
+    *,
+    dm: int = DEFAULT_DM,
+    max_per_class: int = DEFAULT_MAX_PER_CLASS,
+    seed: int = DEFAULT_SEED,
+) -> MultimodalData:
     """Paired MNIST-SVHN split from `<root>/mnist-svhn`."""
     _check_split(split)
     base = mnist_svhn_dir(root)
@@ -206,7 +222,7 @@ def load_mnist_svhn(root: str | Path | None, split: str, *, dm: int = DEFAULT_DM
             tensors, meta = load_safetensors(cache)
             if meta.get("key") == key and {"mnist", "svhn"} <= set(tensors):
                 idx_m, idx_s, fingerprint = tensors["mnist"].long(), tensors["svhn"].long(), meta.get("fingerprint", "")
-                if (idx_m.numel() and (int(idx_m.max()) >= len(mnist_y) or int(idx_s.max()) >= len(svhn_y))):
+                if idx_m.numel() and (int(idx_m.max()) >= len(mnist_y) or int(idx_s.max()) >= len(svhn_y)):
                     idx_m = idx_s = None
         except DataError:
             idx_m = idx_s = None
@@ -219,18 +235,39 @@ def load_mnist_svhn(root: str | Path | None, split: str, *, dm: int = DEFAULT_DM
         labels = torch.from_numpy(mnist_y)[idx_m]
         fingerprint = fingerprint_tensors({**store, "pairs_mnist": idx_m, "pairs_svhn": idx_s}, labels)
         try:
-            atomic_save_tensors(cache, {"mnist": idx_m, "svhn": idx_s},
-                                    {"format": CACHE_FORMAT, "key": key, "fingerprint": fingerprint,
-                                     "dm": str(dm), "max_per_class": str(max_per_class), "seed": str(seed)})
+            atomic_save_tensors(
+                cache,
+                {"mnist": idx_m, "svhn": idx_s},
+                {
+                    "format": CACHE_FORMAT,
+                    "key": key,
+                    "fingerprint": fingerprint,
+                    "dm": str(dm),
+                    "max_per_class": str(max_per_class),
+                    "seed": str(seed),
+                },
+            )
             for old in cache.parent.glob(f"pairs-{split}-*.safetensors"):
                 if old != cache:
                     old.unlink(missing_ok=True)
         except OSError as exc:
             log(f"warning: cannot write the pair cache {cache} ({one_line(exc)}); pairing again next time")
     labels = torch.from_numpy(mnist_y)[idx_m]
-    return MultimodalData(NAME, split, GatheredTensors(store, {"mnist": idx_m, "svhn": idx_s}), labels,
-                          fingerprint, str(base), {"cache": str(cache), "dm": dm, "max_per_class": max_per_class,
-                                                   "seed": seed, "unique": {"mnist": len(mnist_y), "svhn": len(svhn_y)}})
+    return MultimodalData(
+        NAME,
+        split,
+        GatheredTensors(store, {"mnist": idx_m, "svhn": idx_s}),
+        labels,
+        fingerprint,
+        str(base),
+        {
+            "cache": str(cache),
+            "dm": dm,
+            "max_per_class": max_per_class,
+            "seed": seed,
+            "unique": {"mnist": len(mnist_y), "svhn": len(svhn_y)},
+        },
+    )
 
 
 def fetch_mnist_svhn(root: str | Path | None = None) -> Path:

@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
-from .base import MultimodalData, fingerprint_tensors
 from ..bundle import atomic_save_tensors
 from ..console import log
+from ..errors import DataError
+from .base import MultimodalData, fingerprint_tensors
 from .fetch import data_root, download, extract_zip, load_safetensors, one_line, progress, rmtree_quiet
 
 NAME = "polymnist"
@@ -88,6 +88,7 @@ _NAME_RE = re.compile(r"^(.+)\.([0-9])\.png$")
 # generation
 # ---------------------------------------------------------------------------------------------
 
+
 def load_background(path: str | Path) -> np.ndarray:
     """A background image as (H, W, 3) uint8 RGB; DataError if unreadable or smaller than 29x29."""
     from PIL import Image, UnidentifiedImageError
@@ -125,8 +126,12 @@ def png_bytes(rgb: np.ndarray) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits, colour type 2 (RGB), deflate, filter 0, no interlace
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _save_png(arr: np.ndarray, path: str) -> None:
@@ -134,8 +139,14 @@ def _save_png(arr: np.ndarray, path: str) -> None:
         f.write(png_bytes(arr))
 
 
-def _write_split(split_dir: Path, images: np.ndarray, labels: np.ndarray, backgrounds: list[np.ndarray],
-                 rng: np.random.Generator, bar=None) -> int:
+def _write_split(
+    split_dir: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    backgrounds: list[np.ndarray],
+    rng: np.random.Generator,
+    bar=None,
+) -> int:
     """Write one split in the official layout; returns the number of tuples."""
     for m in range(len(backgrounds)):
         (split_dir / f"m{m}").mkdir(parents=True, exist_ok=True)
@@ -167,8 +178,14 @@ def _check_mnist(images: np.ndarray, labels: np.ndarray, what: str) -> None:
         raise DataError(f"{what}: {labels.shape} labels for {images.shape[0]} digits")
 
 
-def generate(out_dir: str | Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], backgrounds: list[np.ndarray],
-             seed: int = DEFAULT_SEED, *, exist_ok: bool = False) -> Path:
+def generate(
+    out_dir: str | Path,
+    splits: dict[str, tuple[np.ndarray, np.ndarray]],
+    backgrounds: list[np.ndarray],
+    seed: int = DEFAULT_SEED,
+    *,
+    exist_ok: bool = False,
+) -> Path:
     """Write `out_dir/MMNIST/{split}/m0..m{k-1}` atomically (temp folder + rename). Returns out_dir/MMNIST.
 
     `splits` maps split name -> (digits (N, 28, 28) uint8, labels (N,)). Each split uses its own random
@@ -210,18 +227,22 @@ def list_backgrounds(backgrounds_dir: str | Path) -> list[Path]:
     d = Path(backgrounds_dir).expanduser()
     if not d.is_dir():
         raise DataError(f"backgrounds folder {d} does not exist")
-    files = sorted(p for p in d.iterdir()
-                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(
+        p for p in d.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
     if len(files) < len(MODALITIES):
         raise DataError(f"backgrounds folder {d} holds {len(files)} images: PolyMNIST needs {len(MODALITIES)}")
     if len(files) > len(MODALITIES):
-        log(f"using the first {len(MODALITIES)} of {len(files)} backgrounds (sorted by name): "
-            + ", ".join(p.name for p in files[:len(MODALITIES)]))
-    return files[:len(MODALITIES)]
+        log(
+            f"using the first {len(MODALITIES)} of {len(files)} backgrounds (sorted by name): "
+            + ", ".join(p.name for p in files[: len(MODALITIES)])
+        )
+    return files[: len(MODALITIES)]
 
 
-def build_polymnist(mnist_dir: str | Path, backgrounds_dir: str | Path, out_dir: str | Path,
-                    seed: int = DEFAULT_SEED) -> Path:
+def build_polymnist(
+    mnist_dir: str | Path, backgrounds_dir: str | Path, out_dir: str | Path, seed: int = DEFAULT_SEED
+) -> Path:
     """Generate PolyMNIST from MNIST (torchvision raw IDX files in DIR or DIR/MNIST/raw) and five backgrounds.
 
     Writes `out_dir/MMNIST/{train,test}/m0..m4/{i}.{digit}.png`; returns `out_dir/MMNIST`.
@@ -236,8 +257,10 @@ def build_polymnist(mnist_dir: str | Path, backgrounds_dir: str | Path, out_dir:
 def _package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.origin:
-        raise DataError(f"polymnist-mini needs the Python package {package!r}: pip install "
-                        f"{'scikit-image' if package == 'skimage' else package}")
+        raise DataError(
+            f"polymnist-mini needs the Python package {package!r}: pip install "
+            f"{'scikit-image' if package == 'skimage' else package}"
+        )
     return Path(spec.origin).parent
 
 
@@ -267,8 +290,9 @@ def load_mnist_5k(csv_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return images, table[:, -1]
 
 
-def mini_splits(images: np.ndarray, labels: np.ndarray, n_train: int = MINI_TRAIN_PER_CLASS,
-                n_test: int = MINI_TEST_PER_CLASS) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def mini_splits(
+    images: np.ndarray, labels: np.ndarray, n_train: int = MINI_TRAIN_PER_CLASS, n_test: int = MINI_TEST_PER_CLASS
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per class, the first `n_train` digits (file order) go to train and the next `n_test` to test."""
     train_idx, test_idx = [], []
     for d in range(10):
@@ -276,13 +300,19 @@ def mini_splits(images: np.ndarray, labels: np.ndarray, n_train: int = MINI_TRAI
         if len(ixs) < n_train + n_test:
             raise DataError(f"polymnist-mini: digit {d} has {len(ixs)} images, need {n_train + n_test}")
         train_idx.append(ixs[:n_train])
-        test_idx.append(ixs[n_train:n_train + n_test])
+        test_idx.append(ixs[n_train : n_train + n_test])
     tr, te = np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
     return {"train": (images[tr], labels[tr]), "test": (images[te], labels[te])}
 
 
-def build_polymnist_mini(out_dir: str | Path, seed: int = MINI_SEED, *, n_train_per_class: int = MINI_TRAIN_PER_CLASS,
-                         n_test_per_class: int = MINI_TEST_PER_CLASS, exist_ok: bool = True) -> Path:
+def build_polymnist_mini(
+    out_dir: str | Path,
+    seed: int = MINI_SEED,
+    *,
+    n_train_per_class: int = MINI_TRAIN_PER_CLASS,
+    n_test_per_class: int = MINI_TEST_PER_CLASS,
+    exist_ok: bool = True,
+) -> Path:
     """Build polymnist-mini offline and deterministically into `out_dir/MMNIST`; returns that folder."""
     csv, bg_files = mini_sources()
     images, labels = load_mnist_5k(csv)
@@ -294,6 +324,7 @@ def build_polymnist_mini(out_dir: str | Path, seed: int = MINI_SEED, *, n_train_
 # ---------------------------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------------------------
+
 
 def _is_mmnist(d: Path) -> bool:
     return any((d / s / "m0").is_dir() for s in SPLITS)
@@ -311,9 +342,11 @@ def resolve_mmnist(path: str | Path) -> Path | None:
 
 
 def missing_message(root: Path) -> str:
-    return (f"PolyMNIST not found under {root / NAME}: run `mmvae data fetch polymnist`, or "
-            f"`mmvae data build polymnist --mnist DIR --backgrounds DIR --out {root / NAME}`, "
-            f"or put the zip's MMNIST folder under {root / NAME}/")
+    return (
+        f"PolyMNIST not found under {root / NAME}: run `mmvae data fetch polymnist`, or "
+        f"`mmvae data build polymnist --mnist DIR --backgrounds DIR --out {root / NAME}`, "
+        f"or put the zip's MMNIST folder under {root / NAME}/"
+    )
 
 
 def scan_split(split_dir: Path) -> tuple[list[str], list[int], str]:
@@ -351,8 +384,10 @@ def scan_split(split_dir: Path) -> tuple[list[str], list[int], str]:
         if s != ref:
             only_ref, only_m = sorted(ref - s), sorted(s - ref)
             example = f"{only_ref[0]} only in {MODALITIES[0]}" if only_ref else f"{only_m[0]} only in {m}"
-            raise DataError(f"PolyMNIST {split_dir.name}: {MODALITIES[0]} and {m} hold different file names "
-                            f"({len(only_ref) + len(only_m)} differ, e.g. {example}); tuples are matched by name")
+            raise DataError(
+                f"PolyMNIST {split_dir.name}: {MODALITIES[0]} and {m} hold different file names "
+                f"({len(only_ref) + len(only_m)} differ, e.g. {example}); tuples are matched by name"
+            )
 
     def order(name: str):
         stem = name.rsplit(".", 2)[0]
@@ -399,10 +434,18 @@ def load_mmnist(mmnist: str | Path, split: str, name: str = NAME) -> MultimodalD
     if cache.is_file():
         try:
             cached, meta = load_safetensors(cache)
-            if (meta.get("key") == key and meta.get("format") == CACHE_FORMAT
-                    and all(m in cached and tuple(cached[m].shape) == (len(names), 3, SIZE, SIZE)
-                            and cached[m].dtype == torch.uint8 for m in MODALITIES)
-                    and "label" in cached and cached["label"].shape == (len(names),)):
+            if (
+                meta.get("key") == key
+                and meta.get("format") == CACHE_FORMAT
+                and all(
+                    m in cached
+                    and tuple(cached[m].shape) == (len(names), 3, SIZE, SIZE)
+                    and cached[m].dtype == torch.uint8
+                    for m in MODALITIES
+                )
+                and "label" in cached
+                and cached["label"].shape == (len(names),)
+            ):
                 tensors = {m: cached[m] for m in MODALITIES}
                 labels = cached["label"].long()
                 fingerprint = meta.get("fingerprint") or fingerprint_tensors(tensors, labels)
@@ -413,9 +456,11 @@ def load_mmnist(mmnist: str | Path, split: str, name: str = NAME) -> MultimodalD
         labels = torch.tensor(labels_list, dtype=torch.int64)
         fingerprint = fingerprint_tensors(tensors, labels)
         try:
-            atomic_save_tensors(cache, {**tensors, "label": labels},
-                                    {"format": CACHE_FORMAT, "key": key, "fingerprint": fingerprint,
-                                     "source": str(split_dir)})
+            atomic_save_tensors(
+                cache,
+                {**tensors, "label": labels},
+                {"format": CACHE_FORMAT, "key": key, "fingerprint": fingerprint, "source": str(split_dir)},
+            )
             for old in cache_dir.glob(f"{mmnist.name.lower()}-{split}-*.safetensors"):
                 if old != cache:
                     old.unlink(missing_ok=True)
@@ -451,6 +496,7 @@ def load_polymnist_mini(root: str | Path | None, split: str) -> MultimodalData:
 # download
 # ---------------------------------------------------------------------------------------------
 
+
 def _find_mmnist_parent(tree: Path, max_depth: int = 3) -> Path | None:
     """The folder inside an extracted zip that contains MMNIST/ (breadth-first, skipping __MACOSX)."""
     level = [tree]
@@ -464,8 +510,14 @@ def _find_mmnist_parent(tree: Path, max_depth: int = 3) -> Path | None:
     return None
 
 
-def fetch_polymnist(root: str | Path | None = None, url: str = DEFAULT_URL, sha256: str | None = KNOWN_SHA256,
-                    size: int | None = KNOWN_SIZE, *, timeout: float = 60.0) -> Path:
+def fetch_polymnist(
+    root: str | Path | None = None,
+    url: str = DEFAULT_URL,
+    sha256: str | None = KNOWN_SHA256,
+    size: int | None = KNOWN_SIZE,
+    *,
+    timeout: float = 60.0,
+) -> Path:
     """Download and extract the official PolyMNIST.zip into `<root>/polymnist`; returns `<root>/polymnist/MMNIST`.
 
     The zip is streamed to a temporary file next to the target, verified (size/sha256 when known),
@@ -479,8 +531,9 @@ def fetch_polymnist(root: str | Path | None = None, url: str = DEFAULT_URL, sha2
     base.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{NAME}-fetch-", dir=base.parent))
     try:
-        zip_path = download(url, work / "PolyMNIST.zip", sha256=sha256, size=size, timeout=timeout,
-                            desc="PolyMNIST.zip")
+        zip_path = download(
+            url, work / "PolyMNIST.zip", sha256=sha256, size=size, timeout=timeout, desc="PolyMNIST.zip"
+        )
         tree = extract_zip(zip_path, work / "extract")
         zip_path.unlink()
         src = _find_mmnist_parent(tree)

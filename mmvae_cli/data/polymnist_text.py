@@ -42,6 +42,13 @@ def load_polymnist_text_mini(root, split: str) -> MultimodalData:
     kind = TextKind()
     ids = kind.encode(digit_strings(base.labels, split), LENGTH, NAME)
     tensors = {**{m: base.tensors[m] for m in IMAGES}, TEXT: ids}
-    return MultimodalData(NAME, split, tensors, base.labels, fingerprint_tensors(tensors, base.labels),
-                          base.location, {**base.extra, "text": {"length": LENGTH, "seed": SEED}},
-                          {TEXT: kind})
+    return MultimodalData(
+        NAME,
+        split,
+        tensors,
+        base.labels,
+        fingerprint_tensors(tensors, base.labels),
+        base.location,
+        {**base.extra, "text": {"length": LENGTH, "seed": SEED}},
+        {TEXT: kind},
+    )

@@ -31,18 +31,24 @@ def joint_coherence(sample_latents, model, clf, n: int, batch_size: int = 500) -
         b = min(batch_size, n - done)
         z = sample_latents(b)
         means = model.generate(z)
-        preds = torch.stack([clf.predict(m, means[m]).cpu() for m in model.names])   # (M, b)
+        preds = torch.stack([clf.predict(m, means[m]).cpu() for m in model.names])  # (M, b)
         agree += int((preds == preds[0]).all(0).sum())
         for i, m in enumerate(model.names):
             per_mod[m] += torch.bincount(preds[i], minlength=clf.n_classes).float()
         done += b
-    return {"joint": agree / n, "n_samples": n,
-            "class_histogram": {m: (h / n).tolist() for m, h in per_mod.items()}}
+    return {"joint": agree / n, "n_samples": n, "class_histogram": {m: (h / n).tolist() for m, h in per_mod.items()}}
 
 
 @torch.no_grad()
-def conditional_coherence(model, clf, data: MultimodalData, device, batch_size: int = 500,
-                          max_inputs: int | None = None, langevin: dict | None = None) -> dict:
+def conditional_coherence(
+    model,
+    clf,
+    data: MultimodalData,
+    device,
+    batch_size: int = 500,
+    max_inputs: int | None = None,
+    langevin: dict | None = None,
+) -> dict:
     """`langevin`: settings passed to model.cross_generate (used by EB-MVAE's clamped Langevin)."""
     names = model.names
     M = len(names)
@@ -67,6 +73,10 @@ def conditional_coherence(model, clf, data: MultimodalData, device, batch_size: 
     pairs = [per_subset[a][b] for a in names for b in names if a != b and a in per_subset]
     per_target = {t: [accs[t] for accs in per_subset.values() if t in accs] for t in names}
     per_target = {t: sum(v) / len(v) for t, v in per_target.items() if v}
-    return {"by_inputs": by_size_mean, "per_subset": per_subset, "per_target": per_target,
-            "cross_pairs_mean": sum(pairs) / len(pairs) if pairs else None,
-            "n_test": n}
+    return {
+        "by_inputs": by_size_mean,
+        "per_subset": per_subset,
+        "per_target": per_target,
+        "cross_pairs_mean": sum(pairs) / len(pairs) if pairs else None,
+        "n_test": n,
+    }

@@ -32,8 +32,8 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -47,9 +47,7 @@ from ..errors import DataError, MMVAEError, NumericalError
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 #: The same weights converted with :func:`convert_inception_weights`.
 WEIGHTS_SAFETENSORS = "pt_inception-2015-12-05-6726825d.safetensors"
-WEIGHTS_URL = (
-    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + WEIGHTS_FILE
-)
+WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + WEIGHTS_FILE
 ENV_VAR = "MMVAE_INCEPTION_WEIGHTS"
 FEATURE_DIM = 2048
 INCEPTION_SIZE = 299
@@ -69,6 +67,7 @@ def _one_line(text: object, limit: int = 240) -> str:
 # --------------------------------------------------------------------------------------
 # Finding the weights
 # --------------------------------------------------------------------------------------
+
 
 def hub_weights_path() -> Path:
     """Where pytorch-fid's download would put the weights: ``<torch hub>/checkpoints/<file>``."""
@@ -129,6 +128,7 @@ def find_inception_weights(path: str | os.PathLike | None = None) -> Path:
 # Loading the weights (never unpickling)
 # --------------------------------------------------------------------------------------
 
+
 def _build_fid_inception_net() -> nn.Module:
     """pytorch-fid's FID Inception-v3 architecture, without weights and without downloading.
 
@@ -139,11 +139,9 @@ def _build_fid_inception_net() -> nn.Module:
     structure for free, then load real tensors with ``assign=True``.
     """
     import torchvision
-    from pytorch_fid.inception import (FIDInceptionA, FIDInceptionC, FIDInceptionE_1,
-                                       FIDInceptionE_2)
+    from pytorch_fid.inception import FIDInceptionA, FIDInceptionC, FIDInceptionE_1, FIDInceptionE_2
 
-    net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008,
-                                          init_weights=False)
+    net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
     net.Mixed_5b = FIDInceptionA(192, pool_features=32)
     net.Mixed_5c = FIDInceptionA(256, pool_features=64)
     net.Mixed_5d = FIDInceptionA(288, pool_features=64)
@@ -173,8 +171,7 @@ def _load_pth_weights_only(path: Path) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, not a torch file, or refused by the safe loader
         raise MMVAEError(
-            f"{path}: cannot read as a weights-only PyTorch state dict "
-            f"({type(e).__name__}: {_one_line(e, 160)})"
+            f"{path}: cannot read as a weights-only PyTorch state dict ({type(e).__name__}: {_one_line(e, 160)})"
         ) from None
 
 
@@ -259,9 +256,10 @@ def convert_inception_weights(pth: str | os.PathLike, out_safetensors: str | os.
             digest.update(chunk)
     from safetensors.torch import save
 
-    data = save({k: v.contiguous() for k, v in sd.items()},
-                metadata={"format": "pytorch-fid-inception", "source": src.name,
-                          "source_sha256": digest.hexdigest()})
+    data = save(
+        {k: v.contiguous() for k, v in sd.items()},
+        metadata={"format": "pytorch-fid-inception", "source": src.name, "source_sha256": digest.hexdigest()},
+    )
     atomic_write_bytes(dst, data)
     return dst
 
@@ -269,6 +267,7 @@ def convert_inception_weights(pth: str | os.PathLike, out_safetensors: str | os.
 # --------------------------------------------------------------------------------------
 # The feature extractor
 # --------------------------------------------------------------------------------------
+
 
 class FIDInceptionFeatures(nn.Module):
     """(B, 3, H, W) in [0, 1] -> (B, 2048) pool features.
@@ -283,22 +282,32 @@ class FIDInceptionFeatures(nn.Module):
         super().__init__()
         self.blocks = nn.Sequential(
             # block 0: input to maxpool1
-            net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3,
+            net.Conv2d_1a_3x3,
+            net.Conv2d_2a_3x3,
+            net.Conv2d_2b_3x3,
             nn.MaxPool2d(kernel_size=3, stride=2),
             # block 1: maxpool1 to maxpool2
-            net.Conv2d_3b_1x1, net.Conv2d_4a_3x3,
+            net.Conv2d_3b_1x1,
+            net.Conv2d_4a_3x3,
             nn.MaxPool2d(kernel_size=3, stride=2),
             # block 2: maxpool2 to the aux classifier
-            net.Mixed_5b, net.Mixed_5c, net.Mixed_5d, net.Mixed_6a,
-            net.Mixed_6b, net.Mixed_6c, net.Mixed_6d, net.Mixed_6e,
+            net.Mixed_5b,
+            net.Mixed_5c,
+            net.Mixed_5d,
+            net.Mixed_6a,
+            net.Mixed_6b,
+            net.Mixed_6c,
+            net.Mixed_6d,
+            net.Mixed_6e,
             # block 3: aux classifier to the final average pool
-            net.Mixed_7a, net.Mixed_7b, net.Mixed_7c,
+            net.Mixed_7a,
+            net.Mixed_7b,
+            net.Mixed_7c,
             nn.AdaptiveAvgPool2d(output_size=(1, 1)),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear",
-                          align_corners=False)
+        x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
         x = 2 * x - 1
         return self.blocks(x).flatten(1)
 
@@ -316,8 +325,9 @@ def inception_from_state_dict(state_dict: dict[str, torch.Tensor]) -> FIDIncepti
     return model
 
 
-def load_fid_inception(weights: str | os.PathLike | None = None,
-                       device: str | torch.device = "cpu") -> FIDInceptionFeatures:
+def load_fid_inception(
+    weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+) -> FIDInceptionFeatures:
     """Find (see :func:`find_inception_weights`), validate and load the FID Inception."""
     path = find_inception_weights(weights)
     return inception_from_state_dict(load_inception_state_dict(path)).to(device)
@@ -343,9 +353,7 @@ def _prepare_batch(batch: object, clamp: bool) -> torch.Tensor:
         if not torch.isfinite(x).all():
             raise NumericalError("FID: images contain NaN or Inf")
         if not clamp and x.numel() and (x.min() < -_RANGE_TOL or x.max() > 1 + _RANGE_TOL):
-            raise DataError(
-                f"FID: float images must lie in [0, 1], got [{x.min().item():.3g}, {x.max().item():.3g}]"
-            )
+            raise DataError(f"FID: float images must lie in [0, 1], got [{x.min().item():.3g}, {x.max().item():.3g}]")
         x = x.clamp(0.0, 1.0)
     else:
         raise DataError(f"FID: unsupported image dtype {batch.dtype} (use float in [0, 1] or uint8)")
@@ -357,9 +365,13 @@ def _prepare_batch(batch: object, clamp: bool) -> torch.Tensor:
     return x
 
 
-def inception_features(images: Iterable[torch.Tensor], extractor: Extractor,
-                       device: str | torch.device = "cpu", batch_size: int = 50,
-                       clamp: bool = False) -> np.ndarray:
+def inception_features(
+    images: Iterable[torch.Tensor],
+    extractor: Extractor,
+    device: str | torch.device = "cpu",
+    batch_size: int = 50,
+    clamp: bool = False,
+) -> np.ndarray:
     """(N, F) float32 features of all images, F = 2048 for the FID Inception.
 
     `images` yields (B, C, H, W) batches: float in [0, 1] (or uint8 in
@@ -414,8 +426,9 @@ def _check_stats(mu: np.ndarray, sigma: np.ndarray, what: str) -> tuple[np.ndarr
     return mu, sigma
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     eps: float = 1e-6) -> float:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
     """Frechet distance of N(mu1, sigma1) and N(mu2, sigma2): pytorch-fid's implementation.
 
     ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)).
@@ -442,9 +455,16 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return d
 
 
-def fid(images_a: Iterable[torch.Tensor], images_b: Iterable[torch.Tensor], *,
-        inception_weights: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-        batch_size: int = 50, clamp: bool = False, extractor: Extractor | None = None) -> float:
+def fid(
+    images_a: Iterable[torch.Tensor],
+    images_b: Iterable[torch.Tensor],
+    *,
+    inception_weights: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 50,
+    clamp: bool = False,
+    extractor: Extractor | None = None,
+) -> float:
     """FID between two streams of image batches (see :func:`inception_features`).
 
     `extractor` is FOR TESTS ONLY (the CLI never passes it): a callable
@@ -463,20 +483,25 @@ def fid(images_a: Iterable[torch.Tensor], images_b: Iterable[torch.Tensor], *,
 # Cached statistics
 # --------------------------------------------------------------------------------------
 
+
 def _normalise_meta(meta: dict | None) -> dict:
     return json.loads(json.dumps(meta or {}, sort_keys=True, default=str))
 
 
-def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray,
-                    meta: dict | None = None) -> Path:
+def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, meta: dict | None = None) -> Path:
     """Write (mu, sigma) and a JSON-able `meta` dict to a .safetensors file, atomically."""
     from safetensors.numpy import save
 
     mu, sigma = _check_stats(mu, sigma, "FID statistics")
     p = Path(path)
-    data = save({"mu": np.ascontiguousarray(mu), "sigma": np.ascontiguousarray(sigma)},
-                metadata={"format": _STATS_FORMAT, "version": _STATS_VERSION,
-                          "meta": json.dumps(_normalise_meta(meta), sort_keys=True)})
+    data = save(
+        {"mu": np.ascontiguousarray(mu), "sigma": np.ascontiguousarray(sigma)},
+        metadata={
+            "format": _STATS_FORMAT,
+            "version": _STATS_VERSION,
+            "meta": json.dumps(_normalise_meta(meta), sort_keys=True),
+        },
+    )
     atomic_write_bytes(p, data)
     return p
 
@@ -504,9 +529,9 @@ def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, di
     return mu, sigma, meta
 
 
-def load_or_compute_statistics(path: str | os.PathLike, meta: dict,
-                               compute: Callable[[], tuple[np.ndarray, np.ndarray]]
-                               ) -> tuple[np.ndarray, np.ndarray]:
+def load_or_compute_statistics(
+    path: str | os.PathLike, meta: dict, compute: Callable[[], tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray]:
     """Cached reference statistics: reuse `path` if its meta equals `meta`, else compute and save.
 
     `meta` should identify what the statistics are of (dataset, split,

@@ -11,8 +11,8 @@ weights file (fid.load_or_compute_statistics). The distance and the features are
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -25,25 +25,51 @@ from . import spread_indices
 def _real(data: MultimodalData, m: str, n: int, batch_size: int) -> Iterator[torch.Tensor]:
     idx = spread_indices(len(data), n)
     for start in range(0, n, batch_size):
-        yield data.rows(m, idx[start:start + batch_size])
+        yield data.rows(m, idx[start : start + batch_size])
 
 
-def reference_statistics(data: MultimodalData, m: str, n: int, extractor, device, batch_size: int,
-                         cache_dir: Path | None = None, weights_id: str = ""):
+def reference_statistics(
+    data: MultimodalData,
+    m: str,
+    n: int,
+    extractor,
+    device,
+    batch_size: int,
+    cache_dir: Path | None = None,
+    weights_id: str = "",
+):
     """(mu, sigma) of n real images of modality m (spread_indices), cached in cache_dir when given."""
+
     def compute():
         return F.statistics(F.inception_features(_real(data, m, n, batch_size), extractor, device))
+
     if cache_dir is None:
         return compute()
-    meta = {"dataset": data.name, "split": data.split, "modality": m, "fingerprint": data.fingerprint,
-            "n": n, "indices": "spread", "weights": weights_id}
+    meta = {
+        "dataset": data.name,
+        "split": data.split,
+        "modality": m,
+        "fingerprint": data.fingerprint,
+        "n": n,
+        "indices": "spread",
+        "weights": weights_id,
+    }
     path = Path(cache_dir) / f"{data.name}-{data.split}-{m}-{data.fingerprint or 'nofp'}-{n}.safetensors"
     return F.load_or_compute_statistics(path, meta, compute)
 
 
 @torch.no_grad()
-def model_fid(model, data: MultimodalData, device, extractor, n: int = 10000, batch_size: int = 250,
-              prior: str = "base", cache_dir: Path | None = None, weights_id: str = "") -> dict:
+def model_fid(
+    model,
+    data: MultimodalData,
+    device,
+    extractor,
+    n: int = 10000,
+    batch_size: int = 250,
+    prior: str = "base",
+    cache_dir: Path | None = None,
+    weights_id: str = "",
+) -> dict:
     """Unconditional FID per image modality and conditional FID per target given all the others."""
     images = [m for m in model.names if m in data.modalities and data.kind(m).has_fid]
     if not images:
@@ -51,8 +77,7 @@ def model_fid(model, data: MultimodalData, device, extractor, n: int = 10000, ba
     n = min(n, len(data))
     if n < 2:
         raise MMVAEError("fid: need at least 2 tuples in the evaluation split")
-    ref = {m: reference_statistics(data, m, n, extractor, device, batch_size, cache_dir, weights_id)
-           for m in images}
+    ref = {m: reference_statistics(data, m, n, extractor, device, batch_size, cache_dir, weights_id) for m in images}
 
     def unconditional(m):
         for start in range(0, n, batch_size):
@@ -63,7 +88,7 @@ def model_fid(model, data: MultimodalData, device, extractor, n: int = 10000, ba
         others = [m for m in model.names if m != t]
         idx = spread_indices(len(data), n)
         for start in range(0, n, batch_size):
-            x = data.batch(idx[start:start + batch_size], device)
+            x = data.batch(idx[start : start + batch_size], device)
             yield model.cross_generate({m: x[m] for m in others}, [t])[t]
 
     out: dict[str, dict[str, float]] = {"unconditional": {}, "conditional": {}}

@@ -18,8 +18,9 @@ from .probe import logistic_probe, sample_balanced_indices
 
 
 @torch.no_grad()
-def encode_means(model, data: MultimodalData, subsets: list[list[str]], device,
-                 batch_size: int = 500) -> dict[str, np.ndarray]:
+def encode_means(
+    model, data: MultimodalData, subsets: list[list[str]], device, batch_size: int = 500
+) -> dict[str, np.ndarray]:
     """E_q[z | X_A] = mean of the mixture components' means, for every tuple and subset: key -> (N, D)."""
     out: dict[str, list[np.ndarray]] = {subset_key(s): [] for s in subsets}
     for start in range(0, len(data), batch_size):
@@ -31,8 +32,15 @@ def encode_means(model, data: MultimodalData, subsets: list[list[str]], device,
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def latent_probe(model, train: MultimodalData, test: MultimodalData, device, n_train: int = 500,
-                 seed: int = 0, subsets: list[list[str]] | None = None) -> dict:
+def latent_probe(
+    model,
+    train: MultimodalData,
+    test: MultimodalData,
+    device,
+    n_train: int = 500,
+    seed: int = 0,
+    subsets: list[list[str]] | None = None,
+) -> dict:
     """Probe accuracy on `test` per subset (per_subset), averaged by number of inputs (by_inputs)."""
     if train.labels is None or test.labels is None:
         raise MMVAEError(f"latent probe: {train.name} has no labels")
@@ -46,5 +54,9 @@ def latent_probe(model, train: MultimodalData, test: MultimodalData, device, n_t
     by_size: dict[int, list[float]] = {}
     for k, v in per_subset.items():
         by_size.setdefault(len(k.split(",")), []).append(v)
-    return {"by_inputs": {str(s): sum(v) / len(v) for s, v in sorted(by_size.items())},
-            "per_subset": per_subset, "n_train": n_train, "n_test": len(test)}
+    return {
+        "by_inputs": {str(s): sum(v) / len(v) for s, v in sorted(by_size.items())},
+        "per_subset": per_subset,
+        "n_train": n_train,
+        "n_test": len(test),
+    }

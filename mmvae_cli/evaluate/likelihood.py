@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import distributions as td
@@ -43,15 +43,19 @@ def sample_mixture(q: Mixture, k: int) -> torch.Tensor:
     """K independent samples per batch item from a uniform mixture: (K, B, D)."""
     comps = q.components
     S, B = q.n_components, comps.batch_shape[-2]
-    z = comps.sample((k,))                                              # (K, S, B, D)
+    z = comps.sample((k,))  # (K, S, B, D)
     if S == 1:
         return z[:, 0]
-    which = torch.randint(S, (k, B), device=z.device)                   # component per (k, b)
+    which = torch.randint(S, (k, B), device=z.device)  # component per (k, b)
     return z.gather(1, which[:, None, :, None].expand(k, 1, B, z.shape[-1])).squeeze(1)
 
 
-def importance_log_likelihood(q: Mixture, log_px_given_z: Callable[[torch.Tensor], torch.Tensor],
-                              prior: td.Distribution | Callable[[torch.Tensor], torch.Tensor], k: int) -> torch.Tensor:
+def importance_log_likelihood(
+    q: Mixture,
+    log_px_given_z: Callable[[torch.Tensor], torch.Tensor],
+    prior: td.Distribution | Callable[[torch.Tensor], torch.Tensor],
+    k: int,
+) -> torch.Tensor:
     """log (1/K) sum_k p(x | z_k) p(z_k) / q(z_k), z_k ~ q, per batch item: (B,).
 
     `log_px_given_z` maps latents (K, B, D) to log p(x | z) of shape (K, B); `prior` is a distribution
@@ -61,7 +65,7 @@ def importance_log_likelihood(q: Mixture, log_px_given_z: Callable[[torch.Tensor
         raise MMVAEError(f"the number of importance samples must be >= 1, got {k}")
     z = sample_mixture(q, k)
     log_pz = prior.log_prob(z).sum(-1) if isinstance(prior, td.Distribution) else prior(z)
-    log_w = log_px_given_z(z) + log_pz - q.log_prob(z)                        # (K, B)
+    log_w = log_px_given_z(z) + log_pz - q.log_prob(z)  # (K, B)
     return torch.logsumexp(log_w, dim=0) - math.log(k)
 
 
@@ -77,8 +81,15 @@ def model_log_px_given_z(model, x: dict[str, torch.Tensor]) -> Callable[[torch.T
 
 
 @torch.no_grad()
-def subset_log_likelihoods(model, data: MultimodalData, device, k: int = 15, batch_size: int = 100,
-                           subsets: list[list[str]] | None = None, prior: str = "base") -> dict:
+def subset_log_likelihoods(
+    model,
+    data: MultimodalData,
+    device,
+    k: int = 15,
+    batch_size: int = 100,
+    subsets: list[list[str]] | None = None,
+    prior: str = "base",
+) -> dict:
     """Mean over `data` of log p^(X ; X_k) for every subset X_k (default: all 2^M - 1), in nats.
 
     Streams the split in chunks of `batch_size` tuples (K * batch_size latents decoded at once).
@@ -104,12 +115,19 @@ def subset_log_likelihoods(model, data: MultimodalData, device, k: int = 15, bat
             ll = importance_log_likelihood(q, log_px, prior, k)
             if not torch.isfinite(ll).all():
                 from ..errors import NumericalError
+
                 raise NumericalError(f"likelihood: non-finite estimate for subset {subset_key(s)}")
             sums[subset_key(s)] += float(ll.double().sum())
     per_subset = {key: v / n for key, v in sums.items()}
     by_size: dict[int, list[float]] = {}
     for key, v in per_subset.items():
         by_size.setdefault(len(key.split(",")), []).append(v)
-    return {"joint": per_subset.get(subset_key(names)),
-            "by_inputs": {str(s): sum(v) / len(v) for s, v in sorted(by_size.items())},
-            "per_subset": per_subset, "k": k, "n_test": n, "unit": "nats", "prior": prior_name}
+    return {
+        "joint": per_subset.get(subset_key(names)),
+        "by_inputs": {str(s): sum(v) / len(v) for s, v in sorted(by_size.items())},
+        "per_subset": per_subset,
+        "k": k,
+        "n_test": n,
+        "unit": "nats",
+        "prior": prior_name,
+    }

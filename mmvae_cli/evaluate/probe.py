@@ -39,8 +39,7 @@ def _as_labels(y: object, n: int, what: str) -> np.ndarray:
     return a
 
 
-def logistic_probe(train_z, train_y, test_z, test_y, max_iter: int = 1000,
-                   seed: int = 0) -> float:
+def logistic_probe(train_z, train_y, test_z, test_y, max_iter: int = 1000, seed: int = 0) -> float:
     """Accuracy on (test_z, test_y) of a logistic regression fitted on (train_z, train_y).
 
     Latents (N, D) (numpy arrays or tensors) are standardised with the
@@ -64,8 +63,7 @@ def logistic_probe(train_z, train_y, test_z, test_y, max_iter: int = 1000,
         raise DataError("probe: the training samples need at least 2 classes")
     if max_iter < 1:
         raise DataError(f"probe: max_iter must be >= 1, got {max_iter}")
-    clf = make_pipeline(StandardScaler(),
-                        LogisticRegression(max_iter=max_iter, random_state=seed))
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(xtr, ytr)

@@ -17,9 +17,11 @@ from ..bundle import atomic_write_bytes
 from ..images import grid
 from . import spread_indices
 
-BY_INPUTS = (("latent", "latent probe accuracy", "by_inputs"),
-             ("coherence", "conditional coherence", "conditional"),
-             ("likelihood", "log-likelihood (nats)", "by_inputs"))
+BY_INPUTS = (
+    ("latent", "latent probe accuracy", "by_inputs"),
+    ("coherence", "conditional coherence", "conditional"),
+    ("likelihood", "log-likelihood (nats)", "by_inputs"),
+)
 
 
 def _f(v, digits=4) -> str:
@@ -35,23 +37,39 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
     if c:
         out.append(("coherence", f"joint ({c['prior']} prior, {c['n_joint']} samples)", _f(c["joint"])))
         hist = c.get("joint_class_histogram") or {}
-        if hist:   # a generator that collapses to one class is "coherent" too: show the top class share
-            out.append(("coherence", "joint samples in their most frequent class",
-                        ", ".join(f"{m} {max(h):.2f}" for m, h in hist.items())))
+        if hist:  # a generator that collapses to one class is "coherent" too: show the top class share
+            out.append(
+                (
+                    "coherence",
+                    "joint samples in their most frequent class",
+                    ", ".join(f"{m} {max(h):.2f}" for m, h in hist.items()),
+                )
+            )
         for k, v in c["conditional"].items():
             out.append(("coherence", f"conditional, {k} input{'s' if k != '1' else ''} ({c['n_test']} tuples)", _f(v)))
         out.append(("coherence", "single-source pairs mean (MMVAE+)", _f(c["cross_pairs_mean"])))
     ll = results.get("likelihood")
     if ll:
-        out.append(("likelihood", f"log p(X), joint posterior (K={ll['k']}, {ll['n_test']} tuples, {ll.get('prior', 'base')} prior)",
-                    _f(ll["joint"], 2)))
+        out.append(
+            (
+                "likelihood",
+                f"log p(X), joint posterior (K={ll['k']}, {ll['n_test']} tuples, {ll.get('prior', 'base')} prior)",
+                _f(ll["joint"], 2),
+            )
+        )
         for k, v in ll["by_inputs"].items():
             out.append(("likelihood", f"log p(X; X_k), |X_k| = {k} (K={ll['k']})", _f(v, 2)))
     lat = results.get("latent")
     if lat:
         for k, v in lat["by_inputs"].items():
-            out.append(("latent", f"probe accuracy, {k} input{'s' if k != '1' else ''} "
-                                  f"({lat['n_train']} train, {lat['n_test']} test)", _f(v)))
+            out.append(
+                (
+                    "latent",
+                    f"probe accuracy, {k} input{'s' if k != '1' else ''} "
+                    f"({lat['n_train']} train, {lat['n_test']} test)",
+                    _f(v),
+                )
+            )
     f = results.get("fid")
     if f:
         for m, v in f["unconditional"].items():
@@ -92,7 +110,7 @@ def _per_subset_table(res: dict, title: str, digits: int) -> str:
     if not ps:
         return ""
     first = next(iter(ps.values()))
-    if isinstance(first, dict):   # coherence: subset -> target -> accuracy
+    if isinstance(first, dict):  # coherence: subset -> target -> accuracy
         lines = [f"**{title}**", "", "| inputs | target | accuracy |", "| --- | --- | --- |"]
         lines += [f"| {s} | {t} | {_f(v, digits)} |" for s, accs in ps.items() for t, v in accs.items()]
     else:
@@ -104,8 +122,10 @@ def _per_subset_table(res: dict, title: str, digits: int) -> str:
 # --- figures ---------------------------------------------------------------------------------------
 def _plt():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -133,8 +153,7 @@ def _save_grid(path: Path, rows_: list, zoom: int = 3) -> None:
 def by_inputs_figure(named_results: dict[str, dict], path: Path) -> bool:
     """The MoPoE paper's figure 3: latent accuracy, conditional coherence and log-likelihood against
     the number of inputs; one line per run (the mean over subsets), dots for single subsets."""
-    panels = [(m, label, key) for m, label, key in BY_INPUTS
-              if any(r.get(m) for r in named_results.values())]
+    panels = [(m, label, key) for m, label, key in BY_INPUTS if any(r.get(m) for r in named_results.values())]
     if not panels:
         return False
     plt = _plt()
@@ -145,7 +164,7 @@ def by_inputs_figure(named_results: dict[str, dict], path: Path) -> bool:
             if not r:
                 continue
             xs = [int(k) for k in r[key]]
-            line, = ax.plot(xs, list(r[key].values()), marker="o", label=name)
+            (line,) = ax.plot(xs, list(r[key].values()), marker="o", label=name)
             for s, v in (r.get("per_subset") or {}).items():
                 vals = list(v.values()) if isinstance(v, dict) else [v]
                 n_in = len(s.split(","))
@@ -191,36 +210,60 @@ def sample_figures(model, test, device, out: Path, prior: str, seed: int, n: int
     torch.manual_seed(seed)
     gen = model.generate(model.sample_latents(n, prior=prior))
     _save_grid(out / "joint_samples.png", [kinds[m].render(gen[m]) for m in shown])
-    made.append(("joint_samples.png", f"Joint samples: z from the {prior} prior, one row per modality "
-                                      f"({', '.join(shown)})."))
+    made.append(
+        ("joint_samples.png", f"Joint samples: z from the {prior} prior, one row per modality ({', '.join(shown)}).")
+    )
     if len(model.names) > 1:
         given = model.names[0]
-        x = test.batch(spread_indices(len(test), n), device)     # splits may be sorted by class
+        x = test.batch(spread_indices(len(test), n), device)  # splits may be sorted by class
         cross = model.cross_generate({given: x[given]}, [m for m in shown if m != given])
         rows_ = ([kinds[given].render(x[given])] if given in shown else []) + [kinds[m].render(cross[m]) for m in cross]
         _save_grid(out / "conditional_samples.png", rows_)
-        made.append(("conditional_samples.png",
-                     f"Conditional samples: first row the input {given} of {len(x[given])} test tuples, "
-                     f"then {', '.join(cross)} generated from it (z ~ q(z | {given}))."))
+        made.append(
+            (
+                "conditional_samples.png",
+                f"Conditional samples: first row the input {given} of {len(x[given])} test tuples, "
+                f"then {', '.join(cross)} generated from it (z ~ q(z | {given})).",
+            )
+        )
     return made
 
 
-def write_report(out: Path, title: str, results: dict, skipped: dict, manifest: dict | None, command: str,
-                 model=None, test=None, device="cpu", prior: str = "base", seed: int = 0) -> Path:
+def write_report(
+    out: Path,
+    title: str,
+    results: dict,
+    skipped: dict,
+    manifest: dict | None,
+    command: str,
+    model=None,
+    test=None,
+    device="cpu",
+    prior: str = "base",
+    seed: int = 0,
+) -> Path:
     """DIR/report.md with the tables and the figures (each PNG written atomically)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md = [f"# Evaluation: {title}", "", f"Command: `{command}`", ""]
     if manifest:
         m = manifest.get("model", {})
-        md += [f"Model: fusion `{m.get('fusion')}`, objective `{m.get('objective')}`, latent "
-               f"{m.get('latent_dim')}, beta {m.get('beta')}; dataset `{manifest.get('dataset', {}).get('name')}`, "
-               f"{manifest.get('epochs_done', '?')} epochs.", ""]
+        md += [
+            f"Model: fusion `{m.get('fusion')}`, objective `{m.get('objective')}`, latent "
+            f"{m.get('latent_dim')}, beta {m.get('beta')}; dataset `{manifest.get('dataset', {}).get('name')}`, "
+            f"{manifest.get('epochs_done', '?')} epochs.",
+            "",
+        ]
     md += ["## Results", "", markdown_table(results, skipped), ""]
     if by_inputs_figure({title: results}, out / "by_inputs.png"):
-        md += ["## Against the number of inputs", "",
-               "Mean over subsets of each size (line) and single subsets (dots), as in the MoPoE paper's "
-               "figure 3.", "", "![by number of inputs](by_inputs.png)", ""]
+        md += [
+            "## Against the number of inputs",
+            "",
+            "Mean over subsets of each size (line) and single subsets (dots), as in the MoPoE paper's figure 3.",
+            "",
+            "![by number of inputs](by_inputs.png)",
+            "",
+        ]
     if model is not None and test is not None:
         figs = sample_figures(model, test, device, out, prior, seed)
         if figs:
@@ -228,14 +271,29 @@ def write_report(out: Path, title: str, results: dict, skipped: dict, manifest: 
             for f, caption in figs:
                 md += [caption, "", f"![{f}]({f})", ""]
     if manifest and manifest.get("history") and loss_curves_figure(manifest["history"], out / "loss_curves.png"):
-        md += ["## Training curves", "", "Per-epoch means from the manifest's history.", "",
-               "![loss curves](loss_curves.png)", ""]
-    details = [t for t in (_per_subset_table(results["coherence"], "Conditional coherence per subset and target", 4)
-                           if results.get("coherence") else "",
-                           _per_subset_table(results["likelihood"], "Log-likelihood per subset (nats)", 2)
-                           if results.get("likelihood") else "",
-                           _per_subset_table(results["latent"], "Latent probe accuracy per subset", 4)
-                           if results.get("latent") else "") if t]
+        md += [
+            "## Training curves",
+            "",
+            "Per-epoch means from the manifest's history.",
+            "",
+            "![loss curves](loss_curves.png)",
+            "",
+        ]
+    details = [
+        t
+        for t in (
+            _per_subset_table(results["coherence"], "Conditional coherence per subset and target", 4)
+            if results.get("coherence")
+            else "",
+            _per_subset_table(results["likelihood"], "Log-likelihood per subset (nats)", 2)
+            if results.get("likelihood")
+            else "",
+            _per_subset_table(results["latent"], "Latent probe accuracy per subset", 4)
+            if results.get("latent")
+            else "",
+        )
+        if t
+    ]
     if details:
         md += ["## Per subset", ""] + [x for t in details for x in (t, "")]
     path = out / "report.md"

@@ -30,8 +30,9 @@ def _timed(rng_seed: int, fn, /, *args, **kw) -> dict:
     return out
 
 
-def coherence(model, clf, test: MultimodalData, device, n_joint: int, prior: str, seed: int,
-              langevin: dict | None = None) -> dict:
+def coherence(
+    model, clf, test: MultimodalData, device, n_joint: int, prior: str, seed: int, langevin: dict | None = None
+) -> dict:
     """`langevin`: sampler settings passed on to model.sample_latents (and to conditional generation
     when given), for bundles with an energy-based prior."""
     langevin = dict(langevin or {})
@@ -39,15 +40,25 @@ def coherence(model, clf, test: MultimodalData, device, n_joint: int, prior: str
     def run():
         joint = joint_coherence(lambda b: model.sample_latents(b, prior=prior, **langevin), model, clf, n_joint)
         cond = conditional_coherence(model, clf, test, device, **({"langevin": langevin} if langevin else {}))
-        return {"joint": joint["joint"], "n_joint": n_joint, "prior": prior, "langevin": langevin,
-                "joint_class_histogram": joint["class_histogram"],
-                "conditional": cond["by_inputs"], "cross_pairs_mean": cond["cross_pairs_mean"],
-                "per_target": cond["per_target"], "per_subset": cond["per_subset"], "n_test": cond["n_test"]}
+        return {
+            "joint": joint["joint"],
+            "n_joint": n_joint,
+            "prior": prior,
+            "langevin": langevin,
+            "joint_class_histogram": joint["class_histogram"],
+            "conditional": cond["by_inputs"],
+            "cross_pairs_mean": cond["cross_pairs_mean"],
+            "per_target": cond["per_target"],
+            "per_subset": cond["per_subset"],
+            "n_test": cond["n_test"],
+        }
+
     return {"metric": "coherence", "split": test.split, "seed": seed, **_timed(seed, run)}
 
 
-def likelihood(model, test: MultimodalData, device, k: int, seed: int, batch_size: int = 100,
-               prior: str = "base") -> dict:
+def likelihood(
+    model, test: MultimodalData, device, k: int, seed: int, batch_size: int = 100, prior: str = "base"
+) -> dict:
     out = _timed(seed, subset_log_likelihoods, model, test, device, k=k, batch_size=batch_size, prior=prior)
     return {"metric": "likelihood", "split": test.split, "seed": seed, **out}
 
@@ -57,19 +68,31 @@ def latent(model, train: MultimodalData, test: MultimodalData, device, n_train: 
     return {"metric": "latent", "split": test.split, "seed": seed, **out}
 
 
-def fid(model, test: MultimodalData, device, n: int, prior: str, seed: int, weights: str | None,
-        cache_dir: Path | None, extractor=None) -> dict:
+def fid(
+    model,
+    test: MultimodalData,
+    device,
+    n: int,
+    prior: str,
+    seed: int,
+    weights: str | None,
+    cache_dir: Path | None,
+    extractor=None,
+) -> dict:
     """`extractor` is for tests only; the CLI leaves it None and the FID Inception is loaded from
     --inception-weights / $MMVAE_INCEPTION_WEIGHTS / torch hub's cache (or an error says where)."""
     from . import fid as F
+
     weights_id = "test-extractor"
     if extractor is None:
         path = F.find_inception_weights(weights)
         extractor = F.load_fid_inception(path, device)
         from ..bundle import sha256_file
+
         weights_id = f"{path.name}:sha256:{sha256_file(path)[:16]}"
-    out = _timed(seed, model_fid, model, test, device, extractor, n=n, prior=prior, cache_dir=cache_dir,
-                 weights_id=weights_id)
+    out = _timed(
+        seed, model_fid, model, test, device, extractor, n=n, prior=prior, cache_dir=cache_dir, weights_id=weights_id
+    )
     return {"metric": "fid", "split": test.split, "seed": seed, "weights": weights_id, **out}
 
 

@@ -26,9 +26,9 @@ class ModalityKind:
     likelihoods: tuple[str, ...] = LIKELIHOODS
     default_likelihood = "laplace"
     archs: tuple[str, ...] = ()
-    own_defaults = False     # True: --likelihood/--arch given once for all modalities do not apply
-    drawable = True          # shown in report figures
-    has_fid = False          # Inception FID applies
+    own_defaults = False  # True: --likelihood/--arch given once for all modalities do not apply
+    drawable = True  # shown in report figures
+    has_fid = False  # Inception FID applies
 
     def __init__(self, **params):
         self.params = params
@@ -63,8 +63,10 @@ class ModalityKind:
 
     def check_likelihood(self, lik: str, modality: str) -> None:
         if lik not in self.likelihoods:
-            raise MMVAEError(f"--likelihood {lik} does not apply to {self.name} modality {modality!r}; "
-                             f"choose {', '.join(self.likelihoods)}")
+            raise MMVAEError(
+                f"--likelihood {lik} does not apply to {self.name} modality {modality!r}; "
+                f"choose {', '.join(self.likelihoods)}"
+            )
 
     # --- people ----------------------------------------------------------------------------------
     def render(self, x: torch.Tensor) -> np.ndarray:

@@ -33,16 +33,20 @@ class ImageKind(ModalityKind):
         if t.dtype == torch.uint8:
             return t
         if not t.is_floating_point():
-            raise DataError(f"{where}: images of modality {m!r} are {str(t.dtype).replace('torch.', '')}: "
-                            "use uint8 in [0, 255] or float in [0, 1]")
+            raise DataError(
+                f"{where}: images of modality {m!r} are {str(t.dtype).replace('torch.', '')}: "
+                "use uint8 in [0, 255] or float in [0, 1]"
+            )
         t = t.float()
         bad = ~torch.isfinite(t)
         if bool(bad.any()):
             n_nan = int(torch.isnan(t).sum())
             raise data_error(where, m, f"has {n_nan} NaN and {int(bad.sum()) - n_nan} Inf values")
         if t.numel() and (float(t.min()) < 0.0 or float(t.max()) > 1.0):
-            raise DataError(f"{where}: float images of modality {m!r} range over [{float(t.min()):.4g}, "
-                            f"{float(t.max()):.4g}]: scale them to [0, 1] or store uint8 in [0, 255]")
+            raise DataError(
+                f"{where}: float images of modality {m!r} range over [{float(t.min()):.4g}, "
+                f"{float(t.max()):.4g}]: scale them to [0, 1] or store uint8 in [0, 255]"
+            )
         return t
 
     def to_model(self, rows):
@@ -78,14 +82,32 @@ class ImageKind(ModalityKind):
         shape = tuple(shape)
         if len(shape) == 3 and shape[1:] == (28, 28):
             return nn.Sequential(
-                nn.Conv2d(shape[0], 10, 4, 2, 1), nn.Dropout2d(0.5), nn.ReLU(),
-                nn.Conv2d(10, 20, 4, 2, 1), nn.Dropout2d(0.5), nn.ReLU(), nn.Flatten(),
-                nn.Linear(980, 128), nn.Dropout(0.5), nn.ReLU(), nn.Linear(128, n_classes))
+                nn.Conv2d(shape[0], 10, 4, 2, 1),
+                nn.Dropout2d(0.5),
+                nn.ReLU(),
+                nn.Conv2d(10, 20, 4, 2, 1),
+                nn.Dropout2d(0.5),
+                nn.ReLU(),
+                nn.Flatten(),
+                nn.Linear(980, 128),
+                nn.Dropout(0.5),
+                nn.ReLU(),
+                nn.Linear(128, n_classes),
+            )
         if len(shape) == 3 and shape[1:] == (32, 32):
             return nn.Sequential(
-                nn.Conv2d(shape[0], 32, 4, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(),
-                nn.Conv2d(64, 128, 4, 2, 1), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5),
-                nn.Linear(2048, 128), nn.ReLU(), nn.Linear(128, n_classes))
+                nn.Conv2d(shape[0], 32, 4, 2, 1),
+                nn.ReLU(),
+                nn.Conv2d(32, 64, 4, 2, 1),
+                nn.ReLU(),
+                nn.Conv2d(64, 128, 4, 2, 1),
+                nn.ReLU(),
+                nn.Flatten(),
+                nn.Dropout(0.5),
+                nn.Linear(2048, 128),
+                nn.ReLU(),
+                nn.Linear(128, n_classes),
+            )
         n = math.prod(shape)
         return nn.Sequential(nn.Flatten(), nn.Linear(n, 256), nn.ReLU(), nn.Dropout(0.3), nn.Linear(256, n_classes))
 

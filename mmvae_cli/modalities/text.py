@@ -58,7 +58,7 @@ class TextKind(ModalityKind):
             bad = sorted({c for c in s if c not in self.index})
             if bad:
                 raise MMVAEError(f"{where}: {s!r} has characters outside the alphabet: {''.join(bad)!r}")
-            out[i, :len(s)] = torch.tensor([self.index[c] for c in s], dtype=torch.int64)
+            out[i, : len(s)] = torch.tensor([self.index[c] for c in s], dtype=torch.int64)
         return out
 
     def decode(self, ids: torch.Tensor) -> list[str]:
@@ -66,8 +66,9 @@ class TextKind(ModalityKind):
 
     def check(self, t, where, m):
         if t.dim() != 2 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-            raise data_error(where, m, f"is {str(t.dtype).replace('torch.', '')} {tuple(t.shape)}: text is "
-                             "integer token ids (N, L)")
+            raise data_error(
+                where, m, f"is {str(t.dtype).replace('torch.', '')} {tuple(t.shape)}: text is integer token ids (N, L)"
+            )
         t = t.long()
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.vocab):
             raise data_error(where, m, f"has token ids outside [0, {self.vocab}) (the alphabet's size)")

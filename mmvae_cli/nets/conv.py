@@ -12,9 +12,13 @@ class Conv32Encoder(nn.Module):
     def __init__(self, channels: int, latent: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(channels, 32, 4, 2, 1), nn.ReLU(),
-            nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(),
-            nn.Conv2d(64, 128, 4, 2, 1), nn.ReLU())
+            nn.Conv2d(channels, 32, 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(64, 128, 4, 2, 1),
+            nn.ReLU(),
+        )
         self.loc = nn.Conv2d(128, latent, 4, 1, 0)
         self.raw = nn.Conv2d(128, latent, 4, 1, 0)
 
@@ -31,10 +35,14 @@ class Conv32Decoder(nn.Module):
         super().__init__()
         self.net = nn.Sequential(
             nn.Unflatten(1, (latent, 1, 1)),
-            nn.ConvTranspose2d(latent, 128, 4, 1, 0), nn.ReLU(),
-            nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.ReLU(),
-            nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(),
-            nn.ConvTranspose2d(32, channels, 4, 2, 1))
+            nn.ConvTranspose2d(latent, 128, 4, 1, 0),
+            nn.ReLU(),
+            nn.ConvTranspose2d(128, 64, 4, 2, 1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(64, 32, 4, 2, 1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(32, channels, 4, 2, 1),
+        )
 
     def forward(self, z):
         return self.net(z)
@@ -56,7 +64,7 @@ class ConvEncoder(nn.Module):
         super().__init__()
         c, h, w = shape
         sizes = _downsampled_sizes(h, w)
-        chans = [c] + [32 * 2 ** i for i in range(len(sizes) - 1)]
+        chans = [c] + [32 * 2**i for i in range(len(sizes) - 1)]
         layers = []
         for a, b in zip(chans, chans[1:]):
             layers += [nn.Conv2d(a, b, 3, 2, 1), nn.ReLU()]
@@ -78,13 +86,19 @@ class ConvDecoder(nn.Module):
         super().__init__()
         c, h, w = shape
         sizes = _downsampled_sizes(h, w)
-        chans = [c] + [32 * 2 ** i for i in range(len(sizes) - 1)]
-        layers: list[nn.Module] = [nn.Linear(latent, chans[-1] * sizes[-1][0] * sizes[-1][1]), nn.ReLU(),
-                                   nn.Unflatten(1, (chans[-1], *sizes[-1]))]
+        chans = [c] + [32 * 2**i for i in range(len(sizes) - 1)]
+        layers: list[nn.Module] = [
+            nn.Linear(latent, chans[-1] * sizes[-1][0] * sizes[-1][1]),
+            nn.ReLU(),
+            nn.Unflatten(1, (chans[-1], *sizes[-1])),
+        ]
         for i in range(len(sizes) - 1, 0, -1):
             (hi, wi), (ho, wo) = sizes[i], sizes[i - 1]
-            layers.append(nn.ConvTranspose2d(chans[i], chans[i - 1], 3, 2, 1,
-                                             output_padding=(ho - (2 * hi - 1), wo - (2 * wi - 1))))
+            layers.append(
+                nn.ConvTranspose2d(
+                    chans[i], chans[i - 1], 3, 2, 1, output_padding=(ho - (2 * hi - 1), wo - (2 * wi - 1))
+                )
+            )
             if i > 1:
                 layers.append(nn.ReLU())
         self.net = nn.Sequential(*layers)

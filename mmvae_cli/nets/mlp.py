@@ -28,8 +28,14 @@ class MLPDecoder(nn.Module):
     def __init__(self, shape: tuple[int, ...], latent: int, hidden: int = 400):
         super().__init__()
         n = math.prod(shape)
-        self.net = nn.Sequential(nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, n), nn.Unflatten(1, tuple(shape)))
+        self.net = nn.Sequential(
+            nn.Linear(latent, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, n),
+            nn.Unflatten(1, tuple(shape)),
+        )
 
     def forward(self, z):
         return self.net(z)

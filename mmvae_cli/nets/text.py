@@ -62,11 +62,17 @@ class CharDecoder(nn.Module):
         super().__init__()
         length, vocab = shape
         sizes = _lengths(length)
-        layers: list[nn.Module] = [nn.Linear(latent, channels), nn.Unflatten(1, (channels, 1)),
-                                   nn.ConvTranspose1d(channels, channels, sizes[-1], 1, 0), nn.ReLU()]
+        layers: list[nn.Module] = [
+            nn.Linear(latent, channels),
+            nn.Unflatten(1, (channels, 1)),
+            nn.ConvTranspose1d(channels, channels, sizes[-1], 1, 0),
+            nn.ReLU(),
+        ]
         for i in range(len(sizes) - 1, 0, -1):
-            layers += [nn.ConvTranspose1d(channels, channels, 4, 2, 1, output_padding=sizes[i - 1] - 2 * sizes[i]),
-                       nn.ReLU()]
+            layers += [
+                nn.ConvTranspose1d(channels, channels, 4, 2, 1, output_padding=sizes[i - 1] - 2 * sizes[i]),
+                nn.ReLU(),
+            ]
         layers.append(nn.Conv1d(channels, vocab, 1))
         self.net = nn.Sequential(*layers)
 

@@ -22,7 +22,7 @@ from importlib import import_module
 from ..errors import MMVAEError
 from .base import LatentPrior, prior_file
 
-KINDS = {                         # kind -> "module:Class" (imported when first used)
+KINDS = {  # kind -> "module:Class" (imported when first used)
     "base": "p0:BasePrior",
     "ebm": "ebm:EnergyPrior",
     "gmm": "gmm:GMMPrior",

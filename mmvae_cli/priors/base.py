@@ -39,12 +39,12 @@ def prior_file(kind: str) -> str:
 
 class LatentPrior(nn.Module):
     kind: ClassVar[str] = ""
-    help: ClassVar[str] = ""                     # one line for --prior's help
-    title: ClassVar[str] = ""                    # its name in messages (default "KIND prior")
-    tractable: ClassVar[bool] = False            # log_prob is a normalised density
-    fit_prior: ClassVar[bool] = False            # fitted by `mmvae fit-prior --kind KIND`
-    settings_cls: ClassVar[type | None] = None   # its config.py section (fit-prior flags)
-    sampler_options: ClassVar[tuple[str, ...]] = ()   # keyword options of sample() (ebm: Langevin)
+    help: ClassVar[str] = ""  # one line for --prior's help
+    title: ClassVar[str] = ""  # its name in messages (default "KIND prior")
+    tractable: ClassVar[bool] = False  # log_prob is a normalised density
+    fit_prior: ClassVar[bool] = False  # fitted by `mmvae fit-prior --kind KIND`
+    settings_cls: ClassVar[type | None] = None  # its config.py section (fit-prior flags)
+    sampler_options: ClassVar[tuple[str, ...]] = ()  # keyword options of sample() (ebm: Langevin)
 
     @classmethod
     def name(cls) -> str:
@@ -72,8 +72,10 @@ class LatentPrior(nn.Module):
     def check_options(self, options: dict) -> None:
         given = sorted(k for k, v in options.items() if v is not None and k not in self.sampler_options)
         if given:
-            raise MMVAEError(f"sampler option {given[0]!r} does not apply to the {self.kind} prior"
-                             + (" (Langevin options need --prior ebm)" if self.kind != "ebm" else ""))
+            raise MMVAEError(
+                f"sampler option {given[0]!r} does not apply to the {self.kind} prior"
+                + (" (Langevin options need --prior ebm)" if self.kind != "ebm" else "")
+            )
 
     def sample(self, n: int, **options) -> torch.Tensor:
         raise NotImplementedError

@@ -28,6 +28,7 @@ from .base import LatentPrior
 
 def build_flow(dim: int, flow: str, transforms: int, hidden: int, layers: int):
     import zuko
+
     cls = {"maf": zuko.flows.MAF, "nsf": zuko.flows.NSF}.get(flow)
     if cls is None:
         raise MMVAEError(f"unknown flow {flow!r}; choose maf or nsf")
@@ -43,8 +44,13 @@ class FlowPrior(LatentPrior):
 
     def __init__(self, dim: int, flow: str = "maf", transforms: int = 3, hidden: int = 128, layers: int = 2):
         super().__init__()
-        self.config = {"dim": int(dim), "flow": flow, "transforms": int(transforms), "hidden": int(hidden),
-                       "layers": int(layers)}
+        self.config = {
+            "dim": int(dim),
+            "flow": flow,
+            "transforms": int(transforms),
+            "hidden": int(hidden),
+            "layers": int(layers),
+        }
         self.flow = build_flow(dim, flow, transforms, hidden, layers)
         self.register_buffer("shift", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(dim))
@@ -63,11 +69,13 @@ class FlowPrior(LatentPrior):
     @classmethod
     def from_stored(cls, settings: dict, tensors: dict[str, torch.Tensor]) -> FlowPrior:
         try:
-            prior = cls(settings["dim"], settings["flow"], settings["transforms"], settings["hidden"],
-                        settings["layers"])
+            prior = cls(
+                settings["dim"], settings["flow"], settings["transforms"], settings["hidden"], settings["layers"]
+            )
         except (KeyError, TypeError) as e:
             raise MMVAEError(f"flow prior: invalid settings ({e})") from None
         from ..bundle import load_state
+
         load_state(prior, tensors, "prior-flow.safetensors")
         return prior.eval()
 
@@ -76,6 +84,7 @@ class FlowPrior(LatentPrior):
         """Adam on -mean log p(z) over minibatches of fresh aggregate-posterior draws; (prior, stats)."""
         from .. import bundle
         from ..runtime import capture_rng, restore_rng
+
         torch.manual_seed(common.seed)
         dev = bank.device
         prior = cls(bank.dim, s.flow, s.transforms, s.flow_hidden, s.flow_layers).to(dev)
@@ -84,15 +93,16 @@ class FlowPrior(LatentPrior):
         history, perm, first_epoch, first_start, total, batches = [], None, 0, 0, 0.0, 0
         if resume:
             tensors, state = run.restore()
-            bundle.load_state(prior, {k[6:]: v for k, v in tensors.items() if k.startswith("prior.")},
-                              "fit-prior checkpoint")
+            bundle.load_state(
+                prior, {k[6:]: v for k, v in tensors.items() if k.startswith("prior.")}, "fit-prior checkpoint"
+            )
             opt.load_state_dict(bundle.unflatten_optimizer(tensors, state["optimizer"]))
             restore_rng(tensors, seed=common.seed)
             g.set_state(tensors["fit.generator"])
             first_epoch, first_start = int(state["epoch"]), int(state["start"])
             history, total, batches = list(state["history"]), float(state["total"]), int(state["batches"])
             perm = tensors.get("fit.perm") if first_start else None
-        else:                                   # standardise by one draw of the aggregate posterior
+        else:  # standardise by one draw of the aggregate posterior
             with torch.no_grad():
                 z = bank.sample(torch.arange(bank.n))
                 prior.shift.copy_(z.mean(0))
@@ -108,10 +118,19 @@ class FlowPrior(LatentPrior):
             tensors["fit.generator"] = g.get_state()
             if start:
                 tensors["fit.perm"] = perm
-            run.checkpoint(tensors, {"epoch": epoch, "start": start, "total": total, "batches": batches,
-                                     "history": history, "optimizer": opt_meta})
+            run.checkpoint(
+                tensors,
+                {
+                    "epoch": epoch,
+                    "start": start,
+                    "total": total,
+                    "batches": batches,
+                    "history": history,
+                    "optimizer": opt_meta,
+                },
+            )
 
-        with (run.session() if run is not None else nullcontext()):
+        with run.session() if run is not None else nullcontext():
             for epoch in range(first_epoch, s.epochs):
                 t0 = time.time()
                 start0 = first_start if (epoch == first_epoch and perm is not None) else 0
@@ -119,12 +138,14 @@ class FlowPrior(LatentPrior):
                     perm = torch.randperm(bank.n, generator=g)
                     total, batches = 0.0, 0
                 for start in range(start0, bank.n, s.batch_size):
-                    idx = perm[start:start + s.batch_size]
+                    idx = perm[start : start + s.batch_size]
                     z = bank.sample(idx.to(dev))
                     loss = -prior.log_prob(z).mean()
                     if not torch.isfinite(loss):
-                        raise NumericalError(f"fit-prior flow: the loss became {loss.item()} at epoch {epoch + 1}; "
-                                             f"try a smaller --lr (now {s.lr:g})")
+                        raise NumericalError(
+                            f"fit-prior flow: the loss became {loss.item()} at epoch {epoch + 1}; "
+                            f"try a smaller --lr (now {s.lr:g})"
+                        )
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -144,6 +165,11 @@ class FlowPrior(LatentPrior):
         for p in prior.parameters():
             p.requires_grad_(False)
         nll = [h["nll"] for h in history]
-        stats = {"history": history, "nll_first": nll[0] if nll else math.nan, "nll_last": nll[-1] if nll else math.nan,
-                 "epochs": len(history), "seconds": round(sum(h["seconds"] for h in history), 2)}
+        stats = {
+            "history": history,
+            "nll_first": nll[0] if nll else math.nan,
+            "nll_last": nll[-1] if nll else math.nan,
+            "epochs": len(history),
+            "seconds": round(sum(h["seconds"] for h in history), 2),
+        }
         return prior, stats

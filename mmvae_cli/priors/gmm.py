@@ -27,13 +27,16 @@ class GMMPrior(LatentPrior):
     fit_prior = True
     settings_cls = GMMSettings
 
-    def __init__(self, weights: torch.Tensor, means: torch.Tensor, covariances: torch.Tensor,
-                 settings: dict | None = None):
+    def __init__(
+        self, weights: torch.Tensor, means: torch.Tensor, covariances: torch.Tensor, settings: dict | None = None
+    ):
         super().__init__()
         K, D = means.shape
         if weights.shape != (K,) or covariances.shape != (K, D, D):
-            raise MMVAEError(f"gmm prior: inconsistent shapes weights {tuple(weights.shape)}, means {(K, D)}, "
-                             f"covariances {tuple(covariances.shape)}")
+            raise MMVAEError(
+                f"gmm prior: inconsistent shapes weights {tuple(weights.shape)}, means {(K, D)}, "
+                f"covariances {tuple(covariances.shape)}"
+            )
         self.register_buffer("weights", weights.double())
         self.register_buffer("means", means.double())
         self.register_buffer("covariances", covariances.double())
@@ -41,9 +44,11 @@ class GMMPrior(LatentPrior):
         self.settings = dict(settings or {})
 
     def dist(self) -> td.Distribution:
-        return td.MixtureSameFamily(td.Categorical(probs=self.weights),
-                                    td.MultivariateNormal(self.means, scale_tril=self.scale_tril),
-                                    validate_args=False)
+        return td.MixtureSameFamily(
+            td.Categorical(probs=self.weights),
+            td.MultivariateNormal(self.means, scale_tril=self.scale_tril),
+            validate_args=False,
+        )
 
     @torch.no_grad()
     def sample(self, n: int, **options) -> torch.Tensor:
@@ -59,8 +64,12 @@ class GMMPrior(LatentPrior):
     @classmethod
     def from_stored(cls, settings: dict, tensors: dict[str, torch.Tensor]) -> GMMPrior:
         try:
-            return cls(tensors["weights"], tensors["means"], tensors["covariances"],
-                       {k: v for k, v in settings.items() if k not in ("components", "dim")})
+            return cls(
+                tensors["weights"],
+                tensors["means"],
+                tensors["covariances"],
+                {k: v for k, v in settings.items() if k not in ("components", "dim")},
+            )
         except KeyError as e:
             raise MMVAEError(f"gmm prior: missing tensor {e}") from None
 
@@ -70,30 +79,55 @@ class GMMPrior(LatentPrior):
         w, mu = torch.as_tensor(gm.weights_), torch.as_tensor(gm.means_)
         K, D = mu.shape
         c = torch.as_tensor(gm.covariances_)
-        cov = {"full": lambda: c, "tied": lambda: c.expand(K, D, D).clone(), "diag": lambda: torch.diag_embed(c),
-               "spherical": lambda: c[:, None, None] * torch.eye(D, dtype=c.dtype)}[gm.covariance_type]()
+        cov = {
+            "full": lambda: c,
+            "tied": lambda: c.expand(K, D, D).clone(),
+            "diag": lambda: torch.diag_embed(c),
+            "spherical": lambda: c[:, None, None] * torch.eye(D, dtype=c.dtype),
+        }[gm.covariance_type]()
         return cls(w, mu, cov, settings)
 
     @classmethod
     def fit(cls, bank, common, s: GMMSettings, run=None, resume: bool = False, step_delay: float = 0.0):
         from sklearn.mixture import GaussianMixture
+
         torch.manual_seed(common.seed)
         t0 = time.time()
         z = torch.cat([bank.sample(torch.arange(bank.n)) for _ in range(common.draws)]).double().cpu().numpy()
         if len(z) < s.components:
-            raise MMVAEError(f"--components {s.components}: more components than samples ({len(z)}); "
-                             f"lower it or raise --draws")
-        gm = GaussianMixture(s.components, covariance_type=s.covariance, max_iter=s.max_iter, reg_covar=s.reg_covar,
-                             random_state=common.seed)
+            raise MMVAEError(
+                f"--components {s.components}: more components than samples ({len(z)}); lower it or raise --draws"
+            )
+        gm = GaussianMixture(
+            s.components,
+            covariance_type=s.covariance,
+            max_iter=s.max_iter,
+            reg_covar=s.reg_covar,
+            random_state=common.seed,
+        )
         try:
             gm.fit(z)
         except ValueError as e:
-            raise MMVAEError(f"gmm fit failed: {str(e).splitlines()[0]}; try --reg-covar larger or fewer "
-                             f"--components") from None
+            raise MMVAEError(
+                f"gmm fit failed: {str(e).splitlines()[0]}; try --reg-covar larger or fewer --components"
+            ) from None
         prior = cls.from_sklearn(gm, {"covariance_type": s.covariance})
-        stats = {"samples": len(z), "converged": bool(gm.converged_), "em_iterations": int(gm.n_iter_),
-                 "lower_bound": float(gm.lower_bound_), "seconds": round(time.time() - t0, 2)}
+        stats = {
+            "samples": len(z),
+            "converged": bool(gm.converged_),
+            "em_iterations": int(gm.n_iter_),
+            "lower_bound": float(gm.lower_bound_),
+            "seconds": round(time.time() - t0, 2),
+        }
         if run is not None:
-            run.end_epoch({"epoch": 1, "log_lik": stats["lower_bound"], "em_iterations": stats["em_iterations"],
-                           "seconds": stats["seconds"]}, 1, prefix="fit-prior gmm")
+            run.end_epoch(
+                {
+                    "epoch": 1,
+                    "log_lik": stats["lower_bound"],
+                    "em_iterations": stats["em_iterations"],
+                    "seconds": stats["seconds"],
+                },
+                1,
+                prefix="fit-prior gmm",
+            )
         return prior, stats

@@ -14,7 +14,7 @@ class BasePrior(LatentPrior):
 
     def __init__(self, model):
         super().__init__()
-        self.__dict__["model"] = model           # a view, not a submodule
+        self.__dict__["model"] = model  # a view, not a submodule
 
     @classmethod
     def from_model(cls, model):
