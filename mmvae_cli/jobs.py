@@ -455,6 +455,7 @@ class EnergyFitJob:
             "objective": s.objective,
             "density": ebm.density,
             "loss_curve": section["loss_curve"],
+            "seconds": round(sum(h.get("seconds", 0.0) for h in history), 2),
         }
         if coherence:
             result["joint_coherence"] = coherence
