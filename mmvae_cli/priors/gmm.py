@@ -52,8 +52,16 @@ class GMMPrior(LatentPrior):
 
     @torch.no_grad()
     def sample(self, n: int, **options) -> torch.Tensor:
+        """k ~ Categorical(w), z = mu_k + L_k eps, one component at a time: memory O(n D), where
+        MixtureSameFamily would draw from every component and broadcast L to (n, K, D, D)."""
         self.check_options(options)
-        return self.dist().sample((n,)).float()
+        comp = torch.multinomial(self.weights, n, replacement=True)
+        z = torch.empty(n, self.means.shape[1], dtype=self.means.dtype, device=self.means.device)
+        for k in comp.unique().tolist():
+            idx = (comp == k).nonzero().squeeze(1)
+            eps = torch.randn(len(idx), z.shape[1], dtype=z.dtype, device=z.device)
+            z[idx] = self.means[k] + eps @ self.scale_tril[k].T
+        return z.float()
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return self.dist().log_prob(z.double()).to(z.dtype)
