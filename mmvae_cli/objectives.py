@@ -157,7 +157,16 @@ def _stratified_log_weights(model, x, k: int, stop_q: bool = False):
             w[r] = torch.cat([w[r][:s], wr[None], w[r][s + 1 :]])  # w^(r) = w_r
         reg = reg + torch.stack(terms)
     lpx = model.log_likelihoods(model.decode(z, None, w), x)
-    return lpx + model.config.beta * reg, samples
+    return lpx + model.config.beta * reg, samples, q
+
+
+def _iwae_stats(model, q, stats: dict) -> dict:
+    """With a jointly trained energy, also KL(q || p0) (mean over the mixture's components, closed
+    form) for `ebm.DivergenceTest`, whose bounds are in units of it."""
+    if _joint_ebm(model):
+        with torch.no_grad():
+            stats["kl"] = _kl_to_prior(model, q).mean().item()
+    return stats
 
 
 def iwae(model, x):
@@ -167,11 +176,11 @@ def iwae(model, x):
 
     q(z | X) the whole mixture. With K = 1 this is the stratified mixture ELBO. With private
     latents it is the MMVAE+ objective (see _stratified_log_weights)."""
-    lw, samples = _stratified_log_weights(model, x, model.config.k)
+    lw, samples, q = _stratified_log_weights(model, x, model.config.k)
     z = samples[0][0]  # the shared latent's samples (S, K, B, D)
     obj = log_mean_exp(lw, dim=1)  # (S, B)
     loss = -obj.mean()
-    return _ebm_learning(model, z, loss, {"loss": loss.item(), "iwae": obj.mean().item()})
+    return _ebm_learning(model, z, loss, _iwae_stats(model, q, {"loss": loss.item(), "iwae": obj.mean().item()}))
 
 
 def dreg(model, x):
@@ -190,7 +199,7 @@ def dreg(model, x):
     E_{q_s}[w~_k d/dphi log q_mix(z_k)], and q_mix is not the distribution z_k was drawn from,
     so the identity behind DReG does not cancel it (for K = 1, w~ = 1 and the stratified
     average of that term is E_{q_mix}[d log q_mix] = 0, so K = 1 stays unbiased)."""
-    lw, samples = _stratified_log_weights(model, x, model.config.k, stop_q=True)  # (S, K, B)
+    lw, samples, q = _stratified_log_weights(model, x, model.config.k, stop_q=True)  # (S, K, B)
     with torch.no_grad():
         wt = torch.softmax(lw, dim=1)
         value = log_mean_exp(lw, dim=1).mean()
@@ -201,7 +210,8 @@ def dreg(model, x):
             z.register_hook(lambda g, scale=scale: g * scale)
     surrogate = (wt * lw).sum(1).mean()
     loss = -surrogate
-    return _ebm_learning(model, samples[0][0], loss, {"loss": -value.item(), "iwae": value.item()})
+    stats = _iwae_stats(model, q, {"loss": -value.item(), "iwae": value.item()})
+    return _ebm_learning(model, samples[0][0], loss, stats)
 
 
 def mvae(model, x):

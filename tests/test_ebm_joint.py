@@ -4,6 +4,7 @@ learnable p0, the divergence test, and a short joint run whose energies and KL s
 import math
 from dataclasses import replace
 
+import pytest
 import torch
 
 from mmvae_cli.config import JointEnergySettings, TrainSettings
@@ -208,3 +209,21 @@ def test_a_diverging_joint_run_stops_with_exit_3_and_keeps_its_last_good_checkpo
     assert 1 <= done < 12 and "finished" not in m
     assert m["training_state"]["epoch"] == done and m["training_state"]["step"] == 0
     assert len(m["history"]) == done and f"epoch {done + 1}" in last
+
+
+@pytest.mark.parametrize("objective", ["iwae", "dreg"])
+def test_iwae_objectives_report_kl_to_p0_for_the_divergence_test(objective):
+    """DivergenceTest's bounds are in units of KL(q || p0): the IWAE objectives report it (closed form,
+    mean over the mixture's components) when a joint energy is trained."""
+    from mmvae_cli.objectives import _kl_to_prior
+
+    torch.manual_seed(0)
+    specs = [ModalitySpec(m, [5], "gaussian", 0.5, 1.0, "mlp") for m in "ab"]
+    model = MultimodalVAE(ModelConfig(specs, 3, "moe", "all", objective, 2, 2.5, "laplace", "laplace", hidden=8))
+    model.attach_ebm(LatentEBM(EnergyConfig(dim=3, hidden=4, layers=2), "tilted", joint=True), {"steps": 2})
+    x = {m: torch.randn(6, 5) for m in "ab"}
+    _, stats = model(x)
+    with torch.no_grad():
+        expected = _kl_to_prior(model, model.posterior(x)).mean().item()
+    assert stats["kl"] == pytest.approx(expected, rel=1e-6) and expected > 0
+    assert {"energy_q", "energy_neg", "ebm_ml"} <= set(stats)

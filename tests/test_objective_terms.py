@@ -268,7 +268,7 @@ def test_stratified_iwae_log_weights_by_hand(family, learn_prior):
     model = tiny("moe", "iwae", family=family, learn_prior=learn_prior, k=K)
     x = data()
     torch.manual_seed(2)
-    lw, samples = _stratified_log_weights(model, x, K)
+    lw, samples, _ = _stratified_log_weights(model, x, K)
     z = recorded(model, "a", (2, K, 3))
     assert torch.equal(z, samples[0][0].detach()) and torch.equal(z, recorded(model, "b", (2, K, 3)))
     prior_scale = (
@@ -324,7 +324,7 @@ def test_mmvae_plus_log_weights_by_hand(private_prior):
     model = tiny("moe", "iwae", family="laplace", k=K, private=DW, private_prior=private_prior)
     x = data()
     torch.manual_seed(3)
-    lw, samples = _stratified_log_weights(model, x, K)
+    lw, samples, _ = _stratified_log_weights(model, x, K)
     h = {n: recorded(model, n, (2, K, 3)) for n in NAMES}
     z = h["a"][..., :DZ]
     assert torch.equal(z, h["b"][..., :DZ])
