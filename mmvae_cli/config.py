@@ -318,6 +318,14 @@ class JointEnergySettings:
         min=0.0,
         flag="--ebm-reg",
     )
+    reg_on: str = setting(
+        "energies",
+        "what the L2 term penalises: energies, reg (mean E_pos^2 + mean E_neg^2), which bounds both the level "
+        "and the gap; level, reg ((mean E_pos + mean E_neg) / 2)^2, which pins the level and leaves the gap free",
+        "ours (README, joint training: measured on the toy and on polymnist-mini)",
+        choices=("energies", "level"),
+        flag="--ebm-reg-on",
+    )
     neg_start: str = setting(
         "prior",
         "where the negatives' Langevin chains start: prior (z0 ~ p0), posterior (the "

@@ -252,11 +252,18 @@ def _check(z: torch.Tensor, t: int, steps: int, step_size: float, max_abs: float
 
 
 def maximum_likelihood_loss(
-    energy: Callable[[torch.Tensor], torch.Tensor], z_pos: torch.Tensor, z_neg: torch.Tensor, reg: float = 0.0
+    energy: Callable[[torch.Tensor], torch.Tensor],
+    z_pos: torch.Tensor,
+    z_neg: torch.Tensor,
+    reg: float = 0.0,
+    reg_on: str = "energies",
 ) -> torch.Tensor:
     """Loss whose gradient w.r.t. the energy's parameters is minus Yuan et al. eq. 10:
 
-        loss = mean E(z_pos) - mean E(z_neg) [+ reg * (mean E(z_pos)^2 + mean E(z_neg)^2)]
+        loss = mean E(z_pos) - mean E(z_neg) [+ reg * (mean E(z_pos)^2 + mean E(z_neg)^2)]   (reg_on energies)
+        loss = mean E(z_pos) - mean E(z_neg) [+ reg * ((mean E(z_pos) + mean E(z_neg)) / 2)^2] (reg_on level)
+
+    ("level" pins only the mean level of the energies, leaving the gap between positives and negatives free.)
 
     With f = -E, d(loss)/d(alpha) = -(E_q[df/dalpha] - E_p_alpha[df/dalpha]).
     z_pos: posterior samples (used as given: detach them if only the energy
@@ -269,7 +276,9 @@ def maximum_likelihood_loss(
     e_pos = energy(z_pos)
     e_neg = energy(z_neg.detach())
     loss = e_pos.mean() - e_neg.mean()
-    if reg:
+    if reg and reg_on == "level":
+        loss = loss + reg * (0.5 * (e_pos.mean() + e_neg.mean())).pow(2)
+    elif reg:
         loss = loss + reg * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
     return loss
 

@@ -72,7 +72,8 @@ def _ebm_learning(model, z_pos: torch.Tensor, loss, stats, prior_terms: int = 1)
     z_neg = model.run_langevin(_negative_starts(model, z_pos)).z
     if ebm.joint_settings.neg_start == "persistent":
         ebm.chains = z_neg
-    ml = maximum_likelihood_loss(ebm.energy, z_pos, z_neg, reg=ebm.joint_settings.reg)
+    js = ebm.joint_settings
+    ml = maximum_likelihood_loss(ebm.energy, z_pos, z_neg, reg=js.reg, reg_on=js.reg_on)
     with torch.no_grad():
         e_neg = ebm.energy(z_neg).mean().item()
         if "energy_q" not in stats:
