@@ -23,14 +23,12 @@ from contextlib import nullcontext
 
 import torch
 
-from . import bundle
 from .config import FitSettings
 from .data.base import MultimodalData
 from .ebm import EnergyConfig, LatentEBM, maximum_likelihood_loss, score_matching_loss
 from .errors import MMVAEError, NumericalError
 from .model import MultimodalVAE
 from .run import Run
-from .runtime import capture_rng, restore_rng
 
 OBJECTIVES = ("ml", "exact", "sliced", "denoising")
 EXACT_MAX_DIM = 128  # exact score matching costs one backward pass per latent dimension
@@ -109,11 +107,7 @@ def fit_energy(
     history, chains, perm = [], None, None
     first_epoch, first_start, sums, batches = 0, 0, {}, 0
     if resume:
-        tensors, state = run.restore()
-        bundle.load_state(ebm, {k[4:]: v for k, v in tensors.items() if k.startswith("ebm.")}, "fit-ebm checkpoint")
-        opt.load_state_dict(bundle.unflatten_optimizer(tensors, state["optimizer"]))
-        restore_rng(tensors, seed=s.seed)
-        g.set_state(tensors["fit.generator"])
+        tensors, state = run.restore_fit("ebm", ebm, opt, g, s.seed)
         first_epoch, first_start = int(state["epoch"]), int(state["start"])
         history, sums, batches = list(state["history"]), dict(state["sums"]), int(state["batches"])
         perm = tensors.get("fit.perm") if first_start else None
@@ -122,25 +116,9 @@ def fit_energy(
     def save(epoch: int, start: int) -> None:
         if run is None:
             return
-        tensors = {f"ebm.{k}": v for k, v in ebm.state_dict().items()}
-        opt_tensors, opt_meta = bundle.flatten_optimizer(opt)
-        tensors.update(opt_tensors)
-        tensors.update(capture_rng())
-        tensors["fit.generator"] = g.get_state()
-        if start:
-            tensors["fit.perm"] = perm
-        if chains is not None:
-            tensors["fit.chains"] = chains
-        run.checkpoint(
-            tensors,
-            {
-                "epoch": epoch,
-                "start": start,
-                "sums": sums,
-                "batches": batches,
-                "history": history,
-                "optimizer": opt_meta,
-            },
+        state = {"epoch": epoch, "start": start, "sums": sums, "batches": batches, "history": history}
+        run.checkpoint_fit(
+            "ebm", ebm, opt, g, state, perm if start else None, {"fit.chains": chains} if chains is not None else None
         )
 
     with run.session() if run is not None else nullcontext():

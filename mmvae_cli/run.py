@@ -32,7 +32,7 @@ import torch
 from . import bundle
 from .console import log
 from .errors import Interrupted, MMVAEError
-from .runtime import Dist, StopFlag, read_checkpoint, write_checkpoint
+from .runtime import Dist, StopFlag, capture_rng, read_checkpoint, restore_rng, write_checkpoint
 
 
 def check_new_output(path: Path, overwrite: bool, resume_hint: str = "use --resume to continue it") -> None:
@@ -165,6 +165,44 @@ class Run:
     def restore(self) -> tuple[dict[str, torch.Tensor], dict]:
         """(tensors, state) of the last checkpoint, checksum-checked."""
         return read_checkpoint(self.path, self.checkpoint_name, self.manifest, self.state_key)
+
+    def checkpoint_fit(
+        self,
+        prefix: str,
+        module: torch.nn.Module,
+        opt,
+        generator: torch.Generator,
+        state: dict,
+        perm: torch.Tensor | None = None,
+        extra: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """A post-hoc fit's checkpoint (fit-ebm, fit-prior): the module's weights under `prefix.`, Adam,
+        the RNG streams, the epoch generator (and mid-epoch permutation) as tensors; `state` (position,
+        sums, history) with Adam's hyperparameters as JSON."""
+        tensors = {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+        opt_tensors, opt_meta = bundle.flatten_optimizer(opt)
+        tensors.update(opt_tensors)
+        tensors.update(capture_rng())
+        tensors["fit.generator"] = generator.get_state()
+        if perm is not None:
+            tensors["fit.perm"] = perm
+        tensors.update(extra or {})
+        self.checkpoint(tensors, {**state, "optimizer": opt_meta})
+
+    def restore_fit(
+        self, prefix: str, module: torch.nn.Module, opt, generator: torch.Generator, seed: int
+    ) -> tuple[dict[str, torch.Tensor], dict]:
+        """Inverse of `checkpoint_fit`: weights, Adam, RNG streams and generator restored in place;
+        returns (tensors, state) for the caller's own entries."""
+        tensors, state = self.restore()
+        n = len(prefix) + 1
+        bundle.load_state(
+            module, {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}, f"{self.path} checkpoint"
+        )
+        opt.load_state_dict(bundle.unflatten_optimizer(tensors, state["optimizer"]))
+        restore_rng(tensors, seed=seed)
+        generator.set_state(tensors["fit.generator"])
+        return tensors, state
 
     def drop_checkpoint(self) -> None:
         """Forget the checkpoint: the manifest stops naming it, then the file goes."""

@@ -82,8 +82,6 @@ class FlowPrior(LatentPrior):
     @classmethod
     def fit(cls, bank, common, s: FlowSettings, run=None, resume: bool = False, step_delay: float = 0.0):
         """Adam on -mean log p(z) over minibatches of fresh aggregate-posterior draws; (prior, stats)."""
-        from .. import bundle
-        from ..runtime import capture_rng, restore_rng
 
         torch.manual_seed(common.seed)
         dev = bank.device
@@ -92,13 +90,7 @@ class FlowPrior(LatentPrior):
         g = torch.Generator().manual_seed(common.seed)
         history, perm, first_epoch, first_start, total, batches = [], None, 0, 0, 0.0, 0
         if resume:
-            tensors, state = run.restore()
-            bundle.load_state(
-                prior, {k[6:]: v for k, v in tensors.items() if k.startswith("prior.")}, "fit-prior checkpoint"
-            )
-            opt.load_state_dict(bundle.unflatten_optimizer(tensors, state["optimizer"]))
-            restore_rng(tensors, seed=common.seed)
-            g.set_state(tensors["fit.generator"])
+            tensors, state = run.restore_fit("prior", prior, opt, g, common.seed)
             first_epoch, first_start = int(state["epoch"]), int(state["start"])
             history, total, batches = list(state["history"]), float(state["total"]), int(state["batches"])
             perm = tensors.get("fit.perm") if first_start else None
@@ -111,24 +103,8 @@ class FlowPrior(LatentPrior):
         def save(epoch: int, start: int) -> None:
             if run is None:
                 return
-            tensors = {f"prior.{k}": v for k, v in prior.state_dict().items()}
-            opt_tensors, opt_meta = bundle.flatten_optimizer(opt)
-            tensors.update(opt_tensors)
-            tensors.update(capture_rng())
-            tensors["fit.generator"] = g.get_state()
-            if start:
-                tensors["fit.perm"] = perm
-            run.checkpoint(
-                tensors,
-                {
-                    "epoch": epoch,
-                    "start": start,
-                    "total": total,
-                    "batches": batches,
-                    "history": history,
-                    "optimizer": opt_meta,
-                },
-            )
+            state = {"epoch": epoch, "start": start, "total": total, "batches": batches, "history": history}
+            run.checkpoint_fit("prior", prior, opt, g, state, perm if start else None)
 
         with run.session() if run is not None else nullcontext():
             for epoch in range(first_epoch, s.epochs):
