@@ -287,6 +287,35 @@ EBM_CHECKPOINT = "ebm-checkpoint.safetensors"  # an interrupted fit: energy, Ada
 FIT_STATE = "ebm_fit_state"  # its manifest key (position, sums, settings)
 
 
+def open_fit_run(
+    target: Path,
+    manifest: dict,
+    r,
+    *,
+    create: bool,
+    stale: tuple[str, ...],
+    checkpoint_name: str,
+    state_key: str,
+    event: str,
+) -> Run:
+    """The Run of a post-hoc fit (fit-ebm, fit-prior): a new bundle is created first (unless resuming);
+    logs per the request's --log-jsonl/--tensorboard; the fit's history lives in its own section."""
+    if create and not r.resume:
+        Run.create(
+            target, manifest, overwrite=r.overwrite, stale=stale, checkpoint_name=checkpoint_name, state_key=state_key
+        )
+    return Run.reopen(
+        target,
+        manifest,
+        checkpoint_name=checkpoint_name,
+        state_key=state_key,
+        event=event,
+        log_jsonl=r.log_jsonl,
+        tensorboard=r.tensorboard,
+        history_key=None,
+    )
+
+
 @dataclass
 class FitRequest:
     run: str
@@ -377,24 +406,15 @@ class EnergyFitJob:
                 else ""
             )
         )
-        if self.new_bundle and not r.resume:
-            Run.create(
-                self.target,
-                self.tman,
-                overwrite=r.overwrite,
-                stale=(WEIGHTS, CHECKPOINT, EBM_WEIGHTS, EBM_CHECKPOINT),
-                checkpoint_name=EBM_CHECKPOINT,
-                state_key=FIT_STATE,
-            )
-        run = Run.reopen(
+        run = open_fit_run(
             self.target,
             self.tman,
+            r,
+            create=self.new_bundle,
+            stale=(WEIGHTS, CHECKPOINT, EBM_WEIGHTS, EBM_CHECKPOINT),
             checkpoint_name=EBM_CHECKPOINT,
             state_key=FIT_STATE,
             event="fit-ebm-epoch",
-            log_jsonl=r.log_jsonl,
-            tensorboard=r.tensorboard,
-            history_key=None,
         )
         run.extra_state = {
             "settings": {
@@ -621,24 +641,15 @@ class PriorFitJob:
         )
         torch.manual_seed(self.common.seed)
         bank = ExpertBank(model, self.data, self.device)
-        if self.new_bundle and not r.resume:
-            Run.create(
-                self.target,
-                self.tman,
-                overwrite=r.overwrite,
-                stale=(WEIGHTS, CHECKPOINT, EBM_WEIGHTS, EBM_CHECKPOINT, PRIOR_CHECKPOINT, prior_file(kind)),
-                checkpoint_name=PRIOR_CHECKPOINT,
-                state_key=PRIOR_FIT_STATE,
-            )
-        run = Run.reopen(
+        run = open_fit_run(
             self.target,
             self.tman,
+            r,
+            create=self.new_bundle,
+            stale=(WEIGHTS, CHECKPOINT, EBM_WEIGHTS, EBM_CHECKPOINT, PRIOR_CHECKPOINT, prior_file(kind)),
             checkpoint_name=PRIOR_CHECKPOINT,
             state_key=PRIOR_FIT_STATE,
             event=f"fit-prior-{kind}-epoch",
-            log_jsonl=r.log_jsonl,
-            tensorboard=r.tensorboard,
-            history_key=None,
         )
         settings = {"kind": kind, "common": config.to_dict(self.common), "settings": config.to_dict(self.settings)}
         run.extra_state = {"kind": kind, "settings": settings}

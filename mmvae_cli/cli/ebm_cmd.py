@@ -30,19 +30,11 @@ from . import options
     help="Classifier bundle: report joint coherence with the base prior and with the fitted energy.",
 )
 @click.option("--n-joint", type=int, default=1000, show_default=True, help="Samples for those joint coherences.")
-@click.option("--overwrite", is_flag=True, help="Replace an energy already fitted post hoc to RUN.")
-@click.option(
-    "--resume",
-    is_flag=True,
-    help="Continue a fit stopped by SIGTERM/SIGUSR1 (exit code 75) from its checkpoint, with the "
+@options.post_hoc_fit(
+    "Replace an energy already fitted post hoc to RUN.",
+    "Continue a fit stopped by SIGTERM/SIGUSR1 (exit code 75) from its checkpoint, with the "
     "settings it was started with (same RUN and --out).",
 )
-@click.option("--step-delay", type=float, default=0.0, hidden=True, help="Sleep after every step (tests).")
-@options.log_jsonl
-@options.tensorboard
-@options.device
-@options.data_root
-@options.json_flag
 def fit_ebm(
     run,
     out,

@@ -61,14 +61,7 @@ def _check_format(out: str, fmt: str | None) -> None:
 @click.option(
     "-n", "--n", "n", type=click.IntRange(min=1), default=64, show_default=True, help="Number of joint samples."
 )
-@click.option("--out", required=True, help="Output file: .png or .jpg grid (one row per modality), or .safetensors.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["png", "jpeg", "safetensors"]),
-    default=None,
-    help="Default: from the --out extension (which must agree).",
-)
+@options.output_file("Output file: .png or .jpg grid (one row per modality), or .safetensors.")
 @options.prior
 @options.langevin_sample
 @click.option(
@@ -164,14 +157,7 @@ def sample(
 @click.option(
     "-n", "--n", "n", type=click.IntRange(min=1), default=16, show_default=True, help="Number of input tuples."
 )
-@click.option("--out", required=True, help="Output file: .png or .jpg grid, or .safetensors.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["png", "jpeg", "safetensors"]),
-    default=None,
-    help="Default: from the --out extension (which must agree).",
-)
+@options.output_file("Output file: .png or .jpg grid, or .safetensors.")
 @options.langevin_sample
 @options.seed
 @options.device

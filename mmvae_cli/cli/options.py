@@ -122,3 +122,43 @@ def langevin_given(steps, step_size, noise_scale, clip_grad) -> dict:
     given = {"steps": steps, "step_size": step_size, "noise_scale": noise_scale, "clip_grad": clip_grad}
     config.check(config.overridden(config.LangevinSettings(), given))
     return {k: v for k, v in given.items() if v is not None}
+
+
+def output_file(help: str):
+    """--out FILE and --format, the format named by the extension (images.output_format checks both)."""
+
+    def deco(f):
+        f = click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(["png", "jpeg", "safetensors"]),
+            default=None,
+            help="Default: from the --out extension (which must agree).",
+        )(f)
+        return click.option("--out", required=True, help=help)(f)
+
+    return deco
+
+
+def post_hoc_fit(overwrite_help: str, resume_help: str):
+    """The options every post-hoc fit shares: --overwrite, --resume, logs, device, data root, --json."""
+
+    def deco(f):
+        for opt in reversed(
+            [
+                click.option("--overwrite", is_flag=True, help=overwrite_help),
+                click.option("--resume", is_flag=True, help=resume_help),
+                click.option(
+                    "--step-delay", type=float, default=0.0, hidden=True, help="Sleep after every step (tests)."
+                ),
+                log_jsonl,
+                tensorboard,
+                device,
+                data_root,
+                json_flag,
+            ]
+        ):
+            f = opt(f)
+        return f
+
+    return deco

@@ -38,19 +38,11 @@ def _kind_settings(f):
 )
 @options.settings_options(config.PriorFitSettings)
 @_kind_settings
-@click.option("--overwrite", is_flag=True, help="Replace a prior of this kind already fitted to RUN.")
-@click.option(
-    "--resume",
-    is_flag=True,
-    help="Continue a flow fit stopped by SIGTERM/SIGUSR1 (exit code 75) from its checkpoint, with the "
+@options.post_hoc_fit(
+    "Replace a prior of this kind already fitted to RUN.",
+    "Continue a flow fit stopped by SIGTERM/SIGUSR1 (exit code 75) from its checkpoint, with the "
     "settings it was started with (same RUN, --kind and --out).",
 )
-@click.option("--step-delay", type=float, default=0.0, hidden=True, help="Sleep after every step (tests).")
-@options.log_jsonl
-@options.tensorboard
-@options.device
-@options.data_root
-@options.json_flag
 def fit_prior(
     run, kind, out, overwrite, resume, step_delay, log_jsonl, tensorboard, device, data_root, as_json, **settings
 ):
