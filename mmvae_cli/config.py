@@ -246,6 +246,11 @@ class ModelSettings:
         "MMVAE MNIST-SVHN reference",
         flag="--rescale/--no-rescale",
     )
+    rec_weight: str = setting(
+        "",
+        "weight of log p(x_m | z) per modality: NAME=WEIGHT,... (others: 1, or --rescale's weight)",
+        "ours: a short string's few nats need more weight next to an image's thousands (README, text)",
+    )
     hidden: int = setting(
         400,
         "hidden units of the mlp encoders and decoders (vectors, 1x28x28 images)",

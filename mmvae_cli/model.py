@@ -129,12 +129,33 @@ def per_modality(spec: str | None, names: list[str], option: str, choices: tuple
     return pairs
 
 
+def rec_weights(spec: str | None, names: list[str]) -> dict[str, float]:
+    """`--rec-weight` "NAME=WEIGHT,...": {modality: weight > 0} for the named modalities."""
+    out = {}
+    for item in (spec or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, value = (t.strip() for t in item.partition("="))
+        try:
+            w = float(value)
+        except ValueError:
+            w = float("nan")
+        if not sep or name not in names or not (w > 0 and w < float("inf")):
+            raise MMVAEError(
+                f"--rec-weight {spec!r}: {item.strip()!r} is not NAME=WEIGHT with NAME one of "
+                f"{', '.join(names)} and WEIGHT a positive number"
+            )
+        out[name] = w
+    return out
+
+
 def build_config(m: ModelSettings, data) -> ModelConfig:
     """ModelConfig for `data` from checked model settings. `likelihood` and `arch` take one value
     for all modalities or NAME=VALUE pairs; one value for all applies to the modalities whose kind
     accepts it (text keeps its categorical likelihood and char nets), the others keep their kind's
     default; with `rescale`, log p(x_m | z) is weighted by (largest modality size) / (size of m), as
-    the MMVAE reference does (MNIST x 3072/784; a string counts L positions)."""
+    the MMVAE reference does (MNIST x 3072/784; a string counts L positions); `rec_weight` names a
+    weight for some modalities, which wins over `rescale`'s."""
     names = list(data.modalities)
     kinds = {n: data.kind(n) for n in names}
     shapes = {n: data.input_shape(n) for n in names}
@@ -142,6 +163,7 @@ def build_config(m: ModelSettings, data) -> ModelConfig:
     largest = max(sizes.values())
     named = "=" in (m.likelihood or "")
     lik = per_modality(m.likelihood, names, "--likelihood", D.LIKELIHOODS, "")
+    weight = rec_weights(m.rec_weight, names)
     arch_named = "=" in (m.arch or "")
     arch = per_modality(m.arch, names, "--arch", nets.ARCHS, "")
     for n, k in kinds.items():
@@ -161,7 +183,7 @@ def build_config(m: ModelSettings, data) -> ModelConfig:
             list(shapes[n]),
             lik[n],
             float(m.likelihood_scale),
-            float(largest / sizes[n]) if m.rescale else 1.0,
+            weight.get(n, float(largest / sizes[n]) if m.rescale else 1.0),
             arch[n] or kinds[n].default_arch(shapes[n]),
             kinds[n].name,
             dict(kinds[n].params),

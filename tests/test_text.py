@@ -123,6 +123,18 @@ def test_every_fusion_trains_on_image_and_text(tiny, tmp_path, name, capsys):
     assert all(len(s) == 8 for s in model.kinds["text"].to_json(gen["text"]))
 
 
+def test_rec_weight_names_a_weight_that_wins_over_rescale(tiny, tmp_path, capsys):
+    """--rec-weight text=20 weights log p(text | z) by 20; --rescale still weights the others."""
+    out = tmp_path / "w"
+    args = ["train", tiny, "--out", out, "--epochs", "1", "--batch-size", "16", "--latent-dim", "4", *CPU]
+    code, _, err = run([*args, "--rescale", "--rec-weight", "text=20"], capsys)
+    assert code == 0, err
+    spec = {m["name"]: m for m in json.loads((out / "manifest.json").read_text())["model"]["modalities"]}
+    assert spec["text"]["rescale"] == 20.0 and spec["img"]["rescale"] == 1.0  # img is the largest
+    model, _ = load_model(out)
+    assert [s.rescale for s in model.config.modalities] == [spec[n]["rescale"] for n in model.names]
+
+
 @pytest.fixture(scope="module")
 def trained(tiny, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("textruns")
