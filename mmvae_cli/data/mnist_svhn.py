@@ -274,6 +274,7 @@ def fetch_mnist_svhn(root: str | Path | None = None) -> Path:
     """Download MNIST and SVHN (train + test) with torchvision into `<root>/mnist-svhn`."""
     base = mnist_svhn_dir(root)
     base.mkdir(parents=True, exist_ok=True)
+    log(f"downloading MNIST and SVHN into {base}")
     try:
         from torchvision import datasets
 
