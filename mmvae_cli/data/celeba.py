@@ -116,6 +116,7 @@ def _parse(base: Path, split: str) -> tuple[dict[str, torch.Tensor], list[str], 
         try:
             tensors, meta = load_safetensors(cache)
             if meta.get("key") == key and set(tensors) == {"image", "attributes"}:
+                tensors = {"image": tensors["image"], "attributes": tensors["attributes"]}  # files sort names
                 return tensors, json.loads(meta["names"]), meta["fingerprint"]
         except (DataError, KeyError, ValueError):
             pass

@@ -104,6 +104,7 @@ def _parse(base: Path, split: str) -> tuple[dict[str, torch.Tensor], list[str], 
         try:
             tensors, meta = load_safetensors(cache)
             if meta.get("key") == key and set(tensors) == {"image", "caption"}:
+                tensors = {"image": tensors["image"], "caption": tensors["caption"]}  # files sort names
                 return tensors, json.loads(meta["vocab"]), meta["fingerprint"]
         except (DataError, KeyError, ValueError):
             pass
