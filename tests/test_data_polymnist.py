@@ -341,7 +341,15 @@ def test_wrong_layout_is_a_clear_error(tmp_path, breakage, expected):
 
 
 def test_registry_and_data_root(tmp_path, monkeypatch):
-    assert DATASETS == ["polymnist", "polymnist-mini", "polymnist-text-mini", "mnist-svhn"]
+    assert DATASETS == [
+        "polymnist",
+        "polymnist-mini",
+        "polymnist-text-mini",
+        "mnist-svhn",
+        "mnist-svhn-text",
+        "cub",
+        "celeba",
+    ]
     with pytest.raises(DataError) as e:
         load_dataset("cifar10", "train", str(tmp_path))
     assert all(n in one_line_error(e) for n in DATASETS)

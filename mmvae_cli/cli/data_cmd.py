@@ -22,6 +22,9 @@ def data():
       polymnist-mini  built offline on first use (4,000/1,000 tuples)
       polymnist-text-mini  polymnist-mini's m0..m2 + the digit's name as text
       mnist-svhn      <root>/mnist-svhn/{MNIST/raw, SVHN/*_32x32.mat}
+      mnist-svhn-text mnist-svhn + the digit's name as text (MoPoE)
+      cub             <root>/cub/{train,test}/<class>/*.jpg + text_*classes.txt (captions)
+      celeba          <root>/celeba/img_align_celeba/ + list_attr_celeba.txt + list_eval_partition.txt
     Your own data: a .safetensors file (or a folder of them) with one tensor per
     modality; pass its path wherever a dataset name is accepted.
     """
@@ -31,10 +34,12 @@ def data():
 @click.argument("name")
 @click.option(
     "--url",
+    "--archive",
+    "url",
     default=None,
-    metavar="URL",
-    help="Where to download PolyMNIST.zip from (default: zenodo record 4899160). "
-    "A local path to an already downloaded zip works too.",
+    metavar="URL|PATH",
+    help="Where to download the archive from, or a local archive (zip or tar) already downloaded. "
+    "polymnist: default zenodo record 4899160; cub and celeba: required (no working public link).",
 )
 @click.option("--sha256", default=None, metavar="HEX", help="Expected sha256 of the download; a mismatch is an error.")
 @options.data_root
@@ -42,29 +47,27 @@ def fetch_cmd(name, url, sha256, data_root):
     """Download dataset NAME into the data root.
 
     \b
-    polymnist       the official PolyMNIST.zip, verified, extracted atomically
-    mnist-svhn      MNIST and SVHN through torchvision
-    polymnist-mini  nothing to download: builds it from installed packages
+    polymnist        the official PolyMNIST.zip, verified, extracted atomically
+    mnist-svhn       MNIST and SVHN through torchvision (mnist-svhn-text: the same)
+    cub              --url/--archive: cub/{train,test}/<class>/*.jpg + text_{trainval,test}classes.txt
+    celeba           --url/--archive: img_align_celeba/ + list_attr_celeba.txt + list_eval_partition.txt
+    polymnist-mini   nothing to download: builds it from installed packages
 
-    Prints the dataset folder on stdout.
+    Archives are checked and parsed before they are moved into place; a failure leaves nothing
+    behind. Prints the dataset folder on stdout.
     """
     from .. import data as D
 
     key = D.known_name(name)
     if key is None:
         raise DataError(f"unknown dataset {name!r}: `data fetch` knows {', '.join(D.DATASETS)}")
-    if key != "polymnist" and (url or sha256):
-        raise click.UsageError("--url and --sha256 apply to `data fetch polymnist` only")
-    if key == "polymnist":
-        kwargs = {"url": url} if url else {}
-        if sha256:
-            kwargs["sha256"] = sha256
-        where = D.fetch_polymnist(data_root, **kwargs)
-    elif key == "mnist-svhn":
-        click.echo(f"downloading MNIST and SVHN into {D.data_root(data_root) / 'mnist-svhn'}", err=True)
-        where = D.fetch_mnist_svhn(data_root)
-    else:
-        where = D.build_polymnist_mini(D.data_root(data_root) / "polymnist-mini")
+    fetch, takes = D.FETCHERS[key]
+    given = {"url": url, "sha256": sha256}
+    extra = [f"--{k}" for k, v in given.items() if v and k not in takes]
+    if extra:
+        with_url = ", ".join(n for n, (_, t) in D.FETCHERS.items() if "url" in t)
+        raise click.UsageError(f"{' and '.join(extra)} apply to `data fetch {with_url}` only")
+    where = fetch(data_root, **{k: v for k, v in given.items() if v})
     click.echo(str(where))
 
 

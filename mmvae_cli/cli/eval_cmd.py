@@ -205,10 +205,13 @@ def coherence(
     Conditional coherence is reported per subset and target, averaged by number of inputs (the
     MoPoE convention) and averaged over the single-source pairs (the MMVAE+ convention).
     """
-    if not clf_run:
-        raise MMVAEError("coherence needs digit classifiers: --classifiers RUN (see `mmvae classifier train`)")
+    from ..evaluate import suite
+
     langevin = options.langevin_given(steps, step_size, noise_scale, clip_grad)
     ctx = Context(run, device, data_root, split, limit, prior)
+    suite.require_labels(ctx.test, "coherence")  # unlabelled data (cub, celeba): does not apply, say so first
+    if not clf_run:
+        raise MMVAEError("coherence needs digit classifiers: --classifiers RUN (see `mmvae classifier train`)")
     _finish(
         ctx,
         {"coherence": _coherence(ctx, clf_run, n_joint, prior, seed, langevin)},
@@ -359,7 +362,7 @@ def all_(
     if ll_prior != prior:
         log(f"likelihood under the base prior: the {prior} prior's density has no known normaliser")
     if ctx.test.labels is None:
-        skipped["coherence"] = skipped["latent"] = f"{ctx.test.name} has no labels"
+        skipped["coherence"] = skipped["latent"] = f"{ctx.test.name} has no class labels"
     elif not clf_run:
         skipped["coherence"] = "no --classifiers given"
     if "coherence" not in skipped:

@@ -80,7 +80,7 @@ def train(
     step_delay,
     **settings,
 ):
-    """Train a multimodal VAE on DATASET (polymnist, polymnist-mini, mnist-svhn, or a .safetensors path).
+    """Train a multimodal VAE on DATASET (a name listed by `mmvae data --help`, or a .safetensors path).
 
     Settings come from the recipe for the dataset and model (recipes/), its short `cpu` schedule for
     *-mini datasets, then these flags; the run's manifest records the resolved values (every flag's

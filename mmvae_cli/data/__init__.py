@@ -4,10 +4,14 @@
     load_dataset("polymnist", "test", root="/data")     # <root>/polymnist/MMNIST
     load_dataset("mnist-svhn", "train")                 # <root>/mnist-svhn/{MNIST,SVHN}
     load_dataset("polymnist-text-mini", "train")       # polymnist-mini m0..m2 + digit names as text
+    load_dataset("mnist-svhn-text", "train")            # mnist-svhn + digit names as text (MoPoE)
+    load_dataset("cub", "train")                        # <root>/cub: images + captions (fetch --url)
+    load_dataset("celeba", "train")                     # <root>/celeba: image + 40 attributes (fetch --url)
     load_dataset("my_pairs.safetensors", "train")       # a user's own data (see custom.py)
 
 The data root is `--data-root`, else `$MMVAE_DATA`, else `~/.cache/mmvae`.
-Every loader returns a `MultimodalData` (see base.py).
+Every loader returns a `MultimodalData` (see base.py). A dataset is one file here plus a line in
+`_LOADERS`, `DATASETS` and, when it can be fetched, `FETCHERS`.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ from pathlib import Path
 
 from ..errors import DataError
 from .base import GatheredTensors, MultimodalData, fingerprint_tensors, to_float, to_uint8
+from .celeba import fetch_celeba, load_celeba
+from .cub import fetch_cub, load_cub
 from .custom import NoTestSplit, load_custom
 from .fetch import data_root
 from .mnist_svhn import fetch_mnist_svhn, load_mnist_svhn
+from .mnist_svhn_text import load_mnist_svhn_text
 from .polymnist import (
     build_polymnist,
     build_polymnist_mini,
@@ -31,7 +38,7 @@ from .polymnist import (
 )
 from .polymnist_text import load_polymnist_text_mini
 
-DATASETS = ["polymnist", "polymnist-mini", "polymnist-text-mini", "mnist-svhn"]
+DATASETS = ["polymnist", "polymnist-mini", "polymnist-text-mini", "mnist-svhn", "mnist-svhn-text", "cub", "celeba"]
 SPLITS = ("train", "test")
 
 _LOADERS = {
@@ -39,10 +46,30 @@ _LOADERS = {
     "polymnist-mini": load_polymnist_mini,
     "polymnist-text-mini": load_polymnist_text_mini,
     "mnist-svhn": load_mnist_svhn,
+    "mnist-svhn-text": load_mnist_svhn_text,
+    "cub": load_cub,
+    "celeba": load_celeba,
+}
+
+
+def _build_mini(root, **_):
+    return build_polymnist_mini(data_root(root) / "polymnist-mini")
+
+
+# name -> (fetch(root, **options), the `data fetch` options it takes: url, sha256)
+FETCHERS = {
+    "polymnist": (fetch_polymnist, ("url", "sha256")),
+    "polymnist-mini": (_build_mini, ()),
+    "polymnist-text-mini": (_build_mini, ()),
+    "mnist-svhn": (fetch_mnist_svhn, ()),
+    "mnist-svhn-text": (fetch_mnist_svhn, ()),
+    "cub": (fetch_cub, ("url", "sha256")),
+    "celeba": (fetch_celeba, ("url", "sha256")),
 }
 
 __all__ = [
     "DATASETS",
+    "FETCHERS",
     "SPLITS",
     "MultimodalData",
     "GatheredTensors",
@@ -54,6 +81,8 @@ __all__ = [
     "build_polymnist",
     "build_polymnist_mini",
     "fetch_mnist_svhn",
+    "fetch_cub",
+    "fetch_celeba",
     "fingerprint_tensors",
     "to_float",
     "to_uint8",

@@ -14,16 +14,19 @@ import hashlib
 import http.client
 import os
 import shutil
+import tarfile
 import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ..console import log
 from ..console import progress as console_progress
 from ..errors import DataError
 
@@ -141,6 +144,95 @@ def extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike) -> Path:
     except zipfile.BadZipFile as exc:
         raise DataError(f"{Path(zip_path).name} is not a valid zip file ({one_line(exc)})") from None
     return dest
+
+
+def extract_archive(path: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Extract a zip or a tar (plain, .gz, .bz2, .xz; recognised by content) into `dest`.
+
+    Unsafe member names (absolute, `..`, links leaving `dest`) are refused; anything else is a
+    one-line DataError naming the file.
+    """
+    path, dest = Path(path), Path(dest)
+    if zipfile.is_zipfile(path):
+        return extract_zip(path, dest)
+    try:
+        is_tar = tarfile.is_tarfile(path)
+    except OSError:
+        is_tar = False
+    if not is_tar:
+        raise DataError(f"{path.name} is neither a zip nor a tar archive (corrupted or not the expected file)")
+    try:
+        with tarfile.open(path) as tf:
+            members = tf.getmembers()
+            dest.mkdir(parents=True, exist_ok=True)
+            with progress(len(members), f"extracting {path.name}", unit="file") as bar:
+                for member in members:
+                    tf.extract(member, dest, filter="data")
+                    bar.update(1)
+    except tarfile.FilterError as exc:
+        raise DataError(f"{path.name}: unsafe member in the archive ({one_line(exc)})") from None
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"{path.name} is not a readable tar archive ({one_line(exc)})") from None
+    return dest
+
+
+def find_layout(tree: str | os.PathLike, required: tuple[str, ...]) -> Path | None:
+    """The shallowest folder under `tree` (itself included) that holds every entry of `required`."""
+    tree = Path(tree)
+    level = [tree]
+    while level:
+        for d in sorted(level):
+            if d.name != "__MACOSX" and all((d / r).exists() for r in required):
+                return d
+        level = [c for d in level for c in d.iterdir() if c.is_dir() and not c.is_symlink()]
+    return None
+
+
+def fetch_archive(
+    name: str,
+    url: str | None,
+    root: str | os.PathLike | None,
+    required: tuple[str, ...],
+    check: Callable[[Path], None],
+    *,
+    missing: str,
+    sha256: str | None = None,
+    timeout: float = 60.0,
+) -> Path:
+    """Put a dataset archive's layout in `<root>/<name>`; returns that folder.
+
+    The archive (zip or tar, from an http(s)/file URL or a local path) is downloaded and extracted
+    into a temporary folder next to the target; the shallowest folder holding `required` is checked
+    by `check` (which parses everything and may write caches inside it) and only then renamed into
+    place. Already present: nothing is downloaded. No `url`: DataError(`missing`). Any failure
+    leaves nothing behind.
+    """
+    base = data_root(root) / name
+    if all((base / r).exists() for r in required):
+        log(f"{name} already present in {base}")
+        return base
+    if not url:
+        raise DataError(missing)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{name}-fetch-", dir=base.parent))
+    try:
+        archive = download(url, work / "archive", sha256=sha256, timeout=timeout, desc=f"{name} archive")
+        tree = extract_archive(archive, work / "extract")
+        archive.unlink()
+        src = find_layout(tree, required)
+        if src is None:
+            raise DataError(f"{url}: the archive holds no folder with {', '.join(required)}: not the {name} layout")
+        check(src)
+        if base.exists():
+            for child in sorted(src.iterdir()):
+                if not (base / child.name).exists():
+                    os.rename(child, base / child.name)
+        else:
+            os.rename(src, base)
+    finally:
+        rmtree_quiet(work)
+    log(f"{name} ready in {base}")
+    return base
 
 
 def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

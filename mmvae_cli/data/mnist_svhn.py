@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import os
 import struct
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,7 @@ from ..bundle import atomic_save_tensors
 from ..console import log
 from ..errors import DataError
 from .base import GatheredTensors, MultimodalData, fingerprint_tensors
-from .fetch import data_root, load_safetensors, one_line
+from .fetch import data_root, load_safetensors, one_line, rmtree_quiet
 
 NAME = "mnist-svhn"
 DEFAULT_DM = 30
@@ -270,20 +272,48 @@ def load_mnist_svhn(
     )
 
 
+def _complete(base: Path) -> bool:
+    try:
+        for split in ("train", "test"):
+            find_mnist_files(base, split)
+            _svhn_file(base, split)
+    except DataError:
+        return False
+    return True
+
+
 def fetch_mnist_svhn(root: str | Path | None = None) -> Path:
-    """Download MNIST and SVHN (train + test) with torchvision into `<root>/mnist-svhn`."""
+    """Download MNIST and SVHN (train + test) with torchvision into `<root>/mnist-svhn`.
+
+    torchvision downloads (and checks the md5 of) every file into a temporary folder next to the
+    target; only then are MNIST/ and SVHN/ moved into place, so a failure leaves nothing behind.
+    """
     base = mnist_svhn_dir(root)
-    base.mkdir(parents=True, exist_ok=True)
+    if _complete(base):
+        log(f"MNIST-SVHN already present in {base}")
+        return base
+    base.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{NAME}-fetch-", dir=base.parent))
+    log(f"downloading MNIST and SVHN into {base}")
     try:
         from torchvision import datasets
 
         with contextlib.redirect_stdout(sys.stderr):  # torchvision prints its progress on stdout
             for train in (True, False):
-                datasets.MNIST(str(base), train=train, download=True)
+                datasets.MNIST(str(work), train=train, download=True)
             for split in ("train", "test"):
-                datasets.SVHN(str(base / "SVHN"), split=split, download=True)
+                datasets.SVHN(str(work / "SVHN"), split=split, download=True)
+        base.mkdir(parents=True, exist_ok=True)
+        for child in sorted(work.iterdir()):
+            if not (base / child.name).exists():
+                os.rename(child, base / child.name)
     except DataError:
         raise
     except Exception as exc:  # torchvision raises URLError, HTTPError, RuntimeError, OSError, ...
-        raise DataError(f"could not download MNIST-SVHN into {base}: {one_line(exc)}") from None
+        why = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # torchvision: per mirror
+        raise DataError(f"could not download MNIST-SVHN into {base}: {why or one_line(exc)}") from None
+    finally:
+        rmtree_quiet(work)
+    if not _complete(base):
+        raise DataError(_missing_message(base))
     return base

@@ -98,4 +98,7 @@ def fid(
 
 def require_labels(data: MultimodalData, what: str) -> None:
     if data.labels is None:
-        raise MMVAEError(f"{what} needs labels, and {data.name} has none")
+        raise MMVAEError(
+            f"{what} does not apply to {data.name}: it has no class labels "
+            "(`mmvae eval all` skips it and runs the metrics that apply)"
+        )

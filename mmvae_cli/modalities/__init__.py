@@ -10,11 +10,13 @@ from .base import ModalityKind
 from .image import ImageKind
 from .text import TextKind
 from .vector import VectorKind
+from .words import WordTextKind
 
 KINDS: dict[str, type[ModalityKind]] = {
     "image": ImageKind,
     "vector": VectorKind,
     "text": TextKind,
+    "words": WordTextKind,
 }
 
 
@@ -35,4 +37,14 @@ def from_model_shape(shape) -> ModalityKind:
     return ImageKind() if len(shape) == 3 else VectorKind()
 
 
-__all__ = ["KINDS", "ModalityKind", "ImageKind", "VectorKind", "TextKind", "make", "infer", "from_model_shape"]
+__all__ = [
+    "KINDS",
+    "ModalityKind",
+    "ImageKind",
+    "VectorKind",
+    "TextKind",
+    "WordTextKind",
+    "make",
+    "infer",
+    "from_model_shape",
+]

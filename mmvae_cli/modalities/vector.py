@@ -1,4 +1,4 @@
-"""Vectors (D,): float32 features; MLP nets; drawn as a min-max scaled grey strip."""
+"""Vectors (D,): float32 features; MLP nets; drawn as a min-max scaled grey strip; JSON: the values (4 decimals)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ class VectorKind(ModalityKind):
         v = v / v.max(1, keepdim=True).values.clamp_min(1e-8)
         strip = (v[:, None, :, None].repeat(1, 8, 1, 3) * 255).round().to(torch.uint8)
         return strip.numpy()
+
+    def to_json(self, x):
+        return [[round(float(v), 4) for v in row] for row in x.detach().float().cpu().flatten(1)]
 
     def classifier(self, shape, n_classes):
         n = math.prod(shape)

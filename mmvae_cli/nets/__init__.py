@@ -13,6 +13,7 @@ see modalities/):
   conv32: the MMVAE SVHN nets for (C, 32, 32)
   conv:   a conv net sized to any other (C, H, W) (stride-2 convs down to 4x4, mirrored decoder)
   char:   the MoPoE reference character-level 1-D convs for one-hot strings (L, V) (text.py)
+  words:  the MMVAE reference CUB sentence nets for one-hot captions (L, V), L divisible by 8 (words.py)
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from ..errors import MMVAEError
 from .conv import Conv28Decoder, Conv28Encoder, Conv32Decoder, Conv32Encoder, ConvDecoder, ConvEncoder
 from .mlp import MLPDecoder, MLPEncoder
 from .text import CharDecoder, CharEncoder
+from .words import WordDecoder, WordEncoder
 
-ARCHS = ("conv28", "conv32", "conv", "mlp", "char")
+ARCHS = ("conv28", "conv32", "conv", "mlp", "char", "words")
 
 
 def build(arch: str, shape: tuple[int, ...], latent: int, hidden: int = 400) -> tuple[nn.Module, nn.Module]:
@@ -47,6 +49,10 @@ def build(arch: str, shape: tuple[int, ...], latent: int, hidden: int = 400) -> 
         if len(shape) != 2:
             raise MMVAEError(f"arch char needs one-hot strings (L, V), got {shape}")
         return CharEncoder(shape, latent), CharDecoder(shape, latent)
+    if arch == "words":
+        if len(shape) != 2:
+            raise MMVAEError(f"arch words needs one-hot captions (L, V), got {shape}")
+        return WordEncoder(shape, latent), WordDecoder(shape, latent)
     if arch == "mlp":
         return MLPEncoder(shape, latent, hidden), MLPDecoder(shape, latent, hidden)
     raise MMVAEError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
