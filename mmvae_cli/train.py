@@ -124,7 +124,8 @@ def place_data(data: MultimodalData, device: torch.device) -> MultimodalData:
         )
     else:
         tensors = {m: t.to(device) for m, t in data.tensors.items()}
-    return replace(data, tensors=tensors, labels=None)
+    present = None if data.present is None else data.present.to(device)
+    return replace(data, tensors=tensors, labels=None, present=present)
 
 
 def _data_device(data: MultimodalData) -> torch.device:
@@ -217,7 +218,8 @@ def fit(
                 gidx = perm[step * bs : (step + 1) * bs]
                 idx = dist.shard(gidx)
                 x = data.batch(idx.to(on), device)
-                loss, stats = net(x)
+                present = data.presence(idx, model.names, device)  # None for complete data
+                loss, stats = net(x) if present is None else net(x, present)
                 bad, stopping = not bool(torch.isfinite(loss)), bool(run.stop)
                 if dist.enabled:  # one collective per step: every rank raises or stops together
                     flags = dist.sum(torch.tensor([float(bad), float(stopping)]))
