@@ -70,6 +70,24 @@ def missing_section(data, ratio: float) -> dict | None:
     }
 
 
+def check_observed_sets(model: MultimodalVAE, data) -> None:
+    """Partially observed data with MoPoE's explicit --subsets: every tuple must hold one of the subsets
+    (its mixture runs over the subsets within what it observes); refused before anything is written."""
+    if data.present is None or model.config.fusion != "mopoe":
+        return
+    cols = [data.modalities.index(n) for n in model.names]
+    observed = data.present[:, cols].unique(dim=0)  # (U, M) distinct observed sets
+    subsets = model.fusion.subsets
+    held = ~(subsets[None, :, :] & ~observed[:, None, :]).any(-1)  # (U, S): subset within the set
+    if not bool(held.any(1).all()):
+        bad = observed[~held.any(1)][0]
+        names = ",".join(n for n, b in zip(model.names, bad.tolist()) if b)
+        raise MMVAEError(
+            f"--subsets {model.config.subsets}: some tuples observe only {names}, which holds none of the "
+            "mixture's subsets; add the single modalities (e.g. --subsets unimodal+full) or use all"
+        )
+
+
 def resolve_request(r: TrainRequest) -> TrainConfig:
     """The checked settings of a new run (no data loaded, nothing written): `train --dry-run`."""
     name = Path(r.dataset).stem if r.dataset.endswith(".safetensors") else r.dataset
@@ -208,6 +226,7 @@ def prepare_training(r: TrainRequest) -> TrainingJob:
         data = training_data(r.dataset, r.data_root, cfg.train)
         torch.manual_seed(cfg.train.seed)  # the initial weights are part of the seeded run
         model = MultimodalVAE(build_config(cfg.model, data))
+        check_observed_sets(model, data)
         ebm_section = None
         if cfg.joint_ebm:
             ebm_section = _joint_section(cfg, model.z_dim)

@@ -145,6 +145,7 @@ def _bad_masks(tmp, mp):
         "mask-dtype": {"present.neural": torch.ones(12)},
         "mask-values": {"present.neural": torch.full((12,), 3, dtype=torch.uint8)},
         "mask-name": {"present.video": torch.ones(12, dtype=torch.bool)},
+        "mask-ok": {"present.neural": torch.arange(12) % 2 == 0},  # valid: only audio on half the tuples
     }
     for name, m in masks.items():
         save_file({**base, **m}, str(tmp / f"{name}.safetensors"))
@@ -261,6 +262,11 @@ CASES = [
         case(f"train-{m}", ["train", f"{{tmp}}/{m}.safetensors", "--out", "{tmp}/x", *CPU], prep=["bad_masks"])
         for m in ("mask-empty", "mask-length", "mask-dtype", "mask-values", "mask-name")
     ],
+    case(
+        "train-mask-subsets-not-held",
+        ["train", "{tmp}/mask-ok.safetensors", "--subsets", "audio,neural", "--out", "{tmp}/x", *CPU],
+        prep=["bad_masks"],
+    ),
     case("train-resume-no-run", ["train", "polymnist", "--out", "{tmp}/empty", "--resume", *CPU], prep=["empty"]),
     case("train-resume-missing-folder", ["train", "polymnist", "--out", "{tmp}/x", "--resume", *CPU]),
     case("train-existing-run-no-overwrite", ["train", "polymnist", "--out", "{run}", "--max-steps", "1", *CPU]),

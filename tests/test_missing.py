@@ -418,3 +418,57 @@ def test_missing_ratio_on_polymnist_trains_records_and_resumes(tmp_path, capsys)
     b, _ = load_model(part, "cpu")
     for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), n
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        ["--fusion", "mopoe", "--prior", "ebm", "--energy-hidden", "8", "--langevin-steps", "2"],
+        [
+            "--fusion",
+            "moe",
+            "--objective",
+            "iwae",
+            "--k",
+            "2",
+            "--prior",
+            "ebm",
+            "--energy-hidden",
+            "8",
+            "--langevin-steps",
+            "2",
+        ],
+        ["--fusion", "poe", "--prior", "ebm", "--energy-hidden", "8", "--langevin-steps", "2"],
+        ["--fusion", "moe", "--objective", "dreg", "--k", "2", "--private-dim", "2"],
+    ],
+    ids=["mopoe-joint-ebm", "mmvae-joint-ebm", "mvae-joint-ebm", "mmvaeplus"],
+)
+def test_joint_energy_and_mmvaeplus_train_on_partial_data(tmp_path, opts, capsys):
+    p = write_partial(tmp_path / "events.safetensors")
+    out = tmp_path / "run"
+    args = ["--epochs", "1", "--batch-size", "8", "--latent-dim", "3", "--device", "cpu", "--out", out]
+    code, _, err = run(["train", p, *opts, *args], capsys)
+    assert code == 0, err
+    row = json.loads((out / "manifest.json").read_text())["history"][0]
+    assert all(v == v for v in row.values())  # no NaN statistic
+    if "--private-dim" not in opts:
+        code, _, err = run(
+            [
+                "fit-ebm",
+                out,
+                "--out",
+                tmp_path / "posthoc",
+                "--energy-hidden",
+                "8",
+                "--epochs",
+                "1",
+                "--langevin-steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--device",
+                "cpu",
+            ],
+            capsys,
+        )
+        assert code == 0, err
