@@ -49,11 +49,11 @@ class ExpertBank:
 
             complete = data.complete()
             log(
-                f"EB-MVAE (fusion none): the energy is fitted on the {len(complete)} complete tuples of "
-                f"{len(data)} (the workshop paper trains it on complete tuples only)"
+                f"EB-MVAE (fusion none): the joint prior is fitted on the {len(complete)} complete tuples of "
+                f"{len(data)} (the workshop paper trains its energy on complete tuples only)"
             )
             if len(complete) == 0:
-                raise MMVAEError("fusion none: no complete training tuple to fit the joint energy on")
+                raise MMVAEError("fusion none: no complete training tuple to fit the joint prior on")
             data = complete
         locs, scales, present = [], [], []
         for start in range(0, len(data), batch_size):

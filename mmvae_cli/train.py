@@ -3,7 +3,9 @@
 Determinism: the model is built right after seeding with the run's seed; the epoch-e permutation
 comes from a generator seeded with (seed, e); the RNG state of every rank (reparameterisation
 noise), the optimizer state, the position in the epoch and the partial-epoch statistics are saved
-in every checkpoint, so a resumed run on the CPU ends with bit-identical parameters.
+in every checkpoint, so a resumed run on the CPU ends with bit-identical parameters. Partially
+observed data passes each batch's presence mask (B, M) to the objective; `--missing-ratio`'s mask is
+drawn once from its own seeded generator (data.base.drop_modalities), never from the training RNG.
 
 Data parallel (torchrun / --distributed, see runtime.py): --batch-size is the global batch; every
 rank draws the same permutation and takes its contiguous share of each global batch; the loss is
