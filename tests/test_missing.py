@@ -22,7 +22,7 @@ from torch import nn
 
 from mmvae_cli.data import load_dataset
 from mmvae_cli.data.base import drop_modalities
-from mmvae_cli.errors import DataError
+from mmvae_cli.errors import DataError, MMVAEError
 from mmvae_cli.model import ModalitySpec, ModelConfig, MultimodalVAE
 from mmvae_cli.model_io import load_model
 from mmvae_cli.objectives import elbo_terms
@@ -472,3 +472,13 @@ def test_joint_energy_and_mmvaeplus_train_on_partial_data(tmp_path, opts, capsys
             capsys,
         )
         assert code == 0, err
+
+
+def test_mopoe_subsets_a_tuple_cannot_hold_are_refused():
+    specs = [ModalitySpec(n, [DX], "gaussian", 0.5, 1.0, "mlp") for n in NAMES]
+    model = MultimodalVAE(ModelConfig(specs, DZ, "mopoe", "a,b;c", "elbo", hidden=4))
+    x = {n: torch.randn(2, DX) for n in NAMES}
+    with pytest.raises(MMVAEError, match="observes none of the mixture's subsets"):
+        model(x, torch.tensor([[True, True, False], [True, False, False]]))
+    loss, _ = model(x, torch.tensor([[True, True, False], [False, False, True]]))  # {a,b} and {c}: fine
+    assert torch.isfinite(loss)
