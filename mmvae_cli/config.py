@@ -276,6 +276,14 @@ class TrainSettings:
     )
     amsgrad: bool = setting(False, "AMSGrad variant of Adam", "MMVAE reference uses it", cli=False)
     seed: int = setting(0, "random seed (initial weights, batches, noise)", "ours", min=0)
+    missing_ratio: float = setting(
+        0.0,
+        "drop each modality of each training tuple independently with this probability (a tuple left "
+        "with none keeps one at random), seeded by --seed; the model trains on what each tuple has",
+        "ours (0 = the data as it is); the peers' robustness studies on PolyMNIST",
+        min=0.0,
+        lt=1.0,
+    )
 
 
 @dataclass(frozen=True)

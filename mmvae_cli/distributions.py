@@ -49,15 +49,18 @@ def product_of_gaussians(
     For subset s with experts {m : mask[s, m]} (and the prior expert where with_prior[s]):
         T_m = 1 / (sigma_m^2 + eps),   sigma_s^2 = 1 / sum_m T_m,   mu_s = sigma_s^2 * sum_m T_m mu_m,
     eps = 1e-8 (as MVAE's reference) so that a collapsing expert cannot overflow T_m to inf.
-    loc, scale: (M, B, D); mask: (S, M) bool; with_prior: (S,) bool; prior_*: broadcastable to (B, D).
-    Returns Normal with batch shape (S, B, D).
+    loc, scale: (M, B, D); mask: (S, M) bool, or (S, M, B) per tuple (partially observed tuples: an
+    absent expert has weight 0, i.e. precision 0); with_prior: (S,) or (S, B) bool; prior_*:
+    broadcastable to (B, D). Returns Normal with batch shape (S, B, D).
     """
-    w = mask.to(loc.dtype)  # (S, M)
+    w = mask.to(loc.dtype)  # (S, M) or (S, M, B)
     precision = 1.0 / (scale.pow(2) + 1e-8)  # (M, B, D)
-    total = torch.einsum("sm,mbd->sbd", w, precision)
-    weighted = torch.einsum("sm,mbd->sbd", w, precision * loc)
+    eq = "sm,mbd->sbd" if w.dim() == 2 else "smb,mbd->sbd"
+    total = torch.einsum(eq, w, precision)
+    weighted = torch.einsum(eq, w, precision * loc)
     if with_prior is not None:
-        p = with_prior.to(loc.dtype)[:, None, None]  # (S, 1, 1)
+        p = with_prior.to(loc.dtype)
+        p = p[:, None, None] if p.dim() == 1 else p[:, :, None]  # (S, 1, 1) or (S, B, 1)
         prior_precision = prior_scale.pow(-2).expand_as(loc[0])
         total = total + p * prior_precision
         weighted = weighted + p * prior_precision * prior_loc.expand_as(loc[0])

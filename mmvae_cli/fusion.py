@@ -15,6 +15,17 @@ for MoPoE), so one vectorised code path serves all of them:
 - none  (EB-MVAE, the unimodal VAEs of an energy-based multimodal VAE): no shared latent; z is the
   concatenation (z_1, ..., z_M) of M unimodal latents and q(z | X_A) = prod_{m in A} q(z_m | x_m)
   prod_{m not in A} p(z_m): one component whose unobserved blocks are the prior's.
+
+Partially observed tuples (`present`, bool (B, M): which modalities each tuple has) stay in the same
+vectorised computation: with O_b the modalities tuple b observes (and that are given),
+
+- poe:   one component per tuple, the product over O_b and the prior expert (absent experts get precision 0);
+- moe:   component m is valid for tuple b iff m in O_b;
+- mopoe: component s is valid iff subset_s is within O_b (the mixture over the subsets of O_b), and the prior
+  expert joins the subset equal to O_b (for complete tuples: the subset of all modalities, as above);
+- none:  the blocks of absent modalities are the prior's.
+
+The mixture then carries `valid` (S, B), and every average over components is over the valid ones.
 """
 
 from __future__ import annotations
@@ -63,14 +74,34 @@ def parse_subsets(spec: str | None, modalities: list[str]) -> torch.Tensor:
 
 @dataclass
 class Mixture:
-    """A uniform mixture of S components with batch shape (S, B, D)."""
+    """A uniform mixture of S components with batch shape (S, B, D); with `valid` (S, B), item b's
+    mixture runs over its valid components only: q_b(z) = 1/|V_b| sum_{s in V_b} q_s(z)."""
 
     components: td.Distribution  # Normal or Laplace, batch shape (S, B, D)
     mask: torch.Tensor  # (S, M): which experts each component multiplies
+    valid: torch.Tensor | None = None  # (S, B) bool; None = every component of every item
 
     @property
     def n_components(self) -> int:
         return int(self.mask.shape[0])
+
+    def component_mean(self, t: torch.Tensor) -> torch.Tensor:
+        """1/|V_b| sum_{s in V_b} t_s: (S, ..., B) -> (..., B), invalid entries never read (where, not * 0)."""
+        if self.valid is None:
+            return t.mean(0)
+        v = self.valid.reshape(self.valid.shape[:1] + (1,) * (t.dim() - 2) + self.valid.shape[1:])
+        return torch.where(v, t, torch.zeros((), dtype=t.dtype, device=t.device)).sum(0) / v.sum(0)
+
+    def valid_samples(self, z: torch.Tensor) -> torch.Tensor:
+        """The samples of valid components as rows (n, D), from z of shape (S, K, B, D) or (B, D)."""
+        if self.valid is None or z.dim() == 2:
+            return z.reshape(-1, z.shape[-1])
+        return z[self.valid[:, None, :].expand(z.shape[:-1])]
+
+    def _pick(self, which: torch.Tensor) -> torch.Tensor:
+        """For item b, the which[b]-th of its valid components (which < |V_b|): component indices (B,)."""
+        rank = self.valid.long().cumsum(0) - 1  # (S, B): rank of each valid component
+        return ((rank == which[None]) & self.valid).float().argmax(0)
 
     def rsample_each(self, k: int = 1) -> torch.Tensor:
         """K reparameterised samples from every component: (S, K, B, D) (stratified sampling)."""
@@ -81,27 +112,37 @@ class Mixture:
         """One sample per batch item; the batch is split into S contiguous chunks and chunk s
         draws from component s (the MoPoE reference's stratified mixture sampling). (B, D)"""
         S, B = self.n_components, self.components.batch_shape[1]
-        which = torch.div(torch.arange(B, device=self.mask.device) * S, B, rounding_mode="floor")
+        if self.valid is None:
+            which = torch.div(torch.arange(B, device=self.mask.device) * S, B, rounding_mode="floor")
+        else:  # item b in chunk j of its own |V_b| chunks draws from its j-th valid component
+            n = self.valid.sum(0)
+            which = self._pick(torch.div(torch.arange(B, device=n.device) * n, B, rounding_mode="floor"))
         z = self.components.rsample()  # (S, B, D)
         return z[which, torch.arange(B, device=z.device)]
 
     def sample(self) -> torch.Tensor:
         """One sample per batch item from a uniformly chosen component. (B, D)"""
         S, B = self.n_components, self.components.batch_shape[1]
-        which = torch.randint(S, (B,), device=self.mask.device)
+        if self.valid is None:
+            which = torch.randint(S, (B,), device=self.mask.device)
+        else:
+            which = torch.multinomial(self.valid.T.float(), 1).flatten()
         z = self.components.rsample()
         return z[which, torch.arange(B, device=z.device)]
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """log q(z) = log (1/S) sum_s q_s(z). z: (..., B, D) -> (..., B)."""
+        """log q(z) = log (1/S) sum_s q_s(z) (s over the valid components). z: (..., B, D) -> (..., B)."""
         lp = self.components.log_prob(z.unsqueeze(-3)).sum(-1)  # (..., S, B)
-        return torch.logsumexp(lp, dim=-2) - torch.log(torch.tensor(float(self.n_components)))
+        if self.valid is None:
+            return torch.logsumexp(lp, dim=-2) - torch.log(torch.tensor(float(self.n_components)))
+        lp = torch.where(self.valid, lp, torch.full((), -torch.inf, dtype=lp.dtype, device=lp.device))
+        return torch.logsumexp(lp, dim=-2) - self.valid.sum(0).to(lp.dtype).log()
 
     def detached(self) -> Mixture:
         """Same mixture with parameters cut from the graph (for DReG's stop-gradients)."""
         c = self.components
         params = {k: getattr(c, k).detach() for k in ("loc", "scale")}
-        return Mixture(type(c)(**params, validate_args=False), self.mask)
+        return Mixture(type(c)(**params, validate_args=False), self.mask, self.valid)
 
 
 class Fusion:
@@ -117,20 +158,47 @@ class Fusion:
         """For inputs `given` (bool (M,)), the component masks (S, M) and prior-expert flags (S,)."""
         raise NotImplementedError
 
-    def combine(self, experts: td.Distribution, given: torch.Tensor, prior: td.Distribution) -> Mixture:
-        """q(z | X_given) from unimodal experts with batch shape (M, B, D) (absent rows are ignored)."""
+    def per_item(
+        self, mask: torch.Tensor, with_prior: torch.Tensor, observed: torch.Tensor, given: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """For tuples observing `observed` (B, M): expert weights (S, M, B), prior-expert flags (S,) or
+        (S, B), and component validity (S, B) (None = all valid). Default: a component is valid iff all its
+        experts are observed."""
+        valid = ~(mask[:, None, :] & ~observed[None]).any(-1)  # (S, B)
+        return mask[:, :, None].expand(-1, -1, observed.shape[0]), with_prior, valid
+
+    def combine(
+        self,
+        experts: td.Distribution,
+        given: torch.Tensor,
+        prior: td.Distribution,
+        present: torch.Tensor | None = None,
+    ) -> Mixture:
+        """q(z | X_given) from unimodal experts with batch shape (M, B, D) (absent rows are ignored);
+        `present` (B, M) bool: per-tuple observed modalities (None = all of `given` for every tuple)."""
         mask, with_prior = self.components(given)
-        mask = mask.to(experts.loc.device)
+        dev = experts.loc.device
+        mask = mask.to(dev)
+        weights, valid = mask, None
+        if present is not None:
+            observed = given.to(dev)[None, :] & present.to(dev)
+            weights, with_prior, valid = self.per_item(mask, with_prior.to(dev), observed, given)
+            custom = self.name == "mopoe" and self.subsets.shape[0] != 2**self.M - 1  # only then can none be valid
+            if custom and bool((~valid.any(0)).any()):  # (jobs.check_observed_sets refuses such data up front)
+                raise MMVAEError(
+                    f"fusion {self.name}: a tuple observes none of the mixture's subsets (--subsets); "
+                    "include every modality alone or use --subsets all"
+                )
         if isinstance(experts, td.Normal):
             if not with_prior.any() and bool((mask.sum(1) == 1).all()):
                 idx = mask.float().argmax(1)
-                return Mixture(td.Normal(experts.loc[idx], experts.scale[idx], validate_args=False), mask)
+                return Mixture(td.Normal(experts.loc[idx], experts.scale[idx], validate_args=False), mask, valid)
             if not isinstance(prior, td.Normal):
                 raise MMVAEError(f"fusion {self.name} multiplies the prior expert: it needs a Gaussian prior")
             comp = product_of_gaussians(
-                experts.loc, experts.scale, mask, prior.loc, prior.scale, with_prior.to(experts.loc.device)
+                experts.loc, experts.scale, weights, prior.loc, prior.scale, with_prior.to(experts.loc.device)
             )
-            return Mixture(comp, mask)
+            return Mixture(comp, mask, valid)
         # Laplace (or any non-Gaussian) experts: only mixtures of single experts are closed form.
         if with_prior.any() or bool((mask.sum(1) != 1).any()):
             raise MMVAEError(
@@ -138,16 +206,19 @@ class Fusion:
                 "has no closed form); use --posterior gaussian or --fusion moe"
             )
         idx = mask.float().argmax(1)
-        return Mixture(type(experts)(experts.loc[idx], experts.scale[idx], validate_args=False), mask)
+        return Mixture(type(experts)(experts.loc[idx], experts.scale[idx], validate_args=False), mask, valid)
 
 
 class PoE(Fusion):
-    """MVAE: q(z | X_A) ∝ p(z) prod_{m in A} q(z | x_m)."""
+    """MVAE: q(z | X_A) ∝ p(z) prod_{m in A} q(z | x_m); a partial tuple: the product over what it observes."""
 
     name = "poe"
 
     def components(self, given):
         return given[None, :].clone(), torch.ones(1, dtype=torch.bool)
+
+    def per_item(self, mask, with_prior, observed, given):
+        return mask[:, :, None] & observed.T[None], with_prior, None
 
 
 class MoE(Fusion):
@@ -175,6 +246,13 @@ class MoPoE(Fusion):
         with_prior = mask.all(dim=1)
         return mask, with_prior
 
+    def per_item(self, mask, with_prior, observed, given):
+        """Subsets within the tuple's observed set O_b; the prior expert joins subset O_b itself."""
+        weights, with_prior, valid = super().per_item(mask, with_prior, observed, given)
+        if bool(given.all()):
+            with_prior = (mask[:, None, :] == observed[None]).all(-1)  # (S, B)
+        return weights, with_prior, valid
+
 
 class Independent(Fusion):
     """EB-MVAE's independent unimodal VAEs (Energy-Based Multimodal VAEs, sec. 2): z = (z_1, ..., z_M),
@@ -190,7 +268,7 @@ class Independent(Fusion):
     def components(self, given):
         return given[None, :].clone(), torch.zeros(1, dtype=torch.bool)
 
-    def combine(self, experts, given, prior):
+    def combine(self, experts, given, prior, present=None):
         M, B, d = experts.loc.shape
         if type(prior) is not type(experts):
             raise MMVAEError(
@@ -198,6 +276,8 @@ class Independent(Fusion):
                 "(--posterior and --prior both gaussian or both laplace)"
             )
         g = given.to(experts.loc.device)[:, None, None]  # (M, 1, 1)
+        if present is not None:  # (M, B, 1): the blocks of absent modalities are the prior's
+            g = g & present.to(g.device).T[:, :, None]
         loc = torch.where(g, experts.loc, prior.loc.reshape(M, 1, d))
         scale = torch.where(g, experts.scale, prior.scale.reshape(M, 1, d))
         cat = lambda t: t.permute(1, 0, 2).reshape(1, B, M * d)  # noqa: E731

@@ -50,6 +50,44 @@ def default_out(dataset: str, fusion: str | None) -> Path:
     return Path(f"runs/{Path(dataset).stem}-{fusion or config.default_of(config.ModelSettings, 'fusion')}")
 
 
+def training_data(name_or_path: str, root: str | None, train: config.TrainSettings):
+    """The training split as the run trains on it: the data's own presence masks, then `--missing-ratio`'s
+    drops (a function of the seed and the data: the same for a resumed run, fit-ebm and fit-prior)."""
+    from .data.base import drop_modalities
+
+    return drop_modalities(load_dataset(name_or_path, "train", root), train.missing_ratio, train.seed)
+
+
+def missing_section(data, ratio: float) -> dict | None:
+    """The manifest's `missing` entry: the ratio and how many tuples observe k modalities (None if complete)."""
+    if data.present is None:
+        return None
+    return {
+        "ratio": float(ratio),
+        "observed_per_tuple": data.observed_histogram(),
+        "scheme": "own presence masks, then each present modality dropped with probability ratio; "
+        "a tuple left with none keeps one of its present modalities at random",
+    }
+
+
+def check_observed_sets(model: MultimodalVAE, data) -> None:
+    """Partially observed data with MoPoE's explicit --subsets: every tuple must hold one of the subsets
+    (its mixture runs over the subsets within what it observes); refused before anything is written."""
+    if data.present is None or model.config.fusion != "mopoe":
+        return
+    cols = [data.modalities.index(n) for n in model.names]
+    observed = data.present[:, cols].unique(dim=0)  # (U, M) distinct observed sets
+    subsets = model.fusion.subsets
+    held = ~(subsets[None, :, :] & ~observed[:, None, :]).any(-1)  # (U, S): subset within the set
+    if not bool(held.any(1).all()):
+        bad = observed[~held.any(1)][0]
+        names = ",".join(n for n, b in zip(model.names, bad.tolist()) if b)
+        raise MMVAEError(
+            f"--subsets {model.config.subsets}: some tuples observe only {names}, which holds none of the "
+            "mixture's subsets; add the single modalities (e.g. --subsets unimodal+full) or use all"
+        )
+
+
 def resolve_request(r: TrainRequest) -> TrainConfig:
     """The checked settings of a new run (no data loaded, nothing written): `train --dry-run`."""
     name = Path(r.dataset).stem if r.dataset.endswith(".safetensors") else r.dataset
@@ -185,9 +223,10 @@ def prepare_training(r: TrainRequest) -> TrainingJob:
     check_new_output(out, r.overwrite)
     dist, dev = init_distributed(r.device, required=r.distributed)
     try:
-        data = load_dataset(r.dataset, "train", r.data_root)
+        data = training_data(r.dataset, r.data_root, cfg.train)
         torch.manual_seed(cfg.train.seed)  # the initial weights are part of the seeded run
         model = MultimodalVAE(build_config(cfg.model, data))
+        check_observed_sets(model, data)
         ebm_section = None
         if cfg.joint_ebm:
             ebm_section = _joint_section(cfg, model.z_dim)
@@ -216,6 +255,9 @@ def prepare_training(r: TrainRequest) -> TrainingJob:
         )
         if ebm_section is not None:
             manifest["ebm"] = ebm_section
+        missing = missing_section(data, cfg.train.missing_ratio)
+        if missing is not None:
+            manifest["missing"] = missing
     except BaseException:
         shutdown_distributed(dist)
         raise
@@ -262,7 +304,7 @@ def _prepare_resume(r: TrainRequest, out: Path) -> TrainingJob:
     autocast_dtype(rt.precision, pick_device(r.device))
     dist, dev = init_distributed(r.device, required=r.distributed)
     try:
-        data = load_dataset(manifest["dataset"]["name_or_path"], "train", r.data_root)
+        data = training_data(manifest["dataset"]["name_or_path"], r.data_root, cfg.train)
         if data.fingerprint != manifest["dataset"]["fingerprint"]:
             raise MMVAEError(f"{out}: the dataset changed since this run started (fingerprint differs)")
         model = MultimodalVAE(build_config(cfg.model, data))
@@ -564,7 +606,8 @@ def prepare_energy_fit(r: FitRequest) -> EnergyFitJob:
         clf, _ = load_classifiers(Path(r.classifiers), dev)
     model, manifest = load_model(run, dev)
     model.attach_ebm(None)  # the new energy replaces any old one
-    data = load_dataset(manifest["dataset"]["name_or_path"], "train", r.data_root)
+    train = TrainConfig.from_dict(manifest.get("settings", {}), str(run)).train
+    data = training_data(manifest["dataset"]["name_or_path"], r.data_root, train)
     if data.fingerprint != manifest["dataset"]["fingerprint"]:
         raise MMVAEError(f"{run}: its training data changed since it was trained (fingerprint differs)")
     if outp is None:  # the energy goes into RUN's own manifest
@@ -780,7 +823,8 @@ def prepare_prior_fit(r: PriorFitRequest) -> PriorFitJob:
         log(f"warning: {run} has not finished training; fitting its last saved weights")
     dev = pick_device(r.device)
     model, manifest = load_model(run, dev)
-    data = load_dataset(manifest["dataset"]["name_or_path"], "train", r.data_root)
+    train = TrainConfig.from_dict(manifest.get("settings", {}), str(run)).train
+    data = training_data(manifest["dataset"]["name_or_path"], r.data_root, train)
     if data.fingerprint != manifest["dataset"]["fingerprint"]:
         raise MMVAEError(f"{run}: its training data changed since it was trained (fingerprint differs)")
     n_points = len(data) * common.draws

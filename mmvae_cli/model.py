@@ -304,10 +304,26 @@ class MultimodalVAE(nn.Module):
             raise MMVAEError(f"unknown modality {unknown[0]!r}; this model has {', '.join(self.names)}")
         return torch.tensor([n in x for n in self.names], dtype=torch.bool)
 
-    def encode(self, x: dict[str, torch.Tensor]) -> tuple[td.Distribution, dict[str, td.Distribution]]:
+    def observed(self, x: dict[str, torch.Tensor], present: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """x with the rows of absent modalities (present[b, m] false) replaced by zeros, by torch.where:
+        whatever they held (NaN included) reaches neither a value nor a gradient. present: (B, M) bool
+        in `names` order, None = complete tuples (x returned as is)."""
+        if present is None:
+            return x
+        out = {}
+        for n, t in x.items():
+            keep = present[:, self.names.index(n)].to(t.device).reshape((-1,) + (1,) * (t.dim() - 1))
+            out[n] = torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device))
+        return out
+
+    def encode(
+        self, x: dict[str, torch.Tensor], present: torch.Tensor | None = None
+    ) -> tuple[td.Distribution, dict[str, td.Distribution]]:
         """Unimodal posteriors q(z | x_m) stacked to batch shape (M, B, D) (absent modalities get
         placeholder rows that the fusion's masks never select), and the private posteriors
-        q(w_m | x_m) (B, D_w) of the given modalities (empty without private latents)."""
+        q(w_m | x_m) (B, D_w) of the given modalities (empty without private latents). With `present`
+        (B, M), absent rows are encoded from zeros (see `observed`) and never selected either."""
+        x = self.observed(x, present)
         some = next(iter(x.values()))
         B, Dz, Dw = some.shape[0], self.config.latent_dim, self.config.private_dim
         locs, raws, private = [], [], {}
@@ -323,18 +339,20 @@ class MultimodalVAE(nn.Module):
             raws.append(raw)
         return D.expert(self.config.posterior, torch.stack(locs), torch.stack(raws)), private
 
-    def experts(self, x: dict[str, torch.Tensor]) -> td.Distribution:
+    def experts(self, x: dict[str, torch.Tensor], present: torch.Tensor | None = None) -> td.Distribution:
         """Unimodal posteriors q(z | x_m) of the shared latent, batch shape (M, B, D)."""
-        return self.encode(x)[0]
+        return self.encode(x, present)[0]
 
-    def fuse(self, experts: td.Distribution, x: dict[str, torch.Tensor]) -> Mixture:
-        return self.fusion.combine(experts, self.given_mask(x), self.prior.dist())
+    def fuse(
+        self, experts: td.Distribution, x: dict[str, torch.Tensor], present: torch.Tensor | None = None
+    ) -> Mixture:
+        return self.fusion.combine(experts, self.given_mask(x), self.prior.dist(), present)
 
-    def posterior(self, x: dict[str, torch.Tensor]) -> Mixture:
-        """q(z | X_A) for the modalities present in x."""
+    def posterior(self, x: dict[str, torch.Tensor], present: torch.Tensor | None = None) -> Mixture:
+        """q(z | X_A) for the modalities in x; with `present` (B, M), each tuple's over what it observes."""
         if not x:
             raise MMVAEError("no input modality given")
-        return self.fuse(self.experts(x), x)
+        return self.fuse(self.experts(x, present), x, present)
 
     # --- generation ------------------------------------------------------------------------------
     def block(self, z: torch.Tensor, name: str) -> torch.Tensor:
@@ -382,14 +400,20 @@ class MultimodalVAE(nn.Module):
             return td.Laplace(learned.loc, ones, validate_args=False)
         return td.Normal(learned.loc, ones, validate_args=False)
 
-    def log_likelihoods(self, outs: dict[str, torch.Tensor], x: dict[str, torch.Tensor]) -> torch.Tensor:
-        """sum_m rescale_m * log p(x_m | z) over the modalities in both outs and x: (..., B)."""
+    def log_likelihoods(
+        self, outs: dict[str, torch.Tensor], x: dict[str, torch.Tensor], present: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """sum_m rescale_m * log p(x_m | z) over the modalities in both outs and x: (..., B); with
+        `present` (B, M) only over each tuple's observed modalities (x's absent rows must be finite,
+        see `observed`)."""
         total = 0.0
         for spec in self.config.modalities:
             if spec.name in outs and spec.name in x:
-                total = total + spec.rescale * D.log_likelihood(
-                    spec.likelihood, outs[spec.name], x[spec.name], spec.scale
-                )
+                lp = D.log_likelihood(spec.likelihood, outs[spec.name], x[spec.name], spec.scale)
+                if present is not None:
+                    keep = present[:, self.names.index(spec.name)].to(lp.device)
+                    lp = torch.where(keep, lp, torch.zeros((), dtype=lp.dtype, device=lp.device))
+                total = total + spec.rescale * lp
         return total
 
     def means(self, outs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -504,6 +528,9 @@ class MultimodalVAE(nn.Module):
         w = {n: q.sample() for n, q in private.items()}
         return self.means(self.decode(z, names, w))
 
-    def forward(self, x: dict[str, torch.Tensor]):
-        """(loss, stats) of the configured objective on a batch (so DDP can wrap the model)."""
-        return self.objective(self, x)
+    def forward(self, x: dict[str, torch.Tensor], present: torch.Tensor | None = None):
+        """(loss, stats) of the configured objective on a batch (so DDP can wrap the model); `present`
+        (B, M) bool marks each tuple's observed modalities (None = complete tuples)."""
+        if present is None:
+            return self.objective(self, x)
+        return self.objective(self, self.observed(x, present), present)

@@ -2,6 +2,12 @@
 
 All are per-sample averages over the batch; log-likelihood terms carry each
 modality's `rescale` weight, and beta multiplies the prior/posterior terms.
+
+Partially observed batches: every objective also takes `present` (B, M) bool (None = complete
+tuples; x's absent rows already zero-filled, see MultimodalVAE.observed). Each tuple's term is then
+the objective of its observed modalities O_b alone, inside the batched computation: the fused
+posterior runs over O_b (fusion.py), reconstruction sums over O_b, and every average over mixture
+components is over the tuple's valid ones (`Mixture.component_mean`).
 """
 
 from __future__ import annotations
@@ -16,9 +22,9 @@ from .errors import MMVAEError
 
 
 def _kl_to_prior(model, q) -> torch.Tensor:
-    """Mean over mixture components of KL(q_s || p): (B,). By convexity of KL this upper-bounds
+    """Mean over (valid) mixture components of KL(q_s || p): (B,). By convexity of KL this upper-bounds
     KL(1/S sum_s q_s || p), so the ELBO below stays a lower bound (MoPoE paper, Lemma 1)."""
-    return kl(q.components, model.prior.dist()).mean(0)
+    return q.component_mean(kl(q.components, model.prior.dist()))
 
 
 def _joint_ebm(model) -> bool:
@@ -84,7 +90,22 @@ def _ebm_learning(model, z_pos: torch.Tensor, loss, stats, prior_terms: int = 1)
     return loss + ml, {**stats, "ebm_ml": ml.item(), "energy_neg": e_neg}
 
 
-def elbo(model, x):
+def elbo_terms(model, x, present=None):
+    """Per-tuple terms of `elbo`: (rec (B,) = E_q sum_m log p(x_m | z), kl (B,) = 1/S sum_s KL(q_s || p0),
+    z the drawn latents ((B, D), or (S, 1, B, D) when every component reconstructs every item), q)."""
+    q = model.posterior(x, present)
+    S = q.n_components
+    if S == 1 or model.config.fusion == "mopoe":
+        z = q.rsample_chunked()  # (B, D)
+        rec = model.log_likelihoods(model.decode(z), x, present)
+    else:
+        z = q.rsample_each(1)  # (S, 1, B, D)
+        rec = model.log_likelihoods(model.decode(z), x, present)
+        rec = rec.mean((0, 1)) if q.valid is None else q.component_mean(rec.mean(1))
+    return rec, _kl_to_prior(model, q), z, q
+
+
+def elbo(model, x, present=None):
     """Generalised multimodal ELBO (MoPoE paper eq. 5; MVAE/MMVAE as special cases):
 
         L = E_{z ~ q(z|X)} [ sum_m log p(x_m | z) ] - beta * 1/S sum_s KL(q_s(z|X_s) || p(z))
@@ -93,24 +114,17 @@ def elbo(model, x):
     contiguous chunks, one per component, as the reference; with few (MoE) every component
     reconstructs every item and the results are averaged.
     """
-    q = model.posterior(x)
-    S = q.n_components
-    if S == 1 or model.config.fusion == "mopoe":
-        z = q.rsample_chunked()  # (B, D)
-        rec = model.log_likelihoods(model.decode(z), x)
-    else:
-        z = q.rsample_each(1)  # (S, 1, B, D)
-        rec = model.log_likelihoods(model.decode(z), x).mean((0, 1))
-    kld = _kl_to_prior(model, q)
+    rec, kld, z, q = elbo_terms(model, x, present)
     stats = {"kl": kld.mean().item()}  # KL(q || p0)
     if _joint_ebm(model):  # KL(q || p_alpha) up to log Z (see _prior_energy)
         e = _prior_energy(model, z)
-        e = e if e.dim() == 1 else e.mean((0, 1))
+        if e.dim() > 1:
+            e = e.mean((0, 1)) if q.valid is None else q.component_mean(e.mean(1))
         if _energy_on(model):
             kld = kld + e
         stats["energy_q"] = e.mean().item()
     loss = -(rec - model.config.beta * kld).mean()
-    return _ebm_learning(model, z, loss, {"loss": loss.item(), "rec": -rec.mean().item(), **stats})
+    return _ebm_learning(model, q.valid_samples(z), loss, {"loss": loss.item(), "rec": -rec.mean().item(), **stats})
 
 
 def _detached(d):
@@ -118,7 +132,7 @@ def _detached(d):
     return type(d)(d.loc.detach(), d.scale.detach())
 
 
-def _stratified_log_weights(model, x, k: int, stop_q: bool = False):
+def _stratified_log_weights(model, x, k: int, stop_q: bool = False, present=None):
     """Log importance weights of the stratified IWAE for K samples from every mixture component.
 
     Without private latents, for z ~ q_s (S, K, B, D):
@@ -133,10 +147,12 @@ def _stratified_log_weights(model, x, k: int, stop_q: bool = False):
     private_prior "reference", as the reference code (its `lpu` is the fixed prior over [w, z]), or
     p~(w_r), the learned prior, for "learned". (REFERENCE.md's summary writes log p(z_r) for the
     reference's log p(w_r, z_r); log p(w_r) belongs to p(X, z, w_r), whose bound this is.)
-    stop_q evaluates log q at detached parameters (DReG). Returns (log w (S, K, B), samples
-    drawn by reparameterisation from q, for DReG's gradient hooks)."""
-    experts, private = model.encode(x)
-    q = model.fuse(experts, x)
+    stop_q evaluates log q at detached parameters (DReG). With `present`, q(z | X) runs over each tuple's
+    observed modalities and sum_d over its observed d (the cross terms of absent modalities drop out);
+    the log weights of invalid components are returned too and must be masked (q.valid).
+    Returns (log w (S, K, B), samples drawn by reparameterisation from q, for DReG's gradient hooks, q)."""
+    experts, private = model.encode(x, present)
+    q = model.fuse(experts, x, present)
     z = q.rsample_each(k)  # (S, K, B, Dz)
     q_density = q.detached() if stop_q else q
     reg = model.prior.dist().log_prob(z).sum(-1) - q_density.log_prob(z)
@@ -157,7 +173,7 @@ def _stratified_log_weights(model, x, k: int, stop_q: bool = False):
             terms.append(model.w_prior(r).log_prob(wr).sum(-1) - qw_density.log_prob(wr).sum(-1))
             w[r] = torch.cat([w[r][:s], wr[None], w[r][s + 1 :]])  # w^(r) = w_r
         reg = reg + torch.stack(terms)
-    lpx = model.log_likelihoods(model.decode(z, None, w), x)
+    lpx = model.log_likelihoods(model.decode(z, None, w), x, present)
     return lpx + model.config.beta * reg, samples, q
 
 
@@ -170,21 +186,24 @@ def _iwae_stats(model, q, stats: dict) -> dict:
     return stats
 
 
-def iwae(model, x):
+def iwae(model, x, present=None):
     """Stratified ("looser") IWAE of Shi et al. 2019, eq. 4:
 
         L = 1/S sum_s E_{z^{1:K} ~ q_s} [ log 1/K sum_k p(z^k, X) / q(z^k | X) ],
 
     q(z | X) the whole mixture. With K = 1 this is the stratified mixture ELBO. With private
     latents it is the MMVAE+ objective (see _stratified_log_weights)."""
-    lw, samples, q = _stratified_log_weights(model, x, model.config.k)
+    lw, samples, q = _stratified_log_weights(model, x, model.config.k, present=present)
     z = samples[0][0]  # the shared latent's samples (S, K, B, D)
     obj = log_mean_exp(lw, dim=1)  # (S, B)
+    if q.valid is not None:
+        obj = q.component_mean(obj)  # (B,): 1/|V_b| sum over the tuple's valid components
     loss = -obj.mean()
-    return _ebm_learning(model, z, loss, _iwae_stats(model, q, {"loss": loss.item(), "iwae": obj.mean().item()}))
+    stats = _iwae_stats(model, q, {"loss": loss.item(), "iwae": obj.mean().item()})
+    return _ebm_learning(model, q.valid_samples(z), loss, stats)
 
 
-def dreg(model, x):
+def dreg(model, x, present=None):
     """Doubly-reparameterised gradient estimator (Tucker et al. 2019) of the stratified IWAE,
     as Shi et al. and Palumbo et al. use it: same objective value as `iwae`; gradients
 
@@ -200,29 +219,34 @@ def dreg(model, x):
     E_{q_s}[w~_k d/dphi log q_mix(z_k)], and q_mix is not the distribution z_k was drawn from,
     so the identity behind DReG does not cancel it (for K = 1, w~ = 1 and the stratified
     average of that term is E_{q_mix}[d log q_mix] = 0, so K = 1 stays unbiased)."""
-    lw, samples, q = _stratified_log_weights(model, x, model.config.k, stop_q=True)  # (S, K, B)
+    lw, samples, q = _stratified_log_weights(model, x, model.config.k, stop_q=True, present=present)  # (S, K, B)
     with torch.no_grad():
         wt = torch.softmax(lw, dim=1)
-        value = log_mean_exp(lw, dim=1).mean()
+        lme = log_mean_exp(lw, dim=1)
+        value = lme.mean() if q.valid is None else q.component_mean(lme).mean()
     for z, s in samples:
         if z.requires_grad:
             # z: (S, K, B, D) for the shared latent; (K, B, Dw) for component s's private latent
             scale = (wt if s is None else wt[s]).unsqueeze(-1)
             z.register_hook(lambda g, scale=scale: g * scale)
-    surrogate = (wt * lw).sum(1).mean()
+    per = (wt * lw).sum(1)  # (S, B)
+    surrogate = per.mean() if q.valid is None else q.component_mean(per).mean()
     loss = -surrogate
     stats = _iwae_stats(model, q, {"loss": -value.item(), "iwae": value.item()})
-    return _ebm_learning(model, samples[0][0], loss, stats)
+    return _ebm_learning(model, q.valid_samples(samples[0][0]), loss, stats)
 
 
-def mvae(model, x):
+def mvae(model, x, present=None):
     """MVAE's sub-sampled objective (Wu & Goodman 2018): the joint ELBO plus every unimodal ELBO
     (plus `extra["mvae_k"]` random subsets), each with its own PoE posterior and reconstructing
     only its own inputs:
 
         L = ELBO(X) + sum_m ELBO(x_m) [+ sum_{j<k} ELBO(X_{A_j})]
 
-    This is a sum of ELBOs of different subsets, not a bound on log p(X)."""
+    This is a sum of ELBOs of different subsets, not a bound on log p(X). With `present`, tuple b's
+    terms are those of its observed set O_b alone: ELBO(X_{O_b}) + sum_{m in O_b} ELBO(x_m) (the
+    unimodal terms only when |O_b| > 1, as with one modality), and a random subset's ELBO only where
+    O_b holds all of it."""
     names = list(x)
     groups = [names] + [[n] for n in names] if len(names) > 1 else [names]
     k = int(model.config.extra.get("mvae_k", 0))
@@ -233,18 +257,32 @@ def mvae(model, x):
             groups.append([names[i] for i in pick])
     total_loss, rec_sum, kl_sum = 0.0, 0.0, 0.0
     z_joint = None
-    for g in groups:
+    if present is not None:
+        present = present & model.given_mask(x).to(present.device)[None]
+        several = present.sum(1) > 1
+    for i, g in enumerate(groups):
         xg = {n: x[n] for n in g}
-        q = model.posterior(xg)
+        q = model.posterior(xg, present)
         z = q.rsample_chunked()
         z_joint = z if z_joint is None else z_joint
-        rec = model.log_likelihoods(model.decode(z, g), xg)
+        rec = model.log_likelihoods(model.decode(z, g), xg, present)
         kld = _kl_to_prior(model, q)
-        kl_sum += kld.mean().item()  # KL(q || p0), as elbo reports it
         if _energy_on(model):
-            kld = kld + _prior_energy(model, z)
-        total_loss = total_loss - (rec - model.config.beta * kld).mean()
-        rec_sum += -rec.mean().item()
+            kld_e = kld + _prior_energy(model, z)
+        else:
+            kld_e = kld
+        term = rec - model.config.beta * kld_e
+        if present is None or i == 0:
+            kl_sum += kld.mean().item()  # KL(q || p0), as elbo reports it
+            rec_sum += -rec.mean().item()
+            total_loss = total_loss - term.mean()
+            continue
+        cols = [model.names.index(n) for n in g]
+        counted = present[:, cols].all(1) & (several if len(g) == 1 else True)  # (B,)
+        zero = torch.zeros((), dtype=term.dtype, device=term.device)
+        total_loss = total_loss - torch.where(counted, term, zero).mean()
+        kl_sum += torch.where(counted, kld, zero).mean().item()
+        rec_sum += -torch.where(counted, rec, zero).mean().item()
     return _ebm_learning(
         model, z_joint, total_loss, {"loss": total_loss.item(), "rec": rec_sum, "kl": kl_sum}, prior_terms=len(groups)
     )

@@ -3,7 +3,9 @@
 Determinism: the model is built right after seeding with the run's seed; the epoch-e permutation
 comes from a generator seeded with (seed, e); the RNG state of every rank (reparameterisation
 noise), the optimizer state, the position in the epoch and the partial-epoch statistics are saved
-in every checkpoint, so a resumed run on the CPU ends with bit-identical parameters.
+in every checkpoint, so a resumed run on the CPU ends with bit-identical parameters. Partially
+observed data passes each batch's presence mask (B, M) to the objective; `--missing-ratio`'s mask is
+drawn once from its own seeded generator (data.base.drop_modalities), never from the training RNG.
 
 Data parallel (torchrun / --distributed, see runtime.py): --batch-size is the global batch; every
 rank draws the same permutation and takes its contiguous share of each global batch; the loss is
@@ -124,7 +126,8 @@ def place_data(data: MultimodalData, device: torch.device) -> MultimodalData:
         )
     else:
         tensors = {m: t.to(device) for m, t in data.tensors.items()}
-    return replace(data, tensors=tensors, labels=None)
+    present = None if data.present is None else data.present.to(device)
+    return replace(data, tensors=tensors, labels=None, present=present)
 
 
 def _data_device(data: MultimodalData) -> torch.device:
@@ -217,7 +220,8 @@ def fit(
                 gidx = perm[step * bs : (step + 1) * bs]
                 idx = dist.shard(gidx)
                 x = data.batch(idx.to(on), device)
-                loss, stats = net(x)
+                present = data.presence(idx, model.names, device)  # None for complete data
+                loss, stats = net(x) if present is None else net(x, present)
                 bad, stopping = not bool(torch.isfinite(loss)), bool(run.stop)
                 if dist.enabled:  # one collective per step: every rank raises or stops together
                     flags = dist.sum(torch.tensor([float(bad), float(stopping)]))

@@ -133,6 +133,24 @@ def _garbage_safetensors(tmp, mp):
     (tmp / "garbage.safetensors").write_bytes(b"\x00\x01garbage" * 10)
 
 
+def _bad_masks(tmp, mp):
+    """Own data whose presence masks are wrong in each of the ways a user can get them wrong."""
+    from safetensors.torch import save_file
+
+    base = {"audio": torch.randn(12, 3), "neural": torch.randn(12, 2), "split": (torch.arange(12) >= 9).long()}
+    none = torch.zeros(12, dtype=torch.bool)
+    masks = {
+        "mask-empty": {"present.audio": none, "present.neural": none.clone()},
+        "mask-length": {"present.neural": torch.ones(11, dtype=torch.bool)},
+        "mask-dtype": {"present.neural": torch.ones(12)},
+        "mask-values": {"present.neural": torch.full((12,), 3, dtype=torch.uint8)},
+        "mask-name": {"present.video": torch.ones(12, dtype=torch.bool)},
+        "mask-ok": {"present.neural": torch.arange(12) % 2 == 0},  # valid: only audio on half the tuples
+    }
+    for name, m in masks.items():
+        save_file({**base, **m}, str(tmp / f"{name}.safetensors"))
+
+
 def _no_tensorboard(tmp, mp):
     for name in ("tensorboard", "torch.utils.tensorboard", "tensorboardX"):
         mp.setitem(sys.modules, name, None)  # `import tensorboard` now raises ImportError
@@ -152,6 +170,7 @@ PREP = {
     "dr": _data_root,
     "garbage_zip": _garbage_zip,
     "garbage_safetensors": _garbage_safetensors,
+    "bad_masks": _bad_masks,
     "no_tensorboard": _no_tensorboard,
     "no_cuda": _needs_no_cuda,
 }
@@ -240,6 +259,17 @@ CASES = [
         prep=["garbage_safetensors"],
     ),
     case("train-schedule-unknown", [*TRAIN, *CPU, "--schedule", "nope"]),
+    case("train-missing-ratio-1", [*TRAIN, *CPU, "--missing-ratio", "1"]),
+    case("train-missing-ratio-neg", [*TRAIN, *CPU, "--missing-ratio", "-0.1"]),
+    *[
+        case(f"train-{m}", ["train", f"{{tmp}}/{m}.safetensors", "--out", "{tmp}/x", *CPU], prep=["bad_masks"])
+        for m in ("mask-empty", "mask-length", "mask-dtype", "mask-values", "mask-name")
+    ],
+    case(
+        "train-mask-subsets-not-held",
+        ["train", "{tmp}/mask-ok.safetensors", "--subsets", "audio,neural", "--out", "{tmp}/x", *CPU],
+        prep=["bad_masks"],
+    ),
     case("train-resume-no-run", ["train", "polymnist", "--out", "{tmp}/empty", "--resume", *CPU], prep=["empty"]),
     case("train-resume-missing-folder", ["train", "polymnist", "--out", "{tmp}/x", "--resume", *CPU]),
     case("train-existing-run-no-overwrite", ["train", "polymnist", "--out", "{run}", "--max-steps", "1", *CPU]),

@@ -88,7 +88,8 @@ def test_eval_all_json_report_and_manifest(trained, capsys, no_weights, tmp_path
     )
     assert code == 0, err
     res = json.loads(out)
-    assert set(res) == {"run", "seed", "coherence", "likelihood", "latent", "fid", "skipped"}
+    assert set(res) == {"run", "seed", "coherence", "likelihood", "latent", "fid", "skipped", "training_missing_ratio"}
+    assert res["training_missing_ratio"] == 0.0  # evaluation on complete test tuples states the training ratio
     assert res["fid"] is None and "Inception" in res["skipped"]["fid"]
     c, ll, lat = res["coherence"], res["likelihood"], res["latent"]
     assert c["n_joint"] == 40 and c["prior"] == "base" and set(c["conditional"]) == {"1", "2", "3", "4"}

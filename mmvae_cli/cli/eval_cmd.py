@@ -90,7 +90,13 @@ class Context:
             self.test = self.test.subset(spread_indices(len(self.test), limit))
 
     def train(self):
-        return load_dataset(self.dataset, "train", self.data_root)
+        """The training split's complete tuples (the latent probe encodes every subset of inputs)."""
+        return load_dataset(self.dataset, "train", self.data_root).complete()
+
+    @property
+    def missing_ratio(self) -> float:
+        """The `--missing-ratio` the run trained with (evaluation always uses complete test tuples)."""
+        return float(self.manifest.get("settings", {}).get("train", {}).get("missing_ratio", 0.0))
 
 
 def _coherence(ctx: Context, clf_run, n_joint, prior, seed, langevin: dict | None = None) -> dict:
@@ -161,9 +167,13 @@ def _finish(
             payload = {"run": str(ctx.run), **next(iter(results.values()))}
         else:
             payload = {"run": str(ctx.run), "seed": seed, **{m: results.get(m) for m in METRICS}, "skipped": skipped}
+        payload["training_missing_ratio"] = ctx.missing_ratio
         click.echo(json.dumps(payload))
     else:
-        click.echo(f"{ctx.run}  ({ctx.test.name} {ctx.test.split}, seed {seed})")
+        click.echo(
+            f"{ctx.run}  ({ctx.test.name} {ctx.test.split}, seed {seed}; "
+            f"trained with missing ratio {ctx.missing_ratio:g})"
+        )
         click.echo(text_table(results, skipped))
 
 

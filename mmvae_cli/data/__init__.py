@@ -146,6 +146,10 @@ def dataset_info(name_or_path: str, root: str | None = None) -> dict:
             entry["classes"] = {str(k): counts[k] for k in sorted(counts)}
         if d.extra.get("cache"):
             entry["cache"] = d.extra["cache"]
+        if d.present is not None:
+            entry["observed_per_tuple"] = d.observed_histogram()
+        if d.extra.get("incomplete_dropped"):
+            entry["incomplete_left_out"] = d.extra["incomplete_dropped"]
         splits[split] = entry
     assert first is not None  # the train split always exists or raised
     modalities = {

@@ -13,13 +13,18 @@ MNIST-SVHN, whose ~1.7M training pairs re-use 60k + 73k images: row j of
 modality m is `store[m][index[m][j]]`). Both behave as a mapping of full-length
 (N, ...) tensors; prefer `batch`, `rows` and `subset`, which never materialise
 more than the rows asked for.
+
+`present` marks partially observed data: a bool (N, M) tensor, column j for modality
+`modalities[j]`, true where tuple i has modality j (None = every tuple complete). Absent rows of
+`tensors` hold placeholders that the model never reads (MultimodalVAE.observed). Every tuple has at
+least one modality. `drop_modalities` makes such data from complete data (`--missing-ratio`).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -69,6 +74,7 @@ class MultimodalData:
     location: str = ""  # where it lives on disk (for `data info`)
     extra: dict = field(default_factory=dict)
     kinds: dict = field(default_factory=dict)  # modality name -> modalities.ModalityKind (inferred if absent)
+    present: torch.Tensor | None = None  # (N, M) bool: tuple i has modality j; None = all complete
 
     def __post_init__(self):
         if not self.tensors:
@@ -79,6 +85,13 @@ class MultimodalData:
             raise DataError(f"{self.name}: modalities have different lengths {lengths}")
         if self.labels is not None and int(self.labels.shape[0]) != next(iter(lengths.values())):
             raise DataError(f"{self.name}: {self.labels.shape[0]} labels for {next(iter(lengths.values()))} samples")
+        if self.present is not None:
+            n, m = next(iter(lengths.values())), len(self.tensors)
+            if self.present.dtype != torch.bool or tuple(self.present.shape) != (n, m):
+                raise DataError(f"{self.name}: presence mask must be bool ({n}, {m}), got {tuple(self.present.shape)}")
+            if not bool(self.present.any(1).all()):
+                i = int((~self.present.any(1)).nonzero()[0])
+                raise DataError(f"{self.name}: tuple {i} has no modality present (every tuple needs at least one)")
 
     def _rows(self, m: str) -> int:
         if isinstance(self.tensors, GatheredTensors):
@@ -120,6 +133,29 @@ class MultimodalData:
             return self.tensors.take(modality, index)
         return self.tensors[modality][index]
 
+    def presence(
+        self, index: torch.Tensor, names: list[str], device: torch.device | str = "cpu"
+    ) -> torch.Tensor | None:
+        """The presence mask of rows `index` with columns in the order `names` (B, M), or None if complete."""
+        if self.present is None:
+            return None
+        cols = [self.modalities.index(n) for n in names]
+        return self.present[index.to(self.present.device)][:, cols].to(device, non_blocking=True)
+
+    def observed_histogram(self) -> dict[str, int]:
+        """{k: number of tuples with exactly k observed modalities}, k = 1..M."""
+        M = len(self.tensors)
+        if self.present is None:
+            return {str(M): len(self)}
+        counts = torch.bincount(self.present.sum(1), minlength=M + 1)
+        return {str(k): int(counts[k]) for k in range(1, M + 1)}
+
+    def complete(self) -> MultimodalData:
+        """Only the tuples that have every modality (self when all are complete)."""
+        if self.present is None:
+            return self
+        return self.subset(self.present.all(1).nonzero().flatten())
+
     def batch(self, index: torch.Tensor, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """Gather rows `index` of every modality and convert them to network input on `device`."""
         return {m: self.kinds[m].to_model(self.rows(m, index).to(device, non_blocking=True)) for m in self.tensors}
@@ -138,7 +174,29 @@ class MultimodalData:
             self.location,
             dict(self.extra),
             dict(self.kinds),
+            None if self.present is None or bool(self.present[index].all()) else self.present[index],
         )
+
+
+MISSING_SALT = 0x6D697373  # "miss": the drop mask's generator is seeded with (seed, this), see drop_modalities
+
+
+def drop_modalities(data: MultimodalData, ratio: float, seed: int) -> MultimodalData:
+    """`--missing-ratio`: each (tuple, modality) that is present is dropped independently with probability
+    `ratio`; a tuple left with nothing keeps one of its present modalities, chosen uniformly. The mask is
+    a function of (seed, ratio, the data's presence) alone (own generator), so a resumed run gets the same.
+    The tensors are unchanged (dropped rows are never read). ratio 0: `data` itself."""
+    if ratio <= 0:
+        return data
+    n, M = len(data), len(data.modalities)
+    present = data.present if data.present is not None else torch.ones(n, M, dtype=torch.bool)
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + MISSING_SALT)
+    drop = torch.rand(n, M, generator=g) < ratio
+    keep_one = torch.rand(n, M, generator=g).masked_fill(~present, -1.0).argmax(1)  # a uniform present one
+    kept = present & ~drop
+    empty = ~kept.any(1)
+    kept[empty, keep_one[empty]] = True
+    return replace(data, present=kept, extra={**data.extra, "missing_ratio": float(ratio)})
 
 
 def to_float(t: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,12 @@ modality is one tuple):
 - text: 2-D integer token ids (N, L), declared in the file's metadata as `kind.<name>` = "text",
   with optional `alphabet.<name>` (default: the MoPoE reference alphabet; pad = space);
 - optional `label`: 1-D integer (N,) class labels (>= 0);
-- optional `split`: 1-D (N,) with 0 = train, 1 = test.
+- optional `split`: 1-D (N,) with 0 = train, 1 = test;
+- optional `present.<name>`: 1-D (N,) bool (or uint8 0/1) per modality, false where tuple i lacks
+  modality <name> (partially observed data; a modality without one is present in every tuple). The
+  rows of an absent modality may hold anything (NaN included): they are replaced by zeros on loading
+  and never read. Every tuple needs at least one present modality. Training uses each tuple's
+  observed modalities; the test split keeps only complete tuples (evaluation on complete tuples).
 
 Where the test split lives, in order of preference:
   - a `split` tensor in the file; or
@@ -91,21 +96,58 @@ def kind_of(meta: dict, m: str, t: torch.Tensor, path: Path) -> modalities.Modal
         raise DataError(f"{path}: modality {m!r}: bad kind metadata ({e})") from None
 
 
+PRESENT = "present."  # prefix of the per-modality presence masks
+
+
+def presence_masks(raw: dict[str, torch.Tensor], path: Path) -> torch.Tensor | None:
+    """The `present.<name>` tensors of a file (popped from `raw`), checked, as bool (N, M) in sorted-name
+    order; None when the file has none. Raises a one-line DataError for a bad mask."""
+    masks = {k[len(PRESENT) :]: raw.pop(k) for k in [k for k in raw if k.startswith(PRESENT)]}
+    if not masks:
+        return None
+    names = sorted(k for k in raw if k not in ("label", "split"))
+    for m, t in masks.items():
+        if m not in names:
+            raise DataError(f"{path}: '{PRESENT}{m}' names no modality (modalities: {', '.join(names)})")
+        if t.dtype not in (torch.bool, torch.uint8):
+            raise DataError(f"{path}: '{PRESENT}{m}' is {str(t.dtype).replace('torch.', '')}: use bool or uint8 0/1")
+        if t.dtype == torch.uint8 and bool((t > 1).any()):
+            raise DataError(f"{path}: '{PRESENT}{m}' must hold 0 (absent) or 1 (present) only")
+    n = int(raw[names[0]].shape[0]) if names else 0
+    for m, t in masks.items():
+        if t.dim() != 1 or t.shape[0] != n:
+            raise DataError(f"{path}: '{PRESENT}{m}' has shape {tuple(t.shape)}, expected ({n},)")
+    present = torch.stack([masks[m].bool() if m in masks else torch.ones(n, dtype=torch.bool) for m in names], 1)
+    empty = (~present.any(1)).nonzero().flatten()
+    if len(empty):
+        raise DataError(
+            f"{path}: tuple {int(empty[0])} has no modality present ({len(empty)} such tuples): "
+            "every tuple needs at least one"
+        )
+    return present
+
+
 def read_file(
     path: Path, kinds: dict | None = None
-) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
-    """Validated (modalities, labels, split) of one safetensors file; fills `kinds` (name -> kind)."""
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Validated (modalities, labels, split, presence (N, M) or None) of one safetensors file; fills
+    `kinds` (name -> kind). Absent rows are zero-filled before the modality checks."""
     kinds = {} if kinds is None else kinds
     raw, meta = load_safetensors(path)
     if not raw:
         raise DataError(f"{path}: the file holds no tensors")
+    present = presence_masks(raw, path)
     label, split = raw.pop("label", None), raw.pop("split", None)
     if not raw:
         raise DataError(f"{path}: no modalities (only 'label'/'split' tensors): add one tensor per modality")
     tensors: dict[str, torch.Tensor] = {}
-    for m in sorted(raw):
+    for j, m in enumerate(sorted(raw)):
         kinds[m] = kind_of(meta, m, raw[m], path)
-        t = kinds[m].check(raw[m], str(path), m)
+        t = raw[m]
+        if present is not None and t.shape[0] == present.shape[0]:
+            keep = present[:, j].reshape((-1,) + (1,) * (t.dim() - 1))
+            t = torch.where(keep, t, torch.zeros((), dtype=t.dtype))
+        t = kinds[m].check(t, str(path), m)
         if t.shape[0] == 0:
             raise DataError(f"{path}: modality {m!r} has no samples (N = 0)")
         if any(s == 0 for s in t.shape[1:]):
@@ -136,7 +178,7 @@ def read_file(
         split = split.long()
         if not bool(((split == 0) | (split == 1)).all()):
             raise DataError(f"{path}: 'split' must hold 0 (train) or 1 (test) only")
-    return tensors, label, split
+    return tensors, label, split, present
 
 
 def load_custom(path: str | Path, split: str) -> MultimodalData:
@@ -145,7 +187,7 @@ def load_custom(path: str | Path, split: str) -> MultimodalData:
         raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
     name, main, test_file = resolve(path)
     kinds: dict = {}
-    tensors, labels, split_t = read_file(main, kinds)
+    tensors, labels, split_t, present = read_file(main, kinds)
     files = [str(main)]
     if split_t is not None and test_file is not None:
         raise DataError(f"{main}: has a 'split' tensor and a separate test file {test_file.name}: use one of the two")
@@ -154,11 +196,12 @@ def load_custom(path: str | Path, split: str) -> MultimodalData:
             rows = torch.nonzero(split_t == 0).flatten()
             tensors = {m: t[rows] for m, t in tensors.items()}
             labels = None if labels is None else labels[rows]
+            present = None if present is None else present[rows]
     elif test_file is not None:
         train_shapes = {m: (tuple(t.shape[1:]), t.dtype) for m, t in tensors.items()}
         has_labels = labels is not None
         train_kinds, kinds = kinds, {}
-        tensors, labels, extra_split = read_file(test_file, kinds)
+        tensors, labels, extra_split, present = read_file(test_file, kinds)
         files = [str(test_file)]
         shapes = {m: (tuple(t.shape[1:]), t.dtype) for m, t in tensors.items()}
         if set(shapes) != set(train_shapes):
@@ -188,6 +231,7 @@ def load_custom(path: str | Path, split: str) -> MultimodalData:
         rows = torch.nonzero(split_t == 1).flatten()
         tensors = {m: t[rows] for m, t in tensors.items()}
         labels = None if labels is None else labels[rows]
+        present = None if present is None else present[rows]
     else:
         raise NoTestSplit(
             f"{name}: no test split: add a 'split' tensor (0 = train, 1 = test) to {main.name} "
@@ -197,6 +241,27 @@ def load_custom(path: str | Path, split: str) -> MultimodalData:
     n = int(next(iter(tensors.values())).shape[0])
     if n == 0:
         raise DataError(f"{name}: the {split} split is empty (no rows with split = {0 if split == 'train' else 1})")
+    extra: dict = {"files": files}
+    hashed = dict(tensors)
+    if present is not None:
+        hashed.update({f"{PRESENT}{m}": present[:, j] for j, m in enumerate(tensors)})
+        if split == "test" or bool(present.all()):  # evaluation runs on complete tuples only
+            rows = present.all(1).nonzero().flatten()
+            if len(rows) == 0:
+                raise DataError(f"{name}: the test split has no complete tuple (evaluation needs complete tuples)")
+            extra["incomplete_dropped"] = n - len(rows)
+            tensors = {m: t[rows] for m, t in tensors.items()}
+            labels = None if labels is None else labels[rows]
+            hashed = dict(tensors)
+            present = None
     return MultimodalData(
-        name, split, tensors, labels, fingerprint_tensors(tensors, labels), str(Path(files[0])), {"files": files}, kinds
+        name,
+        split,
+        tensors,
+        labels,
+        fingerprint_tensors(hashed, labels),
+        str(Path(files[0])),
+        extra,
+        kinds,
+        present,
     )

@@ -254,6 +254,18 @@ def write_report(
             f"{manifest.get('epochs_done', '?')} epochs.",
             "",
         ]
+        missing = manifest.get("missing") or {}
+        ratio = manifest.get("settings", {}).get("train", {}).get("missing_ratio", 0.0)
+        md += [
+            f"Training missing ratio {ratio:g}"
+            + (
+                f" (tuples by number of observed modalities: {missing.get('observed_per_tuple')})"
+                if missing
+                else " (complete training tuples)"
+            )
+            + "; evaluated on complete test tuples.",
+            "",
+        ]
     md += ["## Results", "", markdown_table(results, skipped), ""]
     if by_inputs_figure({title: results}, out / "by_inputs.png"):
         md += [
