@@ -7,6 +7,10 @@
 #   OUT=runs/missing EPOCHS=100 DEVICE=cuda bash benchmarks/missing_ratio.sh
 #   python benchmarks/missing_ratio_table.py runs/missing      # markdown table (+ missing_ratio.png)
 #
+# On 2 CPU cores (what the README table measured): polymnist-text-mini, whose text makes the digit
+# learnable in a CPU schedule, with its recipes (polymnist-text-{mopoe,mmvae}.toml), 25 epochs:
+#   OUT=runs/missing DATA=polymnist-text-mini SCHEDULE= EPOCHS=25 PARALLEL=0 bash benchmarks/missing_ratio.sh
+#
 # A quick check that everything runs (a minute on a CPU, numbers meaningless): a tiny PolyMNIST-layout
 # folder (DATA=polymnist DATA_ROOT=...), one epoch:
 #   OUT=/tmp/missing DATA=polymnist DATA_ROOT=/tmp/tiny EPOCHS=1 CLF_OPTS="--epochs 1" \
@@ -17,7 +21,7 @@ OUT=${OUT:-runs/missing}
 DATA=${DATA:-polymnist-mini}
 DATA_ROOT=${DATA_ROOT:-}
 EPOCHS=${EPOCHS:-100}
-SCHEDULE=${SCHEDULE:-compare}     # the recipes' [compare] schedule (batch 32), --epochs overrides its length
+SCHEDULE=${SCHEDULE-compare}     # the recipes' [compare] schedule (batch 32); empty: the recipe's own (auto [cpu] on *-mini)
 RATIOS=${RATIOS:-0 0.25 0.5 0.75}
 MODELS=${MODELS:-mopoe mmvae}
 DEVICE=${DEVICE:-auto}
@@ -49,7 +53,9 @@ one() {  # MODEL RATIO
         *) echo "unknown model $model" >&2; return 2 ;;
     esac
     name=$model-r$ratio
-    mm train "$DATA" "${ROOT[@]}" --fusion "$fusion" --missing-ratio "$ratio" --seed "$SEED" --schedule "$SCHEDULE" \
+    local sched=()
+    [ -n "$SCHEDULE" ] && sched=(--schedule "$SCHEDULE")
+    mm train "$DATA" "${ROOT[@]}" --fusion "$fusion" --missing-ratio "$ratio" --seed "$SEED" "${sched[@]}" \
         --epochs "$EPOCHS" --device "$DEVICE" --out "$OUT/$name" --overwrite --log-jsonl "$R/$name-train.jsonl" \
         $TRAIN_OPTS
     mm eval coherence "$OUT/$name" "${ROOT[@]}" --classifiers "$OUT/clf" --device "$DEVICE" --seed "$SEED" --json $EVAL_OPTS \

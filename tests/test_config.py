@@ -72,6 +72,12 @@ def test_recipe_values_are_checked_like_flags(tmp_path):
         config.resolve_train("polymnist", {}, bad)
 
 
+def test_polymnist_text_mini_takes_its_own_recipe():
+    cfg = config.resolve_train("polymnist-text-mini", {})
+    assert (cfg.recipe, cfg.schedule) == ("polymnist-text-mopoe.toml", "cpu")
+    assert cfg.model.rescale and (cfg.train.epochs, cfg.train.batch_size) == (40, 32)
+
+
 def test_every_shipped_recipe_resolves():
     names = sorted(p.name for p in config.recipe_files().iterdir() if p.name.endswith(".toml"))
     assert len(names) >= 8
