@@ -225,3 +225,26 @@ def test_old_manifests_without_kind_still_load(trained, tmp_path):
     (old_clf / "manifest.json").write_text(json.dumps(m))
     c, _ = load_classifiers(old_clf)
     assert c.kinds["img"].name == "image"
+
+
+def test_energy_chain_figure_draws_text_rows(trained, tmp_path, capsys):
+    """Yuan et al. fig. 4 with text: fit-ebm on an image+text run, then `sample --prior ebm --save-chain`
+    draws, per chain, an image row and a text row (strings rendered into tiles) along the chain."""
+    import shutil
+
+    _, rd, _ = trained
+    r = tmp_path / "ebm"
+    shutil.copytree(rd, r)
+    ebm = ["--energy-hidden", "16", "--epochs", "1", "--langevin-steps", "4", *CPU]
+    code, _, err = run(["fit-ebm", r, *ebm], capsys)
+    assert code == 0, err
+    chain = tmp_path / "chain.png"
+    args = ["sample", r, "--prior", "ebm", "-n", "3", "--out", tmp_path / "s.png", "--save-chain", chain]
+    code, _, err = run([*args, "--chain-every", "2", *CPU], capsys)
+    assert code == 0, err
+    img = np.asarray(Image.open(chain).convert("RGB"))
+    text_tile = TextKind().render(torch.zeros(1, 8, 71))[0]  # the text tile's size; images are 28x28
+    h, w = max(28, text_tile.shape[0]), max(28, text_tile.shape[1])
+    assert img.shape[:2] == (3 * 2 * (h + 2) + 2, 3 * (w + 2) + 2)  # 3 chains x (img, text) rows; 4/2 + 1 columns
+    text_rows = [img[2 + (2 * i + 1) * (h + 2) : (2 * i + 2) * (h + 2), 2 : 2 + text_tile.shape[1]] for i in range(3)]
+    assert all((row == (255, 255, 240)).all(-1).any() for row in text_rows)  # the text tiles' background is there
