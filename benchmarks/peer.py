@@ -146,7 +146,7 @@ def peer_worker(cfg: dict) -> None:
         else:
             raise SystemExit(f"unknown model {name}")
     data = MMNISTDataset(cfg["data"], split="train")
-    out = tempfile.mkdtemp(prefix="peer-trainer-")
+    out = tempfile.mkdtemp(prefix="peer-trainer-", dir=cfg["data"])
     tc = BaseTrainerConfig(
         output_dir=out,
         per_device_train_batch_size=cfg["batch"],
@@ -187,21 +187,25 @@ def peer_worker(cfg: dict) -> None:
 class Peer:
     """The peer worker subprocess for one (model, batch)."""
 
-    def __init__(self, py: Path, cfg: dict):
-        self.proc = subprocess.Popen(
-            [str(py), str(Path(__file__).resolve()), "--peer-worker", json.dumps(cfg)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": ""},
-        )
+    def __init__(self, py: Path, cfg: dict, log: Path):
+        self.log = log
+        with open(log, "w") as err:  # the peer's logging and progress bars
+            self.proc = subprocess.Popen(
+                [str(py), str(Path(__file__).resolve()), "--peer-worker", json.dumps(cfg)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env={**os.environ, "PYTHONPATH": ""},
+            )
         self._read()
 
     def _read(self) -> dict:
         while True:
             line = self.proc.stdout.readline()
             if not line:
-                raise RuntimeError(f"peer worker exited (rc {self.proc.wait()}); see its stderr above")
+                tail = "\n".join(self.log.read_text().splitlines()[-15:])
+                raise RuntimeError(f"peer worker exited (rc {self.proc.wait()}); end of {self.log}:\n{tail}")
             if line.startswith("{"):
                 return json.loads(line)
 
@@ -382,7 +386,8 @@ def main():
     rows = []
     for name in models:
         for b in batches:
-            peer = Peer(py, {"model": name, "batch": b, "data": str(work), "threads": threads})
+            cfg = {"model": name, "batch": b, "data": str(work), "threads": threads}
+            peer = Peer(py, cfg, work / f"peer-{name}-{b}.log")
             ours_warm, ours = our_epoch_fn(name, data, b)
             floor_warm, floor = floor_epoch_fn(name, tuples, b)
             peer.ask("warmup")
