@@ -82,7 +82,15 @@ class Mixture:
         draws from component s (the MoPoE reference's stratified mixture sampling). (B, D)"""
         S, B = self.n_components, self.components.batch_shape[1]
         which = torch.div(torch.arange(B, device=self.mask.device) * S, B, rounding_mode="floor")
-        z = self.components.rsample()  # (S, B, D)
+        c = self.components
+        if type(c) is td.Normal:
+            # the same noise draws (all S x B, as c.rsample()) and bit-identical values, without the
+            # arithmetic of the S - 1 samples per item that are not picked (and their backward)
+            eps = torch.empty(c.batch_shape, dtype=c.loc.dtype, device=c.loc.device).normal_()
+            rows = torch.arange(B, device=c.loc.device)
+            loc, scale = torch.broadcast_tensors(c.loc, c.scale)
+            return loc[which, rows] + eps[which, rows] * scale[which, rows]
+        z = c.rsample()  # (S, B, D)
         return z[which, torch.arange(B, device=z.device)]
 
     def sample(self) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import distributions as td
 
 from .distributions import kl, log_mean_exp
 from .ebm import maximum_likelihood_loss
@@ -17,7 +18,16 @@ from .errors import MMVAEError
 
 def _kl_to_prior(model, q) -> torch.Tensor:
     """Mean over mixture components of KL(q_s || p): (B,). By convexity of KL this upper-bounds
-    KL(1/S sum_s q_s || p), so the ELBO below stays a lower bound (MoPoE paper, Lemma 1)."""
+    KL(1/S sum_s q_s || p), so the ELBO below stays a lower bound (MoPoE paper, Lemma 1).
+
+    Gaussian components against the fixed N(0, I) prior take torch's Normal/Normal formula with the
+    divisions by 1 and the subtraction of 0 left out: bit-identical values and gradients, three fewer
+    kernels over (S, B, D) forward (and their backward)."""
+    c, p = q.components, model.prior
+    if type(c) is td.Normal and p.kind == "gaussian" and not isinstance(p.raw, torch.nn.Parameter):
+        var_ratio = c.scale.pow(2)  # torch: (c.scale / 1).pow(2)
+        t1 = c.loc.pow(2)  # torch: ((c.loc - 0) / 1).pow(2)
+        return (0.5 * (var_ratio + t1 - 1 - var_ratio.log())).sum(-1).mean(0)
     return kl(q.components, model.prior.dist()).mean(0)
 
 
