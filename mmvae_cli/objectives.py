@@ -232,8 +232,11 @@ def mvae(model, x):
 
         L = ELBO(X) + sum_m ELBO(x_m) [+ sum_{j<k} ELBO(X_{A_j})]
 
-    This is a sum of ELBOs of different subsets, not a bound on log p(X)."""
+    This is a sum of ELBOs of different subsets, not a bound on log p(X). The encoders run once for
+    all groups (a group's PoE picks its rows of the unimodal experts): the same values as encoding
+    each group's inputs again, with half the encoder passes."""
     names = list(x)
+    experts = model.experts(x)
     groups = [names] + [[n] for n in names] if len(names) > 1 else [names]
     k = int(model.config.extra.get("mvae_k", 0))
     if k and len(names) > 2:
@@ -245,7 +248,7 @@ def mvae(model, x):
     z_joint = None
     for g in groups:
         xg = {n: x[n] for n in g}
-        q = model.posterior(xg)
+        q = model.fuse(experts, xg)
         z = q.rsample_chunked()
         z_joint = z if z_joint is None else z_joint
         rec = model.log_likelihoods(model.decode(z, g), xg)
