@@ -117,7 +117,15 @@ class Mixture:
         else:  # item b in chunk j of its own |V_b| chunks draws from its j-th valid component
             n = self.valid.sum(0)
             which = self._pick(torch.div(torch.arange(B, device=n.device) * n, B, rounding_mode="floor"))
-        z = self.components.rsample()  # (S, B, D)
+        c = self.components
+        if type(c) is td.Normal:
+            # the same noise draws (all S x B, as c.rsample()) and bit-identical values, without the
+            # arithmetic of the S - 1 samples per item that are not picked (and their backward)
+            eps = td.normal._standard_normal(c.batch_shape, dtype=c.loc.dtype, device=c.loc.device)  # as rsample
+            rows = torch.arange(B, device=c.loc.device)
+            loc, scale = torch.broadcast_tensors(c.loc, c.scale)
+            return loc[which, rows] + eps[which, rows] * scale[which, rows]
+        z = c.rsample()  # (S, B, D)
         return z[which, torch.arange(B, device=z.device)]
 
     def sample(self) -> torch.Tensor:

@@ -43,6 +43,7 @@ from .config import LangevinSettings, ModelSettings, check_model, to_dict
 from .ebm import LangevinResult, LatentEBM, langevin
 from .errors import MMVAEError
 from .fusion import Mixture, make_fusion, parse_subsets
+from .nets import grouped
 from .objectives import get_objective
 
 PRIVATE_PRIORS = ("reference", "learned")
@@ -260,6 +261,8 @@ class MultimodalVAE(nn.Module):
             arch = m.arch or self.kinds[m.name].default_arch(tuple(m.shape))
             self.encoders[m.name], self.decoders[m.name] = nets.build(arch, tuple(m.shape), width, c.hidden)
         self.fusion = make_fusion(c.fusion, len(self.names), parse_subsets(c.subsets, self.names))
+        encs, decs = list(self.encoders.values()), list(self.decoders.values())
+        self.groupable = (grouped.groupable(encs, nets.ConvEncoder), grouped.groupable(decs, nets.ConvDecoder))
         self.prior = Prior(c.prior, self.z_dim, c.learn_prior)
         # MMVAE+: p(w_m) of the prior's family with a learned scale, one per modality
         self.private_priors = nn.ModuleDict(
@@ -272,9 +275,12 @@ class MultimodalVAE(nn.Module):
 
     # Runtime settings (not part of the bundle), set by training: with `amp_dtype` the networks run under
     # autocast and their outputs return to fp32, so products of experts, KLs and likelihoods stay in fp32;
-    # with `channels_last` image inputs enter the encoders in channels-last layout.
+    # with `channels_last` image inputs enter the encoders in channels-last layout; with `grouped_nets` the
+    # M encoders (decoders) run as one grouped computation when they are identical conv nets and all M
+    # modalities are encoded (decoded) together (nets/grouped.py; same parameters, float-rounding equal).
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
+    grouped_nets: bool = False
 
     def _apply(self, fn, *args, **kwargs):
         """.to()/.cuda() also move the attached fitted priors (kept outside the state dict)."""
@@ -296,6 +302,14 @@ class MultimodalVAE(nn.Module):
         with torch.autocast(x.device.type, dtype=self.amp_dtype):
             out = net(x)
         return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+
+    def run_grouped(self, fn, device: torch.device):
+        """fn() (a grouped.encode/decode call, returning a list) under the runtime settings above."""
+        if self.amp_dtype is None:
+            return fn()
+        with torch.autocast(device.type, dtype=self.amp_dtype):
+            out = fn()
+        return [tuple(o.float() for o in t) if isinstance(t, tuple) else t.float() for t in out]
 
     # --- inference -------------------------------------------------------------------------------
     def given_mask(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -327,9 +341,14 @@ class MultimodalVAE(nn.Module):
         some = next(iter(x.values()))
         B, Dz, Dw = some.shape[0], self.config.latent_dim, self.config.private_dim
         locs, raws, private = [], [], {}
+        heads = {}
+        if self.grouped_nets and self.groupable[0] and all(n in x for n in self.names):
+            encs = [self.encoders[n] for n in self.names]
+            out = self.run_grouped(lambda: grouped.encode(encs, [x[n] for n in self.names]), some.device)
+            heads = dict(zip(self.names, out))
         for n in self.names:
             if n in x:
-                loc, raw = self.run_net(self.encoders[n], x[n])
+                loc, raw = heads[n] if n in heads else self.run_net(self.encoders[n], x[n])
                 if Dw:
                     private[n] = D.expert(self.config.posterior, loc[:, Dz:], raw[:, Dz:])
                     loc, raw = loc[:, :Dz], raw[:, :Dz]
@@ -371,7 +390,7 @@ class MultimodalVAE(nn.Module):
         [z, w_d]: w_d from `w` when given (same leading shape as z), otherwise a reparameterised draw
         w_d ~ p(w_d) = `w_prior(d)` (generation: the fixed prior unless private_prior is "learned").
         The training objective passes every w_d itself (see objectives._stratified_log_weights)."""
-        out = {}
+        out, inputs = {}, {}
         for n in names or self.names:
             h = self.block(z, n)
             if self.config.private_dim:
@@ -379,8 +398,25 @@ class MultimodalVAE(nn.Module):
                 if wd is None:
                     wd = self.w_prior(n).rsample(z.shape[:-1])
                 h = torch.cat([h, wd], dim=-1)
+            inputs[n] = h
+        if self.grouped_nets and self.groupable[1] and set(inputs) == set(self.names):
+            return self._decode_grouped(z, inputs)
+        for n, h in inputs.items():
             out[n] = nets.apply_flat(lambda t, net=self.decoders[n]: self.run_net(net, t), h, h.shape[-1])
         return out
+
+    def _decode_grouped(self, z: torch.Tensor, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`decode` with the M decoders as one grouped computation (one shared input unless private
+        latents or fusion none give each decoder its own)."""
+        lead = z.shape[:-1]
+        shared = not self.config.private_dim and self.config.fusion != "none"
+        flat = (
+            z.reshape(-1, z.shape[-1]) if shared else [inputs[n].reshape(-1, inputs[n].shape[-1]) for n in self.names]
+        )
+        decs = [self.decoders[n] for n in self.names]
+        outs = self.run_grouped(lambda: grouped.decode(decs, flat), z.device)
+        res = {n: o.reshape(*lead, *o.shape[1:]) for n, o in zip(self.names, outs)}
+        return {n: res[n] for n in inputs}
 
     def w_prior(self, name: str) -> td.Distribution:
         """p(w_name) of the generative model: the density of log p(w_r) in the MMVAE+ bound and the

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import distributions as td
 
 from .distributions import kl, log_mean_exp
 from .ebm import maximum_likelihood_loss
@@ -23,7 +24,16 @@ from .errors import MMVAEError
 
 def _kl_to_prior(model, q) -> torch.Tensor:
     """Mean over (valid) mixture components of KL(q_s || p): (B,). By convexity of KL this upper-bounds
-    KL(1/S sum_s q_s || p), so the ELBO below stays a lower bound (MoPoE paper, Lemma 1)."""
+    KL(1/S sum_s q_s || p), so the ELBO below stays a lower bound (MoPoE paper, Lemma 1).
+
+    Gaussian components against the fixed N(0, I) prior take torch's Normal/Normal formula with the
+    divisions by 1 and the subtraction of 0 left out: bit-identical values and gradients, three fewer
+    kernels over (S, B, D) forward (and their backward)."""
+    c, p = q.components, model.prior
+    if type(c) is td.Normal and p.kind == "gaussian" and not isinstance(p.raw, torch.nn.Parameter):
+        var_ratio = c.scale.pow(2)  # torch: (c.scale / 1).pow(2)
+        t1 = c.loc.pow(2)  # torch: ((c.loc - 0) / 1).pow(2)
+        return q.component_mean((0.5 * (var_ratio + t1 - 1 - var_ratio.log())).sum(-1))
     return q.component_mean(kl(q.components, model.prior.dist()))
 
 
@@ -246,8 +256,10 @@ def mvae(model, x, present=None):
     This is a sum of ELBOs of different subsets, not a bound on log p(X). With `present`, tuple b's
     terms are those of its observed set O_b alone: ELBO(X_{O_b}) + sum_{m in O_b} ELBO(x_m) (the
     unimodal terms only when |O_b| > 1, as with one modality), and a random subset's ELBO only where
-    O_b holds all of it."""
+    O_b holds all of it. The encoders run once for all groups (a group's PoE picks its rows of the
+    unimodal experts): the same values as encoding each group's inputs again, with half the encoder passes."""
     names = list(x)
+    experts = model.experts(x, present)
     groups = [names] + [[n] for n in names] if len(names) > 1 else [names]
     k = int(model.config.extra.get("mvae_k", 0))
     if k and len(names) > 2:
@@ -262,7 +274,7 @@ def mvae(model, x, present=None):
         several = present.sum(1) > 1
     for i, g in enumerate(groups):
         xg = {n: x[n] for n in g}
-        q = model.posterior(xg, present)
+        q = model.fuse(experts, xg, present)
         z = q.rsample_chunked()
         z_joint = z if z_joint is None else z_joint
         rec = model.log_likelihoods(model.decode(z, g), xg, present)

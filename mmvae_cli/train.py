@@ -56,7 +56,13 @@ def make_optimizer(
             {"params": [p for p in model.parameters() if id(p) not in own]},
             {"params": list(ebm.parameters()), "lr": float(joint.ebm_lr), "betas": tuple(joint.ebm_betas)},
         ]
-    return torch.optim.Adam(groups, lr=float(t.lr), betas=tuple(t.adam_betas), amsgrad=bool(t.amsgrad))
+    params = [p for g in groups for p in g["params"]]
+    # one fused kernel per step instead of ~10 per parameter (measured: the optimizer step 5x faster on
+    # 2 CPU cores for MoPoE's 14M parameters, README); same update up to float rounding
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(
+        groups, lr=float(t.lr), betas=tuple(t.adam_betas), amsgrad=bool(t.amsgrad), fused=fused or None
+    )
 
 
 def checkpoint_state(
@@ -170,7 +176,7 @@ def fit(
     amp = autocast_dtype(rt.precision, device)
     model.to(device)
     speed_up(model, rt.channels_last, rt.compile)
-    model.amp_dtype, model.channels_last = amp, rt.channels_last
+    model.amp_dtype, model.channels_last, model.grouped_nets = amp, rt.channels_last, rt.grouped_nets
     opt = make_optimizer(model, t, joint)
     scaler = make_scaler(rt.precision, device)
     seed = int(t.seed)
