@@ -35,15 +35,18 @@ def collect(out: Path) -> dict[str, list[tuple[float, dict, dict]]]:
 
 
 def table(found: dict) -> str:
+    n_mod = 1 + max(k for rows in found.values() for _, cond, _ in rows for k in cond)  # inputs go to M - 1
+    sizes = "/".join(str(k) for k in range(1, n_mod + 1))
+    inputs = " / ".join(str(k) for k in range(1, n_mod))
     lines = [
-        "| model | training missing ratio | observed modalities per training tuple (1/2/3/4/5) "
-        "| conditional coherence, 1 / 2 / 3 / 4 inputs | mean |",
+        f"| model | training missing ratio | observed modalities per training tuple ({sizes}) "
+        f"| conditional coherence, {inputs} inputs | mean |",
         "| --- | --- | --- | --- | --- |",
     ]
     for model, rows in found.items():
         for ratio, cond, missing in rows:
             hist = missing.get("observed_per_tuple")
-            h = " / ".join(str(hist.get(str(k), 0)) for k in range(1, 6)) if hist else "complete"
+            h = " / ".join(str(hist.get(str(k), 0)) for k in range(1, n_mod + 1)) if hist else "complete"
             c = " / ".join(f"{cond[k]:.3f}" for k in sorted(cond))
             mean = sum(cond.values()) / len(cond)
             lines.append(f"| {MODELS[model]} | {ratio:g} | {h} | {c} | {mean:.3f} |")
@@ -59,9 +62,10 @@ def plot(found: dict, path: Path) -> bool:
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(5, 3.5))
+    most = max(k for rows in found.values() for _, cond, _ in rows for k in cond)
     for model, rows in found.items():
         ratios = [r for r, _, _ in rows]
-        for k, style in ((1, ":"), (4, "--")):
+        for k, style in ((1, ":"), (most, "--")):
             ax.plot(
                 ratios,
                 [c.get(k, float("nan")) for _, c, _ in rows],
