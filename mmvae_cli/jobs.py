@@ -498,6 +498,7 @@ class EnergyFitJob:
             "objective": s.objective,
             "langevin": self.langevin,
             "fit": config.to_dict(s),
+            **({"sigmas": ebm.energy.sigmas.tolist()} if ebm.energy.noise_conditional else {}),
             "loss_curve": summarise(history),
             "history": history,
             "created": bundle.now(),
@@ -591,6 +592,8 @@ def prepare_energy_fit(r: FitRequest) -> EnergyFitJob:
             hidden=es.energy_hidden,
             layers=es.energy_layers,
             activation=es.energy_activation or ("gelu" if ml else "softplus"),
+            noise_levels=s.noise_levels if s.objective == "ncsn" else 0,
+            standardise=bool(s.standardise),
         )
         if not ml and energy.activation == "leaky_relu":
             raise MMVAEError(

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+import torch
 from helpers_cli import run, write_tiny_polymnist
 from PIL import Image
 
@@ -315,3 +316,50 @@ def test_joint_training_writes_and_resumes_the_energy(runs, capsys):
     assert model.ebm.joint
     code, _, err = run(["fit-ebm", out, "--data-root", root, *TINY_EBM], capsys)
     assert code == 2 and "jointly" in err
+
+
+def test_eb_mvae_ncsn_energy_is_stored_and_sampled_by_annealed_langevin(runs, capsys):
+    tmp, root = runs
+    r = tmp / "ncsn"
+    shutil.copytree(tmp / "none", r)
+    code, out, err = run(
+        ["fit-ebm", r, "--objective", "ncsn", "--noise-levels", "3", "--json", "--data-root", root, *TINY_EBM], capsys
+    )
+    assert code == 0, err
+    assert json.loads(out)["density"] == "gibbs"
+    ebm = manifest(r)["ebm"]
+    assert ebm["energy"]["noise_levels"] == 3 and ebm["energy"]["standardise"] is True
+    assert ebm["fit"]["objective"] == "ncsn" and len(ebm["sigmas"]) == 3
+    assert ebm["sigmas"][0] > ebm["sigmas"][-1] > 0 and ebm["sigmas"][0] == pytest.approx(1.0, rel=1e-4)
+    model, _ = load_model(r)
+    assert model.ebm.energy.sigmas.tolist() == pytest.approx(ebm["sigmas"])
+    assert torch.allclose(model.ebm.energy.shift, model.ebm.init_loc)
+    code, _, err = run(
+        ["sample", r, "--prior", "ebm", "-n", "4", "--out", tmp / "n.png", "--steps", "6", "--device", "cpu"], capsys
+    )
+    assert code == 0, err
+    code, out, err = run(
+        [
+            "eval",
+            "coherence",
+            r,
+            "--classifiers",
+            tmp / "clf",
+            "--prior",
+            "ebm",
+            "--n-joint",
+            "10",
+            "--steps",
+            "3",
+            "--data-root",
+            root,
+            "--json",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    res = json.loads(out)
+    assert set(res["conditional"]) == {"1", "2", "3", "4"}
+    assert set(res["per_target_by_inputs"]["m2"]) == {"1", "2", "3", "4"}
