@@ -363,3 +363,31 @@ def test_eb_mvae_ncsn_energy_is_stored_and_sampled_by_annealed_langevin(runs, ca
     res = json.loads(out)
     assert set(res["conditional"]) == {"1", "2", "3", "4"}
     assert set(res["per_target_by_inputs"]["m2"]) == {"1", "2", "3", "4"}
+
+
+@pytest.mark.parametrize("objective", ["denoising", "ncsn"])
+def test_ebmvae_diagnosis_script_on_a_tiny_bundle(runs, capsys, objective):
+    import importlib.util
+    from pathlib import Path
+
+    tmp, root = runs
+    r = tmp / f"diag-{objective}"
+    shutil.copytree(tmp / "none", r)
+    code, _, err = run(["fit-ebm", r, "--objective", objective, "--data-root", root, *TINY_EBM], capsys)
+    assert code == 0, err
+    path = Path(__file__).parents[1] / "benchmarks" / "ebmvae_diagnosis.py"
+    spec = importlib.util.spec_from_file_location("ebmvae_diagnosis", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    argv = [str(r), "--classifiers", str(tmp / "clf"), "--data-root", str(root), "--n-test", "8", "--n-probe", "30"]
+    res = mod.main([*argv, "--steps", "0,2,3", "--step-sizes", "0.1"])
+    out = capsys.readouterr().out
+    assert json.loads(out.strip().splitlines()[-1]) == json.loads(json.dumps(res))
+    assert "| oracle: same-digit posterior mean |" in out and "Langevin 3 steps, size 0.1" in out
+    assert set(res["a"]) == {"m0", "m1", "m2", "m3", "m4", "all"}
+    assert set(res["b_knn"]["by_inputs"]) == {"1", "2", "3", "4"}
+    assert [c["steps"] for c in res["c"]] == [0, 2, 3]
+    for c in res["c"]:
+        assert 0 <= c["joint"] <= 1 and set(c["per_target_by_inputs"]["m2"]) == {"1", "2", "3", "4"}
+    oracle = res["b_oracle"]
+    assert oracle["per_target_by_inputs"]["m4"]["1"] == oracle["per_target"]["m4"]  # the oracle ignores k
