@@ -344,12 +344,17 @@ def annealed_langevin(
     mask: torch.Tensor | None = None,
     every: int = 0,
     max_abs: float = 1e4,
+    noise_clamped: bool = True,
 ) -> LangevinResult:
     """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1) in this module's convention:
     for each noise level sigma_i (largest first), `langevin` on z -> log_prob(z, sigma_i) with step
     size s_i = step_ratio * sigma_i, i.e. Song's alpha_i = s_i^2 = eps * sigma_i^2 / sigma_L^2 with
     eps = (step_ratio * sigma_L)^2. `steps` is the total over all levels (`level_steps`), so it costs
-    as many energy gradients as plain Langevin with the same `steps`. mask clamps as in `langevin`.
+    as many energy gradients as plain Langevin with the same `steps`.
+    mask clamps as in `langevin`; with noise_clamped (Song & Ermon's inpainting, their Appendix B.3)
+    the clamped coordinates are held at z0 + sigma_i * eps_i during level i (fresh eps_i per level), so
+    the free ones see the observed values at the noise level the energy expects; the result (and the
+    chain) carries the clamped coordinates exactly as in z0.
     `every` > 0: the chain holds the start and each level's snapshots."""
     sig = [float(x) for x in (sigmas.tolist() if isinstance(sigmas, torch.Tensor) else sigmas)]
     if not sig:
@@ -360,9 +365,12 @@ def annealed_langevin(
         raise ValueError(f"step_size must be > 0, got {step_ratio}")
     z = z0.detach().clone()
     chain = [z.clone()] if every > 0 else []
+    free = None if mask is None else torch.broadcast_to(mask.to(device=z.device) != 0, z.shape)
     for s_i, t_i in zip(sig, level_steps(steps, len(sig)), strict=True):
         if t_i == 0:
             continue
+        if free is not None and noise_clamped:
+            z = torch.where(free, z, z0 + s_i * torch.randn_like(z0))
         res = langevin(
             lambda x, s_i=s_i: log_prob(x, s_i),
             z,
@@ -376,6 +384,8 @@ def annealed_langevin(
         )
         z = res.z
         chain.extend(res.chain[1:])
+    if free is not None:
+        z, chain = torch.where(free, z, z0), [torch.where(free, c, z0) for c in chain]
     return LangevinResult(z, chain)
 
 

@@ -112,3 +112,25 @@ def test_noise_conditional_energy_net_and_its_latent_ebm():
     res = ebm.sample(z, lambda x: torch.zeros(x.shape[0]), 8, 0.3, mask=mask)
     assert torch.equal(res.z[:, 0], z[:, 0]) and torch.equal(res.z[:, 3], z[:, 3])
     assert not torch.equal(res.z[:, 1], z[:, 1])
+
+
+@pytest.mark.parametrize("noise_clamped", [True, False])
+def test_annealed_conditional_sampling_of_a_correlated_gaussian(noise_clamped):
+    """z ~ N(0, [[1, r], [r, 1]]), smoothed: N(0, C + sigma^2 I). Clamping z1 = 1 must give the last level's conditional of z2."""
+    torch.manual_seed(0)
+    r = 0.8
+    C = torch.tensor([[1.0, r], [r, 1.0]])
+
+    def log_prob(z, sigma):
+        P = torch.linalg.inv(C + sigma**2 * torch.eye(2))
+        return -0.5 * ((z @ P) * z).sum(1)
+
+    n = 4000
+    z0 = torch.stack([torch.ones(n), torch.randn(n)], 1)
+    mask = torch.tensor([False, True])
+    sig = geometric_sigmas(3.0, 0.1, 6)
+    z = annealed_langevin(log_prob, z0, sig, 1200, 0.5, mask=mask, noise_clamped=noise_clamped).z
+    assert torch.equal(z[:, 0], z0[:, 0])
+    v = 1 + sig[-1].item() ** 2  # the last level's conditional: N(r / v, v - r^2 / v)
+    assert z[:, 1].mean().item() == pytest.approx(r / v, abs=0.04)
+    assert z[:, 1].var().item() == pytest.approx(v - r**2 / v, abs=0.04)
