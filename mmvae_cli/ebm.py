@@ -572,7 +572,7 @@ class LatentEBM(nn.Module):
         coordinates over its levels, `steps` in all, step_size the ratio s_i / sigma_i. Same
         keywords as `langevin` (noise_scale, clip_grad, mask, every)."""
         net = self.energy
-        if not net.noise_conditional or self.density == "tilted":
+        if not getattr(net, "noise_conditional", False) or self.density == "tilted":
             return langevin(self.log_prob(base_log_prob), z0, steps, step_size, **kw)
         res = annealed_langevin(lambda u, s: -net.energy_u(u, s), net.to_u(z0), net.sigmas, steps, step_size, **kw)
         z, chain = net.from_u(res.z).detach(), [net.from_u(c) for c in res.chain]
