@@ -15,6 +15,7 @@ OUT=${OUT:-runs/ebmvae}
 DEVICE=${DEVICE:-cpu}
 OBJECTIVES=${OBJECTIVES:-"exact denoising ncsn"}
 FIT_EPOCHS=${FIT_EPOCHS:-20}
+NCSN_EPOCHS=${NCSN_EPOCHS:-100} # ncsn updates are cheap (one double backward) and cover L levels
 FIT_OPTS=${FIT_OPTS:-}          # appended to every fit-ebm
 N_TEST=${N_TEST:-500}
 SUBSETS_PER_K=${SUBSETS_PER_K:-0}
@@ -37,7 +38,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 for obj in $OBJECTIVES; do
     [ -f "$OUT/$obj/ebm.safetensors" ] || {
         say "fit-ebm --objective $obj"
-        $MMVAE fit-ebm "$OUT/base" --out "$OUT/$obj" --overwrite --objective "$obj" --epochs "$FIT_EPOCHS" \
+        $MMVAE fit-ebm "$OUT/base" --out "$OUT/$obj" --overwrite --objective "$obj" \
+            --epochs "$([ "$obj" = ncsn ] && echo "$NCSN_EPOCHS" || echo "$FIT_EPOCHS")" \
             --classifiers "$OUT/clf" --n-joint 1000 --device "$DEVICE" --json $FIT_OPTS > "$R/$obj-fit.json"
     }
     [ -f "$R/$obj-diagnosis.json" ] || {
