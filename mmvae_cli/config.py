@@ -380,6 +380,13 @@ class LangevinSettings:
     )
 
 
+# fit-ebm --objective ncsn: the Langevin settings stored with the energy when none are given (annealed
+# Langevin: steps in all over the levels, step size as the ratio s_i / sigma_i). Ours, measured on
+# polymnist-mini (README, EB-MVAE: benchmarks/ebmvae_diagnosis.py): 300 steps of ratio 0.8 beat
+# 50/100 steps and ratios 0.2/0.4; plain Langevin's 50 x 0.4 barely moves the chains.
+NCSN_LANGEVIN = {"steps": 300, "step_size": 0.8}
+
+
 @dataclass(frozen=True)
 class FitSettings:
     """`mmvae fit-ebm`: an energy fitted post hoc to a frozen VAE's aggregate posterior."""

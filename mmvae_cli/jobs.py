@@ -583,7 +583,10 @@ def prepare_energy_fit(r: FitRequest) -> EnergyFitJob:
     else:
         s = config.resolve(config.FitSettings, r.fit).resolved(fusion)
         config.check(s)
-        lg = config.resolve(config.LangevinSettings, r.langevin)
+        given = {k: v for k, v in r.langevin.items() if v is not None}
+        lg = config.resolve(
+            config.LangevinSettings, {**(config.NCSN_LANGEVIN if s.objective == "ncsn" else {}), **given}
+        )
         langevin = config.to_dict(lg)
         es = config.resolve(config.EnergySettings, r.energy)
         ml = s.objective == "ml"

@@ -330,6 +330,7 @@ def test_eb_mvae_ncsn_energy_is_stored_and_sampled_by_annealed_langevin(runs, ca
     ebm = manifest(r)["ebm"]
     assert ebm["energy"]["noise_levels"] == 3 and ebm["energy"]["standardise"] is True
     assert ebm["fit"]["objective"] == "ncsn" and len(ebm["sigmas"]) == 3
+    assert ebm["langevin"]["steps"] == 5 and ebm["langevin"]["step_size"] == 0.8  # ncsn's default ratio
     assert ebm["sigmas"][0] > ebm["sigmas"][-1] > 0 and ebm["sigmas"][0] == pytest.approx(1.0, rel=1e-4)
     model, _ = load_model(r)
     assert model.ebm.energy.sigmas.tolist() == pytest.approx(ebm["sigmas"])
