@@ -581,11 +581,21 @@ def prepare_energy_fit(r: FitRequest) -> EnergyFitJob:
         except (KeyError, TypeError, ValueError, MMVAEError) as e:
             raise BundleError(f"{outp or run}: the fit-ebm checkpoint's settings are invalid ({e})") from None
     else:
-        s = config.resolve(config.FitSettings, r.fit).resolved(fusion)
+        s = config.resolve(config.FitSettings, r.fit).resolved(fusion, z_dim)
         config.check(s)
         given = {k: v for k, v in r.langevin.items() if v is not None}
         lg = config.resolve(
-            config.LangevinSettings, {**(config.NCSN_LANGEVIN if s.objective == "ncsn" else {}), **given}
+            config.LangevinSettings,
+            {
+                **(
+                    config.NCSN_LANGEVIN
+                    if s.objective == "ncsn"
+                    else config.EBMVAE_LANGEVIN
+                    if fusion == "none" and s.objective != "ml"
+                    else {}
+                ),
+                **given,
+            },
         )
         langevin = config.to_dict(lg)
         es = config.resolve(config.EnergySettings, r.energy)

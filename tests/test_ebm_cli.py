@@ -392,3 +392,13 @@ def test_ebmvae_diagnosis_script_on_a_tiny_bundle(runs, capsys, objective):
         assert 0 <= c["joint"] <= 1 and set(c["per_target_by_inputs"]["m2"]) == {"1", "2", "3", "4"}
     oracle = res["b_oracle"]
     assert oracle["per_target_by_inputs"]["m4"]["1"] == oracle["per_target"]["m4"]  # the oracle ignores k
+
+
+def test_eb_mvae_defaults_to_exact_score_matching_and_its_measured_langevin(runs, capsys):
+    tmp, root = runs
+    r = tmp / "default-objective"
+    shutil.copytree(tmp / "none", r)
+    code, out, err = run(["fit-ebm", r, "--json", "--data-root", root, "--energy-hidden", "8", "--epochs", "1"], capsys)
+    assert code == 0, err
+    ebm = manifest(r)["ebm"]
+    assert ebm["objective"] == "exact" and ebm["langevin"]["steps"] == 300 and ebm["langevin"]["step_size"] == 0.3
