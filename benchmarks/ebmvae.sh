@@ -5,7 +5,8 @@
 # (probe, couplings' upper bounds, Langevin coherence by steps and step size) and, with EVAL=1,
 # `mmvae eval coherence` at the energy's stored Langevin settings.
 #
-#   OUT=runs/ebmvae bash benchmarks/ebmvae.sh                       # 2 CPU cores: about an hour
+#   OUT=runs/ebmvae bash benchmarks/ebmvae.sh                       # recipe's CPU schedule (12 epochs)
+#   OUT=runs/ebmvae100 EPOCHS=100 bash benchmarks/ebmvae.sh         # README: 10 min of VAE on 2 cores
 #   OBJECTIVES="exact ncsn" N_TEST=500 SUBSETS_PER_K=0 bash benchmarks/ebmvae.sh
 #
 # Every step is skipped when its output exists, so a stopped run continues where it was.
@@ -21,6 +22,7 @@ N_TEST=${N_TEST:-500}
 SUBSETS_PER_K=${SUBSETS_PER_K:-0}
 STEPS=${STEPS:-0,10,50,100,300}
 EVAL=${EVAL:-0}
+EPOCHS=${EPOCHS:-}               # empty: the recipe's schedule
 R=$OUT/results
 mkdir -p "$R"
 say() { echo "[$(date +%H:%M:%S)] $*" >&2; }
@@ -29,7 +31,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 [ -f "$OUT/base/manifest.json" ] && grep -q '"finished"' "$OUT/base/manifest.json" || {
     say "training the unimodal VAEs"
     $MMVAE train polymnist-mini --fusion none --out "$OUT/base" --device "$DEVICE" --overwrite \
-        --log-jsonl "$R/base-train.jsonl"
+        --log-jsonl "$R/base-train.jsonl" ${EPOCHS:+--epochs "$EPOCHS"}
 }
 [ -f "$OUT/clf/manifest.json" ] || {
     say "training the classifiers"
