@@ -380,6 +380,17 @@ class LangevinSettings:
     )
 
 
+# fit-ebm --objective ncsn: the Langevin settings stored with the energy when none are given (annealed
+# Langevin: steps in all over the levels, step size as the ratio s_i / sigma_i). Ours, measured on
+# polymnist-mini (README, EB-MVAE: benchmarks/ebmvae_diagnosis.py): 300 steps of ratio 0.8 beat
+# 50/100 steps and ratios 0.2/0.4; plain Langevin's 50 x 0.4 barely moves the chains.
+NCSN_LANGEVIN = {"steps": 300, "step_size": 0.8}
+# fit-ebm on EB-MVAE bundles (--fusion none) by exact/sliced/denoising score matching: plain Langevin
+# settings stored when none are given. Ours, measured there: 300 steps of 0.3 beat 100 steps and 0.03/0.1
+# (0.205 -> 0.347 conditional coherence with 1 -> 4 observed; 50 x 0.4, the shared latents', was not run).
+EBMVAE_LANGEVIN = {"steps": 300, "step_size": 0.3}
+
+
 @dataclass(frozen=True)
 class FitSettings:
     """`mmvae fit-ebm`: an energy fitted post hoc to a frozen VAE's aggregate posterior."""
@@ -387,10 +398,11 @@ class FitSettings:
     objective: str | None = setting(
         None,
         "ml: maximum likelihood with Langevin negatives (Yuan et al. eq. 10); "
-        "exact|sliced|denoising: score matching (EB-MVAE eq. 1). Default: ml for a shared "
-        "latent, denoising for --fusion none",
+        "exact|sliced|denoising: score matching (EB-MVAE eq. 1); ncsn: a noise-conditional energy "
+        "by multi-scale denoising score matching, sampled by annealed Langevin (Song & Ermon 2019). "
+        "Default: ml for a shared latent; for --fusion none exact up to 128 latent dimensions, denoising above",
         "the papers",
-        choices=("ml", "exact", "sliced", "denoising", None),
+        choices=("ml", "exact", "sliced", "denoising", "ncsn", None),
         optional=True,
     )
     epochs: int = setting(20, "passes over the training set", "ours (measured: README, energy-based priors)", min=1)
@@ -419,15 +431,49 @@ class FitSettings:
         0.25, "denoising: noise level", "ours: about the smallest spread of polymnist-mini's EB-MVAE latents", gt=0.0
     )
     projections: int = setting(1, "sliced/denoising: draws per sample", "Song et al. 2019", min=1)
+    noise_levels: int = setting(
+        10,
+        "ncsn: number of noise levels (geometric from --sigma-max down to --sigma-min)",
+        "Song & Ermon 2019 use 10 (CIFAR-10)",
+        min=1,
+    )
+    sigma_max: float | None = setting(
+        None,
+        "ncsn: largest noise level, in the energy's coordinates (default: the largest per-dimension "
+        "standard deviation of the aggregate posterior, 1 when standardised)",
+        "Song & Ermon 2019 (about the data's spread)",
+        gt=0.0,
+        optional=True,
+    )
+    sigma_min: float | None = setting(
+        None,
+        "ncsn: smallest noise level, in the energy's coordinates (default: the median posterior standard deviation)",
+        "Song & Ermon 2019 (about the data's own resolution)",
+        gt=0.0,
+        optional=True,
+    )
+    standardise: bool | None = setting(
+        None,
+        "let the energy see the latents standardised by the aggregate posterior's per-dimension mean and "
+        "std (default: on for ncsn, off otherwise)",
+        "ours",
+        optional=True,
+        flag="--standardise/--no-standardise",
+    )
     seed: int = setting(0, "random seed", "ours", min=0)
 
-    def resolved(self, fusion: str) -> FitSettings:
-        """The objective-dependent defaults filled in."""
-        obj = self.objective or ("denoising" if fusion == "none" else "ml")
+    def resolved(self, fusion: str, dim: int = 0) -> FitSettings:
+        """The objective-dependent defaults filled in (dim: the latent's size, for fusion none's default:
+        exact score matching measured best on polymnist-mini's 80 latents, README "EB-MVAE diagnosed";
+        above 128 dimensions exact is refused, so denoising)."""
+        obj = self.objective or (("exact" if dim <= 128 else "denoising") if fusion == "none" else "ml")
         ml = obj == "ml"
+        if self.sigma_max is not None and self.sigma_min is not None and self.sigma_min > self.sigma_max:
+            raise MMVAEError(f"--sigma-min {self.sigma_min:g} must not exceed --sigma-max {self.sigma_max:g}")
         return replace(
             self,
             objective=obj,
+            standardise=self.standardise if self.standardise is not None else obj == "ncsn",
             lr=self.lr if self.lr is not None else (1e-4 if ml else 1e-3),
             betas=tuple(self.betas) if self.betas is not None else ((0.5, 0.999) if ml else (0.9, 0.999)),
         )

@@ -58,17 +58,30 @@ class EnergyConfig:
     hidden: int = 400
     layers: int = 4
     activation: str = "gelu"
+    noise_levels: int = 0  # > 0: noise-conditional energy E(z, sigma) over that many levels (ncsn)
+    standardise: bool = False  # the energy sees u = (z - shift) / scale (aggregate mean and std)
 
     def __post_init__(self):
         for name in ("dim", "hidden", "layers"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise MMVAEError(f"energy {name} must be a positive integer, got {v!r}")
+        v = self.noise_levels
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise MMVAEError(f"energy noise_levels must be a non-negative integer, got {v!r}")
+        if not isinstance(self.standardise, bool):
+            raise MMVAEError(f"energy standardise must be true or false, got {self.standardise!r}")
         if self.activation not in ACTIVATIONS:
             raise MMVAEError(f"unknown energy activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON form; the ncsn fields only when set, so plain energies' manifests are as before."""
+        d = asdict(self)
+        if not d["noise_levels"]:
+            del d["noise_levels"]
+        if not d["standardise"]:
+            del d["standardise"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> EnergyConfig:
@@ -92,18 +105,71 @@ class EnergyNet(nn.Module):
 
     forward(z) with z of shape (..., dim) returns E(z) of shape (...), i.e. (B,)
     for a batch. Lower energy = more likely (log p = -E + const).
+
+    standardise: the MLP sees u = (z - shift) / scale (buffers, set by the fit to the aggregate
+    posterior's per-dimension mean and std), so dimensions of very different spread are
+    conditioned alike; p(z) ∝ exp(-E) is unchanged in meaning (a constant Jacobian).
+    noise_levels L > 0 (Song & Ermon 2019, NCSN): a noise-conditional energy
+        E(u, sigma) = MLP([u, log sigma]) / sigma
+    over the L levels of the buffer `sigmas` (geometric, largest first, in u units), the energy of
+    the data smoothed by N(0, sigma^2 I). forward(z) without sigma is the smallest level's energy,
+    so every plain use (log densities, plain Langevin) sees the least smoothed density.
     """
 
-    def __init__(self, dim: int, hidden: int = 400, layers: int = 4, activation: str = "gelu"):
+    def __init__(
+        self,
+        dim: int,
+        hidden: int = 400,
+        layers: int = 4,
+        activation: str = "gelu",
+        noise_levels: int = 0,
+        standardise: bool = False,
+    ):
         super().__init__()
-        self.config = EnergyConfig(dim=dim, hidden=hidden, layers=layers, activation=activation)
-        sizes = [dim] + [hidden] * (layers - 1) + [1]
+        self.config = EnergyConfig(
+            dim=dim,
+            hidden=hidden,
+            layers=layers,
+            activation=activation,
+            noise_levels=noise_levels,
+            standardise=standardise,
+        )
+        sizes = [dim + (1 if noise_levels else 0)] + [hidden] * (layers - 1) + [1]
         mods: list[nn.Module] = []
         for i in range(layers):
             mods.append(nn.Linear(sizes[i], sizes[i + 1]))
             if i < layers - 1:
                 mods.append(ACTIVATIONS[activation]())
         self.net = nn.Sequential(*mods)
+        if standardise:
+            self.register_buffer("shift", torch.zeros(dim))
+            self.register_buffer("scale", torch.ones(dim))
+        if noise_levels:
+            self.register_buffer("sigmas", torch.ones(noise_levels))
+
+    @property
+    def noise_conditional(self) -> bool:
+        return self.config.noise_levels > 0
+
+    def to_u(self, z: torch.Tensor) -> torch.Tensor:
+        """z -> u, the MLP's coordinates (identity without standardise)."""
+        return (z - self.shift) / self.scale if self.config.standardise else z
+
+    def from_u(self, u: torch.Tensor) -> torch.Tensor:
+        return u * self.scale + self.shift if self.config.standardise else u
+
+    def energy_u(self, u: torch.Tensor, sigma: float | torch.Tensor | None = None) -> torch.Tensor:
+        """E in u coordinates: (B, dim) -> (B,); sigma: a float or (B,) tensor of noise levels
+        (noise-conditional energies; None = the smallest level)."""
+        if u.shape[-1] != self.config.dim:
+            raise ValueError(f"EnergyNet expects latents of size {self.config.dim}, got shape {tuple(u.shape)}")
+        if not self.noise_conditional:
+            return self.net(u).squeeze(-1)
+        if sigma is None:
+            sigma = self.sigmas[-1]
+        sig = torch.as_tensor(sigma, dtype=u.dtype, device=u.device)
+        sig = torch.broadcast_to(sig, u.shape[:-1]).unsqueeze(-1)
+        return (self.net(torch.cat([u, sig.log()], -1)) / sig).squeeze(-1)
 
     @classmethod
     def from_config(cls, config: EnergyConfig | dict) -> EnergyNet:
@@ -111,10 +177,10 @@ class EnergyNet(nn.Module):
             config = EnergyConfig.from_dict(config)
         return cls(**config.to_dict())
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, sigma: float | torch.Tensor | None = None) -> torch.Tensor:
         if z.shape[-1] != self.config.dim:
             raise ValueError(f"EnergyNet expects latents of size {self.config.dim}, got shape {tuple(z.shape)}")
-        return self.net(z).squeeze(-1)
+        return self.energy_u(self.to_u(z), sigma)
 
 
 # --------------------------------------------------------------------------- log densities
@@ -248,6 +314,81 @@ def _check(z: torch.Tensor, t: int, steps: int, step_size: float, max_abs: float
     raise NumericalError(f"Langevin chain diverged {where} ({what}); try a smaller --step-size (now {step_size:g})")
 
 
+def geometric_sigmas(sigma_max: float, sigma_min: float, levels: int) -> torch.Tensor:
+    """NCSN's noise levels: `levels` values from sigma_max down to sigma_min, geometric. (L,)"""
+    if not (sigma_max > 0 and sigma_min > 0):
+        raise ValueError(f"noise levels must be > 0, got sigma_max {sigma_max}, sigma_min {sigma_min}")
+    if sigma_min > sigma_max:
+        raise ValueError(f"sigma_min {sigma_min:g} must not exceed sigma_max {sigma_max:g}")
+    if levels < 1:
+        raise ValueError(f"noise levels must be >= 1, got {levels}")
+    if levels == 1:
+        return torch.tensor([float(sigma_min)])
+    return torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), levels))
+
+
+def level_steps(steps: int, levels: int) -> list[int]:
+    """`steps` Langevin steps spread over `levels` noise levels (the last levels take the remainder)."""
+    base, extra = divmod(steps, levels)
+    return [base + (1 if i >= levels - extra else 0) for i in range(levels)]
+
+
+def annealed_langevin(
+    log_prob: Callable[[torch.Tensor, float], torch.Tensor],
+    z0: torch.Tensor,
+    sigmas,
+    steps: int,
+    step_ratio: float,
+    noise_scale: float = 1.0,
+    clip_grad: float | None = None,
+    mask: torch.Tensor | None = None,
+    every: int = 0,
+    max_abs: float = 1e4,
+    noise_clamped: bool = True,
+) -> LangevinResult:
+    """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1) in this module's convention:
+    for each noise level sigma_i (largest first), `langevin` on z -> log_prob(z, sigma_i) with step
+    size s_i = step_ratio * sigma_i, i.e. Song's alpha_i = s_i^2 = eps * sigma_i^2 / sigma_L^2 with
+    eps = (step_ratio * sigma_L)^2. `steps` is the total over all levels (`level_steps`), so it costs
+    as many energy gradients as plain Langevin with the same `steps`.
+    mask clamps as in `langevin`; with noise_clamped (Song & Ermon's inpainting, their Appendix B.3)
+    the clamped coordinates are held at z0 + sigma_i * eps_i during level i (fresh eps_i per level), so
+    the free ones see the observed values at the noise level the energy expects; the result (and the
+    chain) carries the clamped coordinates exactly as in z0.
+    `every` > 0: the chain holds the start and each level's snapshots."""
+    sig = [float(x) for x in (sigmas.tolist() if isinstance(sigmas, torch.Tensor) else sigmas)]
+    if not sig:
+        raise ValueError("annealed Langevin needs at least one noise level")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if not step_ratio > 0:
+        raise ValueError(f"step_size must be > 0, got {step_ratio}")
+    z = z0.detach().clone()
+    chain = [z.clone()] if every > 0 else []
+    free = None if mask is None else torch.broadcast_to(mask.to(device=z.device) != 0, z.shape)
+    for s_i, t_i in zip(sig, level_steps(steps, len(sig)), strict=True):
+        if t_i == 0:
+            continue
+        if free is not None and noise_clamped:
+            z = torch.where(free, z, z0 + s_i * torch.randn_like(z0))
+        res = langevin(
+            lambda x, s_i=s_i: log_prob(x, s_i),
+            z,
+            t_i,
+            step_ratio * s_i,
+            noise_scale,
+            clip_grad,
+            mask=mask,
+            every=every,
+            max_abs=max_abs,
+        )
+        z = res.z
+        chain.extend(res.chain[1:])
+    if free is not None:
+        z, chain = torch.where(free, z, z0), [torch.where(free, c, z0) for c in chain]
+    return LangevinResult(z, chain)
+
+
 # --------------------------------------------------------------------------- maximum likelihood (Yuan et al.)
 
 
@@ -352,6 +493,34 @@ def score_matching_loss(
     raise ValueError(f"unknown score-matching objective {objective!r}; choose exact, sliced or denoising")
 
 
+def ncsn_loss(
+    energy_u: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    u: torch.Tensor,
+    sigmas: torch.Tensor,
+    levels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Multi-scale denoising score matching (Song & Ermon 2019, eq. 5-6) with lambda(sigma) = sigma^2:
+
+        mean_b 0.5 * sigma_b^2 * || S(u_b + sigma_b eps, sigma_b) + eps / sigma_b ||^2
+          = mean_b 0.5 * || sigma_b S(u~_b, sigma_b) + eps ||^2,
+
+    S(u, sigma) = -grad_u E(u, sigma), each sample at one level sigma_b drawn uniformly from `sigmas`
+    (or given as indices `levels`, (B,)). Its minimiser is the score of the data smoothed by
+    N(0, sigma^2 I) at every level (Vincent 2011): Gaussian data N(m, c^2) give -(u - m) / (c^2 + sigma^2).
+    u: (B, D) data (in the energy's own coordinates)."""
+    if u.dim() != 2:
+        raise ValueError(f"ncsn loss expects u of shape (B, D), got {tuple(u.shape)}")
+    sigmas = sigmas.to(u)
+    if levels is None:
+        levels = torch.randint(len(sigmas), (u.shape[0],), device=u.device)
+    sig = sigmas[levels]
+    eps = torch.randn_like(u)
+    ur = (u.detach() + sig[:, None] * eps).requires_grad_(True)
+    e = energy_u(ur, sig)
+    (g,) = torch.autograd.grad(e.sum(), ur, create_graph=True)
+    return 0.5 * (eps - sig[:, None] * g).pow(2).sum(1).mean()
+
+
 # --------------------------------------------------------------------------- an energy attached to a model
 
 DENSITIES = ("tilted", "gibbs")
@@ -396,6 +565,22 @@ class LatentEBM(nn.Module):
         if self.density == "tilted":
             return ebm_prior_log_prob(self.energy, base_log_prob)
         return ebm_log_prob(self.energy)
+
+    def sample(self, z0: torch.Tensor, base_log_prob: LogProb, steps: int, step_size: float, **kw) -> LangevinResult:
+        """Langevin from z0 on this density: plain (`langevin`) for an ordinary energy; for a
+        noise-conditional one (gibbs), annealed Langevin (`annealed_langevin`) in the energy's u
+        coordinates over its levels, `steps` in all, step_size the ratio s_i / sigma_i. Same
+        keywords as `langevin` (noise_scale, clip_grad, mask, every)."""
+        net = self.energy
+        if not getattr(net, "noise_conditional", False) or self.density == "tilted":
+            return langevin(self.log_prob(base_log_prob), z0, steps, step_size, **kw)
+        res = annealed_langevin(lambda u, s: -net.energy_u(u, s), net.to_u(z0), net.sigmas, steps, step_size, **kw)
+        z, chain = net.from_u(res.z).detach(), [net.from_u(c) for c in res.chain]
+        mask = kw.get("mask")
+        if mask is not None:  # clamped coordinates exactly as given (u -> z may round)
+            free = torch.broadcast_to(mask.to(device=z.device) != 0, z.shape)
+            z, chain = torch.where(free, z, z0), [torch.where(free, c, z0) for c in chain]
+        return LangevinResult(z, chain)
 
 
 class DivergenceTest:

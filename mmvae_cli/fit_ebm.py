@@ -10,7 +10,12 @@ and the energy is fitted to them by one of
              continued from the previous batch's chains (persistent);
   exact | sliced | denoising
              score matching for the Gibbs density p(z) ∝ exp(-E(z)) (EB-MVAE eq. 1), see
-             ebm.score_matching_loss.
+             ebm.score_matching_loss;
+  ncsn       a noise-conditional energy E(u, sigma) by multi-scale denoising score matching over
+             geometric levels sigma_max..sigma_min (Song & Ermon 2019, ebm.ncsn_loss), sampled by
+             annealed Langevin (ebm.annealed_langevin). Defaults: sigma_max the largest
+             per-dimension spread of the aggregate posterior, sigma_min the median posterior std
+             (both in the energy's coordinates: standardised by default, see EnergyNet).
 
 The VAE's experts are encoded once (the VAE is frozen); every batch re-fuses the stored experts and
 draws fresh posterior samples, so every fusion (poe, moe, mopoe, none) is served by one code path.
@@ -29,12 +34,12 @@ import torch
 
 from .config import FitSettings
 from .data.base import MultimodalData
-from .ebm import EnergyConfig, LatentEBM, maximum_likelihood_loss, score_matching_loss
+from .ebm import EnergyConfig, LatentEBM, geometric_sigmas, maximum_likelihood_loss, ncsn_loss, score_matching_loss
 from .errors import MMVAEError, NumericalError
 from .model import MultimodalVAE
 from .run import Run
 
-OBJECTIVES = ("ml", "exact", "sliced", "denoising")
+OBJECTIVES = ("ml", "exact", "sliced", "denoising", "ncsn")
 EXACT_MAX_DIM = 128  # exact score matching costs one backward pass per latent dimension
 
 
@@ -121,6 +126,12 @@ def fit_energy(
         z = bank.sample(torch.arange(bank.n))
         ebm.init_loc.copy_(z.mean(0))
         ebm.init_scale.copy_(z.std(0).clamp_min(1e-3))
+        net = ebm.energy
+        if net.config.standardise:
+            net.shift.copy_(ebm.init_loc)
+            net.scale.copy_(ebm.init_scale)
+        if net.noise_conditional:
+            net.sigmas.copy_(noise_levels(bank, ebm, s).to(net.sigmas))
     model.attach_ebm(ebm, langevin)
     opt = torch.optim.Adam(ebm.energy.parameters(), lr=s.lr, betas=tuple(s.betas))
     g = torch.Generator().manual_seed(s.seed)
@@ -165,6 +176,9 @@ def fit_energy(
                         with torch.no_grad():
                             sums["e_pos"] += ebm.energy(z_pos).mean().item()
                             sums["e_neg"] += ebm.energy(z_neg).mean().item()
+                    elif s.objective == "ncsn":
+                        net = ebm.energy
+                        loss = ncsn_loss(net.energy_u, net.to_u(z_pos).repeat(s.projections, 1), net.sigmas)
                     else:
                         loss = score_matching_loss(ebm.energy, z_pos, s.objective, s.sigma, s.projections)
                     if not torch.isfinite(loss):
@@ -194,6 +208,29 @@ def fit_energy(
     for p in ebm.parameters():
         p.requires_grad_(False)
     return ebm, history
+
+
+def noise_levels(bank: ExpertBank, ebm: LatentEBM, s: FitSettings) -> torch.Tensor:
+    """ncsn's levels in the energy's coordinates: geometric from sigma_max (default: the largest
+    per-dimension std of the aggregate posterior) to sigma_min (default: the median std of the unimodal
+    posteriors, i.e. their scale parameter; for a shared latent the experts', not the fused one's)."""
+    net = ebm.energy
+    unit = net.scale if net.config.standardise else torch.ones_like(ebm.init_scale)
+    spread = ebm.init_scale / unit
+    M, N, d = bank.scale.shape
+    post = bank.scale.permute(1, 0, 2).reshape(N, M * d) if M * d == bank.dim else bank.scale.reshape(-1, d)
+    smax = s.sigma_max if s.sigma_max is not None else float(spread.max())
+    smin = s.sigma_min if s.sigma_min is not None else float((post / unit).median())
+    if s.sigma_min is None and smin > smax:  # posteriors wider than the aggregate: an untrained VAE
+        from .console import log
+
+        log(f"ncsn: the median posterior std {smin:.4g} exceeds sigma_max {smax:.4g}; using sigma_min = sigma_max / 10")
+        smin = smax / 10
+    if smin > smax:
+        raise MMVAEError(
+            f"ncsn: sigma_min {smin:.4g} exceeds sigma_max {smax:.4g}; give --sigma-min/--sigma-max explicitly"
+        )
+    return geometric_sigmas(smax, smin, net.config.noise_levels)
 
 
 def summarise(history: list[dict]) -> dict:

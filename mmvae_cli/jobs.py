@@ -498,6 +498,7 @@ class EnergyFitJob:
             "objective": s.objective,
             "langevin": self.langevin,
             "fit": config.to_dict(s),
+            **({"sigmas": ebm.energy.sigmas.tolist()} if ebm.energy.noise_conditional else {}),
             "loss_curve": summarise(history),
             "history": history,
             "created": bundle.now(),
@@ -580,9 +581,22 @@ def prepare_energy_fit(r: FitRequest) -> EnergyFitJob:
         except (KeyError, TypeError, ValueError, MMVAEError) as e:
             raise BundleError(f"{outp or run}: the fit-ebm checkpoint's settings are invalid ({e})") from None
     else:
-        s = config.resolve(config.FitSettings, r.fit).resolved(fusion)
+        s = config.resolve(config.FitSettings, r.fit).resolved(fusion, z_dim)
         config.check(s)
-        lg = config.resolve(config.LangevinSettings, r.langevin)
+        given = {k: v for k, v in r.langevin.items() if v is not None}
+        lg = config.resolve(
+            config.LangevinSettings,
+            {
+                **(
+                    config.NCSN_LANGEVIN
+                    if s.objective == "ncsn"
+                    else config.EBMVAE_LANGEVIN
+                    if fusion == "none" and s.objective != "ml"
+                    else {}
+                ),
+                **given,
+            },
+        )
         langevin = config.to_dict(lg)
         es = config.resolve(config.EnergySettings, r.energy)
         ml = s.objective == "ml"
@@ -591,6 +605,8 @@ def prepare_energy_fit(r: FitRequest) -> EnergyFitJob:
             hidden=es.energy_hidden,
             layers=es.energy_layers,
             activation=es.energy_activation or ("gelu" if ml else "softplus"),
+            noise_levels=s.noise_levels if s.objective == "ncsn" else 0,
+            standardise=bool(s.standardise),
         )
         if not ml and energy.activation == "leaky_relu":
             raise MMVAEError(

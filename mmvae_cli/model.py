@@ -40,7 +40,7 @@ from torch import nn
 from . import distributions as D
 from . import modalities, nets
 from .config import LangevinSettings, ModelSettings, check_model, to_dict
-from .ebm import LangevinResult, LatentEBM, langevin
+from .ebm import LangevinResult, LatentEBM
 from .errors import MMVAEError
 from .fusion import Mixture, make_fusion, parse_subsets
 from .nets import grouped
@@ -496,13 +496,13 @@ class MultimodalVAE(nn.Module):
         unknown = set(overrides) - set(s)
         if unknown:
             raise MMVAEError(f"unknown Langevin settings: {', '.join(sorted(unknown))}")
-        return langevin(
-            self.ebm.log_prob(self.base_log_prob),
+        return self.ebm.sample(
             z0,
+            self.base_log_prob,
             int(s["steps"]),
             float(s["step_size"]),
-            float(s["noise_scale"]),
-            s["clip_grad"],
+            noise_scale=float(s["noise_scale"]),
+            clip_grad=s["clip_grad"],
             mask=mask,
             every=every,
         )

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+import torch
 from helpers_cli import run, write_tiny_polymnist
 from PIL import Image
 
@@ -315,3 +316,89 @@ def test_joint_training_writes_and_resumes_the_energy(runs, capsys):
     assert model.ebm.joint
     code, _, err = run(["fit-ebm", out, "--data-root", root, *TINY_EBM], capsys)
     assert code == 2 and "jointly" in err
+
+
+def test_eb_mvae_ncsn_energy_is_stored_and_sampled_by_annealed_langevin(runs, capsys):
+    tmp, root = runs
+    r = tmp / "ncsn"
+    shutil.copytree(tmp / "none", r)
+    code, out, err = run(
+        ["fit-ebm", r, "--objective", "ncsn", "--noise-levels", "3", "--json", "--data-root", root, *TINY_EBM], capsys
+    )
+    assert code == 0, err
+    assert json.loads(out)["density"] == "gibbs"
+    ebm = manifest(r)["ebm"]
+    assert ebm["energy"]["noise_levels"] == 3 and ebm["energy"]["standardise"] is True
+    assert ebm["fit"]["objective"] == "ncsn" and len(ebm["sigmas"]) == 3
+    assert ebm["langevin"]["steps"] == 5 and ebm["langevin"]["step_size"] == 0.8  # ncsn's default ratio
+    assert ebm["sigmas"][0] > ebm["sigmas"][-1] > 0 and ebm["sigmas"][0] == pytest.approx(1.0, rel=1e-4)
+    model, _ = load_model(r)
+    assert model.ebm.energy.sigmas.tolist() == pytest.approx(ebm["sigmas"])
+    assert torch.allclose(model.ebm.energy.shift, model.ebm.init_loc)
+    code, _, err = run(
+        ["sample", r, "--prior", "ebm", "-n", "4", "--out", tmp / "n.png", "--steps", "6", "--device", "cpu"], capsys
+    )
+    assert code == 0, err
+    code, out, err = run(
+        [
+            "eval",
+            "coherence",
+            r,
+            "--classifiers",
+            tmp / "clf",
+            "--prior",
+            "ebm",
+            "--n-joint",
+            "10",
+            "--steps",
+            "3",
+            "--data-root",
+            root,
+            "--json",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    res = json.loads(out)
+    assert set(res["conditional"]) == {"1", "2", "3", "4"}
+    assert set(res["per_target_by_inputs"]["m2"]) == {"1", "2", "3", "4"}
+
+
+@pytest.mark.parametrize("objective", ["denoising", "ncsn"])
+def test_ebmvae_diagnosis_script_on_a_tiny_bundle(runs, capsys, objective):
+    import importlib.util
+    from pathlib import Path
+
+    tmp, root = runs
+    r = tmp / f"diag-{objective}"
+    shutil.copytree(tmp / "none", r)
+    code, _, err = run(["fit-ebm", r, "--objective", objective, "--data-root", root, *TINY_EBM], capsys)
+    assert code == 0, err
+    path = Path(__file__).parents[1] / "benchmarks" / "ebmvae_diagnosis.py"
+    spec = importlib.util.spec_from_file_location("ebmvae_diagnosis", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    argv = [str(r), "--classifiers", str(tmp / "clf"), "--data-root", str(root), "--n-test", "8", "--n-probe", "30"]
+    res = mod.main([*argv, "--steps", "0,2,3", "--step-sizes", "0.1"])
+    out = capsys.readouterr().out
+    assert json.loads(out.strip().splitlines()[-1]) == json.loads(json.dumps(res))
+    assert "| oracle: same-digit posterior mean |" in out and "Langevin 3 steps, size 0.1" in out
+    assert set(res["a"]) == {"m0", "m1", "m2", "m3", "m4", "all"}
+    assert set(res["b_knn"]["by_inputs"]) == {"1", "2", "3", "4"}
+    assert [c["steps"] for c in res["c"]] == [0, 2, 3]
+    for c in res["c"]:
+        assert 0 <= c["joint"] <= 1 and set(c["per_target_by_inputs"]["m2"]) == {"1", "2", "3", "4"}
+    oracle = res["b_oracle"]
+    assert oracle["per_target_by_inputs"]["m4"]["1"] == oracle["per_target"]["m4"]  # the oracle ignores k
+
+
+def test_eb_mvae_defaults_to_exact_score_matching_and_its_measured_langevin(runs, capsys):
+    tmp, root = runs
+    r = tmp / "default-objective"
+    shutil.copytree(tmp / "none", r)
+    code, out, err = run(["fit-ebm", r, "--json", "--data-root", root, "--energy-hidden", "8", "--epochs", "1"], capsys)
+    assert code == 0, err
+    ebm = manifest(r)["ebm"]
+    assert ebm["objective"] == "exact" and ebm["langevin"]["steps"] == 300 and ebm["langevin"]["step_size"] == 0.3

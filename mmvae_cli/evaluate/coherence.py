@@ -5,8 +5,10 @@ joint:        z ~ p(z) (N samples), decode every modality's mean, classify each;
 conditional:  for every non-empty strict subset A of the modalities, one z ~ q(z | X_A) per test
               tuple, decode the missing modalities' means, accuracy of their predicted labels
               against the tuple's label; reported per (A, target), averaged per target over A, and
-              averaged over subsets of equal size |A| (the MoPoE figure); the MMVAE+ convention, the
-              mean over the M(M-1) single-source pairs, is reported as `cross_pairs_mean`.
+              averaged over subsets of equal size |A| (the MoPoE figure), and per target by |A|
+              (`per_target_by_inputs`: the EB-MVAE paper's figure 2, e.g. targets m2 and m4 by number of
+              observed modalities); the MMVAE+ convention, the mean over the M(M-1) single-source pairs,
+              is reported as `cross_pairs_mean`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,17 @@ def joint_coherence(sample_latents, model, clf, n: int, batch_size: int = 500) -
             per_mod[m] += torch.bincount(preds[i], minlength=clf.n_classes).float()
         done += b
     return {"joint": agree / n, "n_samples": n, "class_histogram": {m: (h / n).tolist() for m, h in per_mod.items()}}
+
+
+def per_target_by_inputs(per_subset: dict, names) -> dict:
+    """{target: {number of inputs: mean accuracy over the subsets of that size without the target}}."""
+    out: dict[str, dict[str, list[float]]] = {t: {} for t in names}
+    for k, accs in per_subset.items():
+        for t, v in accs.items():
+            out[t].setdefault(str(len(k.split(","))), []).append(v)
+    return {
+        t: {k: sum(v) / len(v) for k, v in sorted(by.items(), key=lambda kv: int(kv[0]))} for t, by in out.items() if by
+    }
 
 
 @torch.no_grad()
@@ -75,6 +88,7 @@ def conditional_coherence(
     per_target = {t: sum(v) / len(v) for t, v in per_target.items() if v}
     return {
         "by_inputs": by_size_mean,
+        "per_target_by_inputs": per_target_by_inputs(per_subset, names),
         "per_subset": per_subset,
         "per_target": per_target,
         "cross_pairs_mean": sum(pairs) / len(pairs) if pairs else None,

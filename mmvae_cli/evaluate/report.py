@@ -48,6 +48,14 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
         for k, v in c["conditional"].items():
             out.append(("coherence", f"conditional, {k} input{'s' if k != '1' else ''} ({c['n_test']} tuples)", _f(v)))
         out.append(("coherence", "single-source pairs mean (MMVAE+)", _f(c["cross_pairs_mean"])))
+        for t, by in (c.get("per_target_by_inputs") or {}).items():
+            out.append(
+                (
+                    "coherence",
+                    f"target {t}, by number of inputs ({', '.join(by)})",
+                    " / ".join(_f(v) for v in by.values()),
+                )
+            )
     ll = results.get("likelihood")
     if ll:
         out.append(

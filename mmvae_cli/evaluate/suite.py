@@ -49,6 +49,7 @@ def coherence(
             "conditional": cond["by_inputs"],
             "cross_pairs_mean": cond["cross_pairs_mean"],
             "per_target": cond["per_target"],
+            "per_target_by_inputs": cond["per_target_by_inputs"],
             "per_subset": cond["per_subset"],
             "n_test": cond["n_test"],
         }
