@@ -25,11 +25,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..bundle import atomic_save_tensors
-from ..console import log
 from ..errors import DataError
 from .base import MultimodalData, fingerprint_tensors
-from .fetch import data_root, fetch_archive, load_safetensors, one_line
+from .fetch import data_root, fetch_archive, one_line, read_parse_cache, write_parse_cache
 
 NAME = "celeba"
 CROP = 148
@@ -112,14 +110,9 @@ def _parse(base: Path, split: str) -> tuple[dict[str, torch.Tensor], list[str], 
         h.update(f"{name}:{f.stat().st_size};".encode())
     key = h.hexdigest()[:16]
     cache = base / "mmvae-cache" / f"{split}-{key}.safetensors"
-    if cache.is_file():
-        try:
-            tensors, meta = load_safetensors(cache)
-            if meta.get("key") == key and set(tensors) == {"image", "attributes"}:
-                tensors = {"image": tensors["image"], "attributes": tensors["attributes"]}  # files sort names
-                return tensors, json.loads(meta["names"]), meta["fingerprint"]
-        except (DataError, KeyError, ValueError):
-            pass
+    hit = read_parse_cache(cache, key, ("image", "attributes"), ("names", "fingerprint"))
+    if hit is not None:
+        return hit[0], json.loads(hit[1]["names"]), hit[1]["fingerprint"]
     if not files:
         raise DataError(f"{base / PARTITION_FILE}: no image in partition {PARTITIONS[split]} ({split})")
     names, attributes = read_attributes(base / ATTR_FILE)
@@ -131,14 +124,9 @@ def _parse(base: Path, split: str) -> tuple[dict[str, torch.Tensor], list[str], 
         "attributes": torch.from_numpy(np.stack([attributes[f] for f in files])),
     }
     fingerprint = fingerprint_tensors(tensors)
-    try:
-        meta = {"format": CACHE_FORMAT, "key": key, "fingerprint": fingerprint, "names": json.dumps(names)}
-        atomic_save_tensors(cache, tensors, meta)
-        for old in cache.parent.glob(f"{split}-*.safetensors"):
-            if old != cache:
-                old.unlink(missing_ok=True)
-    except OSError as exc:
-        log(f"warning: cannot write the cache {cache} ({one_line(exc)}); parsing again next time")
+    write_parse_cache(
+        cache, tensors, {"format": CACHE_FORMAT, "key": key, "fingerprint": fingerprint, "names": json.dumps(names)}
+    )
     return tensors, names, fingerprint
 
 

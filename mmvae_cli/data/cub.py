@@ -28,12 +28,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..bundle import atomic_save_tensors
-from ..console import log
 from ..errors import DataError
 from ..modalities.words import SPECIALS, WordTextKind, tokenize
 from .base import GatheredTensors, MultimodalData, fingerprint_tensors
-from .fetch import data_root, fetch_archive, load_safetensors, one_line
+from .fetch import data_root, fetch_archive, one_line, read_parse_cache, write_parse_cache
 
 NAME = "cub"
 SIZE = 64
@@ -100,14 +98,9 @@ def _parse(base: Path, split: str) -> tuple[dict[str, torch.Tensor], list[str], 
         raise DataError(f"{base / split}: no images in class folders (layout {LAYOUT})")
     key = _key(base, split, files)
     cache = base / "mmvae-cache" / f"{split}-{key}.safetensors"
-    if cache.is_file():
-        try:
-            tensors, meta = load_safetensors(cache)
-            if meta.get("key") == key and set(tensors) == {"image", "caption"}:
-                tensors = {"image": tensors["image"], "caption": tensors["caption"]}  # files sort names
-                return tensors, json.loads(meta["vocab"]), meta["fingerprint"]
-        except (DataError, KeyError, ValueError):
-            pass
+    hit = read_parse_cache(cache, key, ("image", "caption"), ("vocab", "fingerprint"))
+    if hit is not None:
+        return hit[0], json.loads(hit[1]["vocab"]), hit[1]["fingerprint"]
     captions = read_captions(base / TEXT_FILES[split])
     if len(captions) != PER_IMAGE * len(files):
         raise DataError(
@@ -120,14 +113,9 @@ def _parse(base: Path, split: str) -> tuple[dict[str, torch.Tensor], list[str], 
     ids = WordTextKind(words=vocab).encode(captions, LENGTH, NAME)
     tensors = {"image": images, "caption": ids}
     fingerprint = fingerprint_tensors(tensors)
-    try:
-        meta = {"format": CACHE_FORMAT, "key": key, "fingerprint": fingerprint, "vocab": json.dumps(vocab)}
-        atomic_save_tensors(cache, tensors, meta)
-        for old in cache.parent.glob(f"{split}-*.safetensors"):
-            if old != cache:
-                old.unlink(missing_ok=True)
-    except OSError as exc:
-        log(f"warning: cannot write the cache {cache} ({one_line(exc)}); parsing again next time")
+    write_parse_cache(
+        cache, tensors, {"format": CACHE_FORMAT, "key": key, "fingerprint": fingerprint, "vocab": json.dumps(vocab)}
+    )
     return tensors, vocab, fingerprint
 
 

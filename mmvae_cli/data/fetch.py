@@ -252,5 +252,34 @@ def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         raise DataError(f"{path}: not a readable safetensors file ({one_line(exc)})") from None
 
 
+def read_parse_cache(cache: Path, key: str, names: tuple[str, ...], meta_keys: tuple[str, ...]):
+    """(tensors `names` in that order, metadata) of a parsed-archive cache written by `write_parse_cache`
+    under `key`, or None when it is absent, stale or unreadable (the caller parses again)."""
+    if not cache.is_file():
+        return None
+    try:
+        tensors, meta = load_safetensors(cache)
+    except DataError:
+        return None
+    if meta.get("key") != key or set(tensors) != set(names) or any(k not in meta for k in meta_keys):
+        return None
+    return {n: tensors[n] for n in names}, meta
+
+
+def write_parse_cache(cache: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """Write a split's parsed tensors atomically next to the data and drop the split's older caches;
+    a cache that cannot be written is a warning (the next load parses again), not an error."""
+    from ..bundle import atomic_save_tensors
+
+    split = cache.name.split("-", 1)[0]
+    try:
+        atomic_save_tensors(cache, tensors, meta)
+        for old in cache.parent.glob(f"{split}-*.safetensors"):
+            if old != cache:
+                old.unlink(missing_ok=True)
+    except OSError as exc:
+        log(f"warning: cannot write the cache {cache} ({one_line(exc)}); parsing again next time")
+
+
 def rmtree_quiet(path: str | os.PathLike) -> None:
     shutil.rmtree(path, ignore_errors=True)
