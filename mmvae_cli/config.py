@@ -391,6 +391,16 @@ NCSN_LANGEVIN = {"steps": 300, "step_size": 0.8}
 EBMVAE_LANGEVIN = {"steps": 300, "step_size": 0.3}
 
 
+def fit_langevin_defaults(objective: str, fusion: str) -> dict:
+    """The Langevin settings fit-ebm stores when none are given: NCSN_LANGEVIN for ncsn, EBMVAE_LANGEVIN
+    for score matching on EB-MVAE bundles, otherwise LangevinSettings' own defaults ({})."""
+    if objective == "ncsn":
+        return dict(NCSN_LANGEVIN)
+    if fusion == "none" and objective != "ml":
+        return dict(EBMVAE_LANGEVIN)
+    return {}
+
+
 @dataclass(frozen=True)
 class FitSettings:
     """`mmvae fit-ebm`: an energy fitted post hoc to a frozen VAE's aggregate posterior."""

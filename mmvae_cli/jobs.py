@@ -58,6 +58,15 @@ def training_data(name_or_path: str, root: str | None, train: config.TrainSettin
     return drop_modalities(load_dataset(name_or_path, "train", root), train.missing_ratio, train.seed)
 
 
+def run_training_data(manifest: dict, root: str | None, train: config.TrainSettings, where, changed: str):
+    """A run's training split as it trained on it (`training_data`), refused when its fingerprint is not the
+    manifest's (`changed`: how the one-line error says so)."""
+    data = training_data(manifest["dataset"]["name_or_path"], root, train)
+    if data.fingerprint != manifest["dataset"]["fingerprint"]:
+        raise MMVAEError(f"{where}: {changed} (fingerprint differs)")
+    return data
+
+
 def missing_section(data, ratio: float) -> dict | None:
     """The manifest's `missing` entry: the ratio and how many tuples observe k modalities (None if complete)."""
     if data.present is None:
@@ -304,9 +313,7 @@ def _prepare_resume(r: TrainRequest, out: Path) -> TrainingJob:
     autocast_dtype(rt.precision, pick_device(r.device))
     dist, dev = init_distributed(r.device, required=r.distributed)
     try:
-        data = training_data(manifest["dataset"]["name_or_path"], r.data_root, cfg.train)
-        if data.fingerprint != manifest["dataset"]["fingerprint"]:
-            raise MMVAEError(f"{out}: the dataset changed since this run started (fingerprint differs)")
+        data = run_training_data(manifest, r.data_root, cfg.train, out, "the dataset changed since this run started")
         model = MultimodalVAE(build_config(cfg.model, data))
         if manifest.get("ebm"):
             model.attach_ebm(*ebm_from_section(manifest["ebm"], str(out)))
@@ -584,19 +591,7 @@ def prepare_energy_fit(r: FitRequest) -> EnergyFitJob:
         s = config.resolve(config.FitSettings, r.fit).resolved(fusion, z_dim)
         config.check(s)
         given = {k: v for k, v in r.langevin.items() if v is not None}
-        lg = config.resolve(
-            config.LangevinSettings,
-            {
-                **(
-                    config.NCSN_LANGEVIN
-                    if s.objective == "ncsn"
-                    else config.EBMVAE_LANGEVIN
-                    if fusion == "none" and s.objective != "ml"
-                    else {}
-                ),
-                **given,
-            },
-        )
+        lg = config.resolve(config.LangevinSettings, {**config.fit_langevin_defaults(s.objective, fusion), **given})
         langevin = config.to_dict(lg)
         es = config.resolve(config.EnergySettings, r.energy)
         ml = s.objective == "ml"
@@ -623,9 +618,7 @@ def prepare_energy_fit(r: FitRequest) -> EnergyFitJob:
     model, manifest = load_model(run, dev)
     model.attach_ebm(None)  # the new energy replaces any old one
     train = TrainConfig.from_dict(manifest.get("settings", {}), str(run)).train
-    data = training_data(manifest["dataset"]["name_or_path"], r.data_root, train)
-    if data.fingerprint != manifest["dataset"]["fingerprint"]:
-        raise MMVAEError(f"{run}: its training data changed since it was trained (fingerprint differs)")
+    data = run_training_data(manifest, r.data_root, train, run, "its training data changed since it was trained")
     if outp is None:  # the energy goes into RUN's own manifest
         target, tman, new = run, manifest, False
     elif holder is not None:
@@ -840,9 +833,7 @@ def prepare_prior_fit(r: PriorFitRequest) -> PriorFitJob:
     dev = pick_device(r.device)
     model, manifest = load_model(run, dev)
     train = TrainConfig.from_dict(manifest.get("settings", {}), str(run)).train
-    data = training_data(manifest["dataset"]["name_or_path"], r.data_root, train)
-    if data.fingerprint != manifest["dataset"]["fingerprint"]:
-        raise MMVAEError(f"{run}: its training data changed since it was trained (fingerprint differs)")
+    data = run_training_data(manifest, r.data_root, train, run, "its training data changed since it was trained")
     n_points = len(data) * common.draws
     if getattr(settings, "components", 0) > n_points:
         raise MMVAEError(
