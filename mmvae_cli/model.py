@@ -106,24 +106,31 @@ class ModelConfig:
         return [m.name for m in self.modalities]
 
 
+def named(spec: str, names: list[str], option: str) -> dict[str, str]:
+    """Parse "NAME=VALUE,..." into {NAME: VALUE}; a NAME that is not a modality, or an item without "=", is refused."""
+    pairs = {}
+    for item in spec.split(","):
+        if not item.strip():
+            continue
+        name, sep, value = (t.strip() for t in item.partition("="))
+        if not sep or name not in names:
+            raise MMVAEError(
+                f"{option} {spec!r}: {name!r} is not a modality of this data "
+                f"({', '.join(names)}); use VALUE or NAME=VALUE,..."
+            )
+        pairs[name] = value
+    return pairs
+
+
 def per_modality(spec: str | None, names: list[str], option: str, choices: tuple[str, ...], default: str) -> dict:
     """Parse a per-modality setting: one value for all ("laplace") or "name=value,..." pairs, where
     unnamed modalities keep `default`. Returns {modality: value}."""
     spec = (spec or "").strip()
     if not spec:
         return {n: default for n in names}
-    if "=" not in spec:
-        pairs = {n: spec for n in names}
-    else:
-        pairs = {n: default for n in names}
-        for item in spec.split(","):
-            name, sep, value = (t.strip() for t in item.partition("="))
-            if not sep or name not in names:
-                raise MMVAEError(
-                    f"{option} {spec!r}: {name!r} is not a modality of this data "
-                    f"({', '.join(names)}); use VALUE or NAME=VALUE,..."
-                )
-            pairs[name] = value
+    pairs = (
+        {n: spec for n in names} if "=" not in spec else {**{n: default for n in names}, **named(spec, names, option)}
+    )
     for n, v in pairs.items():
         if v not in choices and v != default:
             raise MMVAEError(f"{option}: unknown value {v!r} for {n}; choose one of {', '.join(choices)}")
@@ -133,19 +140,13 @@ def per_modality(spec: str | None, names: list[str], option: str, choices: tuple
 def rec_weights(spec: str | None, names: list[str]) -> dict[str, float]:
     """`--rec-weight` "NAME=WEIGHT,...": {modality: weight > 0} for the named modalities."""
     out = {}
-    for item in (spec or "").split(","):
-        if not item.strip():
-            continue
-        name, sep, value = (t.strip() for t in item.partition("="))
+    for name, value in named(spec or "", names, "--rec-weight").items():
         try:
             w = float(value)
         except ValueError:
             w = float("nan")
-        if not sep or name not in names or not (w > 0 and w < float("inf")):
-            raise MMVAEError(
-                f"--rec-weight {spec!r}: {item.strip()!r} is not NAME=WEIGHT with NAME one of "
-                f"{', '.join(names)} and WEIGHT a positive number"
-            )
+        if not (0 < w < float("inf")):
+            raise MMVAEError(f"--rec-weight {spec!r}: the weight of {name} must be a positive number, not {value!r}")
         out[name] = w
     return out
 
