@@ -70,6 +70,11 @@ CONFIGS = {
     "reg_0.1": ({**OLD, "reg": 0.1}, {}, {}),
     "reg_1": ({**OLD, "reg": 1.0}, {}, {}),
     "defaults": ({}, {}, {}),
+    # the level pinned (gauge only, the gap free), the energy's weight in the VAE's prior term (--ebm-feedback)
+    "level": ({**OLD, "reg": 1.0, "reg_on": "level"}, {}, {}),
+    "level_fb0.5": ({**OLD, "reg": 1.0, "reg_on": "level", "feedback": 0.5}, {}, {}),
+    "level_fb0.25": ({**OLD, "reg": 1.0, "reg_on": "level", "feedback": 0.25}, {}, {}),
+    "level_fb0": ({**OLD, "reg": 1.0, "reg_on": "level", "feedback": 0.0}, {}, {}),
 }
 
 

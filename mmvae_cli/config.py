@@ -356,6 +356,16 @@ class JointEnergySettings:
         max=1.0,
         flag="--ebm-persistent-reset",
     )
+    feedback: float = setting(
+        1.0,
+        "weight f of the energy in the VAE's prior term: the encoders and decoders see KL(q || p_f), "
+        "p_f(z) ∝ p0(z) exp(-f E(z)) (1 = Algorithm 1; 0 = the energy learns beside a VAE that "
+        "ignores it); samples always come from p_alpha = p_1",
+        "Algorithm 1: 1; README, joint training: measured",
+        min=0.0,
+        max=1.0,
+        flag="--ebm-feedback",
+    )
     warmup_steps: int = setting(
         0,
         "training steps during which the VAE's prior term ignores the energy (plain p0; "
@@ -719,6 +729,11 @@ def resolve_train(
                 object.__setattr__(s, f.name, tuple(v))
         check(s)
     check_model(m, joint_ebm)
+    if joint_ebm and m.learn_prior and sections["joint"].feedback != 1.0:
+        raise MMVAEError(
+            "--learn-prior needs --ebm-feedback 1: log Z's gradient for p0 comes from samples of "
+            "p_alpha, the VAE's prior only with feedback 1"
+        )
     return TrainConfig(
         joint_ebm=joint_ebm,
         recipe=getattr(path, "name", None) if path is not None else None,

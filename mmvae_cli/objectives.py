@@ -53,8 +53,17 @@ def _prior_energy(model, z: torch.Tensor) -> torch.Tensor:
 
 
 def _energy_on(model) -> bool:
-    """Whether the VAE's prior term uses the energy now (off during `warmup_steps`)."""
-    return _joint_ebm(model) and model.ebm.joint_step >= model.ebm.joint_settings.warmup_steps
+    """Whether the VAE's prior term uses the energy now (off during `warmup_steps`, or with feedback 0)."""
+    js = model.ebm.joint_settings if _joint_ebm(model) else None
+    return js is not None and js.feedback > 0 and model.ebm.joint_step >= js.warmup_steps
+
+
+def _vae_energy(model, z: torch.Tensor) -> torch.Tensor:
+    """f * E_alpha(z), the energy term of the VAE's prior p_f(z) ∝ p0(z) exp(-f E(z)) (f =
+    `JointEnergySettings.feedback`; f = 1 is Algorithm 1's p_alpha):
+        KL(q || p_f) = KL(q || p0) + f E_q[E(z)] + log Z_f,
+    log Z_f constant for the VAE. Energy parameters detached (`_prior_energy`)."""
+    return model.ebm.joint_settings.feedback * _prior_energy(model, z)
 
 
 def _negative_starts(model, z_pos: torch.Tensor) -> torch.Tensor:
@@ -131,7 +140,7 @@ def elbo(model, x, present=None):
         if e.dim() > 1:
             e = e.mean((0, 1)) if q.valid is None else q.component_mean(e.mean(1))
         if _energy_on(model):
-            kld = kld + e
+            kld = kld + model.ebm.joint_settings.feedback * e
         stats["energy_q"] = e.mean().item()
     loss = -(rec - model.config.beta * kld).mean()
     return _ebm_learning(model, q.valid_samples(z), loss, {"loss": loss.item(), "rec": -rec.mean().item(), **stats})
@@ -166,8 +175,8 @@ def _stratified_log_weights(model, x, k: int, stop_q: bool = False, present=None
     z = q.rsample_each(k)  # (S, K, B, Dz)
     q_density = q.detached() if stop_q else q
     reg = model.prior.dist().log_prob(z).sum(-1) - q_density.log_prob(z)
-    if _energy_on(model):  # log p_alpha(z) = log p0(z) - E(z) - log Z (log Z: see _ebm_learning)
-        reg = reg - _prior_energy(model, z)
+    if _energy_on(model):  # log p_f(z) = log p0(z) - f E(z) - log Z_f (log Z: see _ebm_learning)
+        reg = reg - _vae_energy(model, z)
     samples, w = [(z, None)], None
     if model.config.private_dim:
         S, K, B = z.shape[:3]
@@ -280,7 +289,7 @@ def mvae(model, x, present=None):
         rec = model.log_likelihoods(model.decode(z, g), xg, present)
         kld = _kl_to_prior(model, q)
         if _energy_on(model):
-            kld_e = kld + _prior_energy(model, z)
+            kld_e = kld + _vae_energy(model, z)
         else:
             kld_e = kld
         term = rec - model.config.beta * kld_e

@@ -249,3 +249,43 @@ def test_level_regulariser_pins_the_mean_level_and_leaves_the_gap_free():
     assert gb.item() == pytest.approx(0.7 * 2 * 0.3)  # only the level's gradient reaches the offset
     energies = maximum_likelihood_loss(energy, z_pos, z_neg, reg=0.7)
     assert energies.item() == pytest.approx(e_pos - e_neg + 0.7 * (e_pos**2 + e_neg**2))
+
+
+@pytest.mark.parametrize(
+    "fusion,objective,k", [("mopoe", "elbo", 1), ("moe", "iwae", 1), ("poe", "mvae", 1), ("moe", "elbo", 1)]
+)
+def test_feedback_scales_the_energy_in_the_vae_prior_term(fusion, objective, k):
+    """--ebm-feedback f: the VAE's prior is p_f ∝ p0 exp(-f E), so with the same noise the reported loss
+    (the VAE's, before eq. 10) is L_0 + f (L_1 - L_0): f = 0 is the base-prior loss and f = 1 Algorithm 1
+    (with K = 1 the IWAE is linear in log w, so this holds for it too); the samples' prior stays p_alpha."""
+    torch.manual_seed(0)
+    specs = [ModalitySpec(m, [5], "gaussian", 0.5, 1.0, "mlp") for m in "ab"]
+    model = MultimodalVAE(ModelConfig(specs, 3, fusion, "all", objective, k, 2.5, "gaussian", "gaussian", hidden=8))
+    ebm = LatentEBM(EnergyConfig(dim=3, hidden=4, layers=2), "tilted", joint=True)
+    with torch.no_grad():  # a clearly non-zero energy
+        for p in ebm.parameters():
+            p.copy_(torch.randn_like(p))
+    model.attach_ebm(ebm, {"steps": 2})
+    model.train()
+    x = {m: torch.randn(6, 5) for m in "ab"}
+
+    def loss(f):
+        model.ebm.joint_settings = JointEnergySettings(feedback=f)
+        torch.manual_seed(1)
+        return model(x)[1]["loss"]
+
+    l0, l1, lh = loss(0.0), loss(1.0), loss(0.3)
+    assert abs(l1 - l0) > 1e-2  # the energy matters
+    assert lh == pytest.approx(l0 + 0.3 * (l1 - l0), rel=1e-5, abs=1e-5)
+    model.attach_ebm(None, {})
+    torch.manual_seed(1)
+    assert model(x)[1]["loss"] == pytest.approx(l0, rel=1e-6, abs=1e-6)  # f = 0: the base prior's loss
+
+
+def test_feedback_below_one_with_a_learnable_prior_is_refused():
+    from mmvae_cli.config import resolve_train
+    from mmvae_cli.errors import MMVAEError
+
+    with pytest.raises(MMVAEError, match="--ebm-feedback 1"):
+        resolve_train("polymnist-mini", {"prior": "ebm", "learn_prior": True, "feedback": 0.5})
+    assert resolve_train("polymnist-mini", {"prior": "ebm", "feedback": 0.5}).joint.feedback == 0.5
