@@ -2,9 +2,10 @@
 
 A run's settings are sections of typed fields (`ModelSettings`, `TrainSettings`, `EnergySettings`,
 `JointEnergySettings`, `LangevinSettings`, `FitSettings`, `PriorFitSettings`, `GMMSettings`,
-`FlowSettings`, `RuntimeSettings`, `ClassifierSettings`). Each field is declared with `setting(default, help, source, ...)`, which
-records its range and where its default comes from (a paper, the reference code, or ours with the
-measurement). Everything else reads these declarations:
+`FlowSettings`, `RuntimeSettings`, `ClassifierSettings`); the evaluation and generation commands'
+sample counts are sections too (`EvalSettings`, `GenerateSettings`). Each field is declared with
+`setting(default, help, source, ...)`, which records its range and where its default comes from (a
+paper, the reference code, or ours with the measurement). Everything else reads these declarations:
 
   * click options are generated from them (`cli/options.settings_options`), so a new field is a new
     command-line flag with its help and default shown;
@@ -585,6 +586,68 @@ class ClassifierSettings:
     batch_size: int = setting(128, "batch size", "ours", min=1)
     lr: float = setting(1e-3, "Adam learning rate", "ours", gt=0.0)
     seed: int = setting(0, "random seed", "ours", min=0)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """`mmvae eval`: how many samples each metric uses (the flags' defaults; not part of a run's settings).
+
+    `eval coherence`, `likelihood`, `latent` and `fid` follow the papers' protocol (REFERENCE.md,
+    evaluation protocol); `eval all` runs every metric at once with lighter defaults (the all_* fields)
+    so that it finishes on a CPU in minutes. Every result records the counts it used."""
+
+    n_joint: int = setting(
+        10000,
+        "prior samples for joint coherence",
+        "the papers' protocol (REFERENCE.md): 10,000 prior samples",
+        min=1,
+    )
+    k: int = setting(
+        15,
+        "importance samples per tuple and subset",
+        "MoPoE paper: 12-15 importance samples per subset posterior (the upper end)",
+        min=1,
+    )
+    n_train: int = setting(
+        500,
+        "encoded training tuples the logistic regression is fitted on",
+        "the papers' protocol (REFERENCE.md): logistic regression on 500 encoded training samples",
+        min=1,
+    )
+    n_fid: int = setting(
+        10000,
+        "generated and real images per modality (capped at the split size)",
+        "the papers' protocol (REFERENCE.md): 10,000 generated vs 10,000 real test images",
+        min=1,
+    )
+    all_n_joint: int = setting(
+        2000,
+        "eval all: prior samples for joint coherence",
+        "ours: eval all, a quicker pass than the papers' 10,000",
+        min=1,
+    )
+    all_k: int = setting(
+        12,
+        "eval all: importance samples for the likelihoods",
+        "MoPoE paper's lower end (12-15); eval all, a quicker pass",
+        min=1,
+    )
+    all_ll_limit: int = setting(
+        200,
+        "eval all: likelihood on N evaluation tuples only, evenly spaced",
+        "ours: eval all, a quicker pass",
+        min=1,
+    )
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """`mmvae sample` and `mmvae cross-generate`: how many samples they draw by default."""
+
+    sample_n: int = setting(64, "sample: number of joint samples", "ours: an 8 x 8 grid", min=1)
+    cross_generate_n: int = setting(
+        16, "cross-generate: number of input tuples", "ours: a grid that stays legible", min=1
+    )
 
 
 SECTIONS = {

@@ -20,10 +20,47 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_setting_declares_help_source_and_a_valid_default():
-    for cls in (*config.SECTIONS.values(), config.FitSettings, config.RuntimeSettings, config.ClassifierSettings):
+    for cls in (
+        *config.SECTIONS.values(),
+        config.FitSettings,
+        config.RuntimeSettings,
+        config.ClassifierSettings,
+        config.EvalSettings,
+        config.GenerateSettings,
+    ):
         for f in fields(cls):
             assert f.metadata["help"] and f.metadata["source"], (cls.__name__, f.name)
         config.check(cls())  # the defaults are in range
+
+
+@pytest.mark.parametrize(
+    "command, flag, section, field",
+    [
+        ("coherence", "--n-joint", config.EvalSettings, "n_joint"),
+        ("likelihood", "--k", config.EvalSettings, "k"),
+        ("latent", "--n-train", config.EvalSettings, "n_train"),
+        ("fid", "--n-fid", config.EvalSettings, "n_fid"),
+        ("all_", "--n-joint", config.EvalSettings, "all_n_joint"),
+        ("all_", "--k", config.EvalSettings, "all_k"),
+        ("all_", "--ll-limit", config.EvalSettings, "all_ll_limit"),
+        ("all_", "--n-train", config.EvalSettings, "n_train"),
+        ("all_", "--n-fid", config.EvalSettings, "n_fid"),
+        ("sample", "--n", config.GenerateSettings, "sample_n"),
+        ("cross_generate", "--n", config.GenerateSettings, "cross_generate_n"),
+    ],
+)
+def test_eval_and_generate_defaults_are_the_config_fields(command, flag, section, field):
+    """The commands' sample counts come from config.py: default, lower bound and source in --help."""
+    import click
+
+    from mmvae_cli.cli import eval_cmd, generate_cmd
+
+    cmd = getattr(eval_cmd, command, None) or getattr(generate_cmd, command)
+    opt = next(p for p in cmd.params if flag in p.opts)
+    f = next(f for f in fields(section) if f.name == field)
+    assert opt.default == config.default_of(section, field) and opt.show_default
+    assert isinstance(opt.type, click.IntRange) and opt.type.min == f.metadata["min"]
+    assert f.metadata["source"] in opt.help
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .. import bundle
+from ..config import EvalSettings
 from ..console import log
 from ..data import load_dataset
 from ..errors import MMVAEError
@@ -187,9 +188,7 @@ def _common(f):
 @evaluate.command()
 @click.argument("run", type=click.Path())
 @clf_opt
-@click.option(
-    "--n-joint", type=click.IntRange(min=1), default=10000, show_default=True, help="Prior samples for joint coherence."
-)
+@options.count_option(EvalSettings, "n_joint")
 @prior_opt
 @options.langevin_sample
 @_common
@@ -235,9 +234,7 @@ def coherence(
 
 @evaluate.command()
 @click.argument("run", type=click.Path())
-@click.option(
-    "--k", type=click.IntRange(min=1), default=15, show_default=True, help="Importance samples per tuple and subset."
-)
+@options.count_option(EvalSettings, "k")
 @prior_opt
 @_common
 def likelihood(run, k, prior, split, limit, seed, device, data_root, report_dir, as_json):
@@ -258,13 +255,7 @@ def likelihood(run, k, prior, split, limit, seed, device, data_root, report_dir,
 
 @evaluate.command()
 @click.argument("run", type=click.Path())
-@click.option(
-    "--n-train",
-    type=click.IntRange(min=1),
-    default=500,
-    show_default=True,
-    help="Encoded training tuples the logistic regression is fitted on.",
-)
+@options.count_option(EvalSettings, "n_train")
 @_common
 def latent(run, n_train, split, limit, seed, device, data_root, report_dir, as_json):
     """Logistic-regression probe of the posterior mean for every subset of inputs."""
@@ -275,13 +266,7 @@ def latent(run, n_train, split, limit, seed, device, data_root, report_dir, as_j
 @evaluate.command()
 @click.argument("run", type=click.Path())
 @weights_opt
-@click.option(
-    "--n-fid",
-    type=click.IntRange(min=1),
-    default=10000,
-    show_default=True,
-    help="Generated and real images per modality (capped at the split size).",
-)
+@options.count_option(EvalSettings, "n_fid")
 @prior_opt
 @_common
 def fid(run, inception_weights, n_fid, prior, split, limit, seed, device, data_root, report_dir, as_json):
@@ -300,29 +285,16 @@ def fid(run, inception_weights, n_fid, prior, split, limit, seed, device, data_r
 @weights_opt
 @prior_opt
 @options.langevin_sample
-@click.option(
-    "--n-joint", type=click.IntRange(min=1), default=2000, show_default=True, help="Prior samples for joint coherence."
-)
-@click.option(
-    "--k", type=click.IntRange(min=1), default=12, show_default=True, help="Importance samples for the likelihoods."
-)
-@click.option(
+@options.count_option(EvalSettings, "all_n_joint", "--n-joint", help="Prior samples for joint coherence.")
+@options.count_option(EvalSettings, "all_k", "--k", help="Importance samples for the likelihoods.")
+@options.count_option(
+    EvalSettings,
+    "all_ll_limit",
     "--ll-limit",
-    type=click.IntRange(min=1),
-    default=200,
-    show_default=True,
     help="Likelihood on N evaluation tuples only, evenly spaced (it decodes K x (2^M-1) latents per tuple).",
 )
-@click.option(
-    "--n-train",
-    type=click.IntRange(min=1),
-    default=500,
-    show_default=True,
-    help="Training tuples for the latent probe.",
-)
-@click.option(
-    "--n-fid", type=click.IntRange(min=1), default=10000, show_default=True, help="Images per modality for FID."
-)
+@options.count_option(EvalSettings, "n_train", help="Training tuples for the latent probe.")
+@options.count_option(EvalSettings, "n_fid", help="Images per modality for FID.")
 @_common
 def all_(
     run,

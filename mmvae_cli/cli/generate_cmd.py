@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import torch
 
+from .. import config
 from ..bundle import atomic_save_tensors
 from ..console import log
 from ..data import load_dataset
@@ -58,9 +59,7 @@ def _check_format(out: str, fmt: str | None) -> None:
 
 @click.command()
 @click.argument("run", type=click.Path())
-@click.option(
-    "-n", "--n", "n", type=click.IntRange(min=1), default=64, show_default=True, help="Number of joint samples."
-)
+@options.count_option(config.GenerateSettings, "sample_n", "-n", "--n", "n", help="Number of joint samples.")
 @options.output_file("Output file: .png or .jpg grid (one row per modality), or .safetensors.")
 @options.prior
 @options.langevin_sample
@@ -108,7 +107,11 @@ def sample(
     if not save_chain:
         z = p.sample(n, **langevin)
     else:
-        lsteps = steps if steps is not None else int(model.langevin_settings.get("steps", 50))
+        lsteps = (
+            steps
+            if steps is not None
+            else int(model.langevin_settings.get("steps", config.default_of(config.LangevinSettings, "steps")))
+        )
         every = max(1, chain_every or lsteps // 10)
         res = p.chain(n, every=every, **langevin)
         z = res.z
@@ -154,9 +157,7 @@ def sample(
 )
 @click.option("--targets", default=None, help="Modalities to generate (default: all others).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
-@click.option(
-    "-n", "--n", "n", type=click.IntRange(min=1), default=16, show_default=True, help="Number of input tuples."
-)
+@options.count_option(config.GenerateSettings, "cross_generate_n", "-n", "--n", "n", help="Number of input tuples.")
 @options.output_file("Output file: .png or .jpg grid, or .safetensors.")
 @options.langevin_sample
 @options.seed

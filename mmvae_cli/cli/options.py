@@ -83,6 +83,22 @@ def settings_options(
     return deco
 
 
+def count_option(cls, name: str, *decls: str, help: str | None = None):
+    """An integer option whose default and lower bound are field `name` of `cls` (a count such as
+    config.EvalSettings.n_joint), its source shown by --help. decls: click's parameter declarations
+    (default: --field-name); help: this command's sentence (default: the field's help)."""
+    fld = next(f for f in fields(cls) if f.name == name)
+    m = fld.metadata
+    text = help or m["help"][0].upper() + m["help"][1:] + "."
+    return click.option(
+        *(decls or ("--" + name.replace("_", "-"),)),
+        type=click.IntRange(min=int(m["min"])),
+        default=config.default_of(cls, name),
+        show_default=True,
+        help=f"{text} (source: {m['source']})",
+    )
+
+
 def given(kwargs: dict, cls, rename: dict[str, str] | None = None) -> dict:
     """The flag values of a command's kwargs that belong to section `cls` (None = not given)."""
     names = {f.name for f in fields(cls)}

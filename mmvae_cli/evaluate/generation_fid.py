@@ -64,7 +64,7 @@ def model_fid(
     data: MultimodalData,
     device,
     extractor,
-    n: int = 10000,
+    n: int,
     batch_size: int = 250,
     prior: str = "base",
     cache_dir: Path | None = None,

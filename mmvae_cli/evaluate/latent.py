@@ -37,7 +37,7 @@ def latent_probe(
     train: MultimodalData,
     test: MultimodalData,
     device,
-    n_train: int = 500,
+    n_train: int,
     seed: int = 0,
     subsets: list[list[str]] | None = None,
 ) -> dict:

@@ -85,7 +85,7 @@ def subset_log_likelihoods(
     model,
     data: MultimodalData,
     device,
-    k: int = 15,
+    k: int,
     batch_size: int = 100,
     subsets: list[list[str]] | None = None,
     prior: str = "base",
