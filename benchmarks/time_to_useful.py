@@ -56,11 +56,25 @@ def measure(a, train_opts: list[str]) -> None:
         else:
             mmvae("train", a.data, *common, "--resume")
         coh = json.loads(
-            mmvae("eval", "coherence", str(out), "--classifiers", a.classifiers, "--n-joint", "1", "--json",
-                  "--device", a.device)
+            mmvae(
+                "eval",
+                "coherence",
+                str(out),
+                "--classifiers",
+                a.classifiers,
+                "--n-joint",
+                "1",
+                "--json",
+                "--device",
+                a.device,
+            )
         )
         epochs, minutes = train_minutes(out)
-        row = {"epochs": epochs, "minutes": round(minutes, 2), **{f"inputs_{k}": v for k, v in coh["conditional"].items()}}
+        row = {
+            "epochs": epochs,
+            "minutes": round(minutes, 2),
+            **{f"inputs_{k}": v for k, v in coh["conditional"].items()},
+        }
         rows.append(row)
         (out / "time_to_useful.json").write_text(json.dumps(rows, indent=1))
         print(
@@ -71,8 +85,12 @@ def measure(a, train_opts: list[str]) -> None:
         done = e
     hit = next((r for r in rows if r["inputs_1"] >= a.target), None)
     print(
-        f"{out.name}: " + (f"reached {a.target} from one input at epoch {hit['epochs']} after {hit['minutes']:.1f} "
-                           "training minutes" if hit else f"did not reach {a.target} from one input"),
+        f"{out.name}: "
+        + (
+            f"reached {a.target} from one input at epoch {hit['epochs']} after {hit['minutes']:.1f} training minutes"
+            if hit
+            else f"did not reach {a.target} from one input"
+        ),
         flush=True,
     )
 
