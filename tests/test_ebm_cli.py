@@ -309,7 +309,8 @@ def test_joint_training_writes_and_resumes_the_energy(runs, capsys):
     m = manifest(out)
     assert m["ebm"]["training"] == "joint" and m["ebm"]["density"] == "tilted"
     assert m["settings"]["joint"]["ebm_lr"] == 2e-5 and m["settings"]["joint"]["ebm_betas"] == [0.5, 0.999]
-    assert m["settings"]["joint"]["reg"] == 0.1 and m["settings"]["langevin"]["steps"] == 3
+    assert m["settings"]["joint"]["reg"] == 1.0 and m["settings"]["langevin"]["steps"] == 3
+    assert m["settings"]["joint"]["reg_on"] == "level" and m["settings"]["joint"]["feedback"] == 0.5
     assert {"ebm.safetensors", "model.safetensors"} <= set(m["files"])
     assert "ebm_ml" in m["history"][-1] and "energy_q" in m["history"][-1] and m["epochs_done"] == 1
     model, _ = load_model(out)

@@ -167,16 +167,20 @@ def test_eb_mvae_cross_generation_samples_the_conditional_with_observed_latents_
 )
 def test_joint_prior_term_adds_beta_times_the_energy(fusion, objective, groups):
     """KL(q || p_alpha) = KL(q || p0) + E_q[E] + log Z: a constant energy E = b shifts the loss by
-    beta * b per ELBO term (mvae sums the joint and the 3 unimodal ELBOs), whatever the fusion."""
+    beta * b per ELBO term (mvae sums the joint and the 3 unimodal ELBOs), whatever the fusion; with
+    the default --ebm-feedback f, KL(q || p_f) shifts it by f * beta * b."""
     model = vec_model(fusion, objective=objective, k=3, beta=0.7)
     x = batch(model)
     model.eval()
     torch.manual_seed(3)
     base, _ = model(x)
     model.attach_ebm(linear_ebm(model.z_dim, torch.zeros(model.z_dim), b=2.5, joint=True))
-    torch.manual_seed(3)
-    tilted, stats = model(x)
-    torch.testing.assert_close(tilted - base, torch.tensor(groups * 0.7 * 2.5), rtol=1e-5, atol=1e-4)
+    for settings in (JointEnergySettings(feedback=1.0), JointEnergySettings()):
+        model.ebm.joint_settings = settings
+        torch.manual_seed(3)
+        tilted, stats = model(x)
+        expected = torch.tensor(groups * 0.7 * 2.5 * settings.feedback)
+        torch.testing.assert_close(tilted - base, expected, rtol=1e-5, atol=1e-4)
 
 
 def test_joint_training_gradients_reach_each_part_only_through_its_own_term():
@@ -210,14 +214,17 @@ def test_joint_training_gradients_reach_each_part_only_through_its_own_term():
     g = model.ebm.energy.net[0].weight.grad
     assert g is not None and "ebm_ml" in stats and "energy_neg" in stats
     assert model.ebm.energy.net[0].bias.grad.abs().item() < 1e-5  # constants cancel in eq. 10
-    # the default L2 term (JointEnergySettings.reg) gives the bias 2 reg (mean E(z_pos) + mean E(z_neg))
-    reg = JointEnergySettings().reg
-    model.ebm.joint_settings = JointEnergySettings()
-    model.zero_grad(set_to_none=True)
-    loss, stats = model(x)
-    loss.backward()
-    expected = 2 * reg * (stats["energy_q"] + stats["energy_neg"])
-    assert reg > 0 and abs(model.ebm.energy.net[0].bias.grad.item() - expected) < 1e-4 * (1 + abs(expected))
+    # the L2 term on the energies, reg (mean E_pos^2 + mean E_neg^2), gives the bias 2 reg (mean E(z_pos) +
+    # mean E(z_neg)); the default one on the level, reg ((mean E_pos + mean E_neg) / 2)^2, half of that
+    for settings, factor in ((JointEnergySettings(reg=0.1, reg_on="energies"), 2.0), (JointEnergySettings(), 1.0)):
+        model.ebm.joint_settings = settings
+        model.zero_grad(set_to_none=True)
+        loss, stats = model(x)
+        loss.backward()
+        expected = factor * settings.reg * (stats["energy_q"] + stats["energy_neg"])
+        assert settings.reg > 0 and abs(model.ebm.energy.net[0].bias.grad.item() - expected) < 1e-4 * (
+            1 + abs(expected)
+        )
     opt = make_optimizer(model, TrainSettings(lr=1e-3), JointEnergySettings(ebm_lr=2e-5, ebm_betas=(0.5, 0.999)))
     assert len(opt.param_groups) == 2
     assert opt.param_groups[1]["lr"] == 2e-5 and opt.param_groups[1]["betas"] == (0.5, 0.999)
