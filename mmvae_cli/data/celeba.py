@@ -18,7 +18,6 @@ splits are cached in <root>/celeba/mmvae-cache/ (safetensors, keyed by the files
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +25,8 @@ import torch
 from PIL import Image
 
 from ..errors import DataError
-from .base import MultimodalData, fingerprint_tensors
-from .fetch import data_root, fetch_archive, one_line, read_parse_cache, write_parse_cache
+from .base import MultimodalData
+from .fetch import fetch_archive, fetched_folder, one_line, read_parse_cache, write_parse_cache
 
 NAME = "celeba"
 CROP = 148
@@ -110,9 +109,9 @@ def _parse(base: Path, split: str) -> tuple[dict[str, torch.Tensor], list[str], 
         h.update(f"{name}:{f.stat().st_size};".encode())
     key = h.hexdigest()[:16]
     cache = base / "mmvae-cache" / f"{split}-{key}.safetensors"
-    hit = read_parse_cache(cache, key, ("image", "attributes"), ("names", "fingerprint"))
+    hit = read_parse_cache(cache, key, ("image", "attributes"), "names")
     if hit is not None:
-        return hit[0], json.loads(hit[1]["names"]), hit[1]["fingerprint"]
+        return hit
     if not files:
         raise DataError(f"{base / PARTITION_FILE}: no image in partition {PARTITIONS[split]} ({split})")
     names, attributes = read_attributes(base / ATTR_FILE)
@@ -123,18 +122,13 @@ def _parse(base: Path, split: str) -> tuple[dict[str, torch.Tensor], list[str], 
         "image": torch.from_numpy(np.stack([read_image(base / IMAGES / f) for f in files])),
         "attributes": torch.from_numpy(np.stack([attributes[f] for f in files])),
     }
-    fingerprint = fingerprint_tensors(tensors)
-    write_parse_cache(
-        cache, tensors, {"format": CACHE_FORMAT, "key": key, "fingerprint": fingerprint, "names": json.dumps(names)}
-    )
+    fingerprint = write_parse_cache(cache, tensors, CACHE_FORMAT, key, "names", names)
     return tensors, names, fingerprint
 
 
 def load_celeba(root, split: str) -> MultimodalData:
     """One split: `image` (uint8 3x64x64) and `attributes` (float32 40, in {0, 1}); no labels."""
-    base = data_root(root) / NAME
-    if not all((base / r).exists() for r in REQUIRED):
-        raise DataError(f"CelebA not found under {base}: run `mmvae data fetch celeba --url URL` ({LAYOUT})")
+    base = fetched_folder(root, NAME, REQUIRED, "CelebA", LAYOUT)
     tensors, names, fingerprint = _parse(base, split)
     return MultimodalData(NAME, split, tensors, None, fingerprint, str(base), {"attributes": names})
 

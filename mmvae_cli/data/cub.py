@@ -20,7 +20,6 @@ a regex tokenizer instead of nltk's, lower-cased. No labels. The original cleane
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -30,8 +29,8 @@ from PIL import Image
 
 from ..errors import DataError
 from ..modalities.words import SPECIALS, WordTextKind, tokenize
-from .base import GatheredTensors, MultimodalData, fingerprint_tensors
-from .fetch import data_root, fetch_archive, one_line, read_parse_cache, write_parse_cache
+from .base import GatheredTensors, MultimodalData
+from .fetch import fetch_archive, fetched_folder, one_line, read_parse_cache, write_parse_cache
 
 NAME = "cub"
 SIZE = 64
@@ -98,9 +97,9 @@ def _parse(base: Path, split: str) -> tuple[dict[str, torch.Tensor], list[str], 
         raise DataError(f"{base / split}: no images in class folders (layout {LAYOUT})")
     key = _key(base, split, files)
     cache = base / "mmvae-cache" / f"{split}-{key}.safetensors"
-    hit = read_parse_cache(cache, key, ("image", "caption"), ("vocab", "fingerprint"))
+    hit = read_parse_cache(cache, key, ("image", "caption"), "vocab")
     if hit is not None:
-        return hit[0], json.loads(hit[1]["vocab"]), hit[1]["fingerprint"]
+        return hit
     captions = read_captions(base / TEXT_FILES[split])
     if len(captions) != PER_IMAGE * len(files):
         raise DataError(
@@ -112,18 +111,13 @@ def _parse(base: Path, split: str) -> tuple[dict[str, torch.Tensor], list[str], 
     images = torch.from_numpy(np.stack([read_image(f) for f in files]))
     ids = WordTextKind(words=vocab).encode(captions, LENGTH, NAME)
     tensors = {"image": images, "caption": ids}
-    fingerprint = fingerprint_tensors(tensors)
-    write_parse_cache(
-        cache, tensors, {"format": CACHE_FORMAT, "key": key, "fingerprint": fingerprint, "vocab": json.dumps(vocab)}
-    )
+    fingerprint = write_parse_cache(cache, tensors, CACHE_FORMAT, key, "vocab", vocab)
     return tensors, vocab, fingerprint
 
 
 def load_cub(root, split: str) -> MultimodalData:
     """One split: modalities `image` (uint8 3x64x64, stored once per image) and `caption` (words, 32)."""
-    base = data_root(root) / NAME
-    if not all((base / r).exists() for r in REQUIRED):
-        raise DataError(f"CUB not found under {base}: run `mmvae data fetch cub --url URL` ({LAYOUT})")
+    base = fetched_folder(root, NAME, REQUIRED, "CUB", LAYOUT)
     tensors, vocab, fingerprint = _parse(base, split)
     n = int(tensors["caption"].shape[0])
     index = {"image": torch.arange(n) // PER_IMAGE, "caption": torch.arange(n)}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import json
 import os
 import shutil
 import tarfile
@@ -29,6 +30,7 @@ from safetensors.torch import load_file
 from ..console import log
 from ..console import progress as console_progress
 from ..errors import DataError
+from .base import fingerprint_tensors
 
 ENV_DATA_ROOT = "MMVAE_DATA"
 CHUNK = 1 << 20
@@ -235,6 +237,16 @@ def fetch_archive(
     return base
 
 
+def fetched_folder(
+    root: str | os.PathLike | None, name: str, required: tuple[str, ...], title: str, layout: str
+) -> Path:
+    """`<root>/<name>` as `fetch_archive` leaves it; DataError (saying how to fetch it) if `required` is incomplete."""
+    base = data_root(root) / name
+    if not all((base / r).exists() for r in required):
+        raise DataError(f"{title} not found under {base}: run `mmvae data fetch {name} --url URL` ({layout})")
+    return base
+
+
 def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file; DataError if it is not one."""
     from safetensors import safe_open
@@ -252,25 +264,30 @@ def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         raise DataError(f"{path}: not a readable safetensors file ({one_line(exc)})") from None
 
 
-def read_parse_cache(cache: Path, key: str, names: tuple[str, ...], meta_keys: tuple[str, ...]):
-    """(tensors `names` in that order, metadata) of a parsed-archive cache written by `write_parse_cache`
-    under `key`, or None when it is absent, stale or unreadable (the caller parses again)."""
+def read_parse_cache(cache: Path, key: str, names: tuple[str, ...], list_key: str):
+    """(tensors `names` in that order, the JSON list under `list_key`, fingerprint) of a parsed-archive cache
+    written by `write_parse_cache` under `key`, or None when it is absent, stale or unreadable (parse again)."""
     if not cache.is_file():
         return None
     try:
         tensors, meta = load_safetensors(cache)
     except DataError:
         return None
-    if meta.get("key") != key or set(tensors) != set(names) or any(k not in meta for k in meta_keys):
+    if meta.get("key") != key or set(tensors) != set(names) or any(k not in meta for k in (list_key, "fingerprint")):
         return None
-    return {n: tensors[n] for n in names}, meta
+    return {n: tensors[n] for n in names}, json.loads(meta[list_key]), meta["fingerprint"]
 
 
-def write_parse_cache(cache: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
-    """Write a split's parsed tensors atomically next to the data and drop the split's older caches;
-    a cache that cannot be written is a warning (the next load parses again), not an error."""
+def write_parse_cache(
+    cache: Path, tensors: dict[str, torch.Tensor], cache_format: str, key: str, list_key: str, values: list[str]
+) -> str:
+    """Fingerprint a split's parsed tensors and write them, with `values` as JSON under `list_key`, atomically
+    next to the data, dropping the split's older caches; returns the fingerprint. A cache that cannot be
+    written is a warning (the next load parses again), not an error."""
     from ..bundle import atomic_save_tensors
 
+    fingerprint = fingerprint_tensors(tensors)
+    meta = {"format": cache_format, "key": key, "fingerprint": fingerprint, list_key: json.dumps(values)}
     split = cache.name.split("-", 1)[0]
     try:
         atomic_save_tensors(cache, tensors, meta)
@@ -279,6 +296,7 @@ def write_parse_cache(cache: Path, tensors: dict[str, torch.Tensor], meta: dict[
                 old.unlink(missing_ok=True)
     except OSError as exc:
         log(f"warning: cannot write the cache {cache} ({one_line(exc)}); parsing again next time")
+    return fingerprint
 
 
 def rmtree_quiet(path: str | os.PathLike) -> None:
