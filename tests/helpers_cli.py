@@ -9,6 +9,9 @@ from PIL import Image
 
 from mmvae_cli.cli import main
 
+TINY_FIT_EBM = ["--energy-hidden", "8", "--epochs", "1", "--langevin-steps", "2"]
+"""`mmvae fit-ebm` flags of a seconds-long fit on tiny data: an 8-unit energy, one epoch, 2 Langevin steps."""
+
 
 def run(argv, capsys=None):
     """Run the CLI in-process; return (exit code, stdout, stderr)."""

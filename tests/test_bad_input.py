@@ -18,7 +18,7 @@ import sys
 
 import pytest
 import torch
-from helpers_cli import run, write_tiny_polymnist
+from helpers_cli import TINY_FIT_EBM, run, write_tiny_polymnist
 
 CPU = ["--device", "cpu"]
 
@@ -48,23 +48,7 @@ def bundles(tmp_path_factory):
     )
     assert code == 0, err
     shutil.copytree(run_dir, erun)
-    code, _, err = run(
-        [
-            "fit-ebm",
-            erun,
-            "--data-root",
-            root,
-            "--energy-hidden",
-            "8",
-            "--epochs",
-            "1",
-            "--langevin-steps",
-            "2",
-            "--batch-size",
-            "10",
-            *CPU,
-        ]
-    )
+    code, _, err = run(["fit-ebm", erun, "--data-root", root, *TINY_FIT_EBM, "--batch-size", "10", *CPU])
     assert code == 0, err
     code, _, err = run(["classifier", "train", "polymnist", "--data-root", root, "--out", clf, "--epochs", "1", *CPU])
     assert code == 0, err

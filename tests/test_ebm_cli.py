@@ -45,6 +45,13 @@ def manifest(path):
     return json.loads((path / "manifest.json").read_text())
 
 
+def ebm_coherence(bundle, runs, capsys):
+    """`mmvae eval coherence BUNDLE --prior ebm --json` (3 Langevin steps, 10 joint samples): (code, out, err)."""
+    tmp, root = runs
+    argv = ["eval", "coherence", bundle, "--classifiers", tmp / "clf", "--prior", "ebm", "--steps", "3"]
+    return run([*argv, "--n-joint", "10", "--data-root", root, "--json", "--device", "cpu"], capsys)
+
+
 def test_fit_ebm_round_trips_the_bundle(runs, capsys):
     tmp, root = runs
     r = tmp / "rt"
@@ -93,27 +100,7 @@ def test_fit_ebm_round_trips_the_bundle(runs, capsys):
     assert code == 0, err
     w, h = Image.open(tmp / "chain.png").size
     assert h == 8 * 5 * 30 + 2 and w == 6 * 30 + 2
-    code, out, _ = run(
-        [
-            "eval",
-            "coherence",
-            r,
-            "--classifiers",
-            tmp / "clf",
-            "--prior",
-            "ebm",
-            "--steps",
-            "3",
-            "--n-joint",
-            "10",
-            "--data-root",
-            root,
-            "--json",
-            "--device",
-            "cpu",
-        ],
-        capsys,
-    )
+    code, out, _ = ebm_coherence(r, runs, capsys)
     assert code == 0 and json.loads(out)["prior"] == "ebm" and json.loads(out)["langevin"] == {"steps": 3}
     # a second fit needs --overwrite
     code, _, err = run(["fit-ebm", r, "--data-root", root, *TINY_EBM], capsys)
@@ -245,27 +232,7 @@ def test_eb_mvae_fit_cross_generate_and_coherence(runs, capsys):
         capsys,
     )
     assert code == 0, err
-    code, out, err = run(
-        [
-            "eval",
-            "coherence",
-            r,
-            "--classifiers",
-            tmp / "clf",
-            "--prior",
-            "ebm",
-            "--n-joint",
-            "10",
-            "--steps",
-            "3",
-            "--data-root",
-            root,
-            "--json",
-            "--device",
-            "cpu",
-        ],
-        capsys,
-    )
+    code, out, err = ebm_coherence(r, runs, capsys)
     assert code == 0, err
     assert set(json.loads(out)["conditional"]) == {"1", "2", "3", "4"}
     code, _, err = run(
@@ -340,27 +307,7 @@ def test_eb_mvae_ncsn_energy_is_stored_and_sampled_by_annealed_langevin(runs, ca
         ["sample", r, "--prior", "ebm", "-n", "4", "--out", tmp / "n.png", "--steps", "6", "--device", "cpu"], capsys
     )
     assert code == 0, err
-    code, out, err = run(
-        [
-            "eval",
-            "coherence",
-            r,
-            "--classifiers",
-            tmp / "clf",
-            "--prior",
-            "ebm",
-            "--n-joint",
-            "10",
-            "--steps",
-            "3",
-            "--data-root",
-            root,
-            "--json",
-            "--device",
-            "cpu",
-        ],
-        capsys,
-    )
+    code, out, err = ebm_coherence(r, runs, capsys)
     assert code == 0, err
     res = json.loads(out)
     assert set(res["conditional"]) == {"1", "2", "3", "4"}

@@ -16,7 +16,7 @@ import json
 
 import pytest
 import torch
-from helpers_cli import run, write_tiny_polymnist
+from helpers_cli import TINY_FIT_EBM, run, write_tiny_polymnist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -326,29 +326,17 @@ def test_missing_ratio_scheme_is_seeded_and_never_empties_a_tuple(tmp_path):
 # --- the command line --------------------------------------------------------------------------------
 
 
+def train_partial(data, out, capsys, *opts, latent_dim=3):
+    """`mmvae train DATA *OPTS` for one epoch (batch 8, cpu) into OUT; returns (code, stdout, stderr)."""
+    args = ["--epochs", "1", "--batch-size", "8", "--latent-dim", latent_dim, "--out", out, "--device", "cpu"]
+    return run(["train", data, *opts, *args], capsys)
+
+
 @pytest.mark.parametrize("fusion", ["poe", "moe", "mopoe", "none"])
 def test_own_partial_data_trains_with_every_fusion_and_reloads(tmp_path, fusion, capsys):
     p = write_partial(tmp_path / "events.safetensors")
     out = tmp_path / f"run-{fusion}"
-    code, _, err = run(
-        [
-            "train",
-            p,
-            "--fusion",
-            fusion,
-            "--epochs",
-            "1",
-            "--batch-size",
-            "8",
-            "--latent-dim",
-            "3",
-            "--out",
-            out,
-            "--device",
-            "cpu",
-        ],
-        capsys,
-    )
+    code, _, err = train_partial(p, out, capsys, "--fusion", fusion)
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["missing"]["ratio"] == 0.0
@@ -364,25 +352,8 @@ def test_own_partial_data_trains_with_every_fusion_and_reloads(tmp_path, fusion,
 def test_fit_ebm_for_eb_mvae_uses_complete_tuples_and_says_so(tmp_path, capsys):
     p = write_partial(tmp_path / "events.safetensors")
     out = tmp_path / "run"
-    args = ["--epochs", "1", "--batch-size", "8", "--latent-dim", "2", "--device", "cpu"]
-    assert run(["train", p, "--fusion", "none", "--out", out, *args], capsys)[0] == 0
-    code, _, err = run(
-        [
-            "fit-ebm",
-            out,
-            "--energy-hidden",
-            "8",
-            "--epochs",
-            "1",
-            "--langevin-steps",
-            "2",
-            "--batch-size",
-            "4",
-            "--device",
-            "cpu",
-        ],
-        capsys,
-    )
+    assert train_partial(p, out, capsys, "--fusion", "none", latent_dim=2)[0] == 0
+    code, _, err = run(["fit-ebm", out, *TINY_FIT_EBM, "--batch-size", "4", "--device", "cpu"], capsys)
     assert code == 0, err
     n_complete = int(load_dataset(p, "train").present.all(1).sum())
     assert f"fitted on the {n_complete} complete tuples of 24" in err
@@ -446,30 +417,14 @@ def test_missing_ratio_on_polymnist_trains_records_and_resumes(tmp_path, capsys)
 def test_joint_energy_and_mmvaeplus_train_on_partial_data(tmp_path, opts, capsys):
     p = write_partial(tmp_path / "events.safetensors")
     out = tmp_path / "run"
-    args = ["--epochs", "1", "--batch-size", "8", "--latent-dim", "3", "--device", "cpu", "--out", out]
-    code, _, err = run(["train", p, *opts, *args], capsys)
+    code, _, err = train_partial(p, out, capsys, *opts)
     assert code == 0, err
     row = json.loads((out / "manifest.json").read_text())["history"][0]
     assert all(v == v for v in row.values())  # no NaN statistic
     if "--private-dim" not in opts:
+        posthoc = tmp_path / "posthoc"
         code, _, err = run(
-            [
-                "fit-ebm",
-                out,
-                "--out",
-                tmp_path / "posthoc",
-                "--energy-hidden",
-                "8",
-                "--epochs",
-                "1",
-                "--langevin-steps",
-                "2",
-                "--batch-size",
-                "4",
-                "--device",
-                "cpu",
-            ],
-            capsys,
+            ["fit-ebm", out, "--out", posthoc, *TINY_FIT_EBM, "--batch-size", "4", "--device", "cpu"], capsys
         )
         assert code == 0, err
 

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers_cli import run, write_tiny_polymnist
+from helpers_cli import TINY_FIT_EBM, run, write_tiny_polymnist
 from safetensors.torch import load_file, save_file
 
 from mmvae_cli import config, priors
@@ -261,24 +261,7 @@ def bad_bundles(tiny):
     tmp, root = tiny
     erun, grun = tmp / "erun", tmp / "grun"
     shutil.copytree(tmp / "vae", erun)
-    assert (
-        run(
-            [
-                "fit-ebm",
-                erun,
-                "--data-root",
-                root,
-                "--energy-hidden",
-                "8",
-                "--epochs",
-                "1",
-                "--langevin-steps",
-                "2",
-                *CPU,
-            ]
-        )[0]
-        == 0
-    )
+    assert run(["fit-ebm", erun, "--data-root", root, *TINY_FIT_EBM, *CPU])[0] == 0
     shutil.copytree(tmp / "vae", grun)
     assert run(["fit-prior", grun, "--kind", "gmm", "--components", "2", "--data-root", root, *CPU])[0] == 0
     return {"vae": tmp / "vae", "erun": erun, "grun": grun, "root": root, "tmp": tmp}
