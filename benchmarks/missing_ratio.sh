@@ -7,9 +7,11 @@
 #   OUT=runs/missing EPOCHS=100 DEVICE=cuda bash benchmarks/missing_ratio.sh
 #   python benchmarks/missing_ratio_table.py runs/missing      # markdown table (+ missing_ratio.png)
 #
-# On 2 CPU cores (what the README table measured): polymnist-text-mini, whose text makes the digit
-# learnable in a CPU schedule, with its recipes (polymnist-text-{mopoe,mmvae}.toml), 25 epochs:
-#   OUT=runs/missing DATA=polymnist-text-mini SCHEDULE= EPOCHS=25 PARALLEL=0 bash benchmarks/missing_ratio.sh
+# On 2 CPU cores (what the README tables measured): polymnist-mini, 40 epochs at the CPU schedule's
+# Adam 1e-3 (about 9 min a MoPoE run, 19 an MMVAE run), and polymnist-text-mini, whose text makes the
+# digit learnable sooner, with its recipes (polymnist-text-{mopoe,mmvae}.toml), 25 epochs:
+#   OUT=runs/missing SCHEDULE=compare EPOCHS=40 TRAIN_OPTS="--lr 1e-3" PARALLEL=0 DEVICE=cpu bash benchmarks/missing_ratio.sh
+#   OUT=runs/missing-text DATA=polymnist-text-mini SCHEDULE= EPOCHS=25 PARALLEL=0 bash benchmarks/missing_ratio.sh
 #
 # A quick check that everything runs (a minute on a CPU, numbers meaningless): a tiny PolyMNIST-layout
 # folder (DATA=polymnist DATA_ROOT=...), one epoch:
