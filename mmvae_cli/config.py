@@ -739,6 +739,8 @@ class TrainConfig:
         if joint:  # runs from before the L2 term trained without it
             joint["reg"] = 0.0
         joint.update(d.get("joint", {}))
+        joint.setdefault("feedback", 1.0)  # runs from before --ebm-feedback trained with Algorithm 1's term
+        joint.setdefault("reg_on", "energies")  # ... and before --ebm-reg-on with the L2 term on the energies
         try:
             return cls(
                 from_dict(ModelSettings, model, f"{where} [model]"),

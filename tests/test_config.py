@@ -137,6 +137,12 @@ def test_old_manifest_settings_read_back():
     )
     assert cfg.model.mvae_subsets == 2 and cfg.joint.ebm_lr == 1e-4 and cfg.joint.ebm_betas == (0.5, 0.9)
     assert cfg.model.private_prior == "learned"
+    assert (cfg.joint.reg, cfg.joint.reg_on, cfg.joint.feedback) == (0.0, "energies", 1.0)
+    # a joint run from session 4 (reg 0.1 on the energies, Algorithm 1's prior term) resumes as it trained
+    old = config.TrainConfig.from_dict({"joint": {"ebm_lr": 2e-5, "reg": 0.1}, "joint_ebm": True})
+    assert (old.joint.reg, old.joint.reg_on, old.joint.feedback) == (0.1, "energies", 1.0)
+    new = config.TrainConfig.from_dict(config.resolve_train("polymnist-mini", {"prior": "ebm"}).to_dict())
+    assert (new.joint.reg, new.joint.reg_on, new.joint.feedback) == (1.0, "level", 0.5)
 
 
 def test_dry_run_prints_the_resolved_settings_and_writes_nothing(tmp_path, capsys):
