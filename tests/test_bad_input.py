@@ -258,6 +258,8 @@ CASES = [
     case("train-resume-missing-folder", ["train", "polymnist", "--out", "{tmp}/x", "--resume", *CPU]),
     case("train-existing-run-no-overwrite", ["train", "polymnist", "--out", "{run}", "--max-steps", "1", *CPU]),
     case("train-ebm-lr-0", [*TRAIN_EBM, *CPU, "--ebm-lr", "0"]),
+    case("train-ebm-feedback-above-1", [*TRAIN_EBM, *CPU, "--ebm-feedback", "1.5"]),
+    case("train-ebm-feedback-with-learned-p0", [*TRAIN_EBM, *CPU, "--learn-prior", "--ebm-feedback", "0.5"]),
     case("train-ebm-betas-out-of-range", [*TRAIN_EBM, *CPU, "--ebm-betas", "1.5", "0.999"]),
     case("train-ebm-langevin-steps-neg", [*TRAIN_EBM, *CPU, "--langevin-steps", "-1"]),
     case("train-ebm-step-size-0", [*TRAIN_EBM, *CPU, "--step-size", "0"]),
