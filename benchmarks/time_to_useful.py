@@ -28,7 +28,8 @@ from pathlib import Path
 def mmvae(*args: str) -> str:
     r = subprocess.run([sys.executable, "-m", "mmvae_cli", *args], capture_output=True, text=True)
     if r.returncode != 0:
-        sys.exit(f"mmvae {' '.join(args)} failed: {r.stderr.strip().splitlines()[-1:]}")
+        last = (r.stderr.strip().splitlines() or ["no message"])[-1]
+        sys.exit(f"mmvae {' '.join(args)} failed: {last}")
     return r.stdout
 
 

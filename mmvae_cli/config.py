@@ -800,12 +800,7 @@ def resolve_train(
             if f.metadata.get("pair") and isinstance(v, list):
                 object.__setattr__(s, f.name, tuple(v))
         check(s)
-    check_model(m, joint_ebm)
-    if joint_ebm and m.learn_prior and sections["joint"].feedback != 1.0:
-        raise MMVAEError(
-            "--learn-prior needs --ebm-feedback 1: log Z's gradient for p0 comes from samples of "
-            "p_alpha, the VAE's prior only with feedback 1"
-        )
+    check_model(m, sections["joint"] if joint_ebm else None)
     return TrainConfig(
         joint_ebm=joint_ebm,
         recipe=getattr(path, "name", None) if path is not None else None,
@@ -814,8 +809,10 @@ def resolve_train(
     )
 
 
-def check_model(m: ModelSettings, joint_ebm: bool = False) -> None:
-    """Combinations of model settings that cannot work, refused with one line before anything runs."""
+def check_model(m: ModelSettings, joint: JointEnergySettings | None = None) -> None:
+    """Combinations of model settings (and, for --prior ebm, the joint energy's settings `joint`) that
+    cannot work, refused with one line before anything runs."""
+    joint_ebm = joint is not None
     if m.private_dim and (m.fusion != "moe" or m.objective not in ("iwae", "dreg")):
         raise MMVAEError("--private-dim (MMVAE+) needs --fusion moe and --objective iwae or dreg")
     if m.fusion in ("poe", "mopoe") and (m.posterior != "gaussian" or m.prior != "gaussian"):
@@ -830,6 +827,11 @@ def check_model(m: ModelSettings, joint_ebm: bool = False) -> None:
         )
     if m.mvae_subsets and m.objective != "mvae":
         raise MMVAEError("--mvae-subsets needs --objective mvae")
+    if joint_ebm and m.learn_prior and joint.feedback != 1.0:
+        raise MMVAEError(
+            "--learn-prior needs --ebm-feedback 1: log Z's gradient for p0 comes from samples of "
+            "p_alpha, the VAE's prior only with feedback 1"
+        )
 
 
 def resolve(cls, overrides: dict, base=None):

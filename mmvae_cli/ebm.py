@@ -655,6 +655,6 @@ class DivergenceTest:
     @staticmethod
     def _say(t: int, what: str) -> str:
         return (
-            f"the jointly trained energy prior diverged at epoch {t} ({what}); try a larger --ebm-reg "
-            f"(0.1 was stable where 0 and 0.01 drifted) or a lower --ebm-lr; the last good checkpoint is kept"
+            f"the jointly trained energy prior diverged at epoch {t} ({what}); try a lower --ebm-feedback, "
+            f"a larger --ebm-reg or a lower --ebm-lr; the last good checkpoint is kept"
         )
