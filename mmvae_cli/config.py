@@ -276,6 +276,20 @@ class TrainSettings:
         (0.9, 0.999), "Adam betas", "torch default; MoPoE reference", pair=True, min=0.0, lt=1.0, cli=False
     )
     amsgrad: bool = setting(False, "AMSGrad variant of Adam", "MMVAE reference uses it", cli=False)
+    lr_decay: str = setting(
+        "none",
+        "learning-rate decay at the end of the run's --epochs (train.lr_factor): none, linear or cosine "
+        "to 0 over the last --lr-decay-fraction of the steps; every optimizer group is scaled alike",
+        "ours (the papers train at a constant rate)",
+        choices=("none", "linear", "cosine"),
+    )
+    lr_decay_fraction: float = setting(
+        1.0,
+        "fraction of the run's steps, at its end, over which --lr-decay falls to 0 (1: the whole run)",
+        "ours",
+        gt=0.0,
+        max=1.0,
+    )
     seed: int = setting(0, "random seed (initial weights, batches, noise)", "ours", min=0)
     missing_ratio: float = setting(
         0.0,

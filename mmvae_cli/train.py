@@ -17,6 +17,7 @@ The bundle's lifecycle (creation, checkpoints, signals, logs) is run.Run's; this
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import replace
@@ -63,6 +64,20 @@ def make_optimizer(
     return torch.optim.Adam(
         groups, lr=float(t.lr), betas=tuple(t.adam_betas), amsgrad=bool(t.amsgrad), fused=fused or None
     )
+
+
+def lr_factor(decay: str, fraction: float, step: int, total: int) -> float:
+    """The learning rate's multiplier at global step `step` of `total` (train settings lr_decay,
+    lr_decay_fraction). Constant until s0 = total (1 - fraction), then with p = (step - s0) / (total - s0):
+    linear 1 - p, cosine (1 + cos(pi p)) / 2; "none" is 1 throughout. A function of the step alone, so a
+    resumed run follows the same schedule (its horizon is the run's --epochs)."""
+    if decay == "none":
+        return 1.0
+    start = total * (1.0 - float(fraction))
+    if step < start:
+        return 1.0
+    p = (step - start) / max(total - start, 1e-12)
+    return 1.0 - p if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * p))
 
 
 def checkpoint_state(
@@ -178,6 +193,7 @@ def fit(
     speed_up(model, rt.channels_last, rt.compile)
     model.amp_dtype, model.channels_last, model.grouped_nets = amp, rt.channels_last, rt.grouped_nets
     opt = make_optimizer(model, t, joint)
+    base_lrs = [g["lr"] for g in opt.param_groups]  # before a checkpoint's (scheduled) rates are restored
     scaler = make_scaler(rt.precision, device)
     seed = int(t.seed)
     start_epoch, start_step, partial = 0, 0, {"sums": {}, "seen": 0}
@@ -240,6 +256,12 @@ def fit(
                 if len(idx) * dist.world != len(gidx):  # uneven shards: DDP's average = global-batch mean
                     loss = loss * (len(idx) * dist.world / len(gidx))
                 opt.zero_grad(set_to_none=True)
+                if t.lr_decay != "none":
+                    k = lr_factor(
+                        t.lr_decay, t.lr_decay_fraction, epoch * steps_per_epoch + step, epochs * steps_per_epoch
+                    )
+                    for g, base in zip(opt.param_groups, base_lrs):
+                        g["lr"] = base * k
                 if scaler is not None:
                     scaler.scale(loss).backward()
                     scaler.step(opt)
