@@ -276,6 +276,12 @@ class TrainSettings:
         (0.9, 0.999), "Adam betas", "torch default; MoPoE reference", pair=True, min=0.0, lt=1.0, cli=False
     )
     amsgrad: bool = setting(False, "AMSGrad variant of Adam", "MMVAE reference uses it", cli=False)
+    beta_warmup_epochs: float = setting(
+        0.0,
+        "KL annealing: beta rises linearly from 0 to --beta over this many epochs' steps (0: no warm-up)",
+        "ours (the papers train at a constant beta); KL annealing as Bowman et al. 2016",
+        min=0.0,
+    )
     lr_decay: str = setting(
         "none",
         "learning-rate decay at the end of the run's --epochs (train.lr_factor): none, linear or cosine "

@@ -279,9 +279,16 @@ class MultimodalVAE(nn.Module):
     # with `channels_last` image inputs enter the encoders in channels-last layout; with `grouped_nets` the
     # M encoders (decoders) run as one grouped computation when they are identical conv nets and all M
     # modalities are encoded (decoded) together (nets/grouped.py; same parameters, float-rounding equal).
+    # `beta_scale` multiplies the KL weight during a --beta-warmup-epochs warm-up (1 otherwise).
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
     grouped_nets: bool = False
+    beta_scale: float = 1.0
+
+    @property
+    def beta(self) -> float:
+        """The objectives' KL weight: config.beta x beta_scale (the warm-up's ramp while training)."""
+        return self.config.beta * self.beta_scale
 
     def _apply(self, fn, *args, **kwargs):
         """.to()/.cuda() also move the attached fitted priors (kept outside the state dict)."""

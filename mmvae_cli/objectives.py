@@ -104,7 +104,7 @@ def _ebm_learning(model, z_pos: torch.Tensor, loss, stats, prior_terms: int = 1)
         if "energy_q" not in stats:
             stats = {**stats, "energy_q": ebm.energy(z_pos).mean().item()}
     if _energy_on(model) and any(p.requires_grad for p in model.prior.parameters()):
-        loss = loss + prior_terms * model.config.beta * model.base_log_prob(z_neg).mean()
+        loss = loss + prior_terms * model.beta * model.base_log_prob(z_neg).mean()
     ebm.joint_step += 1
     return loss + ml, {**stats, "ebm_ml": ml.item(), "energy_neg": e_neg}
 
@@ -142,7 +142,7 @@ def elbo(model, x, present=None):
         if _energy_on(model):
             kld = kld + model.ebm.joint_settings.feedback * e
         stats["energy_q"] = e.mean().item()
-    loss = -(rec - model.config.beta * kld).mean()
+    loss = -(rec - model.beta * kld).mean()
     return _ebm_learning(model, q.valid_samples(z), loss, {"loss": loss.item(), "rec": -rec.mean().item(), **stats})
 
 
@@ -193,7 +193,7 @@ def _stratified_log_weights(model, x, k: int, stop_q: bool = False, present=None
             w[r] = torch.cat([w[r][:s], wr[None], w[r][s + 1 :]])  # w^(r) = w_r
         reg = reg + torch.stack(terms)
     lpx = model.log_likelihoods(model.decode(z, None, w), x, present)
-    return lpx + model.config.beta * reg, samples, q
+    return lpx + model.beta * reg, samples, q
 
 
 def _iwae_stats(model, q, stats: dict) -> dict:
@@ -292,7 +292,7 @@ def mvae(model, x, present=None):
             kld_e = kld + _vae_energy(model, z)
         else:
             kld_e = kld
-        term = rec - model.config.beta * kld_e
+        term = rec - model.beta * kld_e
         if present is None or i == 0:
             kl_sum += kld.mean().item()  # KL(q || p0), as elbo reports it
             rec_sum += -rec.mean().item()

@@ -80,6 +80,11 @@ def lr_factor(decay: str, fraction: float, step: int, total: int) -> float:
     return 1.0 - p if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * p))
 
 
+def beta_ramp(warmup_steps: float, step: int) -> float:
+    """KL annealing's multiplier of beta at global step `step`: min(1, step / warmup_steps)."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
+
+
 def checkpoint_state(
     model, opt, epoch: int, step: int, partial: dict | None = None, scaler=None, dist: Dist | None = None
 ) -> tuple[dict, dict]:
@@ -240,6 +245,9 @@ def fit(
             )
             for step in bar:
                 gidx = perm[step * bs : (step + 1) * bs]
+                at = epoch * steps_per_epoch + step  # the global step: warm-up and decay are functions of it
+                if t.beta_warmup_epochs > 0:
+                    model.beta_scale = beta_ramp(t.beta_warmup_epochs * steps_per_epoch, at)
                 idx = dist.shard(gidx)
                 x = data.batch(idx.to(on), device)
                 present = data.presence(idx, model.names, device)  # None for complete data
@@ -257,9 +265,7 @@ def fit(
                     loss = loss * (len(idx) * dist.world / len(gidx))
                 opt.zero_grad(set_to_none=True)
                 if t.lr_decay != "none":
-                    k = lr_factor(
-                        t.lr_decay, t.lr_decay_fraction, epoch * steps_per_epoch + step, epochs * steps_per_epoch
-                    )
+                    k = lr_factor(t.lr_decay, t.lr_decay_fraction, at, epochs * steps_per_epoch)
                     for g, base in zip(opt.param_groups, base_lrs):
                         g["lr"] = base * k
                 if scaler is not None:
@@ -298,5 +304,6 @@ def fit(
             checkpoint(epoch + 1, 0)
             if max_steps is not None and done >= max_steps:
                 return manifest
+    model.beta_scale = 1.0
     run.finalise()
     return manifest

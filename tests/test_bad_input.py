@@ -217,6 +217,7 @@ CASES = [
     case("train-batch-size-neg", [*TRAIN, *CPU, "--batch-size", "-4"]),
     case("train-lr-neg", [*TRAIN, *CPU, "--lr", "-1"]),
     case("train-lr-0", [*TRAIN, *CPU, "--lr", "0"]),
+    case("train-beta-warmup-neg", [*TRAIN, *CPU, "--beta-warmup-epochs", "-1"]),
     case("train-lr-decay-unknown", [*TRAIN, *CPU, "--lr-decay", "step"]),
     case("train-lr-decay-fraction-0", [*TRAIN, *CPU, "--lr-decay", "linear", "--lr-decay-fraction", "0"]),
     case("train-lr-decay-fraction-above-1", [*TRAIN, *CPU, "--lr-decay", "cosine", "--lr-decay-fraction", "1.5"]),

@@ -11,7 +11,7 @@ import torch
 from helpers_cli import run, write_tiny_polymnist
 
 from mmvae_cli.model_io import load_model
-from mmvae_cli.train import lr_factor
+from mmvae_cli.train import beta_ramp, lr_factor
 
 
 def test_lr_factor_is_the_stated_schedule():
@@ -59,3 +59,27 @@ def test_lr_decay_is_applied_and_resume_follows_it(tmp_path, capsys):
     assert run(["train", "polymnist", "--out", flat, "--epochs", "2", *_common(root)], capsys)[0] == 0
     c, _ = load_model(flat, "cpu")
     assert any(not torch.equal(p, q) for p, q in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+def test_beta_ramp_is_linear_then_one():
+    assert [beta_ramp(4, s) for s in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert beta_ramp(0, 0) == 1.0
+
+
+def test_beta_warmup_starts_from_the_reconstruction_alone(tmp_path, capsys):
+    """One step of 16 tuples: the warm-up's first step has beta x 0: its update equals a --beta 0 run's bit for bit, and differs
+    from the constant-beta run's."""
+    root = write_tiny_polymnist(tmp_path / "data", n_train=16, n_test=4)
+
+    def one_step(name, *opts):
+        out = tmp_path / name
+        argv = ["train", "polymnist", "--out", out, "--epochs", "1", *_common(root), "--batch-size", "16", *opts]
+        code, _, err = run(argv, capsys)
+        assert code == 0, err
+        return load_model(out, "cpu")[0].state_dict()
+
+    warm = one_step("warm", "--beta-warmup-epochs", "1")
+    zero = one_step("zero", "--beta", "0")
+    plain = one_step("plain")
+    assert all(torch.equal(p, q) for p, q in zip(warm.values(), zero.values()))
+    assert any(not torch.equal(p, q) for p, q in zip(warm.values(), plain.values()))
