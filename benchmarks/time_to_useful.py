@@ -12,6 +12,8 @@ run named in --runs (one run per line of the figure).
     python benchmarks/time_to_useful.py --out runs/laptop-lr1e-3 --classifiers runs/clf -- --lr 1e-3
     python benchmarks/time_to_useful.py --plot docs/figures/time-to-useful.png --runs runs/laptop,runs/laptop-lr1e-3
     (--epoch-seconds S: minutes = epochs x S, for runs timed while other jobs shared the cores)
+    python benchmarks/time_to_useful.py --out runs/laptop-wsd --classifiers runs/clf --stages 70 \
+        -- --lr-decay linear --lr-decay-fraction 0.3     (a decay ends at --epochs: one stage per run)
 
 Time it on an otherwise idle machine: two torch processes on 2 cores stall each other.
 """
@@ -146,6 +148,8 @@ def main() -> None:
     else:
         if not (a.out and a.classifiers):
             ap.error("--out and --classifiers are needed to measure")
+        if "--lr-decay" in a.train_opts and "," in a.stages:
+            ap.error("--lr-decay's horizon is the run's --epochs: measure one stage per run (--stages E)")
         measure(a, a.train_opts)
 
 
