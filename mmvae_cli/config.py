@@ -600,8 +600,16 @@ class RuntimeSettings:
         False,
         "run identical image encoders (decoders) as one grouped convolution net: same parameters and "
         "bundles, equal up to float rounding",
-        "ours, measured faster on 2 CPU cores (README)",
+        "ours: off, measured 14-16% slower on a CPU thread (README); meant for launch-bound GPUs",
         flag="--grouped-nets/--no-grouped-nets",
+    )
+    cpu_chunk: int = setting(
+        320,
+        "on the CPU, every encoder and decoder call runs on at most this many items at a time (the MoE "
+        "models decode M x batch items per decoder); 0: whole calls",
+        "ours, measured on a CPU thread: a conv28 decoder's forward and backward is 1.5x faster per item "
+        "in calls of 64-512 items than of 1,280 or more; MMVAE+ / MMVAE steps at batch 256 1.1-1.2x (README)",
+        min=0,
     )
 
 

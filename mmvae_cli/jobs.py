@@ -196,9 +196,10 @@ def joint_monitor(model: MultimodalVAE, history: list[dict]):
 
 def _runtime(r: TrainRequest, recorded: dict) -> RuntimeSettings:
     """Flags given now, else the values the run recorded, else the defaults."""
-    base = config.from_dict(
-        RuntimeSettings, {k: v for k, v in recorded.items() if k != "world_size"}, "manifest [runtime]"
-    )
+    recorded = {k: v for k, v in recorded.items() if k != "world_size"}
+    if recorded:
+        recorded.setdefault("cpu_chunk", 0)  # runs from before cpu_chunk ran whole calls
+    base = config.from_dict(RuntimeSettings, recorded, "manifest [runtime]")
     return config.resolve(RuntimeSettings, r.runtime, base)
 
 

@@ -39,7 +39,7 @@ from torch import nn
 
 from . import distributions as D
 from . import modalities, nets
-from .config import LangevinSettings, ModelSettings, check_model, to_dict
+from .config import LangevinSettings, ModelSettings, RuntimeSettings, check_model, default_of, to_dict
 from .ebm import LangevinResult, LatentEBM
 from .errors import MMVAEError
 from .fusion import Mixture, make_fusion, parse_subsets
@@ -280,9 +280,11 @@ class MultimodalVAE(nn.Module):
     # M encoders (decoders) run as one grouped computation when they are identical conv nets and all M
     # modalities are encoded (decoded) together (nets/grouped.py; same parameters, float-rounding equal).
     # `beta_scale` multiplies the KL weight during a --beta-warmup-epochs warm-up (1 otherwise).
+    # On the CPU, `cpu_chunk` caps the items per encoder/decoder call (run_net), 0 for none.
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
     grouped_nets: bool = False
+    cpu_chunk: int = default_of(RuntimeSettings, "cpu_chunk")
     beta_scale: float = 1.0
 
     @property
@@ -303,6 +305,12 @@ class MultimodalVAE(nn.Module):
 
     def run_net(self, net: nn.Module, x: torch.Tensor):
         """net(x) under the runtime settings above."""
+        n = self.cpu_chunk
+        if n and x.device.type == "cpu" and x.shape[0] > n:  # cache-sized calls, then one result
+            outs = [self.run_net(net, c) for c in x.split(n)]
+            if isinstance(outs[0], tuple):
+                return tuple(torch.cat(o) for o in zip(*outs))
+            return torch.cat(outs)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.amp_dtype is None:

@@ -197,6 +197,7 @@ def fit(
     model.to(device)
     speed_up(model, rt.channels_last, rt.compile)
     model.amp_dtype, model.channels_last, model.grouped_nets = amp, rt.channels_last, rt.grouped_nets
+    model.cpu_chunk = rt.cpu_chunk
     opt = make_optimizer(model, t, joint)
     base_lrs = [g["lr"] for g in opt.param_groups]  # before a checkpoint's (scheduled) rates are restored
     scaler = make_scaler(rt.precision, device)
