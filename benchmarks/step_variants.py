@@ -7,6 +7,9 @@ Variants (same model, same data: polymnist-mini's tuples, or random uint8 images
   adam           torch.optim.Adam's default (per-parameter loop on the CPU), separate nets
   fused          Adam(fused=True), as train.make_optimizer now builds it, separate nets
   fused+grouped  the same with --grouped-nets (nets/grouped.py)
+  fused+whole    fused, every net call on the whole batch (--cpu-chunk 0; the others use the default)
+
+    python benchmarks/step_variants.py --model mmvaeplus --variants fused+whole,fused --batch-sizes 64,256
 Per batch size and round, every variant runs --steps steps in turn; prints the median seconds per
 step (and the minimum: on a machine shared with other jobs the least disturbed round) and each
 variant's speed relative to the first, from the medians. Never asserts.
@@ -45,6 +48,8 @@ def make(variant: str, model: str, batch: int):
     torch.manual_seed(0)
     net = MultimodalVAE(our_config(model)).train()
     net.grouped_nets = "grouped" in variant
+    if "whole" in variant:
+        net.cpu_chunk = 0
     if "fused" in variant:
         opt = make_optimizer(net, TrainSettings(lr=1e-3, batch_size=batch))
     else:
