@@ -89,7 +89,7 @@ def test_check_names_the_flag_and_the_range(section, field, bad, needle):
 def test_resolution_order_defaults_recipe_schedule_flags():
     cfg = config.resolve_train("polymnist-mini", {})
     assert (cfg.recipe, cfg.schedule) == ("polymnist-mopoe.toml", "cpu")
-    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr) == (70, 32, 1e-3)  # the [cpu] schedule
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr) == (75, 32, 1e-3)  # the [cpu] schedule
     assert config.resolve_train("polymnist-mini", {}, schedule="compare").train.lr == 5e-4  # the recipe's [train]
     assert cfg.model.latent_dim == 512 and cfg.model.arch == "conv28"  # the recipe's [model]
     cfg = config.resolve_train("polymnist-mini", {"epochs": 3, "fusion": "moe"})
@@ -149,7 +149,7 @@ def test_dry_run_prints_the_resolved_settings_and_writes_nothing(tmp_path, capsy
     code, out, err = run(["train", "polymnist-mini", "--dry-run", "--lr", "2e-3", "--out", tmp_path / "x"], capsys)
     assert code == 0, err
     got = json.loads(out)
-    assert got["train"]["lr"] == 2e-3 and got["train"]["epochs"] == 70 and got["schedule"] == "cpu"
+    assert got["train"]["lr"] == 2e-3 and got["train"]["epochs"] == 75 and got["schedule"] == "cpu"
     assert not (tmp_path / "x").exists()
 
 
@@ -285,4 +285,4 @@ def test_wheel_install_resolves_the_same_recipe_as_the_source_tree(tmp_path, cap
     assert code == 0, err
     wheel, source = json.loads(r.stdout), json.loads(out)
     assert wheel == source
-    assert (wheel["train"]["epochs"], wheel["train"]["batch_size"], wheel["schedule"]) == (70, 32, "cpu")
+    assert (wheel["train"]["epochs"], wheel["train"]["batch_size"], wheel["schedule"]) == (75, 32, "cpu")
