@@ -96,6 +96,7 @@ def tiny(
         private_prior=private_prior,
     )
     model = MultimodalVAE(cfg).double()
+    model.cpu_chunk = 0  # the recording decoders below see each objective's or generation's one whole call
     for n in NAMES:
         loc, raw = HEADS[n]
         if private:
