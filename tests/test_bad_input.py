@@ -271,6 +271,7 @@ CASES = [
     case("train-ebm-noise-scale-neg", [*TRAIN_EBM, *CPU, "--noise-scale", "-1"]),
     case("train-ebm-clip-grad-neg", [*TRAIN_EBM, *CPU, "--clip-grad", "-1"]),
     case("train-precision-fp16-cpu", [*TRAIN, *CPU, "--precision", "fp16"]),
+    case("train-cpu-chunk-neg", [*TRAIN, *CPU, "--cpu-chunk", "-1"]),
     case("train-device-cuda-without-cuda", [*TRAIN, "--device", "cuda"], prep=["no_cuda"]),
     case("train-device-cuda-99", [*TRAIN, "--device", "cuda:99"]),
     case("train-device-unknown", [*TRAIN, "--device", "tpu"]),
