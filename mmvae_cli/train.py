@@ -17,6 +17,7 @@ The bundle's lifecycle (creation, checkpoints, signals, logs) is run.Run's; this
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -228,7 +229,8 @@ def fit(
     def checkpoint(epoch, step, partial=None):
         run.checkpoint(*checkpoint_state(model, opt, epoch, step, partial, scaler, dist))
 
-    with run.session():
+    with run.session(), contextlib.ExitStack() as on_exit:
+        on_exit.callback(setattr, model, "beta_scale", 1.0)  # a warm-up's ramp ends with fit, however it ends
         for epoch in range(start_epoch, epochs):
             perm = epoch_permutation(n, seed, epoch)
             first = start_step if epoch == start_epoch else 0
@@ -305,6 +307,5 @@ def fit(
             checkpoint(epoch + 1, 0)
             if max_steps is not None and done >= max_steps:
                 return manifest
-    model.beta_scale = 1.0
     run.finalise()
     return manifest

@@ -83,3 +83,24 @@ def test_beta_warmup_starts_from_the_reconstruction_alone(tmp_path, capsys):
     plain = one_step("plain")
     assert all(torch.equal(p, q) for p, q in zip(warm.values(), zero.values()))
     assert any(not torch.equal(p, q) for p, q in zip(warm.values(), plain.values()))
+
+
+def test_beta_warmup_scale_is_reset_when_fit_stops_early(tmp_path, capsys, monkeypatch):
+    """fit leaves the model at beta x 1 however it ends, here stopped by --max-steps inside the warm-up."""
+    from mmvae_cli import jobs, train
+
+    seen = []
+
+    def recording_fit(model, *args, **kwargs):
+        seen.append(model)
+        try:
+            return train.fit(model, *args, **kwargs)
+        finally:
+            seen.append(model.beta_scale)
+
+    monkeypatch.setattr(jobs, "fit", recording_fit)
+    root = write_tiny_polymnist(tmp_path / "data", n_train=16, n_test=4)
+    argv = ["train", "polymnist", "--out", tmp_path / "r", "--epochs", "2", *_common(root), "--max-steps", "3"]
+    code, _, err = run([*argv, "--beta-warmup-epochs", "2"], capsys)
+    assert code == 0, err
+    assert seen[1] == 1.0 and seen[0].beta == seen[0].config.beta  # the ramp stood at 2/4 when it stopped
