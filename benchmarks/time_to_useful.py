@@ -8,12 +8,11 @@ seconds from the manifest's history (start-up and the evaluations excluded). Pri
 the first stage that reaches --target, and, with --plot, draws coherence against minutes for every
 run named in --runs (one run per line of the figure).
 
-    python benchmarks/time_to_useful.py --out runs/laptop --classifiers runs/clf --stages 10,20,30,40
-    python benchmarks/time_to_useful.py --out runs/laptop-lr1e-3 --classifiers runs/clf -- --lr 1e-3
-    python benchmarks/time_to_useful.py --plot docs/figures/time-to-useful.png --runs runs/laptop,runs/laptop-lr1e-3
+    python benchmarks/time_to_useful.py --out runs/laptop --classifiers runs/clf    # the CPU schedule, at its end
+    python benchmarks/time_to_useful.py --out runs/laptop-flat --classifiers runs/clf --stages 10,20,30,40 \
+        -- --lr-decay none                  (a decayed schedule ends at --epochs: stages need a constant rate)
+    python benchmarks/time_to_useful.py --plot docs/figures/time-to-useful.png --runs runs/laptop-flat
     (--epoch-seconds S: minutes = epochs x S, for runs timed while other jobs shared the cores)
-    python benchmarks/time_to_useful.py --out runs/laptop-wsd --classifiers runs/clf --stages 70 \
-        -- --lr-decay linear --lr-decay-fraction 0.3     (a decay ends at --epochs: one stage per run)
 
 Time it on an otherwise idle machine: two torch processes on 2 cores stall each other.
 """
@@ -129,7 +128,9 @@ def main() -> None:
     ap.add_argument("--out", help="the run folder (created; stages already measured are kept)")
     ap.add_argument("--classifiers", help="classifier bundle (mmvae classifier train polymnist-mini)")
     ap.add_argument("--data", default="polymnist-mini")
-    ap.add_argument("--stages", default="10,20,30,40,50,60,70", help="epochs after which to measure")
+    ap.add_argument(
+        "--stages", help="comma-separated epochs after which to measure (default: the schedule's end alone)"
+    )
     ap.add_argument("--target", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
@@ -148,8 +149,14 @@ def main() -> None:
     else:
         if not (a.out and a.classifiers):
             ap.error("--out and --classifiers are needed to measure")
-        if "--lr-decay" in a.train_opts and "," in a.stages:
-            ap.error("--lr-decay's horizon is the run's --epochs: measure one stage per run (--stages E)")
+        resolved = json.loads(mmvae("train", a.data, "--fusion", "mopoe", "--dry-run", *a.train_opts))
+        a.stages = a.stages or str(resolved["train"]["epochs"])
+        if resolved["train"]["lr_decay"] != "none" and "," in a.stages:
+            ap.error(
+                f"the schedule decays the rate (lr_decay {resolved['train']['lr_decay']}) and its horizon is the "
+                "run's --epochs, so stages of one resumed run would stretch it: measure one stage per run "
+                "(--stages E), or the curve at a constant rate (-- --lr-decay none)"
+            )
         measure(a, a.train_opts)
 
 
