@@ -19,7 +19,9 @@ Prints a markdown table, then the JSON of every number (last line; also written 
     each of --steps (cumulative: one chain per step size for plain energies; a noise-conditional
     energy is annealed over its levels, so each total is its own run) for each of --step-sizes
     (plain energies: the Langevin step s; ncsn: the ratio s_i / sigma_i); joint coherence of as many
-    unconditional chains run alongside.
+    unconditional chains run alongside. With a last Tweedie step (--denoise, default the bundle's
+    stored one) each row is judged after it and without it ("raw"); the chains continue from the
+    Langevin state.
 Conditional numbers are accuracies against the tuple's digit, averaged over (subset, target) pairs
 with k observed modalities, and per target (the EB-MVAE paper's figure 2: targets m2 and m4 here).
 """
@@ -37,6 +39,7 @@ import torch
 
 from mmvae_cli.classifier import load_classifiers
 from mmvae_cli.data import load_dataset
+from mmvae_cli.ebm import tweedie_denoise
 from mmvae_cli.evaluate.probe import logistic_probe
 from mmvae_cli.fit_ebm import ExpertBank
 from mmvae_cli.model_io import load_model
@@ -95,6 +98,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--step-sizes", default=None, help="default: 0.03,0.1,0.3 (plain), 0.2,0.4,0.8 (ncsn)")
     ap.add_argument("--subsets-per-k", type=int, default=0, help="observed subsets per size (0 = all)")
     ap.add_argument("--n-joint", type=int, default=None, help="unconditional chains (default: --n-test)")
+    ap.add_argument(
+        "--denoise",
+        type=float,
+        default=None,
+        help="noise level of the last Tweedie step (default: the bundle's stored setting; 0 = off); "
+        "each row is also judged without it ('raw')",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json-out", default=None)
@@ -197,6 +207,8 @@ def main(argv=None) -> dict:
         joint = float((jp == jp[0]).all(0).float().mean()) if n_joint else None
         return {**summarise(acc, names), "joint": joint}
 
+    den = a.denoise if a.denoise is not None else float(model.langevin_settings.get("denoise", 0.0))
+    res["ebm"]["denoise"] = den
     for ss in step_sizes:
         torch.manual_seed(a.seed)
         z = torch.where(free, model.ebm_start(free.shape[0]), z_obs)
@@ -205,14 +217,19 @@ def main(argv=None) -> dict:
             t1 = time.time()
             if nc:  # annealed: the schedule depends on the total
                 torch.manual_seed(a.seed)
-                z = model.run_langevin(start, mask=free, steps=st, step_size=ss).z if st else start
-            elif st > done:
-                z = model.run_langevin(z, mask=free, steps=st - done, step_size=ss).z
+                z = model.run_langevin(start, mask=free, steps=st, step_size=ss, denoise=0.0).z if st else start
+            elif st > done:  # the chains continue from the Langevin state, the Tweedie step only judges it
+                z = model.run_langevin(z, mask=free, steps=st - done, step_size=ss, denoise=0.0).z
             done = st
-            row = {"step_size": ss, "steps": st, **judge(z), "seconds": round(time.time() - t1, 1)}
+            raw = judge(z)
+            row = {"step_size": ss, "steps": st, "denoise": den, **raw}
+            if den and st:
+                row.update(judge(denoised(model, z, free, den)), raw={k: raw[k] for k in ("by_inputs", "joint")})
+            row["seconds"] = round(time.time() - t1, 1)
             res["c"].append(row)
             print(
-                f"step size {ss:g}, {st} steps: {row['by_inputs']}  joint {row['joint']}  ({row['seconds']} s)",
+                f"step size {ss:g}, {st} steps, denoise {den:g}: {row['by_inputs']}  joint {row['joint']}  "
+                f"(raw: {raw['by_inputs']}, joint {raw['joint']})  ({row['seconds']} s)",
                 file=sys.stderr,
             )
     res["seconds"] = round(time.time() - t0, 1)
@@ -222,6 +239,15 @@ def main(argv=None) -> dict:
         Path(a.json_out).write_text(line + "\n")
     print(line)
     return res
+
+
+def denoised(model, z: torch.Tensor, free: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The last Tweedie step of the bundle's sampler (ebm.tweedie_denoise, in the energy's coordinates)."""
+    net = model.ebm.energy
+    if net.noise_conditional:
+        u = tweedie_denoise(lambda x: -net.energy_u(x), net.to_u(z), sigma, free)
+        return torch.where(free, net.from_u(u), z)
+    return tweedie_denoise(model.ebm.log_prob(model.base_log_prob), z, sigma, free)
 
 
 def markdown(res: dict, names: list[str]) -> str:
@@ -244,7 +270,11 @@ def markdown(res: dict, names: list[str]) -> str:
     out.append(line("oracle: same-digit posterior mean", res["b_oracle"]))
     out.append(line("nearest training tuple on the observed latents", res["b_knn"]))
     for r in res["c"]:
-        out.append(line(f"Langevin {r['steps']} steps, size {r['step_size']:g}", r, r["joint"]))
+        label = f"Langevin {r['steps']} steps, size {r['step_size']:g}"
+        if r.get("raw"):
+            out.append(line(label, {**r, **r["raw"]}, r["raw"]["joint"]))
+            label += f", Tweedie step {r['denoise']:g}"
+        out.append(line(label, r, r["joint"]))
     return "\n".join(out)
 
 

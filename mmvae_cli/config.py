@@ -416,6 +416,14 @@ class LangevinSettings:
     clip_grad: float | None = setting(
         None, "clip each chain's gradient norm to this value (default: no clipping)", "ours", gt=0.0, optional=True
     )
+    denoise: float = setting(
+        0.0,
+        "noise level sigma of a last, noise-free Tweedie step z <- z + sigma^2 grad log p(z) on the chains' "
+        "free coordinates (E[z | z + N(0, sigma^2)] for an energy fitted to data smoothed by that noise; "
+        "0 = off; noise-conditional energies: in their standardised coordinates)",
+        "Tweedie's formula; the denoising last step of Jolicoeur-Martineau et al. 2021 and Song & Ermon 2020",
+        min=0.0,
+    )
 
 
 # fit-ebm --objective ncsn: the Langevin settings stored with the energy when none are given (annealed
@@ -429,11 +437,16 @@ NCSN_LANGEVIN = {"steps": 300, "step_size": 0.8}
 EBMVAE_LANGEVIN = {"steps": 300, "step_size": 0.3}
 
 
-def fit_langevin_defaults(objective: str, fusion: str) -> dict:
+def fit_langevin_defaults(objective: str, fusion: str, sigma: float = 0.0) -> dict:
     """The Langevin settings fit-ebm stores when none are given: NCSN_LANGEVIN for ncsn, EBMVAE_LANGEVIN
-    for score matching on EB-MVAE bundles, otherwise LangevinSettings' own defaults ({})."""
+    for score matching on EB-MVAE bundles (denoising: with a last Tweedie step at its noise level
+    `sigma`; measured on polymnist-mini, README "EB-MVAE diagnosed": 0.477 -> 0.521 conditional coherence
+    with four observed, +0.02 to +0.07 at every number observed and both step sizes tried), otherwise
+    LangevinSettings' own defaults ({})."""
     if objective == "ncsn":
         return dict(NCSN_LANGEVIN)
+    if fusion == "none" and objective == "denoising":
+        return {**EBMVAE_LANGEVIN, "denoise": sigma}
     if fusion == "none" and objective != "ml":
         return dict(EBMVAE_LANGEVIN)
     return {}

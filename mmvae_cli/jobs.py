@@ -592,7 +592,9 @@ def prepare_energy_fit(r: FitRequest) -> EnergyFitJob:
         s = config.resolve(config.FitSettings, r.fit).resolved(fusion, z_dim)
         config.check(s)
         given = {k: v for k, v in r.langevin.items() if v is not None}
-        lg = config.resolve(config.LangevinSettings, {**config.fit_langevin_defaults(s.objective, fusion), **given})
+        lg = config.resolve(
+            config.LangevinSettings, {**config.fit_langevin_defaults(s.objective, fusion, s.sigma), **given}
+        )
         langevin = config.to_dict(lg)
         es = config.resolve(config.EnergySettings, r.energy)
         ml = s.objective == "ml"

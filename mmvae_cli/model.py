@@ -480,7 +480,7 @@ class MultimodalVAE(nn.Module):
     # --- energy-based prior ----------------------------------------------------------------------
     def attach_ebm(self, ebm: LatentEBM | None, langevin_settings: dict | None = None) -> None:
         """Use `ebm` as this model's energy (None removes it). langevin_settings: defaults for
-        `run_langevin` (steps, step_size, noise_scale, clip_grad), e.g. those it was fitted with."""
+        `run_langevin` (LangevinSettings' fields), e.g. those it was fitted with."""
         if ebm is not None and ebm.init_loc.numel() != self.z_dim:
             raise MMVAEError(
                 f"energy over {ebm.init_loc.numel()} latent dimensions does not fit a model "
@@ -503,7 +503,7 @@ class MultimodalVAE(nn.Module):
         self, z0: torch.Tensor, mask: torch.Tensor | None = None, every: int = 0, **overrides
     ) -> LangevinResult:
         """Langevin dynamics (Yuan et al. eq. 11) on this model's energy-based density from z0.
-        overrides (steps, step_size, noise_scale, clip_grad; None = keep) win over langevin_settings."""
+        overrides (LangevinSettings' fields; None = keep) win over langevin_settings."""
         if self.ebm is None:
             raise MMVAEError("this bundle has no energy-based prior; fit one with `mmvae fit-ebm RUN`")
         s = to_dict(LangevinSettings())
@@ -519,6 +519,7 @@ class MultimodalVAE(nn.Module):
             float(s["step_size"]),
             noise_scale=float(s["noise_scale"]),
             clip_grad=s["clip_grad"],
+            denoise=float(s["denoise"]),
             mask=mask,
             every=every,
         )

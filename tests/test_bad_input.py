@@ -290,6 +290,13 @@ CASES = [
         ["sample", "{erun}", "--prior", "ebm", "--step-size", "0", "-n", "2", "--out", "{tmp}/s.png", *CPU],
     ),
     case(
+        "sample-ebm-denoise-neg",
+        ["sample", "{erun}", "--prior", "ebm", "--denoise", "-0.1", "-n", "2", "--out", "{tmp}/s.png", *CPU],
+    ),
+    case(
+        "sample-denoise-without-ebm", ["sample", "{run}", "--denoise", "0.1", "-n", "2", "--out", "{tmp}/s.png", *CPU]
+    ),
+    case(
         "sample-ebm-chain-every-neg",
         [
             "sample",
@@ -328,6 +335,7 @@ CASES = [
     case("fit-ebm-lr-neg", [*FIT, "--lr", "-1"]),
     case("fit-ebm-betas-out-of-range", [*FIT, "--betas", "1.5", "0.999"]),
     case("fit-ebm-step-size-0", [*FIT, "--step-size", "0"]),
+    case("fit-ebm-denoise-neg", [*FIT, "--denoise", "-1"]),
     case("fit-ebm-energy-layers-0", [*FIT, "--energy-layers", "0"]),
     case("fit-ebm-energy-hidden-0", [*FIT, "--energy-hidden", "0"]),
     case("fit-ebm-sigma-0", [*FIT, "--objective", "denoising", "--sigma", "0"]),

@@ -350,3 +350,28 @@ def test_eb_mvae_defaults_to_exact_score_matching_and_its_measured_langevin(runs
     assert code == 0, err
     ebm = manifest(r)["ebm"]
     assert ebm["objective"] == "exact" and ebm["langevin"]["steps"] == 300 and ebm["langevin"]["step_size"] == 0.3
+
+
+def test_eb_mvae_denoising_stores_its_tweedie_step_and_sample_takes_denoise(runs, capsys):
+    """fit-ebm --objective denoising on an EB-MVAE bundle stores a last Tweedie step at its sigma (the
+    measured default); --denoise overrides it at fit and at sampling time, and 0 turns it off."""
+    tmp, root = runs
+    r = tmp / "tweedie"
+    shutil.copytree(tmp / "none", r)
+    argv = ["fit-ebm", r, "--objective", "denoising", "--sigma", "0.2", "--data-root", root, *TINY_EBM]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    assert manifest(r)["ebm"]["langevin"]["denoise"] == 0.2
+    code, _, err = run([*argv, "--overwrite", "--denoise", "0"], capsys)
+    assert code == 0, err
+    assert manifest(r)["ebm"]["langevin"]["denoise"] == 0.0
+    outs = {}
+    for den in ("0", "0.5"):
+        out = tmp / f"tw-{den}.safetensors"
+        argv = ["sample", r, "--prior", "ebm", "-n", "4", "--steps", "3", "--denoise", den, "--out", out]
+        code, _, err = run([*argv, "--seed", "1", "--device", "cpu"], capsys)
+        assert code == 0, err
+        from safetensors.torch import load_file
+
+        outs[den] = load_file(out)
+    assert not torch.equal(outs["0"]["generated.m0"], outs["0.5"]["generated.m0"])

@@ -15,6 +15,7 @@ from mmvae_cli.ebm import (
     langevin,
     level_steps,
     ncsn_loss,
+    tweedie_denoise,
 )
 from mmvae_cli.errors import MMVAEError
 
@@ -112,6 +113,15 @@ def test_noise_conditional_energy_net_and_its_latent_ebm():
     res = ebm.sample(z, lambda x: torch.zeros(x.shape[0]), 8, 0.3, mask=mask)
     assert torch.equal(res.z[:, 0], z[:, 0]) and torch.equal(res.z[:, 3], z[:, 3])
     assert not torch.equal(res.z[:, 1], z[:, 1])
+    # --denoise on a noise-conditional energy: the Tweedie step in u on the smallest level's energy
+    torch.manual_seed(3)
+    plain = ebm.sample(z, lambda x: torch.zeros(x.shape[0]), 8, 0.3, mask=mask).z
+    torch.manual_seed(3)
+    den = ebm.sample(z, lambda x: torch.zeros(x.shape[0]), 8, 0.3, mask=mask, denoise=0.1).z
+    want = net.from_u(tweedie_denoise(lambda u: -net.energy_u(u, 0.1), net.to_u(plain), 0.1, mask))
+    assert torch.equal(den[:, 0], z[:, 0]) and torch.equal(den[:, 3], z[:, 3])
+    torch.testing.assert_close(den[:, 1:3], want[:, 1:3])
+    assert not torch.allclose(den[:, 1:3], plain[:, 1:3])
 
 
 @pytest.mark.parametrize("noise_clamped", [True, False])

@@ -197,10 +197,7 @@ def coherence(
     clf_run,
     n_joint,
     prior,
-    steps,
-    step_size,
-    noise_scale,
-    clip_grad,
+    langevin,
     split,
     limit,
     seed,
@@ -216,7 +213,6 @@ def coherence(
     """
     from ..evaluate import suite
 
-    langevin = options.langevin_given(steps, step_size, noise_scale, clip_grad)
     ctx = Context(run, device, data_root, split, limit, prior)
     suite.require_labels(ctx.test, "coherence")  # unlabelled data (cub, celeba): does not apply, say so first
     if not clf_run:
@@ -301,10 +297,7 @@ def all_(
     clf_run,
     inception_weights,
     prior,
-    steps,
-    step_size,
-    noise_scale,
-    clip_grad,
+    langevin,
     n_joint,
     k,
     ll_limit,
@@ -328,7 +321,6 @@ def all_(
     from ..evaluate import fid as F
 
     results, skipped = {}, {}
-    langevin = options.langevin_given(steps, step_size, noise_scale, clip_grad)
     if clf_run:  # check the classifier bundle before any metric runs
         from ..classifier import load_classifiers
 

@@ -85,32 +85,30 @@ def _check_format(out: str, fmt: str | None) -> None:
 )
 @options.seed
 @options.device
-def sample(
-    run, n, out, fmt, prior, steps, step_size, noise_scale, clip_grad, save_chain, chain_every, as_json, seed, device
-):
+def sample(run, n, out, fmt, prior, langevin, save_chain, chain_every, as_json, seed, device):
     """Joint generation: z ~ p(z) (base prior, energy-based prior or a fitted prior), decoded to every
     modality's mean.
 
     With --prior ebm a diverging chain stops with exit code 3 and nothing is written.
     """
     _check_format(out, fmt)
-    langevin = options.langevin_given(steps, step_size, noise_scale, clip_grad)
     if save_chain and output_format(save_chain, "--save-chain") == "safetensors":
         raise MMVAEError("--save-chain draws a figure: name a .png or .jpg file")
     dev = pick_device(device)
     model, _ = load_model(Path(run), dev)
     p = model.latent_prior(prior, run)
-    langevin_flags = any(v is not None for v in (steps, step_size, noise_scale, clip_grad))
-    if (save_chain or langevin_flags) and not p.sampler_options:
-        raise MMVAEError("--steps, --step-size, --noise-scale, --clip-grad and --save-chain need --prior ebm")
+    if (save_chain or langevin) and not p.sampler_options:
+        raise MMVAEError(
+            "--steps, --step-size, --noise-scale, --clip-grad, --denoise and --save-chain need --prior ebm"
+        )
     torch.manual_seed(seed)
     if not save_chain:
         z = p.sample(n, **langevin)
     else:
-        lsteps = (
-            steps
-            if steps is not None
-            else int(model.langevin_settings.get("steps", config.default_of(config.LangevinSettings, "steps")))
+        lsteps = int(
+            langevin.get(
+                "steps", model.langevin_settings.get("steps", config.default_of(config.LangevinSettings, "steps"))
+            )
         )
         every = max(1, chain_every or lsteps // 10)
         res = p.chain(n, every=every, **langevin)
@@ -174,10 +172,7 @@ def cross_generate(
     n,
     out,
     fmt,
-    steps,
-    step_size,
-    noise_scale,
-    clip_grad,
+    langevin,
     seed,
     device,
     data_root,
@@ -186,10 +181,9 @@ def cross_generate(
 
     The PNG shows the inputs in the first rows, then one row per generated modality. For EB-MVAE
     bundles (--fusion none with an energy) the missing latents are sampled by Langevin with the
-    given ones clamped; --steps/--step-size/--noise-scale/--clip-grad override its settings.
+    given ones clamped; --steps/--step-size/--noise-scale/--clip-grad/--denoise override its settings.
     """
     _check_format(out, fmt)
-    langevin = options.langevin_given(steps, step_size, noise_scale, clip_grad)
     dev = pick_device(device)
     model, manifest = load_model(Path(run), dev)
     shapes = {m.name: tuple(m.shape) for m in model.config.modalities}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import MISSING, fields
 
 import click
@@ -130,14 +131,24 @@ prior = _prior_option()
 
 energy_net = settings_options(config.EnergySettings)
 langevin_fit = settings_options(config.LangevinSettings, rename={"steps": "langevin-steps"})
-langevin_sample = settings_options(config.LangevinSettings, show_defaults=False)
+# train --prior ebm: the negatives of eq. 10 are the chains' states themselves (no Tweedie step)
+langevin_train = settings_options(config.LangevinSettings, rename={"steps": "langevin-steps"}, skip=("denoise",))
+_langevin_options = settings_options(config.LangevinSettings, show_defaults=False)
 
 
-def langevin_given(steps, step_size, noise_scale, clip_grad) -> dict:
-    """The Langevin settings given on the command line, range-checked (a bundle's fill the rest)."""
-    given = {"steps": steps, "step_size": step_size, "noise_scale": noise_scale, "clip_grad": clip_grad}
-    config.check(config.overridden(config.LangevinSettings(), given))
-    return {k: v for k, v in given.items() if v is not None}
+def langevin_sample(f):
+    """A sampling command's Langevin options (LangevinSettings' fields), passed to it as one argument
+    `langevin`: the values given on the command line, range-checked; the bundle's stored settings fill
+    the rest."""
+    names = [fld.name for fld in fields(config.LangevinSettings)]
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        given = {k: kwargs.pop(k) for k in names}
+        config.check(config.overridden(config.LangevinSettings(), given))
+        return f(*args, langevin={k: v for k, v in given.items() if v is not None}, **kwargs)
+
+    return _langevin_options(wrapper)
 
 
 def output_file(help: str):

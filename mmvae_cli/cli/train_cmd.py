@@ -60,7 +60,7 @@ from . import options
 @click.option("--max-steps", type=int, default=None, hidden=True, help="Stop after N steps (tests, benchmarks).")
 @click.option("--step-delay", type=float, default=0.0, hidden=True, help="Sleep after every step (tests).")
 @options.energy_net
-@options.langevin_fit
+@options.langevin_train
 @options.settings_options(config.JointEnergySettings)
 def train(
     dataset,

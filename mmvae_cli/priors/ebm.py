@@ -15,7 +15,7 @@ class EnergyPrior(LatentPrior):
     kind = "ebm"
     title = "energy-based prior"
     help = "short-run Langevin on the bundle's energy (fit-ebm or train --prior ebm)"
-    sampler_options = ("steps", "step_size", "noise_scale", "clip_grad")
+    sampler_options = ("steps", "step_size", "noise_scale", "clip_grad", "denoise")
 
     def __init__(self, model):
         super().__init__()
