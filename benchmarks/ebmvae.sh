@@ -14,8 +14,8 @@ set -euo pipefail
 MMVAE=${MMVAE:-mmvae}
 OUT=${OUT:-runs/ebmvae}
 DEVICE=${DEVICE:-cpu}
-OBJECTIVES=${OBJECTIVES:-"exact denoising ncsn"}
-FIT_EPOCHS=${FIT_EPOCHS:-20}
+OBJECTIVES=${OBJECTIVES:-"denoising exact ncsn"}
+FIT_EPOCHS=${FIT_EPOCHS:-}      # empty: fit-ebm's defaults (denoising 300 epochs, exact 20)
 NCSN_EPOCHS=${NCSN_EPOCHS:-100} # ncsn updates are cheap (one double backward) and cover L levels
 FIT_OPTS=${FIT_OPTS:-}          # appended to every fit-ebm
 N_TEST=${N_TEST:-500}
@@ -41,7 +41,7 @@ for obj in $OBJECTIVES; do
     [ -f "$OUT/$obj/ebm.safetensors" ] || {
         say "fit-ebm --objective $obj"
         $MMVAE fit-ebm "$OUT/base" --out "$OUT/$obj" --overwrite --objective "$obj" \
-            --epochs "$([ "$obj" = ncsn ] && echo "$NCSN_EPOCHS" || echo "$FIT_EPOCHS")" \
+            $([ "$obj" = ncsn ] && echo "--epochs $NCSN_EPOCHS" || echo "${FIT_EPOCHS:+--epochs $FIT_EPOCHS}") \
             --classifiers "$OUT/clf" --n-joint 1000 --device "$DEVICE" --json $FIT_OPTS > "$R/$obj-fit.json"
     }
     [ -f "$R/$obj-diagnosis.json" ] || {

@@ -435,18 +435,37 @@ NCSN_LANGEVIN = {"steps": 300, "step_size": 0.8}
 # settings stored when none are given. Ours, measured there: 300 steps of 0.3 beat 100 steps and 0.03/0.1
 # (0.205 -> 0.347 conditional coherence with 1 -> 4 observed; 50 x 0.4, the shared latents', was not run).
 EBMVAE_LANGEVIN = {"steps": 300, "step_size": 0.3}
+# ... and for EB-MVAE's default denoising energy (EBMVAE_FIT), with a last Tweedie step at its sigma:
+# 100 steps of 0.3 measured best there (0.351 -> 0.621 with 1 -> 4 observed, against 0.316 -> 0.605 with
+# 300 steps and 0.324 -> 0.551 without the Tweedie step).
+EBMVAE_DENOISING_LANGEVIN = {"steps": 100, "step_size": 0.3}
+
+
+# fit-ebm on EB-MVAE bundles (--fusion none) when no objective, epochs or energy width is given. Ours,
+# measured on polymnist-mini's 80 latents (README "EB-MVAE diagnosed"): denoising score matching at
+# sigma 0.25, 300 epochs, 4 x 1024 units beat the paper's exact score matching (20 epochs, 4 x 400;
+# exact costs one backward pass per latent dimension, 10 s an epoch there against 0.3-1.6 s).
+EBMVAE_FIT = {"objective": "denoising", "epochs": 300, "energy_hidden": 1024}
+
+
+def fit_energy_defaults(objective: str, fusion: str) -> dict:
+    """EnergySettings fit-ebm uses when none are given: EBMVAE_FIT's width for EB-MVAE's denoising
+    energy, otherwise EnergySettings' own defaults ({})."""
+    if fusion == "none" and objective == EBMVAE_FIT["objective"]:
+        return {"energy_hidden": EBMVAE_FIT["energy_hidden"]}
+    return {}
 
 
 def fit_langevin_defaults(objective: str, fusion: str, sigma: float = 0.0) -> dict:
     """The Langevin settings fit-ebm stores when none are given: NCSN_LANGEVIN for ncsn, EBMVAE_LANGEVIN
-    for score matching on EB-MVAE bundles (denoising: with a last Tweedie step at its noise level
-    `sigma`; measured on polymnist-mini, README "EB-MVAE diagnosed": 0.477 -> 0.521 conditional coherence
-    with four observed, +0.02 to +0.07 at every number observed and both step sizes tried), otherwise
-    LangevinSettings' own defaults ({})."""
+    for score matching on EB-MVAE bundles (denoising: EBMVAE_DENOISING_LANGEVIN with a last Tweedie step at
+    its noise level `sigma`; measured on polymnist-mini, README "EB-MVAE diagnosed": +0.02 to +0.07
+    conditional coherence at every number observed, both energy widths and both step sizes tried),
+    otherwise LangevinSettings' own defaults ({})."""
     if objective == "ncsn":
         return dict(NCSN_LANGEVIN)
     if fusion == "none" and objective == "denoising":
-        return {**EBMVAE_LANGEVIN, "denoise": sigma}
+        return {**EBMVAE_DENOISING_LANGEVIN, "denoise": sigma}
     if fusion == "none" and objective != "ml":
         return dict(EBMVAE_LANGEVIN)
     return {}
@@ -461,12 +480,19 @@ class FitSettings:
         "ml: maximum likelihood with Langevin negatives (Yuan et al. eq. 10); "
         "exact|sliced|denoising: score matching (EB-MVAE eq. 1); ncsn: a noise-conditional energy "
         "by multi-scale denoising score matching, sampled by annealed Langevin (Song & Ermon 2019). "
-        "Default: ml for a shared latent; for --fusion none exact up to 128 latent dimensions, denoising above",
-        "the papers",
+        "Default: ml for a shared latent; denoising for --fusion none (EB-MVAE; the paper's exact score "
+        'matching measured below it, README "EB-MVAE diagnosed")',
+        "the papers; ours for EB-MVAE",
         choices=("ml", "exact", "sliced", "denoising", "ncsn", None),
         optional=True,
     )
-    epochs: int = setting(20, "passes over the training set", "ours (measured: README, energy-based priors)", min=1)
+    epochs: int | None = setting(
+        None,
+        "passes over the training set (default: 20; 300 for denoising score matching on EB-MVAE bundles)",
+        "ours (measured: README, energy-based priors and EB-MVAE diagnosed)",
+        min=1,
+        optional=True,
+    )
     batch_size: int = setting(256, "batch size", "ours", min=1)
     lr: float | None = setting(
         None,
@@ -524,16 +550,16 @@ class FitSettings:
     seed: int = setting(0, "random seed", "ours", min=0)
 
     def resolved(self, fusion: str, dim: int = 0) -> FitSettings:
-        """The objective-dependent defaults filled in (dim: the latent's size, for fusion none's default:
-        exact score matching measured best on polymnist-mini's 80 latents, README "EB-MVAE diagnosed";
-        above 128 dimensions exact is refused, so denoising)."""
-        obj = self.objective or (("exact" if dim <= 128 else "denoising") if fusion == "none" else "ml")
+        """The objective-dependent defaults filled in (fusion none: EBMVAE_FIT's objective and epochs)."""
+        obj = self.objective or (EBMVAE_FIT["objective"] if fusion == "none" else "ml")
         ml = obj == "ml"
+        ebmvae = fusion == "none" and obj == EBMVAE_FIT["objective"]
         if self.sigma_max is not None and self.sigma_min is not None and self.sigma_min > self.sigma_max:
             raise MMVAEError(f"--sigma-min {self.sigma_min:g} must not exceed --sigma-max {self.sigma_max:g}")
         return replace(
             self,
             objective=obj,
+            epochs=self.epochs if self.epochs is not None else (EBMVAE_FIT["epochs"] if ebmvae else 20),
             standardise=self.standardise if self.standardise is not None else obj == "ncsn",
             lr=self.lr if self.lr is not None else (1e-4 if ml else 1e-3),
             betas=tuple(self.betas) if self.betas is not None else ((0.5, 0.999) if ml else (0.9, 0.999)),

@@ -596,7 +596,13 @@ def prepare_energy_fit(r: FitRequest) -> EnergyFitJob:
             config.LangevinSettings, {**config.fit_langevin_defaults(s.objective, fusion, s.sigma), **given}
         )
         langevin = config.to_dict(lg)
-        es = config.resolve(config.EnergySettings, r.energy)
+        es = config.resolve(
+            config.EnergySettings,
+            {
+                **config.fit_energy_defaults(s.objective, fusion),
+                **{k: v for k, v in r.energy.items() if v is not None},
+            },
+        )
         ml = s.objective == "ml"
         energy = EnergyConfig(
             dim=z_dim,

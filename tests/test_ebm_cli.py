@@ -342,14 +342,22 @@ def test_ebmvae_diagnosis_script_on_a_tiny_bundle(runs, capsys, objective):
     assert oracle["per_target_by_inputs"]["m4"]["1"] == oracle["per_target"]["m4"]  # the oracle ignores k
 
 
-def test_eb_mvae_defaults_to_exact_score_matching_and_its_measured_langevin(runs, capsys):
+def test_eb_mvae_defaults_to_its_measured_denoising_energy_and_langevin(runs, capsys):
+    from mmvae_cli import config
+
     tmp, root = runs
     r = tmp / "default-objective"
     shutil.copytree(tmp / "none", r)
-    code, out, err = run(["fit-ebm", r, "--json", "--data-root", root, "--energy-hidden", "8", "--epochs", "1"], capsys)
+    code, out, err = run(["fit-ebm", r, "--json", "--data-root", root, "--epochs", "1"], capsys)
     assert code == 0, err
     ebm = manifest(r)["ebm"]
-    assert ebm["objective"] == "exact" and ebm["langevin"]["steps"] == 300 and ebm["langevin"]["step_size"] == 0.3
+    want = config.EBMVAE_DENOISING_LANGEVIN
+    assert ebm["objective"] == "denoising" and ebm["energy"]["hidden"] == config.EBMVAE_FIT["energy_hidden"]
+    assert ebm["langevin"]["steps"] == want["steps"] and ebm["langevin"]["step_size"] == want["step_size"]
+    assert ebm["langevin"]["denoise"] == config.default_of(config.FitSettings, "sigma")
+    assert config.FitSettings().resolved("none", 10).epochs == config.EBMVAE_FIT["epochs"]
+    assert config.FitSettings().resolved("mopoe", 10).epochs == 20
+    assert config.FitSettings(objective="exact").resolved("none", 10).epochs == 20
 
 
 def test_eb_mvae_denoising_stores_its_tweedie_step_and_sample_takes_denoise(runs, capsys):

@@ -74,7 +74,7 @@ def settings_options(
                 kw.update(type=(float, float), metavar="B1 B2")
             elif m.get("choices") is not None:
                 kw["type"] = click.Choice([c for c in m["choices"] if c is not None])
-            elif isinstance(fld.default, int):
+            elif isinstance(fld.default, int) or str(fld.type).startswith("int"):  # also `int | None = None`
                 kw["type"] = int
             elif isinstance(fld.default, float) or m.get("gt") is not None or m.get("min") is not None:
                 kw["type"] = float
