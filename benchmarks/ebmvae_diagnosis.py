@@ -1,7 +1,8 @@
 """Where EB-MVAE's conditional coherence is lost: the unimodal latents, the coupling, or the energy.
 
 python benchmarks/ebmvae_diagnosis.py RUN --classifiers CLF [--data-root DIR] [--n-test 500]
-    [--steps 0,10,50,100,300] [--step-sizes A,B,C] [--subsets-per-k 0] [--json-out FILE]
+    [--steps 0,10,50,100,300] [--step-sizes A,B,C] [--subsets-per-k 0] [--denoise S] [--smoothed SIGMA]
+    [--json-out FILE]
 
 RUN: an EB-MVAE bundle (--fusion none) with a fitted energy (`mmvae fit-ebm RUN`, any objective).
 Prints a markdown table, then the JSON of every number (last line; also written to --json-out).
@@ -21,7 +22,9 @@ Prints a markdown table, then the JSON of every number (last line; also written 
     (plain energies: the Langevin step s; ncsn: the ratio s_i / sigma_i); joint coherence of as many
     unconditional chains run alongside. With a last Tweedie step (--denoise, default the bundle's
     stored one) each row is judged after it and without it ("raw"); the chains continue from the
-    Langevin state.
+    Langevin state. With --smoothed SIGMA the energy is replaced by the training tuples' aggregate
+    posterior smoothed by N(0, SIGMA^2 I), the density that denoising score matching at SIGMA converges
+    to, so (c) shows what the sampler gets from a perfectly fitted energy of that kind.
 Conditional numbers are accuracies against the tuple's digit, averaged over (subset, target) pairs
 with k observed modalities, and per target (the EB-MVAE paper's figure 2: targets m2 and m4 here).
 """
@@ -99,6 +102,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--subsets-per-k", type=int, default=0, help="observed subsets per size (0 = all)")
     ap.add_argument("--n-joint", type=int, default=None, help="unconditional chains (default: --n-test)")
     ap.add_argument(
+        "--smoothed",
+        type=float,
+        default=None,
+        metavar="SIGMA",
+        help="replace the energy by the aggregate posterior of all training tuples smoothed by N(0, SIGMA^2) "
+        "(what denoising score matching at SIGMA converges to); its Langevin rows then bound such energies",
+    )
+    ap.add_argument(
         "--denoise",
         type=float,
         default=None,
@@ -116,6 +127,9 @@ def main(argv=None) -> dict:
         sys.exit(f"{a.run} is not an EB-MVAE bundle (fusion {model.config.fusion}, expected none)")
     if model.ebm is None:
         sys.exit(f"{a.run} has no energy: fit one with `mmvae fit-ebm {a.run}`")
+    if a.smoothed is not None:
+        full = load_dataset(manifest["dataset"]["name_or_path"], "train", a.data_root)
+        model.ebm.energy = SmoothedAggregate(ExpertBank(model, full, dev), a.smoothed)
     clf, _ = load_classifiers(Path(a.classifiers), dev)
     clf.eval()
     names, d = model.names, model.config.latent_dim
@@ -239,6 +253,25 @@ def main(argv=None) -> dict:
         Path(a.json_out).write_text(line + "\n")
     print(line)
     return res
+
+
+class SmoothedAggregate(torch.nn.Module):
+    """E(z) = -log sum_i N(z; mu_i, diag(s_i^2 + sigma^2)) over the training tuples' concatenated unimodal
+    posteriors N(mu_i, diag(s_i^2)): the aggregate posterior smoothed by N(0, sigma^2 I), whose score is
+    the minimiser of denoising score matching at sigma over fresh posterior samples. (B, D) -> (B,)."""
+
+    noise_conditional = False
+
+    def __init__(self, bank: ExpertBank, sigma: float):
+        super().__init__()
+        n = bank.loc.shape[1]
+        self.loc = bank.loc.permute(1, 0, 2).reshape(n, -1)
+        self.var = bank.scale.permute(1, 0, 2).reshape(n, -1) ** 2 + sigma**2
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        iv = 1.0 / self.var  # (N, D)
+        c = -0.5 * (self.loc**2 * iv).sum(-1) - 0.5 * self.var.log().sum(-1)  # (N,)
+        return -torch.logsumexp(-0.5 * (z**2) @ iv.T + z @ (self.loc * iv).T + c, 1)
 
 
 def denoised(model, z: torch.Tensor, free: torch.Tensor, sigma: float) -> torch.Tensor:

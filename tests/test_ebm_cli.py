@@ -340,6 +340,28 @@ def test_ebmvae_diagnosis_script_on_a_tiny_bundle(runs, capsys, objective):
         assert 0 <= c["joint"] <= 1 and set(c["per_target_by_inputs"]["m2"]) == {"1", "2", "3", "4"}
     oracle = res["b_oracle"]
     assert oracle["per_target_by_inputs"]["m4"]["1"] == oracle["per_target"]["m4"]  # the oracle ignores k
+    if objective == "denoising":  # the stored Tweedie step: each row judged with and without it
+        assert res["ebm"]["denoise"] == 0.25 and all("raw" in c for c in res["c"] if c["steps"])
+        # --smoothed: the smoothed aggregate posterior as the energy, exactly a Gaussian mixture's -log density
+        res = mod.main([*argv, "--steps", "2", "--step-sizes", "0.1", "--smoothed", "0.3"])
+        capsys.readouterr()
+        assert [c["steps"] for c in res["c"]] == [2]
+        from mmvae_cli.data import load_dataset
+        from mmvae_cli.fit_ebm import ExpertBank
+
+        model, _ = load_model(r)
+        bank = ExpertBank(model, load_dataset("polymnist", "train", str(root)), "cpu")
+        energy = mod.SmoothedAggregate(bank, 0.3)
+        n = bank.loc.shape[1]
+        loc = bank.loc.permute(1, 0, 2).reshape(n, -1)
+        std = (bank.scale.permute(1, 0, 2).reshape(n, -1) ** 2 + 0.09).sqrt()
+        mix = torch.distributions.MixtureSameFamily(
+            torch.distributions.Categorical(logits=torch.zeros(n)),
+            torch.distributions.Independent(torch.distributions.Normal(loc, std), 1),
+        )
+        z = loc[:5] + torch.randn(5, loc.shape[1])
+        de, dl = energy(z) - energy(z[:1]), -(mix.log_prob(z) - mix.log_prob(z[:1]))
+        torch.testing.assert_close(de, dl, rtol=1e-4, atol=1e-3)
 
 
 def test_eb_mvae_defaults_to_its_measured_denoising_energy_and_langevin(runs, capsys):
