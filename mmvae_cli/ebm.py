@@ -333,7 +333,8 @@ def tweedie_denoise(log_prob: LogProb, z: torch.Tensor, sigma: float, mask: torc
     new = (zr + sigma**2 * grad).detach()
     if mask is not None:
         new = torch.where(torch.broadcast_to(mask.to(device=z.device) != 0, z.shape), new, z.detach())
-    _check(new, 0, 0, sigma, 1e4)
+    if not bool(new.abs().max() <= 1e4):  # also NaN / Inf
+        raise NumericalError(f"the Tweedie step diverged (|z| > 1e4 or NaN); try a smaller --denoise (now {sigma:g})")
     return new
 
 

@@ -169,7 +169,7 @@ def fit_energy(
                             if (s.persistent and chains is not None and len(chains) >= len(idx))
                             else model.ebm_start(len(idx))
                         )
-                        z_neg = model.run_langevin(start_z).z
+                        z_neg = model.run_langevin(start_z, denoise=0.0).z  # the chains' states, no Tweedie step
                         if s.persistent:
                             chains = z_neg
                         loss = maximum_likelihood_loss(ebm.energy, z_pos, z_neg, s.reg)

@@ -94,7 +94,7 @@ def _ebm_learning(model, z_pos: torch.Tensor, loss, stats, prior_terms: int = 1)
         return loss, stats
     ebm = model.ebm
     z_pos = z_pos.detach().reshape(-1, z_pos.shape[-1])
-    z_neg = model.run_langevin(_negative_starts(model, z_pos)).z
+    z_neg = model.run_langevin(_negative_starts(model, z_pos), denoise=0.0).z  # eq. 10's negatives: the chains' states
     if ebm.joint_settings.neg_start == "persistent":
         ebm.chains = z_neg
     js = ebm.joint_settings

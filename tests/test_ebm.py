@@ -207,6 +207,8 @@ def test_tweedie_step_is_the_posterior_mean_of_the_clean_gaussian():
     assert torch.equal(tweedie_denoise(log_p, y, 0.0), y)
     with pytest.raises(ValueError, match="denoise"):
         tweedie_denoise(log_p, y, -0.1)
+    with pytest.raises(NumericalError, match="smaller --denoise"):
+        tweedie_denoise(lambda z: -1e12 * (z**2).sum(-1), y, sigma)
 
 
 def test_latent_ebm_sample_ends_with_the_tweedie_step():

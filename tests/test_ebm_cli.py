@@ -405,3 +405,21 @@ def test_eb_mvae_denoising_stores_its_tweedie_step_and_sample_takes_denoise(runs
 
         outs[den] = load_file(out)
     assert not torch.equal(outs["0"]["generated.m0"], outs["0.5"]["generated.m0"])
+
+
+def test_maximum_likelihood_negatives_are_the_chains_states_whatever_denoise(runs, capsys):
+    """--denoise is stored for sampling; eq. 10's negatives during the fit are the Langevin states, so the
+    fitted energy is the same bit for bit with and without it."""
+    from safetensors.torch import load_file
+
+    tmp, root = runs
+    weights = {}
+    for den in ("0", "0.5"):
+        r = tmp / f"ml-denoise-{den}"
+        shutil.copytree(tmp / "mopoe", r)
+        code, _, err = run(["fit-ebm", r, "--denoise", den, "--data-root", root, *TINY_EBM], capsys)
+        assert code == 0, err
+        assert manifest(r)["ebm"]["langevin"]["denoise"] == float(den)
+        weights[den] = load_file(r / "ebm.safetensors")
+    assert weights["0"].keys() == weights["0.5"].keys()
+    assert all(torch.equal(weights["0"][k], weights["0.5"][k]) for k in weights["0"])
