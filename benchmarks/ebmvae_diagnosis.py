@@ -42,7 +42,6 @@ import torch
 
 from mmvae_cli.classifier import load_classifiers
 from mmvae_cli.data import load_dataset
-from mmvae_cli.ebm import tweedie_denoise
 from mmvae_cli.evaluate.probe import logistic_probe
 from mmvae_cli.fit_ebm import ExpertBank
 from mmvae_cli.model_io import load_model
@@ -238,7 +237,10 @@ def main(argv=None) -> dict:
             raw = judge(z)
             row = {"step_size": ss, "steps": st, "denoise": den, **raw}
             if den and st:
-                row.update(judge(denoised(model, z, free, den)), raw={k: raw[k] for k in ("by_inputs", "joint")})
+                row.update(
+                    judge(model.ebm.denoise(z, model.base_log_prob, den, free)),
+                    raw={k: raw[k] for k in ("by_inputs", "joint")},
+                )
             row["seconds"] = round(time.time() - t1, 1)
             res["c"].append(row)
             print(
@@ -272,15 +274,6 @@ class SmoothedAggregate(torch.nn.Module):
         iv = 1.0 / self.var  # (N, D)
         c = -0.5 * (self.loc**2 * iv).sum(-1) - 0.5 * self.var.log().sum(-1)  # (N,)
         return -torch.logsumexp(-0.5 * (z**2) @ iv.T + z @ (self.loc * iv).T + c, 1)
-
-
-def denoised(model, z: torch.Tensor, free: torch.Tensor, sigma: float) -> torch.Tensor:
-    """The last Tweedie step of the bundle's sampler (ebm.tweedie_denoise, in the energy's coordinates)."""
-    net = model.ebm.energy
-    if net.noise_conditional:
-        u = tweedie_denoise(lambda x: -net.energy_u(x), net.to_u(z), sigma, free)
-        return torch.where(free, net.from_u(u), z)
-    return tweedie_denoise(model.ebm.log_prob(model.base_log_prob), z, sigma, free)
 
 
 def markdown(res: dict, names: list[str]) -> str:

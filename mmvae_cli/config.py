@@ -550,7 +550,7 @@ class FitSettings:
     )
     seed: int = setting(0, "random seed", "ours", min=0)
 
-    def resolved(self, fusion: str, dim: int = 0) -> FitSettings:
+    def resolved(self, fusion: str) -> FitSettings:
         """The objective-dependent defaults filled in (fusion none: EBMVAE_FIT's objective and epochs)."""
         obj = self.objective or (EBMVAE_FIT["objective"] if fusion == "none" else "ml")
         ml = obj == "ml"

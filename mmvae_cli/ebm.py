@@ -601,16 +601,31 @@ class LatentEBM(nn.Module):
         smallest level's energy); the chain's snapshots are the Langevin states before it."""
         net = self.energy
         mask = kw.get("mask")
-        if not getattr(net, "noise_conditional", False) or self.density == "tilted":
+        if not self._annealed:
             res = langevin(self.log_prob(base_log_prob), z0, steps, step_size, **kw)
-            return res._replace(z=tweedie_denoise(self.log_prob(base_log_prob), res.z, denoise, mask))
+            return res._replace(z=self.denoise(res.z, base_log_prob, denoise, mask))
         res = annealed_langevin(lambda u, s: -net.energy_u(u, s), net.to_u(z0), net.sigmas, steps, step_size, **kw)
-        u = tweedie_denoise(lambda x: -net.energy_u(x), res.z, denoise, mask)
-        z, chain = net.from_u(u).detach(), [net.from_u(c) for c in res.chain]
+        z, chain = self.denoise(net.from_u(res.z), base_log_prob, denoise, mask), [net.from_u(c) for c in res.chain]
         if mask is not None:  # clamped coordinates exactly as given (u -> z may round)
             free = torch.broadcast_to(mask.to(device=z.device) != 0, z.shape)
             z, chain = torch.where(free, z, z0), [torch.where(free, c, z0) for c in chain]
         return LangevinResult(z, chain)
+
+    @property
+    def _annealed(self) -> bool:
+        """A noise-conditional Gibbs energy: sampled by annealed Langevin in its u coordinates."""
+        return getattr(self.energy, "noise_conditional", False) and self.density != "tilted"
+
+    def denoise(
+        self, z: torch.Tensor, base_log_prob: LogProb, sigma: float, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`tweedie_denoise` on this density at noise level sigma (free coordinates only): in z for an
+        ordinary energy; in u on the smallest level's energy for a noise-conditional one."""
+        if not self._annealed:
+            return tweedie_denoise(self.log_prob(base_log_prob), z, sigma, mask)
+        net = self.energy
+        u = tweedie_denoise(lambda x: -net.energy_u(x), net.to_u(z), sigma, mask)
+        return net.from_u(u).detach() if sigma else z.detach()
 
 
 class DivergenceTest:

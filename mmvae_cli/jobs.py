@@ -589,7 +589,7 @@ def prepare_energy_fit(r: FitRequest) -> EnergyFitJob:
         except (KeyError, TypeError, ValueError, MMVAEError) as e:
             raise BundleError(f"{outp or run}: the fit-ebm checkpoint's settings are invalid ({e})") from None
     else:
-        s = config.resolve(config.FitSettings, r.fit).resolved(fusion, z_dim)
+        s = config.resolve(config.FitSettings, r.fit).resolved(fusion)
         config.check(s)
         given = {k: v for k, v in r.langevin.items() if v is not None}
         lg = config.resolve(

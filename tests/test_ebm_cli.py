@@ -377,9 +377,9 @@ def test_eb_mvae_defaults_to_its_measured_denoising_energy_and_langevin(runs, ca
     assert ebm["objective"] == "denoising" and ebm["energy"]["hidden"] == config.EBMVAE_FIT["energy_hidden"]
     assert ebm["langevin"]["steps"] == want["steps"] and ebm["langevin"]["step_size"] == want["step_size"]
     assert ebm["langevin"]["denoise"] == config.default_of(config.FitSettings, "sigma")
-    assert config.FitSettings().resolved("none", 10).epochs == config.EBMVAE_FIT["epochs"]
-    assert config.FitSettings().resolved("mopoe", 10).epochs == 20
-    assert config.FitSettings(objective="exact").resolved("none", 10).epochs == 20
+    assert config.FitSettings().resolved("none").epochs == config.EBMVAE_FIT["epochs"]
+    assert config.FitSettings().resolved("mopoe").epochs == 20
+    assert config.FitSettings(objective="exact").resolved("none").epochs == 20
 
 
 def test_eb_mvae_denoising_stores_its_tweedie_step_and_sample_takes_denoise(runs, capsys):
