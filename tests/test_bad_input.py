@@ -294,6 +294,10 @@ CASES = [
         ["sample", "{erun}", "--prior", "ebm", "--denoise", "-0.1", "-n", "2", "--out", "{tmp}/s.png", *CPU],
     ),
     case(
+        "sample-save-chain-without-ebm",
+        ["sample", "{run}", "--save-chain", "{tmp}/c.png", "-n", "2", "--out", "{tmp}/s.png", *CPU],
+    ),
+    case(
         "sample-denoise-without-ebm", ["sample", "{run}", "--denoise", "0.1", "-n", "2", "--out", "{tmp}/s.png", *CPU]
     ),
     case(

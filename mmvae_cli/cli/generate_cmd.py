@@ -97,10 +97,9 @@ def sample(run, n, out, fmt, prior, langevin, save_chain, chain_every, as_json, 
     dev = pick_device(device)
     model, _ = load_model(Path(run), dev)
     p = model.latent_prior(prior, run)
-    if (save_chain or langevin) and not p.sampler_options:
-        raise MMVAEError(
-            "--steps, --step-size, --noise-scale, --clip-grad, --denoise and --save-chain need --prior ebm"
-        )
+    p.check_options(langevin)  # Langevin flags: one line naming the flag unless the prior is ebm
+    if save_chain and not p.sampler_options:
+        raise MMVAEError("--save-chain draws Langevin chains: it needs --prior ebm")
     torch.manual_seed(seed)
     if not save_chain:
         z = p.sample(n, **langevin)

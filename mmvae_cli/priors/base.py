@@ -73,7 +73,7 @@ class LatentPrior(nn.Module):
         given = sorted(k for k, v in options.items() if v is not None and k not in self.sampler_options)
         if given:
             raise MMVAEError(
-                f"sampler option {given[0]!r} does not apply to the {self.kind} prior"
+                f"--{given[0].replace('_', '-')} does not apply to the {self.kind} prior"
                 + (" (Langevin options need --prior ebm)" if self.kind != "ebm" else "")
             )
 

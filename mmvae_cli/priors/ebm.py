@@ -8,6 +8,9 @@ manifest's `ebm` section. Its normaliser is unknown, so log_prob is None.
 
 from __future__ import annotations
 
+from dataclasses import fields
+
+from ..config import LangevinSettings
 from .base import LatentPrior
 
 
@@ -15,7 +18,7 @@ class EnergyPrior(LatentPrior):
     kind = "ebm"
     title = "energy-based prior"
     help = "short-run Langevin on the bundle's energy (fit-ebm or train --prior ebm)"
-    sampler_options = ("steps", "step_size", "noise_scale", "clip_grad", "denoise")
+    sampler_options = tuple(f.name for f in fields(LangevinSettings))  # every Langevin setting
 
     def __init__(self, model):
         super().__init__()
