@@ -591,17 +591,17 @@ def prepare_energy_fit(r: FitRequest) -> EnergyFitJob:
     else:
         s = config.resolve(config.FitSettings, r.fit).resolved(fusion)
         config.check(s)
-        given = {k: v for k, v in r.langevin.items() if v is not None}
+        # flags given win over the objective's measured defaults, which win over the sections' own
         lg = config.resolve(
-            config.LangevinSettings, {**config.fit_langevin_defaults(s.objective, fusion, s.sigma), **given}
+            config.LangevinSettings,
+            r.langevin,
+            base=config.LangevinSettings(**config.fit_langevin_defaults(s.objective, fusion, s.sigma)),
         )
         langevin = config.to_dict(lg)
         es = config.resolve(
             config.EnergySettings,
-            {
-                **config.fit_energy_defaults(s.objective, fusion),
-                **{k: v for k, v in r.energy.items() if v is not None},
-            },
+            r.energy,
+            base=config.EnergySettings(**config.fit_energy_defaults(s.objective, fusion)),
         )
         ml = s.objective == "ml"
         energy = EnergyConfig(
