@@ -6,8 +6,8 @@
 #   mmvae         mmvae                          mmvae-posthoc                  mmvae-joint
 #   mmvaeplus                                                                   mmvaeplus-joint ("Ours+")
 # Joint coherence (N_JOINT samples from each prior) and conditional coherence by number of inputs, same
-# classifiers, same test split. ABLATION=1 adds Yuan et al.'s Table 3 for the joint energy on MoPoE
-# (hidden units D, layers L, Langevin steps S).
+# classifiers, same test split. Yuan et al.'s Table 3 (hidden units D, layers L, Langevin steps S) is
+# benchmarks/joint_ebm_ablation.sh.
 #
 #   OUT=runs/joint EPOCHS=100 MODELS="mopoe mmvae mmvaeplus" DEVICE=cuda bash benchmarks/joint_ebm.sh
 #   python benchmarks/joint_ebm_table.py runs/joint           # the README's table from the JSON results
@@ -22,7 +22,6 @@ MODELS=${MODELS:-mopoe mmvae mmvaeplus}
 DEVICE=${DEVICE:-auto}
 N_JOINT=${N_JOINT:-5000}
 EBM_EPOCHS=${EBM_EPOCHS:-20}
-ABLATION=${ABLATION:-0}
 PARALLEL=${PARALLEL:-1}          # 1: models train in parallel (a GPU); 0: one after another (a CPU)
 TRAIN_OPTS=${TRAIN_OPTS:-}
 EVAL_OPTS=${EVAL_OPTS:-}
@@ -71,14 +70,6 @@ for model in $MODELS; do
     esac
     if [ "$PARALLEL" = 1 ]; then "${cmd[@]}" & jobs_+=($!); else "${cmd[@]}"; fi
 done
-if [ "$ABLATION" = 1 ]; then
-    for d in 200 400; do for l in 3 4; do for s in 20 50; do
-        name=ablation-D$d-L$l-S$s
-        run_one() { train "$name" --fusion mopoe --prior ebm --energy-hidden "$d" --energy-layers "$l" \
-                        --langevin-steps "$s" && coherence "$OUT/$name" "$name" ebm; }
-        if [ "$PARALLEL" = 1 ]; then run_one & jobs_+=($!); else run_one; fi
-    done; done; done
-fi
 fail=0
 for job in "${jobs_[@]}"; do wait "$job" || fail=1; done
 say "all done (failures: $fail)"

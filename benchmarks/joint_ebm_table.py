@@ -1,5 +1,6 @@
-"""The README's table for benchmarks/joint_ebm.sh: joint coherence (binomial standard error) and
-conditional coherence by number of inputs, for each model and prior; the joint runs' energy trace.
+"""The README's tables for benchmarks/joint_ebm.sh and benchmarks/joint_ebm_ablation.sh: joint coherence
+(binomial standard error) and conditional coherence by number of inputs, for each model and prior
+(Table 3's rows: D, L, S, sampled from the energy and from the base prior); the joint runs' energy trace.
 
     python benchmarks/joint_ebm_table.py runs/joint
 """
@@ -33,7 +34,12 @@ def main(out: Path) -> None:
     r = out / "results"
     print("| model | prior | joint coherence (± s.e.) | conditional coherence, 1 / 2 / 3 / 4 inputs |")
     print("| --- | --- | --- | --- |")
-    for name, model, prior in ROWS + [(p.stem, "MoPoE", p.stem) for p in sorted(r.glob("ablation-*.json"))]:
+    ablation = sorted(p.stem for p in r.glob("ablation-*.json") if not p.stem.endswith("-base"))
+    for name, model, prior in ROWS + [
+        (f"{a}{suffix}", "Table 3: " + " ".join(a.split("-")[1:]), what)
+        for a in ablation
+        for suffix, what in (("", "joint energy (Algorithm 1)"), ("-base", "the same model, base prior"))
+    ]:
         res = load(r / f"{name}.json")
         if res is None:
             continue
@@ -42,7 +48,7 @@ def main(out: Path) -> None:
         se = math.sqrt(p * (1 - p) / n)
         cond = " / ".join(f"{v:.3f}" for _, v in sorted(res["conditional"].items(), key=lambda kv: int(kv[0])))
         print(f"| {model} | {prior} | {p:.3f} ± {se:.3f} (n = {n}) | {cond} |")
-    for name in ("mopoe-joint", "mmvae-joint", "mmvaeplus-joint"):
+    for name in ["mopoe-joint", "mmvae-joint", "mmvaeplus-joint"] + ablation:
         log = r / f"{name}-train.jsonl"
         if not log.exists():
             continue

@@ -8,6 +8,7 @@ Variants (same model, same data: polymnist-mini's tuples, or random uint8 images
   fused          Adam(fused=True), as train.make_optimizer now builds it, separate nets
   fused+grouped  the same with --grouped-nets (nets/grouped.py)
   fused+whole    fused, every net call on the whole batch (--cpu-chunk 0; the others use the default)
+  fused+compile  fused, every encoder and decoder under torch.compile (--compile; runtime.speed_up)
 
     python benchmarks/step_variants.py --model mmvaeplus --variants fused+whole,fused --batch-sizes 64,256
 Per batch size and round, every variant runs --steps steps in turn; prints the median seconds per
@@ -32,6 +33,7 @@ from mmvae_cli.config import TrainSettings  # noqa: E402
 from mmvae_cli.data import load_dataset  # noqa: E402
 from mmvae_cli.data.base import MultimodalData  # noqa: E402
 from mmvae_cli.model import MultimodalVAE  # noqa: E402
+from mmvae_cli.runtime import speed_up  # noqa: E402
 from mmvae_cli.train import make_optimizer  # noqa: E402
 
 
@@ -50,6 +52,8 @@ def make(variant: str, model: str, batch: int):
     net.grouped_nets = "grouped" in variant
     if "whole" in variant:
         net.cpu_chunk = 0
+    if "compile" in variant:
+        speed_up(net, compile=True)
     if "fused" in variant:
         opt = make_optimizer(net, TrainSettings(lr=1e-3, batch_size=batch))
     else:
@@ -92,7 +96,8 @@ def main():
             loss.backward()
             opt.step()
 
-        for net, opt in sides.values():  # warm-up
+        for net, opt in sides.values():  # warm-up (compiled nets: two steps, compile and recompile)
+            step(net, opt)
             step(net, opt)
         for _ in range(a.rounds):
             for v, (net, opt) in sides.items():
