@@ -221,6 +221,9 @@ class LangevinResult(NamedTuple):
     chain: list[torch.Tensor]  # every `every`-th state from the start (empty when every == 0)
 
 
+MAX_ABS = 1e4  # a chain (or Tweedie step) counts as diverged when any |z| exceeds it
+
+
 def langevin(
     log_prob: LogProb,
     z0: torch.Tensor,
@@ -230,7 +233,7 @@ def langevin(
     clip_grad: float | None = None,
     mask: torch.Tensor | None = None,
     every: int = 0,
-    max_abs: float = 1e4,
+    max_abs: float = MAX_ABS,
 ) -> LangevinResult:
     """Unadjusted Langevin dynamics (Yuan et al. eq. 11; EB-MVAE eq. 3), batched over chains:
 
@@ -297,21 +300,26 @@ def langevin(
     return LangevinResult(z.detach(), chain)
 
 
-def _check(z: torch.Tensor, t: int, steps: int, step_size: float, max_abs: float) -> None:
-    """One reduction per step: `not (max|z| <= max_abs)` is also true for NaN and Inf."""
+def _divergence(z: torch.Tensor, max_abs: float) -> str | None:
+    """What is wrong with z, or None: one reduction, `not (max|z| <= max_abs)` is also true for NaN and Inf."""
     if z.numel() == 0:
-        return
+        return None
     zmax = z.detach().abs().max()
     if bool(zmax <= max_abs):
-        return
+        return None
     if torch.isnan(z).any():
-        what = "NaN in z"
-    elif torch.isinf(z).any():
-        what = "Inf in z"
-    else:
-        what = f"|z| reached {float(zmax):.3g} > {max_abs:g}"
-    where = "in the start state" if t == 0 else f"at step {t} of {steps}"
-    raise NumericalError(f"Langevin chain diverged {where} ({what}); try a smaller --step-size (now {step_size:g})")
+        return "NaN in z"
+    if torch.isinf(z).any():
+        return "Inf in z"
+    return f"|z| reached {float(zmax):.3g} > {max_abs:g}"
+
+
+def _check(z: torch.Tensor, t: int, steps: int, step_size: float, max_abs: float) -> None:
+    """Raise NumericalError if Langevin's state z at step t diverged (`_divergence`)."""
+    what = _divergence(z, max_abs)
+    if what is not None:
+        where = "in the start state" if t == 0 else f"at step {t} of {steps}"
+        raise NumericalError(f"Langevin chain diverged {where} ({what}); try a smaller --step-size (now {step_size:g})")
 
 
 def tweedie_denoise(log_prob: LogProb, z: torch.Tensor, sigma: float, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -333,8 +341,9 @@ def tweedie_denoise(log_prob: LogProb, z: torch.Tensor, sigma: float, mask: torc
     new = (zr + sigma**2 * grad).detach()
     if mask is not None:
         new = torch.where(torch.broadcast_to(mask.to(device=z.device) != 0, z.shape), new, z.detach())
-    if not bool(new.abs().max() <= 1e4):  # also NaN / Inf
-        raise NumericalError(f"the Tweedie step diverged (|z| > 1e4 or NaN); try a smaller --denoise (now {sigma:g})")
+    what = _divergence(new, MAX_ABS)
+    if what is not None:
+        raise NumericalError(f"the Tweedie step diverged ({what}); try a smaller --denoise (now {sigma:g})")
     return new
 
 
@@ -367,7 +376,7 @@ def annealed_langevin(
     clip_grad: float | None = None,
     mask: torch.Tensor | None = None,
     every: int = 0,
-    max_abs: float = 1e4,
+    max_abs: float = MAX_ABS,
     noise_clamped: bool = True,
 ) -> LangevinResult:
     """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1) in this module's convention:
@@ -623,9 +632,14 @@ class LatentEBM(nn.Module):
         ordinary energy; in u on the smallest level's energy for a noise-conditional one."""
         if not self._annealed:
             return tweedie_denoise(self.log_prob(base_log_prob), z, sigma, mask)
+        if not sigma:
+            return z.detach()
         net = self.energy
-        u = tweedie_denoise(lambda x: -net.energy_u(x), net.to_u(z), sigma, mask)
-        return net.from_u(u).detach() if sigma else z.detach()
+        new = net.from_u(tweedie_denoise(lambda x: -net.energy_u(x), net.to_u(z), sigma, mask)).detach()
+        if mask is None:
+            return new
+        free = torch.broadcast_to(mask.to(device=z.device) != 0, z.shape)
+        return torch.where(free, new, z.detach())  # clamped coordinates exactly as given (u -> z may round)
 
 
 class DivergenceTest:

@@ -122,6 +122,10 @@ def test_noise_conditional_energy_net_and_its_latent_ebm():
     assert torch.equal(den[:, 0], z[:, 0]) and torch.equal(den[:, 3], z[:, 3])
     torch.testing.assert_close(den[:, 1:3], want[:, 1:3])
     assert not torch.allclose(den[:, 1:3], plain[:, 1:3])
+    # the step alone (as benchmarks/ebmvae_diagnosis.py calls it): clamped coordinates exactly as given
+    alone = ebm.denoise(plain, lambda x: torch.zeros(x.shape[0]), 0.1, mask)
+    assert torch.equal(alone[:, 0], plain[:, 0]) and torch.equal(alone[:, 3], plain[:, 3])
+    torch.testing.assert_close(alone, den)
 
 
 @pytest.mark.parametrize("noise_clamped", [True, False])
