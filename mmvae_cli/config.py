@@ -250,7 +250,7 @@ class ModelSettings:
     rec_weight: str = setting(
         "",
         "weight of log p(x_m | z) per modality: NAME=WEIGHT,... (others: 1, or --rescale's weight)",
-        "ours: a short string's few nats need more weight next to an image's thousands (README, text)",
+        "ours: a short string's few nats need more weight next to an image's thousands (docs/results/text.md)",
     )
     hidden: int = setting(
         400,
@@ -351,9 +351,8 @@ class JointEnergySettings:
     reg: float = setting(
         1.0,
         "weight of the L2 term added to eq. 10 (0 = off; what it penalises: --ebm-reg-on)",
-        "ours, measured: without it the level drifts (toy E_q -84 after 30 epochs); on the energies, "
-        "0.01 drifts, 0.1 keeps |E| < 5, 1 flattens the prior; on the level, 1 keeps it at 0 with the "
-        "gap free; IGEBM (Du & Mordatch 2019) uses an L2 term on the energies, LEBM none",
+        "ours, measured: without it the energy's level drifts (docs/results/ebm-joint.md); IGEBM "
+        "(Du & Mordatch 2019) uses an L2 term on the energies, LEBM none",
         min=0.0,
         flag="--ebm-reg",
     )
@@ -361,8 +360,7 @@ class JointEnergySettings:
         "level",
         "what the L2 term penalises: energies, reg (mean E_pos^2 + mean E_neg^2), which bounds both the level "
         "and the gap; level, reg ((mean E_pos + mean E_neg) / 2)^2, which pins the level and leaves the gap free",
-        "ours, measured (README, joint training): energies bound the tilt (MoPoE joint coherence 0.052); "
-        "level with --ebm-feedback 0.5: 0.104",
+        "ours, measured: the energies bound the tilt, the level does not (docs/results/ebm-joint.md)",
         choices=("energies", "level"),
         flag="--ebm-reg-on",
     )
@@ -371,7 +369,7 @@ class JointEnergySettings:
         "where the negatives' Langevin chains start: prior (z0 ~ p0), posterior (the "
         "batch's posterior samples), persistent (last step's chains, a fraction "
         "--ebm-persistent-reset restarted from p0)",
-        "Yuan et al. Algorithm 1 and LEBM: prior; the others measured to drift the same",
+        "Yuan et al. Algorithm 1 and LEBM: prior (the others: docs/results/ebm-joint.md)",
         choices=("prior", "posterior", "persistent"),
         flag="--ebm-neg-start",
     )
@@ -388,8 +386,7 @@ class JointEnergySettings:
         "weight f of the energy in the VAE's prior term: the encoders and decoders see KL(q || p_f), "
         "p_f(z) ∝ p0(z) exp(-f E(z)) (1 = Algorithm 1; 0 = the energy learns beside a VAE that "
         "ignores it); samples always come from p_alpha = p_1",
-        "Algorithm 1: 1; ours, measured (README, joint training): 0.5 with the level pinned raised joint "
-        "coherence from 0.052 to 0.104 (MoPoE) and 0.067 to 0.218 (MMVAE+) with the same conditional coherence",
+        "Algorithm 1: 1; ours, measured with the level pinned (docs/results/ebm-joint.md)",
         min=0.0,
         max=1.0,
         flag="--ebm-feedback",
@@ -398,7 +395,7 @@ class JointEnergySettings:
         0,
         "training steps during which the VAE's prior term ignores the energy (plain p0; "
         "the energy learns from the start)",
-        "Algorithm 1 has none; measured: a 4-epoch warm-up does not change the drift",
+        "Algorithm 1 has none (a warm-up measured: docs/results/ebm-joint.md)",
         min=0,
         flag="--ebm-warmup-steps",
     )
@@ -481,16 +478,15 @@ class FitSettings:
         "ml: maximum likelihood with Langevin negatives (Yuan et al. eq. 10); "
         "exact|sliced|denoising: score matching (EB-MVAE eq. 1); ncsn: a noise-conditional energy "
         "by multi-scale denoising score matching, sampled by annealed Langevin (Song & Ermon 2019). "
-        "Default: ml for a shared latent; denoising for --fusion none (EB-MVAE; the paper's exact score "
-        'matching measured below it, README "EB-MVAE diagnosed")',
-        "the papers; ours for EB-MVAE",
+        "Default: ml for a shared latent; denoising for --fusion none (EB-MVAE)",
+        "the papers; ours for EB-MVAE, measured (docs/results/ebmvae.md)",
         choices=("ml", "exact", "sliced", "denoising", "ncsn", None),
         optional=True,
     )
     epochs: int | None = setting(
         None,
         "passes over the training set (default: 20; 1000 for denoising score matching on EB-MVAE bundles)",
-        "ours (measured: README, energy-based priors and EB-MVAE diagnosed)",
+        "ours, measured (docs/results/ebm-post-hoc.md, docs/results/ebmvae.md)",
         min=1,
         optional=True,
     )
@@ -516,7 +512,7 @@ class FitSettings:
         False, "ml: continue each batch's negative chains from the previous batch's", "ours", flag="--persistent"
     )
     sigma: float = setting(
-        0.25, "denoising: noise level", "ours: about the smallest spread of polymnist-mini's EB-MVAE latents", gt=0.0
+        0.25, "denoising: noise level", "ours, measured on EB-MVAE latents (docs/results/ebmvae.md)", gt=0.0
     )
     projections: int = setting(1, "sliced/denoising: draws per sample", "Song et al. 2019", min=1)
     noise_levels: int = setting(
@@ -629,7 +625,7 @@ class RuntimeSettings:
         "fp32",
         "fp32, bf16 (autocast; CPU or recent GPUs) or fp16 (autocast + gradient "
         "scaler; CUDA only); the probabilistic math stays fp32",
-        "ours, measured: bf16 was slower on an H100 (README)",
+        "ours, measured (docs/results/speed.md)",
         choices=("fp32", "bf16", "fp16"),
     )
     compile: bool = setting(False, "torch.compile the encoders and decoders", "ours", flag="--compile/--no-compile")
@@ -640,15 +636,14 @@ class RuntimeSettings:
         False,
         "run identical image encoders (decoders) as one grouped convolution net: same parameters and "
         "bundles, equal up to float rounding",
-        "ours: off, measured 14-16% slower on a CPU thread (README); meant for launch-bound GPUs",
+        "ours: off, measured slower on a CPU (docs/results/speed.md); meant for launch-bound GPUs",
         flag="--grouped-nets/--no-grouped-nets",
     )
     cpu_chunk: int = setting(
         320,
         "on the CPU, every encoder and decoder call runs on at most this many items at a time (the MoE "
         "models decode M x batch items per decoder); 0: whole calls",
-        "ours, measured on a CPU thread: a conv28 decoder's forward and backward is 1.5x faster per item "
-        "in calls of 64-512 items than of 1,280 or more; MMVAE+ / MMVAE steps at batch 256 1.1-1.2x (README)",
+        "ours, measured on a CPU thread (docs/results/speed.md)",
         min=0,
     )
 
@@ -657,7 +652,7 @@ class RuntimeSettings:
 class ClassifierSettings:
     """`mmvae classifier train`: the digit classifiers that judge coherence."""
 
-    epochs: int = setting(40, "passes over the training set", "ours (test accuracy in the README)", min=1)
+    epochs: int = setting(40, "passes over the training set", "ours (accuracy: docs/results/quick-start.md)", min=1)
     batch_size: int = setting(128, "batch size", "ours", min=1)
     lr: float = setting(1e-3, "Adam learning rate", "ours", gt=0.0)
     seed: int = setting(0, "random seed", "ours", min=0)

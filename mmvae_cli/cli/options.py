@@ -40,7 +40,7 @@ def _default_text(f) -> str:
     if isinstance(d, tuple):
         return " ".join(f"{x:g}" for x in d)
     if isinstance(d, bool):
-        return ""
+        return "on" if d else "off"
     return f"{d:g}" if isinstance(d, float) else str(d)
 
 
@@ -63,7 +63,7 @@ def settings_options(
                 continue
             name = rename.get(fld.name)
             flag = f"--{name}" if name else (m.get("flag") or "--" + fld.name.replace("_", "-"))
-            d = _default_text(fld) if show_defaults else ""
+            d = _default_text(fld) if show_defaults else "as stored with the energy"
             help_ = m["help"] + (f" [default: {d}]" if d else "") + f" (source: {m['source']})"
             kw: dict = {"default": None, "help": help_}
             if "/" in flag:
