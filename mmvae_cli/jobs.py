@@ -21,7 +21,7 @@ from .config import RuntimeSettings, TrainConfig
 from .data import load_dataset
 from .errors import BundleError, MMVAEError
 from .model import MultimodalVAE, build_config
-from .model_io import CHECKPOINT, LEGACY_FILES, WEIGHTS, trained_with_vae, upgrade
+from .model_io import CHECKPOINT, bundle_files, trained_with_vae, upgrade
 from .run import Run, check_log_file, check_new_output, check_tensorboard
 from .runtime import Dist, autocast_dtype, init_distributed, pick_device, shutdown_distributed
 from .train import STATE_KEY, fit, main_log
@@ -129,7 +129,7 @@ class TrainingJob:
                 self.out,
                 self.manifest,
                 overwrite=r.overwrite,
-                stale=(WEIGHTS, CHECKPOINT, *LEGACY_FILES, *_prior_files()),
+                stale=bundle_files(),
                 **kw,
             )
             m, t = self.cfg.model, self.cfg.train
@@ -166,14 +166,6 @@ class TrainingJob:
         )
         main_log(dist, f"wrote {self.out}")
         return manifest
-
-
-def _prior_files() -> tuple[str, ...]:
-    """Every fitted prior kind's file and the fit-prior checkpoint (stale when a run is replaced)."""
-    from . import priors
-    from .model_io import PRIOR_CHECKPOINT
-
-    return (PRIOR_CHECKPOINT, *(priors.prior_file(k) for k in priors.fittable()))
 
 
 def _attach_train_prior(model: MultimodalVAE, cfg: TrainConfig) -> None:

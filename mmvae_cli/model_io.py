@@ -133,6 +133,13 @@ def write_prior(run: Path, prior, manifest: dict, section: dict) -> list[str]:
     return stale
 
 
+def bundle_files() -> tuple[str, ...]:
+    """Every file a bundle may hold, but its manifest (stale when a run is replaced)."""
+    from . import priors
+
+    return (WEIGHTS, CHECKPOINT, PRIOR_CHECKPOINT, *LEGACY_FILES, *map(priors.prior_file, priors.fittable()))
+
+
 def save_bundle(run: Path, model: MultimodalVAE, manifest: dict) -> None:
     """model.safetensors holds the VAE, prior-KIND.safetensors the prior trained with it (when there is one)."""
     state = model.state_dict()
@@ -140,7 +147,8 @@ def save_bundle(run: Path, model: MultimodalVAE, manifest: dict) -> None:
     stale = []
     tp = model.train_prior
     if tp is not None:
-        section = {k: v for k, v in manifest["priors"][tp.kind].items() if k != "file"}
+        old = (manifest.get("priors") or {}).get(tp.kind) or {}
+        section = {**{k: v for k, v in old.items() if k != "file"}, "prior": tp.to_json()}
         stale = write_prior(run, tp, manifest, section)
     bundle.save_manifest(run, manifest)
     for name in stale:

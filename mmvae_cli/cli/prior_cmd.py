@@ -111,8 +111,7 @@ def run_fit(kind: str, as_json: bool, **kw) -> None:
     "--kind",
     required=True,
     type=click.Choice(list(priors.fittable())),
-    help="ebm: an energy (the same fit as `mmvae fit-ebm`); gmm: Gaussian mixture (scikit-learn's EM); "
-    "flow: normalising flow (zuko MAF/NSF, Adam).",
+    help="; ".join(f"{k}: {priors.get(k).help}" for k in priors.fittable()) + ".",
 )
 @fit_options(
     priors.fittable(),

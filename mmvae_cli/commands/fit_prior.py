@@ -25,12 +25,11 @@ from ..console import log
 from ..errors import BundleError, MMVAEError, NumericalError
 from ..model import MultimodalVAE
 from ..model_io import (
-    CHECKPOINT,
     LEGACY_EBM_FIT_STATE,
-    LEGACY_FILES,
     PRIOR_CHECKPOINT,
     PRIOR_FIT_STATE,
     WEIGHTS,
+    bundle_files,
     load_model,
     trained_with_vae,
     upgrade,
@@ -67,8 +66,7 @@ def open_fit_run(target: Path, manifest: dict, r: FitPriorRequest, cls, create: 
     --log-jsonl/--tensorboard; the fit's history lives in its own section."""
     kw = dict(checkpoint_name=PRIOR_CHECKPOINT, state_key=PRIOR_FIT_STATE)
     if create and not r.resume:
-        stale = (WEIGHTS, CHECKPOINT, PRIOR_CHECKPOINT, *LEGACY_FILES, *map(priors.prior_file, priors.fittable()))
-        Run.create(target, manifest, overwrite=r.overwrite, stale=stale, **kw)
+        Run.create(target, manifest, overwrite=r.overwrite, stale=bundle_files(), **kw)
     return Run.reopen(
         target,
         manifest,

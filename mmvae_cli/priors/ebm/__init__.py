@@ -112,7 +112,7 @@ class EnergyPrior(LatentPrior):
             raise MMVAEError(f"energy prior: invalid settings ({e})") from None
         from ...bundle import load_state
 
-        load_state(prior, tensors, "prior-ebm.safetensors")
+        load_state(prior, tensors, "the energy's weights")
         return prior.eval()
 
     @property
