@@ -38,7 +38,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
     $MMVAE classifier train polymnist-mini --out "$OUT/clf" --device "$DEVICE" --json > "$R/clf.json"
 }
 for obj in $OBJECTIVES; do
-    [ -f "$OUT/$obj/ebm.safetensors" ] || {
+    [ -f "$OUT/$obj/prior-ebm.safetensors" ] || [ -f "$OUT/$obj/ebm.safetensors" ] || {
         say "fit-ebm --objective $obj"
         $MMVAE fit-ebm "$OUT/base" --out "$OUT/$obj" --overwrite --objective "$obj" \
             $([ "$obj" = ncsn ] && echo "--epochs $NCSN_EPOCHS" || echo "${FIT_EPOCHS:+--epochs $FIT_EPOCHS}") \

@@ -43,8 +43,8 @@ import torch
 from mmvae_cli.classifier import load_classifiers
 from mmvae_cli.data import load_dataset
 from mmvae_cli.evaluate.probe import logistic_probe
-from mmvae_cli.fit_ebm import ExpertBank
 from mmvae_cli.model_io import load_model
+from mmvae_cli.priors.bank import ExpertBank
 
 
 def parse_list(s: str, kind=float) -> list:
@@ -124,11 +124,12 @@ def main(argv=None) -> dict:
     model, manifest = load_model(Path(a.run), dev)
     if model.config.fusion != "none":
         sys.exit(f"{a.run} is not an EB-MVAE bundle (fusion {model.config.fusion}, expected none)")
-    if model.ebm is None:
+    prior = model.priors.get("ebm")
+    if prior is None:
         sys.exit(f"{a.run} has no energy: fit one with `mmvae fit-ebm {a.run}`")
     if a.smoothed is not None:
         full = load_dataset(manifest["dataset"]["name_or_path"], "train", a.data_root)
-        model.ebm.energy = SmoothedAggregate(ExpertBank(model, full, dev), a.smoothed)
+        prior.energy = SmoothedAggregate(ExpertBank(model, full, dev), a.smoothed)
     clf, _ = load_classifiers(Path(a.classifiers), dev)
     clf.eval()
     names, d = model.names, model.config.latent_dim
@@ -144,12 +145,12 @@ def main(argv=None) -> dict:
     mu = tb.loc.permute(1, 0, 2).reshape(N, M * d)  # posterior means, concatenated (N, M*d)
     mu_tr = trb.loc.permute(1, 0, 2).reshape(len(train), M * d)
     res: dict = {"run": str(a.run), "n_test": N, "n_probe": len(train), "ebm": {}}
-    e = manifest.get("ebm", {})
+    e = manifest["priors"]["ebm"]  # load_model's manifest: today's layout, whatever wrote the bundle
     res["ebm"] = {
-        "objective": e.get("objective"),
-        "energy": e.get("energy"),
-        "langevin": e.get("langevin"),
-        "sigmas": e.get("sigmas"),
+        "objective": e.get("fit", {}).get("objective"),
+        "energy": e["prior"].get("energy"),
+        "langevin": e["prior"].get("langevin"),
+        "sigmas": e.get("fit", {}).get("sigmas"),
     }
 
     # (a) digit information per unimodal latent
@@ -194,7 +195,7 @@ def main(argv=None) -> dict:
     res["b_knn"] = summarise(acc, names)
 
     # (c) conditional and joint Langevin on the energy
-    nc = model.ebm.energy.noise_conditional
+    nc = prior.energy.noise_conditional
     step_sizes = parse_list(a.step_sizes) if a.step_sizes else ([0.2, 0.4, 0.8] if nc else [0.03, 0.1, 0.3])
     steps = sorted(parse_list(a.steps, int))
     n_joint = a.n_joint if a.n_joint is not None else N
@@ -220,25 +221,25 @@ def main(argv=None) -> dict:
         joint = float((jp == jp[0]).all(0).float().mean()) if n_joint else None
         return {**summarise(acc, names), "joint": joint}
 
-    den = a.denoise if a.denoise is not None else float(model.langevin_settings.get("denoise", 0.0))
+    den = a.denoise if a.denoise is not None else float(prior.langevin_settings.get("denoise", 0.0))
     res["ebm"]["denoise"] = den
     for ss in step_sizes:
         torch.manual_seed(a.seed)
-        z = torch.where(free, model.ebm_start(free.shape[0]), z_obs)
+        z = torch.where(free, prior.start(free.shape[0]), z_obs)
         start, done = z, 0
         for st in steps:
             t1 = time.time()
             if nc:  # annealed: the schedule depends on the total
                 torch.manual_seed(a.seed)
-                z = model.run_langevin(start, mask=free, steps=st, step_size=ss, denoise=0.0).z if st else start
+                z = prior.langevin(start, mask=free, steps=st, step_size=ss, denoise=0.0).z if st else start
             elif st > done:  # the chains continue from the Langevin state, the Tweedie step only judges it
-                z = model.run_langevin(z, mask=free, steps=st - done, step_size=ss, denoise=0.0).z
+                z = prior.langevin(z, mask=free, steps=st - done, step_size=ss, denoise=0.0).z
             done = st
             raw = judge(z)
             row = {"step_size": ss, "steps": st, "denoise": den, **raw}
             if den and st:
                 row.update(
-                    judge(model.ebm.denoise(z, model.base_log_prob, den, free)),
+                    judge(prior.denoise(z, den, free)),
                     raw={k: raw[k] for k in ("by_inputs", "joint")},
                 )
             row["seconds"] = round(time.time() - t1, 1)

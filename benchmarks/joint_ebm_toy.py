@@ -3,7 +3,7 @@
 Data: a latent whose first two coordinates come from a mixture of four Gaussians (means (+-2, +-2), std 0.3)
 and the rest from N(0, 1), seen through two vector modalities x_m = W_m z + 0.1 eps (dim 4 x latent).
 Model: the project's MultimodalVAE (MoPoE, MLP nets, Gaussian likelihood of scale 0.1, beta 1) with a
-jointly trained tilted energy prior (`LatentEBM(joint=True)`, 4 x 400 GELU), trained through the real
+jointly trained tilted energy prior (`EnergyPrior(joint=True)`, 4 x 400 GELU), trained through the real
 objective (`model(x)`, i.e. objectives.elbo) and `train.make_optimizer`.
 
 setup "exact" (2-D latent): log Z(alpha) = log E_p0[exp(-E)] is computed accurately by importance sampling
@@ -49,8 +49,10 @@ from dataclasses import replace
 import torch
 
 from mmvae_cli.config import JointEnergySettings, TrainSettings
-from mmvae_cli.ebm import DivergenceTest, EnergyConfig, LatentEBM
 from mmvae_cli.model import ModalitySpec, ModelConfig, MultimodalVAE
+from mmvae_cli.priors.ebm import EnergyPrior
+from mmvae_cli.priors.ebm.joint import DivergenceTest
+from mmvae_cli.priors.ebm.net import EnergyConfig
 from mmvae_cli.train import make_optimizer
 
 # Two setups. "exact": 2-D latent, log Z exact, the paper's energy lr 2e-5 and 50 Langevin steps.
@@ -104,15 +106,15 @@ def toy_model(
     model = MultimodalVAE(
         ModelConfig(specs, dim, "mopoe", "all", "elbo", 1, 1.0, "gaussian", "gaussian", hidden=vae_hidden)
     )
-    ebm = LatentEBM(EnergyConfig(dim=dim, hidden=hidden, layers=4), "tilted", joint=True, joint_settings=settings)
-    model.attach_ebm(ebm, langevin)
+    net = EnergyConfig(dim=dim, hidden=hidden, layers=4)
+    model.attach_prior(EnergyPrior(net, "tilted", joint=True, joint_settings=settings, langevin=langevin))
     return model
 
 
 @torch.no_grad()
 def log_z(model, n: int = 200_000) -> float:
     z = model.sample_prior(n)
-    return float(torch.logsumexp(-model.ebm.energy(z), 0) - math.log(n))
+    return float(torch.logsumexp(-model.train_prior.energy(z), 0) - math.log(n))
 
 
 def run(name: str, epochs: int, setup: str = "exact", seed: int = 0, hidden: int = 400) -> list[dict]:

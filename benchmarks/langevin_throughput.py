@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from mmvae_cli.ebm import EnergyNet, ebm_prior_log_prob, langevin, standard_normal_log_prob  # noqa: E402
+from mmvae_cli.priors.ebm.langevin import ebm_prior_log_prob, langevin, standard_normal_log_prob  # noqa: E402
+from mmvae_cli.priors.ebm.net import EnergyNet  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

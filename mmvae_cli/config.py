@@ -3,7 +3,8 @@
 A run's settings are sections of typed fields (`ModelSettings`, `TrainSettings`, `EnergySettings`,
 `JointEnergySettings`, `LangevinSettings`, `FitSettings`, `PriorFitSettings`, `GMMSettings`,
 `FlowSettings`, `RuntimeSettings`, `ClassifierSettings`); the evaluation and generation commands'
-sample counts are sections too (`EvalSettings`, `GenerateSettings`). Each field is declared with
+sample counts are sections too (`EvalSettings`, `GenerateSettings`), and so are the energy's defaults
+that depend on its objective (`EnergyDefaults`: not flags, filled in for settings left unset). Each field is declared with
 `setting(default, help, source, ...)`, which records its range and where its default comes from (a
 paper, the reference code, or ours with the measurement). Everything else reads these declarations:
 
@@ -307,9 +308,42 @@ class TrainSettings:
     )
 
 
+ENERGY_ACTIVATIONS = ("gelu", "silu", "softplus", "leaky_relu", "elu")  # priors/ebm/net.py's ACTIVATIONS
+
+
+@dataclass(frozen=True)
+class EnergyDefaults:
+    """What an energy's setting left unset becomes, by how the energy learns: ml (maximum likelihood:
+    `fit-ebm --objective ml`, `train --prior ebm`) or sm (score matching: exact, sliced, denoising, ncsn).
+    Not flags: `FitSettings.resolved` and `EnergySettings.activation` fill them in (ENERGY_DEFAULTS), and
+    the flags' help texts name them."""
+
+    ml_activation: str = setting(
+        "gelu", "energy MLP activation for maximum likelihood", "LEBM uses GELU", choices=ENERGY_ACTIVATIONS
+    )
+    sm_activation: str = setting(
+        "softplus",
+        "energy MLP activation for score matching (which needs a twice-differentiable energy)",
+        "ours",
+        choices=ENERGY_ACTIVATIONS,
+    )
+    epochs: int = setting(
+        20, "fit-ebm: passes over the training set", "ours, measured (docs/results/ebm-post-hoc.md)", min=1
+    )
+    ml_lr: float = setting(1e-4, "fit-ebm: Adam learning rate of the energy for ml", "ours", gt=0.0)
+    sm_lr: float = setting(1e-3, "fit-ebm: Adam learning rate of the energy for score matching", "ours", gt=0.0)
+    ml_betas: tuple = setting((0.5, 0.999), "fit-ebm: Adam betas for ml", "LEBM", pair=True, min=0.0, lt=1.0)
+    sm_betas: tuple = setting(
+        (0.9, 0.999), "fit-ebm: Adam betas for score matching", "torch's default", pair=True, min=0.0, lt=1.0
+    )
+
+
+ENERGY_DEFAULTS = EnergyDefaults()
+
+
 @dataclass(frozen=True)
 class EnergySettings:
-    """The energy MLP E(z) (ebm.EnergyNet): dim -> hidden x (layers - 1) -> 1."""
+    """The energy MLP E(z) (priors/ebm/net.EnergyNet): dim -> hidden x (layers - 1) -> 1."""
 
     energy_hidden: int = setting(
         400, "hidden units per layer of the energy MLP", "Yuan et al. Table 3 (best: 400)", min=1
@@ -317,19 +351,25 @@ class EnergySettings:
     energy_layers: int = setting(4, "Linear layers of the energy MLP", "Yuan et al. Table 3 (best: 4)", min=1)
     energy_activation: str | None = setting(
         None,
-        "energy MLP activation (default: gelu for maximum likelihood, softplus for score matching)",
+        f"energy MLP activation (default: {ENERGY_DEFAULTS.ml_activation} for maximum likelihood, "
+        f"{ENERGY_DEFAULTS.sm_activation} for score matching)",
         "LEBM uses GELU; softplus is ours",
-        choices=("gelu", "silu", "softplus", "leaky_relu", "elu", None),
+        choices=(*ENERGY_ACTIVATIONS, None),
         optional=True,
     )
+
+    def activation(self, objective: str) -> str:
+        """The activation given, else the default of the objective's kind (ENERGY_DEFAULTS)."""
+        d = ENERGY_DEFAULTS
+        return self.energy_activation or (d.ml_activation if objective == "ml" else d.sm_activation)
 
 
 @dataclass(frozen=True)
 class JointEnergySettings:
     """--prior ebm: how the energy trained jointly with the VAE (Yuan et al. Algorithm 1) learns.
 
-    Two measured problems of Algorithm 1 as written, and the defaults that answer them (README,
-    energy-based priors, "Joint training"; benchmarks/joint_ebm_toy.py):
+    Two measured problems of Algorithm 1 as written, and the defaults that answer them
+    (docs/results/ebm-joint.md; benchmarks/joint_ebm_toy.py):
     - eq. 10's loss, mean E(z_pos) - mean E(z_neg), is blind to the *level* of E where positives and
       negatives both lie, and that level sinks step after step (PolyMNIST, epoch 6: E = -151 at posterior
       samples, -149 at the negatives, -0.4 at p0 samples). An L2 term pins it: on the mean level only
@@ -425,7 +465,7 @@ class LangevinSettings:
 
 # fit-ebm --objective ncsn: the Langevin settings stored with the energy when none are given (annealed
 # Langevin: steps in all over the levels, step size as the ratio s_i / sigma_i). Ours, measured on
-# polymnist-mini (README, EB-MVAE: benchmarks/ebmvae_diagnosis.py): 300 steps of ratio 0.8 beat
+# polymnist-mini (docs/results/ebmvae.md: benchmarks/ebmvae_diagnosis.py): 300 steps of ratio 0.8 beat
 # 50/100 steps and ratios 0.2/0.4; plain Langevin's 50 x 0.4 barely moves the chains.
 NCSN_LANGEVIN = {"steps": 300, "step_size": 0.8}
 # fit-ebm on EB-MVAE bundles (--fusion none) by exact/sliced/denoising score matching: plain Langevin
@@ -439,7 +479,7 @@ EBMVAE_DENOISING_LANGEVIN = {"steps": 100, "step_size": 0.3}
 
 
 # fit-ebm on EB-MVAE bundles (--fusion none) when no objective, epochs or energy width is given. Ours,
-# measured on polymnist-mini's 80 latents (README "EB-MVAE diagnosed"): denoising score matching at
+# measured on polymnist-mini's 80 latents (docs/results/ebmvae.md): denoising score matching at
 # sigma 0.25 with 4 x 1024 units, 1,000 epochs (0.396 -> 0.683 conditional coherence with 1 -> 4 observed,
 # joint 0.143) beat 300 epochs (0.351 -> 0.621) and the paper's exact score matching (20 epochs, 4 x 400:
 # 0.205 -> 0.347; exact costs one backward pass per latent dimension, 10 s an epoch there against 1.6 s).
@@ -457,7 +497,7 @@ def fit_energy_defaults(objective: str, fusion: str) -> dict:
 def fit_langevin_defaults(objective: str, fusion: str, sigma: float = 0.0) -> dict:
     """The Langevin settings fit-ebm stores when none are given: NCSN_LANGEVIN for ncsn, EBMVAE_LANGEVIN
     for score matching on EB-MVAE bundles (denoising: EBMVAE_DENOISING_LANGEVIN with a last Tweedie step at
-    its noise level `sigma`; measured on polymnist-mini, README "EB-MVAE diagnosed": +0.02 to +0.07
+    its noise level `sigma`; measured on polymnist-mini, docs/results/ebmvae.md: +0.02 to +0.07
     conditional coherence at every number observed, both energy widths and both step sizes tried),
     otherwise LangevinSettings' own defaults ({})."""
     if objective == "ncsn":
@@ -471,7 +511,8 @@ def fit_langevin_defaults(objective: str, fusion: str, sigma: float = 0.0) -> di
 
 @dataclass(frozen=True)
 class FitSettings:
-    """`mmvae fit-ebm`: an energy fitted post hoc to a frozen VAE's aggregate posterior."""
+    """`mmvae fit-ebm` (`fit-prior --kind ebm`): an energy fitted post hoc to a frozen VAE's aggregate posterior
+    (its seed: PriorFitSettings')."""
 
     objective: str | None = setting(
         None,
@@ -485,7 +526,8 @@ class FitSettings:
     )
     epochs: int | None = setting(
         None,
-        "passes over the training set (default: 20; 1000 for denoising score matching on EB-MVAE bundles)",
+        f"passes over the training set (default: {ENERGY_DEFAULTS.epochs}; {EBMVAE_FIT['epochs']} for denoising "
+        "score matching on EB-MVAE bundles)",
         "ours, measured (docs/results/ebm-post-hoc.md, docs/results/ebmvae.md)",
         min=1,
         optional=True,
@@ -493,14 +535,17 @@ class FitSettings:
     batch_size: int = setting(256, "batch size", "ours", min=1)
     lr: float | None = setting(
         None,
-        "Adam learning rate of the energy (default: 1e-4 for ml, 1e-3 for score matching)",
+        f"Adam learning rate of the energy (default: {ENERGY_DEFAULTS.ml_lr:g} for ml, "
+        f"{ENERGY_DEFAULTS.sm_lr:g} for score matching)",
         "ours",
         gt=0.0,
         optional=True,
     )
     betas: tuple | None = setting(
         None,
-        "Adam betas (default: 0.5 0.999 for ml as LEBM, 0.9 0.999 for score matching)",
+        "Adam betas (default: {} for ml as LEBM, {} for score matching)".format(
+            *(" ".join(f"{b:g}" for b in betas) for betas in (ENERGY_DEFAULTS.ml_betas, ENERGY_DEFAULTS.sm_betas))
+        ),
         "LEBM / torch",
         pair=True,
         min=0.0,
@@ -544,22 +589,22 @@ class FitSettings:
         optional=True,
         flag="--standardise/--no-standardise",
     )
-    seed: int = setting(0, "random seed", "ours", min=0)
 
     def resolved(self, fusion: str) -> FitSettings:
-        """The objective-dependent defaults filled in (fusion none: EBMVAE_FIT's objective and epochs)."""
+        """The objective-dependent defaults filled in (ENERGY_DEFAULTS; fusion none: EBMVAE_FIT's objective
+        and epochs)."""
         obj = self.objective or (EBMVAE_FIT["objective"] if fusion == "none" else "ml")
-        ml = obj == "ml"
+        d, ml = ENERGY_DEFAULTS, obj == "ml"
         ebmvae = fusion == "none" and obj == EBMVAE_FIT["objective"]
         if self.sigma_max is not None and self.sigma_min is not None and self.sigma_min > self.sigma_max:
             raise MMVAEError(f"--sigma-min {self.sigma_min:g} must not exceed --sigma-max {self.sigma_max:g}")
         return replace(
             self,
             objective=obj,
-            epochs=self.epochs if self.epochs is not None else (EBMVAE_FIT["epochs"] if ebmvae else 20),
+            epochs=self.epochs if self.epochs is not None else (EBMVAE_FIT["epochs"] if ebmvae else d.epochs),
             standardise=self.standardise if self.standardise is not None else obj == "ncsn",
-            lr=self.lr if self.lr is not None else (1e-4 if ml else 1e-3),
-            betas=tuple(self.betas) if self.betas is not None else ((0.5, 0.999) if ml else (0.9, 0.999)),
+            lr=self.lr if self.lr is not None else (d.ml_lr if ml else d.sm_lr),
+            betas=tuple(self.betas if self.betas is not None else (d.ml_betas if ml else d.sm_betas)),
         )
 
 
@@ -571,11 +616,11 @@ class PriorFitSettings:
     draws: int = setting(
         1,
         "gmm: posterior samples z ~ q(z | X_i) per training tuple (the mixture is fitted to "
-        "N x draws points); flow: fresh draws every epoch regardless",
+        "N x draws points); flow, ebm: fresh draws every batch regardless",
         "ours",
         min=1,
     )
-    seed: int = setting(0, "random seed (posterior draws, initialisation, batches)", "ours", min=0)
+    seed: int = setting(0, "random seed (posterior draws, initialisation, batches, Langevin noise)", "ours", min=0)
 
 
 @dataclass(frozen=True)
@@ -688,6 +733,13 @@ class EvalSettings:
         10000,
         "generated and real images per modality (capped at the split size)",
         "the papers' protocol (REFERENCE.md): 10,000 generated vs 10,000 real test images",
+        min=1,
+    )
+    fit_n_joint: int = setting(
+        1000,
+        "fit-ebm, fit-prior --classifiers: prior samples for the joint coherence with the base prior and "
+        "with the fitted one",
+        "ours: a quick check next to the fit (eval coherence uses the papers' 10,000)",
         min=1,
     )
     all_n_joint: int = setting(

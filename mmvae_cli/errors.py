@@ -1,6 +1,6 @@
 """User-facing errors: one clear line and a documented exit code, never a traceback.
 
-Exit codes (also in README.md):
+Exit codes (also in docs/bundles.md):
   0  success
   1  unexpected internal error (a bug: please report it)
   2  bad input: missing or malformed data, unknown names, corrupted or incompatible bundle

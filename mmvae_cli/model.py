@@ -21,12 +21,12 @@ everywhere. See `MultimodalVAE.w_prior`.
 `ModelConfig` is the JSON-serialisable description stored in a bundle's manifest;
 `MultimodalVAE(config)` rebuilds the same network from it.
 
-An energy over the latent (`attach_ebm`, ebm.LatentEBM) turns the prior into the energy-based prior
-p_alpha(z) ∝ exp(-E(z)) p0(z) of Yuan et al. (any fusion), or, for fusion "none" (EB-MVAE), into a
-joint model p(z_1..z_M) ∝ exp(-E(z)) of the unimodal latents; `sample_latents(n, prior="ebm")` and
-`cross_generate` then sample it by Langevin dynamics. Priors fitted after training (gmm, flow;
-priors/) are attached by kind (`attach_prior`), and `sample_latents(n, prior=NAME)` asks
-`latent_prior(NAME)`, whatever the kind.
+Priors over the latent (priors/: an energy, a Gaussian mixture, a flow) are attached by kind
+(`attach_prior`), and `sample_latents(n, prior=NAME)` asks `latent_prior(NAME)`, whatever the kind.
+An energy turns p0 into the energy-based prior p_alpha(z) ∝ exp(-E(z)) p0(z) of Yuan et al. (any
+fusion), or, for fusion "none" (EB-MVAE), into a joint model p(z_1..z_M) ∝ exp(-E(z)) of the unimodal
+latents, which `cross_generate` samples given the observed ones (a `conditional` prior). A prior
+trained with the VAE (`train --prior ebm`) is also `train_prior`, whose terms the objectives use.
 """
 
 from __future__ import annotations
@@ -39,8 +39,7 @@ from torch import nn
 
 from . import distributions as D
 from . import modalities, nets
-from .config import LangevinSettings, ModelSettings, RuntimeSettings, check_model, default_of, to_dict
-from .ebm import LangevinResult, LatentEBM
+from .config import ModelSettings, RuntimeSettings, check_model, default_of
 from .errors import MMVAEError
 from .fusion import Mixture, make_fusion, parse_subsets
 from .nets import grouped
@@ -269,9 +268,9 @@ class MultimodalVAE(nn.Module):
         self.private_priors = nn.ModuleDict(
             {n: Prior(c.prior, c.private_dim, learn=True) for n in self.names} if c.private_dim else {}
         )
-        self.ebm = None  # LatentEBM, see attach_ebm
-        self.langevin_settings: dict = {}
-        self.priors: dict = {}  # fitted priors by kind (not submodules), attach_prior
+        self.priors: dict = {}  # attached priors by kind (priors.LatentPrior; not submodules), attach_prior
+        self.train_prior = None  # the one trained with the VAE (a submodule once attached), attach_prior
+        self._register_load_state_dict_pre_hook(_legacy_energy_keys)
         self.objective = get_objective(c.objective)
 
     # Runtime settings (not part of the bundle), set by training: with `amp_dtype` the networks run under
@@ -293,10 +292,11 @@ class MultimodalVAE(nn.Module):
         return self.config.beta * self.beta_scale
 
     def _apply(self, fn, *args, **kwargs):
-        """.to()/.cuda() also move the attached fitted priors (kept outside the state dict)."""
+        """.to()/.cuda() also move the attached priors (kept outside the state dict but train_prior)."""
         super()._apply(fn, *args, **kwargs)
         for p in getattr(self, "priors", {}).values():
-            p._apply(fn, *args, **kwargs)
+            if p is not getattr(self, "train_prior", None):
+                p._apply(fn, *args, **kwargs)
         return self
 
     @property
@@ -477,62 +477,34 @@ class MultimodalVAE(nn.Module):
         """n latents from the base prior p(z). (n, D)"""
         return self.prior.dist().sample((n,))
 
-    # --- energy-based prior ----------------------------------------------------------------------
-    def attach_ebm(self, ebm: LatentEBM | None, langevin_settings: dict | None = None) -> None:
-        """Use `ebm` as this model's energy (None removes it). langevin_settings: defaults for
-        `run_langevin` (LangevinSettings' fields), e.g. those it was fitted with."""
-        if ebm is not None and ebm.init_loc.numel() != self.z_dim:
-            raise MMVAEError(
-                f"energy over {ebm.init_loc.numel()} latent dimensions does not fit a model "
-                f"whose latent has {self.z_dim}"
-            )
-        self.ebm = ebm.to(self.device) if ebm is not None else None
-        self.langevin_settings = dict(langevin_settings or {})
-
     def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log p0(z) summed over the latent: (B,)."""
         return self.prior.dist().log_prob(z).sum(-1)
 
-    def ebm_start(self, n: int) -> torch.Tensor:
-        """Chain starts: p0 samples for a tilted prior; the stored init Gaussian for a Gibbs energy."""
-        if self.ebm.density == "tilted":
-            return self.sample_prior(n)
-        return self.ebm.init_loc + self.ebm.init_scale * torch.randn(n, self.z_dim, device=self.device)
-
-    def run_langevin(
-        self, z0: torch.Tensor, mask: torch.Tensor | None = None, every: int = 0, **overrides
-    ) -> LangevinResult:
-        """Langevin dynamics (Yuan et al. eq. 11) on this model's energy-based density from z0.
-        overrides (LangevinSettings' fields; None = keep) win over langevin_settings."""
-        if self.ebm is None:
-            raise MMVAEError("this bundle has no energy-based prior; fit one with `mmvae fit-ebm RUN`")
-        s = to_dict(LangevinSettings())
-        s.update({k: v for k, v in self.langevin_settings.items() if k in s})
-        s.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(overrides) - set(s)
-        if unknown:
-            raise MMVAEError(f"unknown Langevin settings: {', '.join(sorted(unknown))}")
-        return self.ebm.sample(
-            z0,
-            self.base_log_prob,
-            int(s["steps"]),
-            float(s["step_size"]),
-            noise_scale=float(s["noise_scale"]),
-            clip_grad=s["clip_grad"],
-            denoise=float(s["denoise"]),
-            mask=mask,
-            every=every,
-        )
-
     # --- priors (priors/: base, ebm, gmm, flow, ...) ---------------------------------------------------
     def attach_prior(self, prior) -> None:
-        """Attach a fitted prior (priors.LatentPrior of a fitted kind, e.g. gmm or flow) under its kind."""
-        dim = prior.to_json().get("dim")
-        if dim is not None and int(dim) != self.z_dim:
+        """Attach a prior (priors.LatentPrior: ebm, gmm, flow, ...) under its kind, replacing one of that kind.
+        One trained with the VAE (`trained_with_vae`: a jointly trained energy) is also `train_prior`, a
+        submodule: the objectives ask it for its terms, the optimizer and the checkpoints hold it."""
+        dim = prior.dim
+        if dim is not None and dim != self.z_dim:
             raise MMVAEError(
-                f"{prior.kind} prior over {dim} latent dimensions does not fit a model whose latent has {self.z_dim}"
+                f"{prior.name()} over {dim} latent dimensions does not fit a model whose latent has {self.z_dim}"
             )
-        self.priors[prior.kind] = prior.to(self.device).eval()
+        self.detach_prior(prior.kind)
+        prior.attach(self)
+        prior = prior.to(self.device)
+        if prior.trained_with_vae:
+            self.train_prior = prior
+        else:
+            prior.eval()
+        self.priors[prior.kind] = prior
+
+    def detach_prior(self, kind: str) -> None:
+        """Remove the prior of this kind (and train_prior if it is that one)."""
+        p = self.priors.pop(kind, None)
+        if p is not None and p is self.train_prior:
+            self.train_prior = None
 
     def latent_prior(self, name: str, run: str = "RUN"):
         """The prior `name` of this model: an attached fitted one, or one the model carries (base, ebm).
@@ -569,15 +541,16 @@ class MultimodalVAE(nn.Module):
 
         With private latents, a given modality reuses w_d ~ q(w_d | x_d) (reconstruction) and a
         missing one draws w_d ~ p(w_d) = `w_prior(d)` (MMVAE+'s cross-generation rule).
-        Fusion none with an energy (EB-MVAE eq. 2-3): z_o ~ prod_{m in o} q(z_m | x_m) for the given
-        modalities, then z_u ~ p(z_u | z_o) by Langevin on the unobserved blocks with z_o clamped."""
+        Fusion none with a conditional prior (an energy; EB-MVAE eq. 2-3): z_o ~ prod_{m in o} q(z_m | x_m)
+        for the given modalities, then z_u ~ p(z_u | z_o) (`sample_given`: Langevin on the unobserved
+        blocks with z_o clamped); `langevin`: its sampler options."""
         experts, private = self.encode(x)
         z = self.fuse(experts, x).sample()
-        if self.config.fusion == "none" and self.ebm is not None:
+        coupling = next((p for p in self.priors.values() if p.conditional), None)
+        if self.config.fusion == "none" and coupling is not None:
             d = self.config.latent_dim
             free = (~self.given_mask(x)).repeat_interleave(d).to(z.device)  # (M * d,)
-            z = torch.where(free, self.ebm_start(z.shape[0]), z)
-            z = self.run_langevin(z, mask=free, **langevin).z
+            z = coupling.sample_given(z, free, **langevin)
         w = {n: q.sample() for n, q in private.items()}
         return self.means(self.decode(z, names, w))
 
@@ -587,3 +560,9 @@ class MultimodalVAE(nn.Module):
         if present is None:
             return self.objective(self, x)
         return self.objective(self, self.observed(x, present), present)
+
+
+def _legacy_energy_keys(state: dict, prefix: str, *args) -> None:
+    """Training checkpoints before issue 24 held a jointly trained energy under `ebm.`: now `train_prior.`."""
+    for k in [k for k in state if k.startswith(prefix + "ebm.")]:
+        state[prefix + "train_prior." + k[len(prefix) + 4 :]] = state.pop(k)

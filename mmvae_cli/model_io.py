@@ -1,7 +1,11 @@
-"""A trained model as a bundle on disk: model.safetensors (the VAE), ebm.safetensors (an energy),
-prior-KIND.safetensors (each fitted prior, priors/), manifest.json (its ModelConfig, settings,
-history, `ebm` and `priors: {KIND: ...}` sections). `load_model` rebuilds and checks it; nothing is
-unpickled."""
+"""A trained model as a bundle on disk: model.safetensors (the VAE), prior-KIND.safetensors (each prior
+fitted to it or trained with it, priors/: ebm, gmm, flow), manifest.json (its ModelConfig, settings,
+history and `priors: {KIND: {"prior": its settings, ...}}`). `load_model` rebuilds and checks it;
+nothing is unpickled.
+
+Bundles written before issue 24 kept the energy in ebm.safetensors and a top-level `ebm` section;
+`upgrade` reads them as priors.ebm (the section names its file), and the next write of the energy
+moves it to prior-ebm.safetensors."""
 
 from __future__ import annotations
 
@@ -10,29 +14,47 @@ from pathlib import Path
 import torch
 
 from . import bundle
-from .ebm import LatentEBM
 from .errors import BundleError, MMVAEError
 from .model import ModelConfig, MultimodalVAE
 
 CHECKPOINT = "checkpoint.safetensors"  # an interrupted or extendable training run
 WEIGHTS = "model.safetensors"
-EBM_WEIGHTS = "ebm.safetensors"
-PRIOR_CHECKPOINT = "prior-checkpoint.safetensors"  # an interrupted fit-prior (flow): weights, Adam, RNG
+PRIOR_CHECKPOINT = "prior-checkpoint.safetensors"  # an interrupted fit-prior (flow, ebm): weights, Adam, RNG
 PRIOR_FIT_STATE = "prior_fit_state"  # its manifest key (kind, settings, position)
+LEGACY_EBM_WEIGHTS = "ebm.safetensors"  # before issue 24: the energy's weights (read, never written)
+LEGACY_EBM_CHECKPOINT = "ebm-checkpoint.safetensors"  # ... an interrupted fit-ebm
+LEGACY_EBM_FIT_STATE = "ebm_fit_state"  # ... and its manifest key
+LEGACY_FILES = (LEGACY_EBM_WEIGHTS, LEGACY_EBM_CHECKPOINT)
 
 
-def ebm_from_section(section: dict, where: str) -> tuple[LatentEBM, dict]:
-    """(LatentEBM, Langevin settings) from a manifest's `ebm` section (weights not loaded)."""
-    try:
-        ebm = LatentEBM(section["energy"], section["density"], section.get("training") == "joint")
-        return ebm, dict(section.get("langevin", {}))
-    except (KeyError, TypeError) as e:
-        raise BundleError(f"{where}: manifest has an invalid ebm section ({e})") from None
+def upgrade(manifest: dict) -> dict:
+    """The manifest in today's layout (in place): an `ebm` section of a bundle written before issue 24
+    becomes priors.ebm as the fit job writes it ("prior": the energy's settings, "settings" and "common":
+    the fit's, "fit": its statistics), with its file (ebm.safetensors) under "file"."""
+    old = manifest.pop("ebm", None)
+    if old:
+        if not isinstance(old, dict):
+            raise BundleError("manifest has an invalid ebm section")
+        old = dict(old)
+        prior = {k: old.pop(k) for k in ("energy", "density", "training", "langevin") if k in old}
+        section = {"prior": prior, "file": LEGACY_EBM_WEIGHTS, "kind": "ebm"}
+        if isinstance(old.get("fit"), dict):  # the fit's settings (its seed is every fit's common setting now)
+            fit = dict(old.pop("fit"))
+            section["common"] = {"seed": fit.pop("seed", 0)}
+            section["settings"] = {"fit": fit, "energy": prior.get("energy"), "langevin": prior.get("langevin")}
+        section["fit"] = {k: old.pop(k) for k in ("objective", "loss_curve", "history", "sigmas") if k in old}
+        manifest.setdefault("priors", {})["ebm"] = {**section, **old}  # and created, command, joint_coherence
+    return manifest
+
+
+def trained_with_vae(section: dict) -> bool:
+    """Whether a `priors` section holds a prior trained jointly with the VAE (not fitted to its weights)."""
+    return isinstance(section, dict) and (section.get("prior") or {}).get("training") == "joint"
 
 
 def _vae_weights(run: Path, manifest: dict) -> dict[str, torch.Tensor]:
-    """The VAE's weights: this bundle's, or for an energy-only bundle (`fit-ebm --out`) the parent's,
-    after checking that the parent's weights are still the ones the energy was fitted to."""
+    """The VAE's weights: this bundle's, or for a prior-only bundle (`fit-ebm --out`, `fit-prior --out`)
+    the parent's, after checking that the parent's weights are still the ones the prior was fitted to."""
     parent = manifest.get("parent")
     if parent is None:
         return bundle.read_weights(run, WEIGHTS, manifest)
@@ -42,27 +64,27 @@ def _vae_weights(run: Path, manifest: dict) -> dict[str, torch.Tensor]:
     pman = bundle.read_manifest(ppath, kind="mmvae")
     got = pman.get("files", {}).get(WEIGHTS, {}).get("sha256")
     if got != parent.get("model_sha256"):
+        kinds = list(manifest.get("priors") or {}) or ["ebm"]
+        from . import priors
+
         raise BundleError(
-            f"{run}: its parent {ppath} changed since the energy was fitted "
-            f"(model.safetensors fingerprint differs); refit with `mmvae fit-ebm`"
+            f"{run}: its parent {ppath} changed since the prior was fitted "
+            f"(model.safetensors fingerprint differs); refit with `{priors.get(kinds[0]).how_to_get()}`"
         )
     return bundle.read_weights(ppath, WEIGHTS, pman)
 
 
 def load_model(run: Path, device: str | torch.device = "cpu") -> tuple[MultimodalVAE, dict]:
-    """Rebuild a trained model from its bundle (weights checked against the manifest), with its
-    energy-based prior when the manifest has an `ebm` section."""
-    manifest = bundle.read_manifest(run, kind="mmvae")
-    if manifest.get("parent") is not None and not manifest.get("ebm") and not manifest.get("priors"):
-        if manifest.get(PRIOR_FIT_STATE):
-            raise BundleError(
-                f"{run}: its prior is not fitted yet (fit-prior was interrupted); continue with "
-                f"`mmvae fit-prior {manifest['parent'].get('path')} --kind "
-                f"{manifest[PRIOR_FIT_STATE].get('kind', 'KIND')} --out {run} --resume`"
-            )
+    """Rebuild a trained model from its bundle (weights checked against the manifest), with every prior
+    in its `priors` section attached; returns it and the manifest (`upgrade`d)."""
+    from . import priors
+
+    manifest = upgrade(bundle.read_manifest(run, kind="mmvae"))
+    if manifest.get("parent") is not None and not manifest.get("priors"):
+        state = manifest.get(PRIOR_FIT_STATE) or {}
+        cmd = priors.get(state.get("kind", "ebm")).how_to_get(manifest["parent"].get("path"))
         raise BundleError(
-            f"{run}: its energy is not fitted yet (fit-ebm was interrupted); continue with "
-            f"`mmvae fit-ebm {manifest['parent'].get('path')} --out {run} --resume`"
+            f"{run}: its prior is not fitted yet (the fit was interrupted); continue with `{cmd} --out {run} --resume`"
         )
     try:
         config = ModelConfig.from_dict(manifest["model"])
@@ -70,18 +92,15 @@ def load_model(run: Path, device: str | torch.device = "cpu") -> tuple[Multimoda
         raise BundleError(f"{run}: manifest has an invalid model section ({e})") from None
     model = MultimodalVAE(config)
     bundle.load_state(model, _vae_weights(Path(run), manifest), str(run))
-    if manifest.get("ebm"):
-        ebm, settings = ebm_from_section(manifest["ebm"], str(run))
-        bundle.load_state(ebm, bundle.read_weights(run, EBM_WEIGHTS, manifest), f"{run}/{EBM_WEIGHTS}")
-        model.attach_ebm(ebm, settings)
     model = model.to(device).eval()
     for kind, section in (manifest.get("priors") or {}).items():
         model.attach_prior(prior_from_section(Path(run), kind, section, manifest))
+    model.eval()
     return model, manifest
 
 
 def prior_from_section(run: Path, kind: str, section: dict, manifest: dict):
-    """A fitted prior from its manifest section `priors: {kind: ...}` and prior-KIND.safetensors."""
+    """A prior from its manifest section `priors: {kind: ...}` and its file (prior-KIND.safetensors)."""
     from . import priors
 
     try:
@@ -92,17 +111,45 @@ def prior_from_section(run: Path, kind: str, section: dict, manifest: dict):
         ) from None
     if not isinstance(section, dict) or not isinstance(section.get("prior"), dict):
         raise BundleError(f"{run}: manifest has an invalid priors.{kind} section")
-    tensors = bundle.read_weights(run, priors.prior_file(kind), manifest)
+    name = section.get("file", priors.prior_file(kind))
+    tensors = bundle.read_weights(run, name, manifest)
     try:
         return cls.from_stored(section["prior"], tensors)
     except MMVAEError as e:
-        raise BundleError(f"{run}/{priors.prior_file(kind)}: {e}") from None
+        raise BundleError(f"{run}/{name}: {e}") from None
+
+
+def write_prior(run: Path, prior, manifest: dict, section: dict) -> list[str]:
+    """prior-KIND.safetensors written and `section` set as the manifest's priors.KIND (manifest not saved);
+    returns the files the manifest stopped naming (a bundle's older energy file), to remove once it is saved."""
+    from .priors import prior_file
+
+    old = (manifest.get("priors") or {}).get(prior.kind) or {}
+    bundle.write_weights(run, prior_file(prior.kind), prior.tensors(), manifest)
+    manifest.setdefault("priors", {})[prior.kind] = section
+    stale = [old["file"]] if old.get("file") not in (None, prior_file(prior.kind)) else []
+    for name in stale:
+        manifest["files"].pop(name, None)
+    return stale
+
+
+def bundle_files() -> tuple[str, ...]:
+    """Every file a bundle may hold, but its manifest (stale when a run is replaced)."""
+    from . import priors
+
+    return (WEIGHTS, CHECKPOINT, PRIOR_CHECKPOINT, *LEGACY_FILES, *map(priors.prior_file, priors.fittable()))
 
 
 def save_bundle(run: Path, model: MultimodalVAE, manifest: dict) -> None:
-    """model.safetensors holds the VAE, ebm.safetensors the energy (when there is one)."""
+    """model.safetensors holds the VAE, prior-KIND.safetensors the prior trained with it (when there is one)."""
     state = model.state_dict()
-    bundle.write_weights(run, WEIGHTS, {k: v for k, v in state.items() if not k.startswith("ebm.")}, manifest)
-    if model.ebm is not None:
-        bundle.write_weights(run, EBM_WEIGHTS, model.ebm.state_dict(), manifest)
+    bundle.write_weights(run, WEIGHTS, {k: v for k, v in state.items() if not k.startswith("train_prior.")}, manifest)
+    stale = []
+    tp = model.train_prior
+    if tp is not None:
+        old = (manifest.get("priors") or {}).get(tp.kind) or {}
+        section = {**{k: v for k, v in old.items() if k != "file"}, "prior": tp.to_json()}
+        stale = write_prior(run, tp, manifest, section)
     bundle.save_manifest(run, manifest)
+    for name in stale:
+        (Path(run) / name).unlink(missing_ok=True)

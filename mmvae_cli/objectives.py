@@ -8,6 +8,10 @@ tuples; x's absent rows already zero-filled, see MultimodalVAE.observed). Each t
 the objective of its observed modalities O_b alone, inside the batched computation: the fused
 posterior runs over O_b (fusion.py), reconstruction sums over O_b, and every average over mixture
 components is over the tuple's valid ones (`Mixture.component_mean`).
+
+A prior trained with the VAE (`model.train_prior`, a jointly trained energy; priors/ebm/joint.py) gives
+its terms: the prior is log p(z) = log p0(z) - w E(z) - log Z (`energy_term`, `energy_weight`), and its
+own learning step joins the loss (`_prior_learning`). Without one, p0 alone.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import torch
 from torch import distributions as td
 
 from .distributions import kl, log_mean_exp
-from .ebm import maximum_likelihood_loss
 from .errors import MMVAEError
 
 
@@ -37,76 +40,13 @@ def _kl_to_prior(model, q) -> torch.Tensor:
     return q.component_mean(kl(q.components, model.prior.dist()))
 
 
-def _joint_ebm(model) -> bool:
-    return model.ebm is not None and model.ebm.joint
-
-
-def _prior_energy(model, z: torch.Tensor) -> torch.Tensor:
-    """E_alpha(z) with the energy's parameters detached, z: (..., D) -> (...).
-
-    With the energy-based prior p_alpha(z) = exp(-E(z)) p0(z) / Z(alpha) (Yuan et al. eq. 3),
-        KL(q || p_alpha) = KL(q || p0) + E_q[E(z)] + log Z(alpha),
-    and log Z(alpha) does not depend on the encoder or decoder: this is the term eq. 9 adds for
-    them. alpha learns only from eq. 10 (`_ebm_learning`), hence the detached parameters."""
-    params = {k: v.detach() for k, v in model.ebm.energy.named_parameters()}
-    return torch.func.functional_call(model.ebm.energy, params, (z,))
-
-
-def _energy_on(model) -> bool:
-    """Whether the VAE's prior term uses the energy now (off during `warmup_steps`, or with feedback 0)."""
-    js = model.ebm.joint_settings if _joint_ebm(model) else None
-    return js is not None and js.feedback > 0 and model.ebm.joint_step >= js.warmup_steps
-
-
-def _vae_energy(model, z: torch.Tensor) -> torch.Tensor:
-    """f * E_alpha(z), the energy term of the VAE's prior p_f(z) ∝ p0(z) exp(-f E(z)) (f =
-    `JointEnergySettings.feedback`; f = 1 is Algorithm 1's p_alpha):
-        KL(q || p_f) = KL(q || p0) + f E_q[E(z)] + log Z_f,
-    log Z_f constant for the VAE. Energy parameters detached (`_prior_energy`)."""
-    return model.ebm.joint_settings.feedback * _prior_energy(model, z)
-
-
-def _negative_starts(model, z_pos: torch.Tensor) -> torch.Tensor:
-    """Chain starts for eq. 11 per `JointEnergySettings.neg_start`: p0 samples, the posterior samples,
-    or the previous step's chains (a fraction restarted from p0; all of them when the batch size changed)."""
-    ebm, n = model.ebm, z_pos.shape[0]
-    how = ebm.joint_settings.neg_start
-    if how == "posterior":
-        return z_pos
-    fresh = model.ebm_start(n)
-    if how == "prior" or ebm.chains is None or ebm.chains.shape != fresh.shape:
-        return fresh
-    reset = torch.rand(n, 1, device=fresh.device) < ebm.joint_settings.persistent_reset
-    return torch.where(reset, fresh, ebm.chains)
-
-
-def _ebm_learning(model, z_pos: torch.Tensor, loss, stats, prior_terms: int = 1):
-    """Algorithm 1's "learn alpha" step added to the loss: eq. 10 as
-    mean E(z_pos) - mean E(z_neg) (+ the L2 term of `JointEnergySettings.reg`), z_pos posterior samples
-    (detached), z_neg short-run Langevin samples (eq. 11) from the starts `_negative_starts` picks.
-    Touches only alpha, except with a learnable p0: log Z(alpha) = log E_p0[exp(-E)] depends on p0's
-    parameters, d log Z / d theta = E_{p_alpha}[d log p0(z) / d theta], so beta * mean log p0(z_neg)
-    (once per prior term in the loss, `prior_terms`) is added for them: a gradient surrogate, added after
-    stats["loss"] was taken, so the reported loss is unchanged. Only while training with gradients on.
-    Reports energy_neg (mean E of the negatives) and, where the objective did not, energy_q (mean E of
-    the positives) for `ebm.DivergenceTest`."""
-    if not (_joint_ebm(model) and model.training and torch.is_grad_enabled()):
+def _prior_learning(model, z_pos: torch.Tensor, loss, stats, prior_terms: int = 1):
+    """The training prior's own learning step added to the loss (a jointly trained energy: Algorithm 1's
+    eq. 10 on the posterior samples z_pos, `priors.ebm.joint.learn`), only while training with gradients on."""
+    tp = model.train_prior
+    if tp is None or not (model.training and torch.is_grad_enabled()):
         return loss, stats
-    ebm = model.ebm
-    z_pos = z_pos.detach().reshape(-1, z_pos.shape[-1])
-    z_neg = model.run_langevin(_negative_starts(model, z_pos), denoise=0.0).z  # eq. 10's negatives: the chains' states
-    if ebm.joint_settings.neg_start == "persistent":
-        ebm.chains = z_neg
-    js = ebm.joint_settings
-    ml = maximum_likelihood_loss(ebm.energy, z_pos, z_neg, reg=js.reg, reg_on=js.reg_on)
-    with torch.no_grad():
-        e_neg = ebm.energy(z_neg).mean().item()
-        if "energy_q" not in stats:
-            stats = {**stats, "energy_q": ebm.energy(z_pos).mean().item()}
-    if _energy_on(model) and any(p.requires_grad for p in model.prior.parameters()):
-        loss = loss + prior_terms * model.beta * model.base_log_prob(z_neg).mean()
-    ebm.joint_step += 1
-    return loss + ml, {**stats, "ebm_ml": ml.item(), "energy_neg": e_neg}
+    return tp.learn(model, z_pos, loss, stats, prior_terms)
 
 
 def elbo_terms(model, x, present=None):
@@ -135,15 +75,17 @@ def elbo(model, x, present=None):
     """
     rec, kld, z, q = elbo_terms(model, x, present)
     stats = {"kl": kld.mean().item()}  # KL(q || p0)
-    if _joint_ebm(model):  # KL(q || p_alpha) up to log Z (see _prior_energy)
-        e = _prior_energy(model, z)
+    tp = model.train_prior
+    if tp is not None:  # KL(q || p_f) = KL(q || p0) + w E_q[E] up to log Z (see LatentPrior.energy_term)
+        e = tp.energy_term(z)
         if e.dim() > 1:
             e = e.mean((0, 1)) if q.valid is None else q.component_mean(e.mean(1))
-        if _energy_on(model):
-            kld = kld + model.ebm.joint_settings.feedback * e
+        w = tp.energy_weight()
+        if w:
+            kld = kld + w * e
         stats["energy_q"] = e.mean().item()
     loss = -(rec - model.beta * kld).mean()
-    return _ebm_learning(model, q.valid_samples(z), loss, {"loss": loss.item(), "rec": -rec.mean().item(), **stats})
+    return _prior_learning(model, q.valid_samples(z), loss, {"loss": loss.item(), "rec": -rec.mean().item(), **stats})
 
 
 def _detached(d):
@@ -156,8 +98,8 @@ def _stratified_log_weights(model, x, k: int, stop_q: bool = False, present=None
 
     Without private latents, for z ~ q_s (S, K, B, D):
         log w = sum_m log p(x_m | z) + beta (log p(z) - log q(z | X)),   q(z | X) the whole mixture.
-    With a jointly trained energy, log p(z) = log p0(z) - E(z), unnormalised: the reported bound is
-    off by beta * log Z(alpha), a constant for the encoder and decoder.
+    With a training prior (a jointly trained energy), log p(z) = log p0(z) - w E(z), unnormalised: the
+    reported bound is off by beta * log Z, a constant for the encoder and decoder.
     With private latents (MMVAE+; moe components s = modality r): z ~ q(z | x_r), w_r ~ q(w_r | x_r),
     and for every d != r, w^(d) ~ p~(w_d) (the learned modality prior, private_priors[d]), w^(r) = w_r:
         log w = sum_d log p(x_d | z, w^(d)) + beta (log p(z) + log p(w_r)
@@ -175,8 +117,10 @@ def _stratified_log_weights(model, x, k: int, stop_q: bool = False, present=None
     z = q.rsample_each(k)  # (S, K, B, Dz)
     q_density = q.detached() if stop_q else q
     reg = model.prior.dist().log_prob(z).sum(-1) - q_density.log_prob(z)
-    if _energy_on(model):  # log p_f(z) = log p0(z) - f E(z) - log Z_f (log Z: see _ebm_learning)
-        reg = reg - _vae_energy(model, z)
+    tp = model.train_prior
+    w = tp.energy_weight() if tp is not None else 0.0
+    if w:  # log p_f(z) = log p0(z) - f E(z) - log Z_f
+        reg = reg - w * tp.energy_term(z)
     samples, w = [(z, None)], None
     if model.config.private_dim:
         S, K, B = z.shape[:3]
@@ -197,9 +141,9 @@ def _stratified_log_weights(model, x, k: int, stop_q: bool = False, present=None
 
 
 def _iwae_stats(model, q, stats: dict) -> dict:
-    """With a jointly trained energy, also KL(q || p0) (mean over the mixture's components, closed
-    form) for `ebm.DivergenceTest`, whose bounds are in units of it."""
-    if _joint_ebm(model):
+    """With a training prior, also KL(q || p0) (mean over the mixture's components, closed form) for
+    the jointly trained energy's divergence test (priors/ebm/joint.DivergenceTest), in units of it."""
+    if model.train_prior is not None:
         with torch.no_grad():
             stats["kl"] = _kl_to_prior(model, q).mean().item()
     return stats
@@ -219,7 +163,7 @@ def iwae(model, x, present=None):
         obj = q.component_mean(obj)  # (B,): 1/|V_b| sum over the tuple's valid components
     loss = -obj.mean()
     stats = _iwae_stats(model, q, {"loss": loss.item(), "iwae": obj.mean().item()})
-    return _ebm_learning(model, q.valid_samples(z), loss, stats)
+    return _prior_learning(model, q.valid_samples(z), loss, stats)
 
 
 def dreg(model, x, present=None):
@@ -252,7 +196,7 @@ def dreg(model, x, present=None):
     surrogate = per.mean() if q.valid is None else q.component_mean(per).mean()
     loss = -surrogate
     stats = _iwae_stats(model, q, {"loss": -value.item(), "iwae": value.item()})
-    return _ebm_learning(model, q.valid_samples(samples[0][0]), loss, stats)
+    return _prior_learning(model, q.valid_samples(samples[0][0]), loss, stats)
 
 
 def mvae(model, x, present=None):
@@ -278,6 +222,8 @@ def mvae(model, x, present=None):
             groups.append([names[i] for i in pick])
     total_loss, rec_sum, kl_sum = 0.0, 0.0, 0.0
     z_joint = None
+    tp = model.train_prior
+    w = tp.energy_weight() if tp is not None else 0.0
     if present is not None:
         present = present & model.given_mask(x).to(present.device)[None]
         several = present.sum(1) > 1
@@ -288,10 +234,7 @@ def mvae(model, x, present=None):
         z_joint = z if z_joint is None else z_joint
         rec = model.log_likelihoods(model.decode(z, g), xg, present)
         kld = _kl_to_prior(model, q)
-        if _energy_on(model):
-            kld_e = kld + _vae_energy(model, z)
-        else:
-            kld_e = kld
+        kld_e = kld + w * tp.energy_term(z) if w else kld
         term = rec - model.beta * kld_e
         if present is None or i == 0:
             kl_sum += kld.mean().item()  # KL(q || p0), as elbo reports it
@@ -304,7 +247,7 @@ def mvae(model, x, present=None):
         total_loss = total_loss - torch.where(counted, term, zero).mean()
         kl_sum += torch.where(counted, kld, zero).mean().item()
         rec_sum += -torch.where(counted, rec, zero).mean().item()
-    return _ebm_learning(
+    return _prior_learning(
         model, z_joint, total_loss, {"loss": total_loss.item(), "rec": rec_sum, "kl": kl_sum}, prior_terms=len(groups)
     )
 

@@ -47,20 +47,21 @@ def main_log(dist: Dist, msg: str) -> None:
 def make_optimizer(
     model: torch.nn.Module, t: TrainSettings, joint: JointEnergySettings | None = None
 ) -> torch.optim.Optimizer:
-    """Adam over the VAE's parameters; a jointly trained energy gets its own group (ebm_lr, ebm_betas)."""
-    ebm = getattr(model, "ebm", None)
-    if ebm is None:
+    """Adam over the VAE's parameters; the prior trained with it (model.train_prior, a jointly trained
+    energy) gets its own group (ebm_lr, ebm_betas)."""
+    tp = getattr(model, "train_prior", None)
+    if tp is None:
         groups = [{"params": list(model.parameters())}]
     else:
         joint = joint or JointEnergySettings()
-        own = {id(p) for p in ebm.parameters()}
+        own = {id(p) for p in tp.parameters()}
         groups = [
             {"params": [p for p in model.parameters() if id(p) not in own]},
-            {"params": list(ebm.parameters()), "lr": float(joint.ebm_lr), "betas": tuple(joint.ebm_betas)},
+            {"params": list(tp.parameters()), "lr": float(joint.ebm_lr), "betas": tuple(joint.ebm_betas)},
         ]
     params = [p for g in groups for p in g["params"]]
     # one fused kernel per step instead of ~10 per parameter (measured: the optimizer step 5x faster on
-    # 2 CPU cores for MoPoE's 14M parameters, README); same update up to float rounding
+    # 2 CPU cores for MoPoE's 14M parameters, docs/results/speed.md); same update up to float rounding
     fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.Adam(
         groups, lr=float(t.lr), betas=tuple(t.adam_betas), amsgrad=bool(t.amsgrad), fused=fused or None

@@ -146,3 +146,14 @@ def all_files(root: Path) -> dict[str, bytes]:
 
 def listing(root: Path) -> list[str]:
     return sorted(os.listdir(root)) if root.exists() else []
+
+
+class SampleBank:
+    """A fixed set of latents as a bank of the aggregate posterior (`n`, `dim`, `device`, `sample(idx)`), for
+    fitting priors on toys; a VAE's is mmvae_cli.priors.bank.ExpertBank, which draws fresh z ~ q(z | X_i)."""
+
+    def __init__(self, z):
+        self.z, (self.n, self.dim), self.device = z, z.shape, z.device
+
+    def sample(self, idx):
+        return self.z[idx]

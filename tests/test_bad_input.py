@@ -358,7 +358,9 @@ CASES = [
     case("fit-ebm-corrupted-bundle", [*FIT], prep=["corrupt"]),
     # ---- fit-prior ----
     case("fit-prior-unknown-kind", [*PFIT, "--kind", "nope"]),
-    case("fit-prior-ebm-kind", [*PFIT, "--kind", "ebm"]),
+    case("fit-prior-ebm-epochs-0", [*PFIT, "--kind", "ebm", "--epochs", "0"]),
+    case("fit-prior-ebm-flag-for-gmm", [*PFIT, "--kind", "gmm", "--energy-hidden", "8"]),
+    case("fit-prior-ebm-out-is-a-run", [*PFIT, "--kind", "ebm", "--out", "{erun}"]),
     case("fit-prior-no-kind", ["fit-prior", "{run}", *CPU]),
     case("fit-prior-components-0", [*PFIT, "--kind", "gmm", "--components", "0"]),
     case("fit-prior-components-above-samples", [*PFIT, "--kind", "gmm", "--components", "21"]),

@@ -23,6 +23,8 @@ def test_every_setting_declares_help_source_and_a_valid_default():
     for cls in (
         *config.SECTIONS.values(),
         config.FitSettings,
+        config.EnergyDefaults,
+        config.PriorFitSettings,
         config.RuntimeSettings,
         config.ClassifierSettings,
         config.EvalSettings,
@@ -61,6 +63,28 @@ def test_eval_and_generate_defaults_are_the_config_fields(command, flag, section
     assert opt.default == config.default_of(section, field) and opt.show_default
     assert isinstance(opt.type, click.IntRange) and opt.type.min == f.metadata["min"]
     assert f.metadata["source"] in opt.help
+
+
+def test_energy_defaults_have_one_source():
+    """The energy net's width, depth and activation, fit-ebm's epochs, learning rates and betas per objective
+    and --n-joint: config.py's fields, which the net, the fit's resolution and the flags read."""
+    from mmvae_cli.cli import cli
+    from mmvae_cli.priors.ebm.net import EnergyConfig, EnergyNet
+
+    e, d = config.EnergySettings(), config.ENERGY_DEFAULTS
+    assert EnergyNet(3).config == EnergyConfig(dim=3)
+    assert (EnergyConfig(dim=3).hidden, EnergyConfig(dim=3).layers) == (e.energy_hidden, e.energy_layers)
+    assert EnergyConfig(dim=3).activation == e.activation("ml") == d.ml_activation
+    assert (
+        e.activation("denoising") == d.sm_activation
+        and config.EnergySettings(energy_activation="elu").activation("ml") == "elu"
+    )
+    ml, sm = config.FitSettings().resolved("mopoe"), config.FitSettings(objective="sliced").resolved("mopoe")
+    assert (ml.epochs, ml.lr, ml.betas) == (d.epochs, d.ml_lr, d.ml_betas)
+    assert (sm.epochs, sm.lr, sm.betas) == (d.epochs, d.sm_lr, d.sm_betas)
+    for name in ("fit-ebm", "fit-prior"):
+        opt = next(p for p in cli.commands[name].params if "--n-joint" in p.opts)
+        assert opt.default == config.default_of(config.EvalSettings, "fit_n_joint")
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,9 @@ import torch
 from helpers_cli import run, write_tiny_polymnist
 
 from mmvae_cli.data import load_dataset
-from mmvae_cli.ebm import langevin
 from mmvae_cli.model import ModalitySpec, ModelConfig, MultimodalVAE
 from mmvae_cli.model_io import load_model
+from mmvae_cli.priors.ebm.langevin import langevin
 from mmvae_cli.train import place_data
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,4 +1,4 @@
-"""Tests of mmvae_cli.ebm against quantities computable in closed form.
+"""Tests of mmvae_cli.priors.ebm against quantities computable in closed form.
 
 Monte Carlo tolerances are 5 standard errors (two-sided false-alarm rate
 < 1e-6 per checked quantity) plus, where it applies, the known systematic error
@@ -11,18 +11,16 @@ import math
 import pytest
 import torch
 
-from mmvae_cli.ebm import (
-    EnergyConfig,
-    EnergyNet,
+from mmvae_cli.errors import EXIT_NUMERIC, BundleError, MMVAEError, NumericalError
+from mmvae_cli.priors.ebm.langevin import (
     ebm_log_prob,
     ebm_prior_log_prob,
     langevin,
-    maximum_likelihood_loss,
-    score_matching_loss,
     standard_normal_log_prob,
     tweedie_denoise,
 )
-from mmvae_cli.errors import EXIT_NUMERIC, BundleError, MMVAEError, NumericalError
+from mmvae_cli.priors.ebm.losses import maximum_likelihood_loss, score_matching_loss
+from mmvae_cli.priors.ebm.net import EnergyConfig, EnergyNet
 
 D64 = torch.float64
 
@@ -211,18 +209,18 @@ def test_tweedie_step_is_the_posterior_mean_of_the_clean_gaussian():
         tweedie_denoise(lambda z: -1e12 * (z**2).sum(-1), y, sigma)
 
 
-def test_latent_ebm_sample_ends_with_the_tweedie_step():
-    """LatentEBM.sample(denoise=s) = Langevin, then the Tweedie step on the same chains (same seed)."""
-    from mmvae_cli.ebm import LatentEBM
+def test_energy_prior_run_ends_with_the_tweedie_step():
+    """EnergyPrior.run(denoise=s) = Langevin, then the Tweedie step on the same chains (same seed)."""
+    from mmvae_cli.priors.ebm import EnergyPrior
 
-    ebm = LatentEBM(EnergyConfig(dim=3, hidden=8, layers=2, activation="softplus"), density="gibbs").double()
+    ebm = EnergyPrior(EnergyConfig(dim=3, hidden=8, layers=2, activation="softplus"), density="gibbs").double()
     z0 = torch.randn(6, 3, dtype=D64)
     free = torch.tensor([True, True, False])
     torch.manual_seed(1)
-    plain = ebm.sample(z0, standard_normal_log_prob, 4, 0.2, mask=free).z
+    plain = ebm.run(z0, 4, 0.2, mask=free).z
     torch.manual_seed(1)
-    den = ebm.sample(z0, standard_normal_log_prob, 4, 0.2, denoise=0.3, mask=free).z
-    want = tweedie_denoise(ebm.log_prob(standard_normal_log_prob), plain, 0.3, mask=free)
+    den = ebm.run(z0, 4, 0.2, denoise=0.3, mask=free).z
+    want = tweedie_denoise(ebm.log_density(), plain, 0.3, mask=free)
     assert torch.equal(den, want) and torch.equal(den[:, 2], z0[:, 2]) and not torch.equal(den, plain)
 
 

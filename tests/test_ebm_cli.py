@@ -45,6 +45,12 @@ def manifest(path):
     return json.loads((path / "manifest.json").read_text())
 
 
+def energy_section(path):
+    """The bundle's energy (manifest priors.ebm): its prior settings, the fit's settings and statistics."""
+    s = manifest(path)["priors"]["ebm"]
+    return {**s["prior"], "fit": s.get("settings", {}).get("fit"), "stats": s.get("fit")}
+
+
 def ebm_coherence(bundle, runs, capsys):
     """`mmvae eval coherence BUNDLE --prior ebm --json` (3 Langevin steps, 10 joint samples): (code, out, err)."""
     tmp, root = runs
@@ -64,19 +70,19 @@ def test_fit_ebm_round_trips_the_bundle(runs, capsys):
     res = json.loads(out)
     assert res["objective"] == "ml" and res["density"] == "tilted" and res["loss_curve"]["epochs"] == 2
     assert set(res["joint_coherence"]) == {"base", "ebm", "n_joint"}
-    m = manifest(r)
-    assert m["ebm"]["energy"] == {"dim": 6, "hidden": 16, "layers": 4, "activation": "gelu"}
-    assert m["ebm"]["langevin"]["steps"] == 5 and m["ebm"]["training"] == "post-hoc"
-    assert m["files"]["ebm.safetensors"]["sha256"]
+    m, ebm = manifest(r), energy_section(r)
+    assert ebm["energy"] == {"dim": 6, "hidden": 16, "layers": 4, "activation": "gelu"}
+    assert ebm["langevin"]["steps"] == 5 and ebm["training"] == "post-hoc"
+    assert m["files"]["prior-ebm.safetensors"]["sha256"]
     assert m["files"]["model.safetensors"] == manifest(tmp / "mopoe")["files"]["model.safetensors"]  # VAE frozen
     model, _ = load_model(r)
     from safetensors.torch import load_file
 
-    saved = load_file(r / "ebm.safetensors")
-    assert set(saved) == set(model.ebm.state_dict())
-    for k, v in model.ebm.state_dict().items():
+    saved = load_file(r / "prior-ebm.safetensors")
+    assert set(saved) == set(model.priors["ebm"].state_dict())
+    for k, v in model.priors["ebm"].state_dict().items():
         assert v.equal(saved[k])
-    assert model.langevin_settings["steps"] == 5
+    assert model.priors["ebm"].langevin_settings["steps"] == 5
     # sample from it, with the chain figure: 8 chains x 5 modalities rows, steps/every + 1 columns
     code, _, err = run(
         [
@@ -113,7 +119,7 @@ def test_fit_ebm_out_refers_to_its_parent_by_fingerprint(runs, capsys):
     shutil.copytree(tmp / "mopoe", parent)
     assert run(["fit-ebm", parent, "--out", child, "--data-root", root, *TINY_EBM], capsys)[0] == 0
     m = manifest(child)
-    assert set(m["files"]) == {"ebm.safetensors"} and "ebm" not in manifest(parent)
+    assert set(m["files"]) == {"prior-ebm.safetensors"} and "priors" not in manifest(parent)
     assert m["parent"]["model_sha256"] == manifest(parent)["files"]["model.safetensors"]["sha256"]
     assert (
         run(["sample", child, "--prior", "ebm", "-n", "2", "--out", tmp / "c.png", "--device", "cpu"], capsys)[0] == 0
@@ -175,7 +181,7 @@ def test_fit_ebm_refuses_what_it_cannot_fit(runs, capsys, what, argv, needle):
     assert code == 2, what
     lines = err.strip().splitlines()
     assert lines[-1].startswith("error: ") and needle in lines[-1] and "Traceback" not in err, err
-    assert "ebm" not in manifest(tmp / "mopoe")
+    assert "priors" not in manifest(tmp / "mopoe")
 
 
 def test_a_diverging_chain_is_reported_and_nothing_is_written(runs, capsys):
@@ -186,9 +192,9 @@ def test_a_diverging_chain_is_reported_and_nothing_is_written(runs, capsys):
     code, _, err = run(["fit-ebm", r, "--data-root", root, *TINY_EBM, "--step-size", "1e4"], capsys)
     assert code == 3
     assert err.strip().splitlines()[-1].startswith("error: Langevin chain diverged") and "--step-size" in err
-    assert (r / "manifest.json").read_bytes() == before and not (r / "ebm.safetensors").exists()
+    assert (r / "manifest.json").read_bytes() == before and not (r / "prior-ebm.safetensors").exists()
     assert run(["fit-ebm", r, "--data-root", root, *TINY_EBM, "--persistent"], capsys)[0] == 0
-    assert manifest(r)["ebm"]["fit"]["persistent"] is True
+    assert energy_section(r)["fit"]["persistent"] is True
     code, _, err = run(
         ["sample", r, "--prior", "ebm", "--step-size", "1e4", "-n", "4", "--out", tmp / "d.png", "--device", "cpu"],
         capsys,
@@ -208,10 +214,10 @@ def test_eb_mvae_fit_cross_generate_and_coherence(runs, capsys):
         )
         assert code == 0, err
         assert json.loads(out)["density"] == "gibbs"
-    ebm = manifest(r)["ebm"]
+    ebm = energy_section(r)
     assert ebm["energy"]["dim"] == 10 and ebm["energy"]["activation"] == "softplus"
     model, _ = load_model(r)
-    assert model.ebm.init_scale.shape == (10,) and (model.ebm.init_scale > 0).all()
+    assert model.priors["ebm"].init_scale.shape == (10,) and (model.priors["ebm"].init_scale > 0).all()
     code, _, err = run(
         [
             "cross-generate",
@@ -274,14 +280,14 @@ def test_joint_training_writes_and_resumes_the_energy(runs, capsys):
     code, _, err = run(["train", "polymnist", "--out", out, "--resume", "--data-root", root, "--device", "cpu"], capsys)
     assert code == 0, err
     m = manifest(out)
-    assert m["ebm"]["training"] == "joint" and m["ebm"]["density"] == "tilted"
+    assert energy_section(out)["training"] == "joint" and energy_section(out)["density"] == "tilted"
     assert m["settings"]["joint"]["ebm_lr"] == 2e-5 and m["settings"]["joint"]["ebm_betas"] == [0.5, 0.999]
     assert m["settings"]["joint"]["reg"] == 1.0 and m["settings"]["langevin"]["steps"] == 3
     assert m["settings"]["joint"]["reg_on"] == "level" and m["settings"]["joint"]["feedback"] == 0.5
-    assert {"ebm.safetensors", "model.safetensors"} <= set(m["files"])
+    assert {"prior-ebm.safetensors", "model.safetensors"} <= set(m["files"])
     assert "ebm_ml" in m["history"][-1] and "energy_q" in m["history"][-1] and m["epochs_done"] == 1
     model, _ = load_model(out)
-    assert model.ebm.joint
+    assert model.train_prior is model.priors["ebm"] and model.train_prior.trained_with_vae
     code, _, err = run(["fit-ebm", out, "--data-root", root, *TINY_EBM], capsys)
     assert code == 2 and "jointly" in err
 
@@ -295,14 +301,16 @@ def test_eb_mvae_ncsn_energy_is_stored_and_sampled_by_annealed_langevin(runs, ca
     )
     assert code == 0, err
     assert json.loads(out)["density"] == "gibbs"
-    ebm = manifest(r)["ebm"]
+    ebm = energy_section(r)
+    sigmas = ebm["stats"]["sigmas"]
     assert ebm["energy"]["noise_levels"] == 3 and ebm["energy"]["standardise"] is True
-    assert ebm["fit"]["objective"] == "ncsn" and len(ebm["sigmas"]) == 3
+    assert ebm["fit"]["objective"] == "ncsn" and len(sigmas) == 3
     assert ebm["langevin"]["steps"] == 5 and ebm["langevin"]["step_size"] == 0.8  # ncsn's default ratio
-    assert ebm["sigmas"][0] > ebm["sigmas"][-1] > 0 and ebm["sigmas"][0] == pytest.approx(1.0, rel=1e-4)
+    assert sigmas[0] > sigmas[-1] > 0 and sigmas[0] == pytest.approx(1.0, rel=1e-4)
     model, _ = load_model(r)
-    assert model.ebm.energy.sigmas.tolist() == pytest.approx(ebm["sigmas"])
-    assert torch.allclose(model.ebm.energy.shift, model.ebm.init_loc)
+    prior = model.priors["ebm"]
+    assert prior.energy.sigmas.tolist() == pytest.approx(sigmas)
+    assert torch.allclose(prior.energy.shift, prior.init_loc)
     code, _, err = run(
         ["sample", r, "--prior", "ebm", "-n", "4", "--out", tmp / "n.png", "--steps", "6", "--device", "cpu"], capsys
     )
@@ -347,7 +355,7 @@ def test_ebmvae_diagnosis_script_on_a_tiny_bundle(runs, capsys, objective):
         capsys.readouterr()
         assert [c["steps"] for c in res["c"]] == [2]
         from mmvae_cli.data import load_dataset
-        from mmvae_cli.fit_ebm import ExpertBank
+        from mmvae_cli.priors.bank import ExpertBank
 
         model, _ = load_model(r)
         bank = ExpertBank(model, load_dataset("polymnist", "train", str(root)), "cpu")
@@ -372,9 +380,9 @@ def test_eb_mvae_defaults_to_its_measured_denoising_energy_and_langevin(runs, ca
     shutil.copytree(tmp / "none", r)
     code, out, err = run(["fit-ebm", r, "--json", "--data-root", root, "--epochs", "1"], capsys)
     assert code == 0, err
-    ebm = manifest(r)["ebm"]
+    ebm = energy_section(r)
     want = config.EBMVAE_DENOISING_LANGEVIN
-    assert ebm["objective"] == "denoising" and ebm["energy"]["hidden"] == config.EBMVAE_FIT["energy_hidden"]
+    assert ebm["fit"]["objective"] == "denoising" and ebm["energy"]["hidden"] == config.EBMVAE_FIT["energy_hidden"]
     assert ebm["langevin"]["steps"] == want["steps"] and ebm["langevin"]["step_size"] == want["step_size"]
     assert ebm["langevin"]["denoise"] == config.default_of(config.FitSettings, "sigma")
     assert config.FitSettings().resolved("none").epochs == config.EBMVAE_FIT["epochs"]
@@ -391,10 +399,10 @@ def test_eb_mvae_denoising_stores_its_tweedie_step_and_sample_takes_denoise(runs
     argv = ["fit-ebm", r, "--objective", "denoising", "--sigma", "0.2", "--data-root", root, *TINY_EBM]
     code, _, err = run(argv, capsys)
     assert code == 0, err
-    assert manifest(r)["ebm"]["langevin"]["denoise"] == 0.2
+    assert energy_section(r)["langevin"]["denoise"] == 0.2
     code, _, err = run([*argv, "--overwrite", "--denoise", "0"], capsys)
     assert code == 0, err
-    assert manifest(r)["ebm"]["langevin"]["denoise"] == 0.0
+    assert energy_section(r)["langevin"]["denoise"] == 0.0
     outs = {}
     for den in ("0", "0.5"):
         out = tmp / f"tw-{den}.safetensors"
@@ -419,7 +427,62 @@ def test_maximum_likelihood_negatives_are_the_chains_states_whatever_denoise(run
         shutil.copytree(tmp / "mopoe", r)
         code, _, err = run(["fit-ebm", r, "--denoise", den, "--data-root", root, *TINY_EBM], capsys)
         assert code == 0, err
-        assert manifest(r)["ebm"]["langevin"]["denoise"] == float(den)
-        weights[den] = load_file(r / "ebm.safetensors")
+        assert energy_section(r)["langevin"]["denoise"] == float(den)
+        weights[den] = load_file(r / "prior-ebm.safetensors")
     assert weights["0"].keys() == weights["0.5"].keys()
     assert all(torch.equal(weights["0"][k], weights["0.5"][k]) for k in weights["0"])
+
+
+def test_fit_prior_kind_ebm_is_fit_ebm(runs, capsys):
+    """`fit-prior --kind ebm` is fit-ebm's job with fit-ebm's flags: the same seed gives the same energy bit
+    for bit, the same JSON and the same manifest section (but for its command line and times)."""
+    from safetensors.torch import load_file
+
+    tmp, root = runs
+    flags = ["--data-root", root, "--json", *TINY_EBM, "--persistent", "--seed", "3", "--langevin-steps", "3"]
+    got = {}
+    for name, cmd in (("fit-ebm", ["fit-ebm"]), ("fit-prior", ["fit-prior", "--kind", "ebm"])):
+        r = tmp / f"same-{name}"
+        shutil.copytree(tmp / "mopoe", r)
+        code, out, err = run([cmd[0], r, *cmd[1:], *flags], capsys)
+        assert code == 0, err
+        section = manifest(r)["priors"]["ebm"]
+        for k in ("created", "command", "seconds"):
+            section.pop(k)
+        for row in section["fit"]["history"]:
+            row.pop("seconds")
+        got[name] = (json.loads(out), load_file(r / "prior-ebm.safetensors"), section)
+    (ja, wa, sa), (jb, wb, sb) = got["fit-ebm"], got["fit-prior"]
+    assert {k: v for k, v in ja.items() if k not in ("run", "seconds")} == {
+        k: v for k, v in jb.items() if k not in ("run", "seconds")
+    }
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    sa["fit"].pop("seconds"), sb["fit"].pop("seconds")
+    assert sa == sb and sa["common"]["seed"] == 3 and sa["settings"]["fit"]["persistent"] is True
+
+
+def test_fit_ebm_flags_are_fit_prior_flags():
+    """Every flag of fit-ebm is fit-prior's too, with the same default; fit-prior refuses another kind's."""
+    from mmvae_cli.cli import cli
+
+    def opts(name):
+        return {o: p.default for p in cli.commands[name].params for o in p.opts}
+
+    ebm, prior = opts("fit-ebm"), opts("fit-prior")
+    assert set(ebm) <= set(prior) and all(prior[o] == d for o, d in ebm.items())
+    assert {"--langevin-steps", "--energy-hidden", "--objective", "--n-joint", "--classifiers"} <= set(ebm)
+
+
+def test_fit_prior_reports_joint_coherence_for_every_kind(runs, capsys):
+    """--classifiers is the post-hoc fit job's, whatever the kind: a gmm reports it as the energy does."""
+    tmp, root = runs
+    r = tmp / "gmm-coherence"
+    shutil.copytree(tmp / "mopoe", r)
+    argv = ["fit-prior", r, "--kind", "gmm", "--components", "2", "--classifiers", tmp / "clf", "--n-joint", "10"]
+    code, out, err = run([*argv, "--json", "--data-root", root, "--device", "cpu"], capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    assert set(res["joint_coherence"]) == {"base", "gmm", "n_joint"} and res["joint_coherence"]["n_joint"] == 10
+    assert manifest(r)["priors"]["gmm"]["joint_coherence"] == res["joint_coherence"]
+    code, out, err = run([*argv, "--overwrite", "--data-root", root, "--device", "cpu"], capsys)
+    assert code == 0 and "joint coherence: base prior" in out and "->  gmm prior" in out, err

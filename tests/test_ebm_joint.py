@@ -8,13 +8,15 @@ import pytest
 import torch
 
 from mmvae_cli.config import JointEnergySettings, TrainSettings
-from mmvae_cli.ebm import DivergenceTest, EnergyConfig, LatentEBM
 from mmvae_cli.model import ModalitySpec, ModelConfig, MultimodalVAE
+from mmvae_cli.priors.ebm import EnergyPrior
+from mmvae_cli.priors.ebm.joint import DivergenceTest
+from mmvae_cli.priors.ebm.net import EnergyConfig
 from mmvae_cli.train import make_optimizer
 
 
-def linear_ebm(dim, w, joint=True, settings=None):
-    ebm = LatentEBM(EnergyConfig(dim=dim, hidden=1, layers=1), "tilted", joint, settings)
+def linear_ebm(dim, w, joint=True, settings=None, langevin=None):
+    ebm = EnergyPrior(EnergyConfig(dim=dim, hidden=1, layers=1), "tilted", joint, settings, langevin)
     with torch.no_grad():
         ebm.energy.net[0].weight.copy_(torch.as_tensor(w, dtype=torch.float32).reshape(1, dim))
         ebm.energy.net[0].bias.zero_()
@@ -42,7 +44,10 @@ def test_learnable_prior_gets_the_gradient_of_log_z():
     model.train()
 
     def grad_raw(with_ebm):
-        model.attach_ebm(linear_ebm(1, [w]) if with_ebm else None, {"steps": 400, "step_size": 0.3})
+        if with_ebm:
+            model.attach_prior(linear_ebm(1, [w], langevin={"steps": 400, "step_size": 0.3}))
+        else:
+            model.detach_prior("ebm")
         model.zero_grad(set_to_none=True)
         torch.manual_seed(1)
         loss, _ = model(x)
@@ -128,7 +133,9 @@ def train_joint(with_energy, settings=None, epochs=8):
     specs = [ModalitySpec(m, [24], "gaussian", 0.1, 1.0, "mlp") for m in "ab"]
     model = MultimodalVAE(ModelConfig(specs, dim, "mopoe", "all", "elbo", 1, 1.0, "gaussian", "gaussian", hidden=32))
     if with_energy:
-        model.attach_ebm(LatentEBM(EnergyConfig(dim=dim), "tilted", joint=True, joint_settings=settings), {"steps": 20})
+        model.attach_prior(
+            EnergyPrior(EnergyConfig(dim=dim), "tilted", joint=True, joint_settings=settings, langevin={"steps": 20})
+        )
     opt = make_optimizer(model, TrainSettings(lr=3e-3), replace(settings or JointEnergySettings(), ebm_lr=2e-4))
     rows = []
     model.train()
@@ -228,7 +235,9 @@ def test_iwae_objectives_report_kl_to_p0_for_the_divergence_test(objective):
     torch.manual_seed(0)
     specs = [ModalitySpec(m, [5], "gaussian", 0.5, 1.0, "mlp") for m in "ab"]
     model = MultimodalVAE(ModelConfig(specs, 3, "moe", "all", objective, 2, 2.5, "laplace", "laplace", hidden=8))
-    model.attach_ebm(LatentEBM(EnergyConfig(dim=3, hidden=4, layers=2), "tilted", joint=True), {"steps": 2})
+    model.attach_prior(
+        EnergyPrior(EnergyConfig(dim=3, hidden=4, layers=2), "tilted", joint=True, langevin={"steps": 2})
+    )
     x = {m: torch.randn(6, 5) for m in "ab"}
     _, stats = model(x)
     with torch.no_grad():
@@ -241,7 +250,7 @@ def test_level_regulariser_pins_the_mean_level_and_leaves_the_gap_free():
     """reg_on "level": loss = mean E_pos - mean E_neg + reg ((mean E_pos + mean E_neg) / 2)^2, exactly;
     an energy that is -a on the positives and +a on the negatives pays nothing for its gap, while the
     "energies" form pays reg (a^2 + a^2)."""
-    from mmvae_cli.ebm import maximum_likelihood_loss
+    from mmvae_cli.priors.ebm.losses import maximum_likelihood_loss
 
     z_pos, z_neg = torch.full((4, 2), -1.0), torch.full((6, 2), 1.0)
     w = torch.tensor([1.5, 0.5], requires_grad=True)  # E(z) = w.z: E_pos = -2, E_neg = +2
@@ -269,23 +278,23 @@ def test_feedback_scales_the_energy_in_the_vae_prior_term(fusion, objective, k):
     torch.manual_seed(0)
     specs = [ModalitySpec(m, [5], "gaussian", 0.5, 1.0, "mlp") for m in "ab"]
     model = MultimodalVAE(ModelConfig(specs, 3, fusion, "all", objective, k, 2.5, "gaussian", "gaussian", hidden=8))
-    ebm = LatentEBM(EnergyConfig(dim=3, hidden=4, layers=2), "tilted", joint=True)
+    ebm = EnergyPrior(EnergyConfig(dim=3, hidden=4, layers=2), "tilted", joint=True, langevin={"steps": 2})
     with torch.no_grad():  # a clearly non-zero energy
         for p in ebm.parameters():
             p.copy_(torch.randn_like(p))
-    model.attach_ebm(ebm, {"steps": 2})
+    model.attach_prior(ebm)
     model.train()
     x = {m: torch.randn(6, 5) for m in "ab"}
 
     def loss(f):
-        model.ebm.joint_settings = JointEnergySettings(feedback=f)
+        model.train_prior.joint_settings = JointEnergySettings(feedback=f)
         torch.manual_seed(1)
         return model(x)[1]["loss"]
 
     l0, l1, lh = loss(0.0), loss(1.0), loss(0.3)
     assert abs(l1 - l0) > 1e-2  # the energy matters
     assert lh == pytest.approx(l0 + 0.3 * (l1 - l0), rel=1e-5, abs=1e-5)
-    model.attach_ebm(None, {})
+    model.detach_prior("ebm")
     torch.manual_seed(1)
     assert model(x)[1]["loss"] == pytest.approx(l0, rel=1e-6, abs=1e-6)  # f = 0: the base prior's loss
 

@@ -6,18 +6,11 @@ import math
 import pytest
 import torch
 
-from mmvae_cli.ebm import (
-    EnergyConfig,
-    EnergyNet,
-    LatentEBM,
-    annealed_langevin,
-    geometric_sigmas,
-    langevin,
-    level_steps,
-    ncsn_loss,
-    tweedie_denoise,
-)
 from mmvae_cli.errors import MMVAEError
+from mmvae_cli.priors.ebm import EnergyPrior
+from mmvae_cli.priors.ebm.langevin import annealed_langevin, geometric_sigmas, langevin, level_steps, tweedie_denoise
+from mmvae_cli.priors.ebm.losses import ncsn_loss
+from mmvae_cli.priors.ebm.net import EnergyConfig, EnergyNet
 
 
 def test_geometric_sigmas_and_level_steps():
@@ -106,24 +99,24 @@ def test_noise_conditional_energy_net_and_its_latent_ebm():
     assert "noise_levels" not in EnergyConfig(dim=4).to_dict()  # plain energies' manifests unchanged
     with pytest.raises(MMVAEError):
         EnergyConfig(dim=4, noise_levels=-1)
-    ebm = LatentEBM(cfg, "gibbs")
-    ebm.load_state_dict(LatentEBM(cfg, "gibbs").state_dict())
+    ebm = EnergyPrior(cfg, "gibbs")
+    ebm.load_state_dict(EnergyPrior(cfg, "gibbs").state_dict())
     ebm.energy.load_state_dict(net.state_dict())
     mask = torch.tensor([False, True, True, False])
-    res = ebm.sample(z, lambda x: torch.zeros(x.shape[0]), 8, 0.3, mask=mask)
+    res = ebm.run(z, 8, 0.3, mask=mask)
     assert torch.equal(res.z[:, 0], z[:, 0]) and torch.equal(res.z[:, 3], z[:, 3])
     assert not torch.equal(res.z[:, 1], z[:, 1])
     # --denoise on a noise-conditional energy: the Tweedie step in u on the smallest level's energy
     torch.manual_seed(3)
-    plain = ebm.sample(z, lambda x: torch.zeros(x.shape[0]), 8, 0.3, mask=mask).z
+    plain = ebm.run(z, 8, 0.3, mask=mask).z
     torch.manual_seed(3)
-    den = ebm.sample(z, lambda x: torch.zeros(x.shape[0]), 8, 0.3, mask=mask, denoise=0.1).z
+    den = ebm.run(z, 8, 0.3, mask=mask, denoise=0.1).z
     want = net.from_u(tweedie_denoise(lambda u: -net.energy_u(u, 0.1), net.to_u(plain), 0.1, mask))
     assert torch.equal(den[:, 0], z[:, 0]) and torch.equal(den[:, 3], z[:, 3])
     torch.testing.assert_close(den[:, 1:3], want[:, 1:3])
     assert not torch.allclose(den[:, 1:3], plain[:, 1:3])
     # the step alone (as benchmarks/ebmvae_diagnosis.py calls it): clamped coordinates exactly as given
-    alone = ebm.denoise(plain, lambda x: torch.zeros(x.shape[0]), 0.1, mask)
+    alone = ebm.denoise(plain, 0.1, mask)
     assert torch.equal(alone[:, 0], plain[:, 0]) and torch.equal(alone[:, 3], plain[:, 3])
     torch.testing.assert_close(alone, den)
 

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from mmvae_cli.config import JointEnergySettings, TrainSettings
-from mmvae_cli.ebm import EnergyConfig, LatentEBM
 from mmvae_cli.model import ModalitySpec, ModelConfig, MultimodalVAE
+from mmvae_cli.priors.ebm import EnergyPrior
+from mmvae_cli.priors.ebm.net import EnergyConfig
 from mmvae_cli.train import make_optimizer
 
 
@@ -23,9 +24,9 @@ def batch(model, B=6, seed=0):
     return {n: torch.randn(B, 4, generator=g) for n in model.names}
 
 
-def linear_ebm(dim, w, b=0.0, density="tilted", joint=False):
+def linear_ebm(dim, w, b=0.0, density="tilted", joint=False, langevin=None):
     """E(z) = w . z + b (a 1-layer EnergyNet)."""
-    ebm = LatentEBM(EnergyConfig(dim=dim, hidden=1, layers=1), density, joint)
+    ebm = EnergyPrior(EnergyConfig(dim=dim, hidden=1, layers=1), density, joint, langevin=langevin)
     lin = ebm.energy.net[0]
     with torch.no_grad():
         lin.weight.copy_(torch.as_tensor(w, dtype=torch.float32).reshape(1, dim))
@@ -89,7 +90,7 @@ def test_sample_latents_ebm_targets_the_tilted_prior(fusion):
     model = vec_model(fusion, d=2, M=2)
     D = model.z_dim
     a = torch.linspace(-1.5, 1.5, D)
-    model.attach_ebm(linear_ebm(D, -a), {"steps": 200, "step_size": 0.5})
+    model.attach_prior(linear_ebm(D, -a, langevin={"steps": 200, "step_size": 0.5}))
     z = model.sample_latents(4000, "ebm")
     h = 0.5**2 / 2
     var = 1 / (1 - h / 2)
@@ -131,9 +132,9 @@ def test_eb_mvae_cross_generation_samples_the_conditional_with_observed_latents_
         enc.loc.bias.fill_(c)
         enc.raw.weight.zero_()
         enc.raw.bias.fill_(-40.0)  # variance e^-40: z0 = c
-    ebm = LatentEBM(EnergyConfig(dim=2, hidden=1, layers=1), "gibbs")
+    ebm = EnergyPrior(EnergyConfig(dim=2, hidden=1, layers=1), "gibbs", langevin={"steps": 300, "step_size": 0.4})
     ebm.energy = Quadratic(torch.linalg.inv(torch.tensor([[1.0, r], [r, 1.0]])))
-    model.attach_ebm(ebm, {"steps": 300, "step_size": 0.4})
+    model.attach_prior(ebm)
     seen = {}
 
     def decode(z, names=None, w=None):  # capture the latents
@@ -174,9 +175,9 @@ def test_joint_prior_term_adds_beta_times_the_energy(fusion, objective, groups):
     model.eval()
     torch.manual_seed(3)
     base, _ = model(x)
-    model.attach_ebm(linear_ebm(model.z_dim, torch.zeros(model.z_dim), b=2.5, joint=True))
+    model.attach_prior(linear_ebm(model.z_dim, torch.zeros(model.z_dim), b=2.5, joint=True))
     for settings in (JointEnergySettings(feedback=1.0), JointEnergySettings()):
-        model.ebm.joint_settings = settings
+        model.train_prior.joint_settings = settings
         torch.manual_seed(3)
         tilted, stats = model(x)
         expected = torch.tensor(groups * 0.7 * 2.5 * settings.feedback)
@@ -189,43 +190,43 @@ def test_joint_training_gradients_reach_each_part_only_through_its_own_term():
     torch.manual_seed(0)
     model = vec_model("mopoe", beta=1.0)
     x = batch(model, B=64)
-    model.attach_ebm(
-        linear_ebm(model.z_dim, torch.tensor([3.0, -2.0, 1.0]), joint=True), {"steps": 5, "step_size": 0.1}
+    model.attach_prior(
+        linear_ebm(model.z_dim, torch.tensor([3.0, -2.0, 1.0]), joint=True, langevin={"steps": 5, "step_size": 0.1})
     )
     model.eval()  # eval: no eq. 10 term, only the prior term
     loss, _ = model(x)
     loss.backward()
-    assert model.ebm.energy.net[0].weight.grad is None
+    assert model.train_prior.energy.net[0].weight.grad is None
     enc_grad = model.encoders["m0"].loc.bias.grad.clone()
     model.zero_grad(set_to_none=True)
-    model.attach_ebm(None)
+    model.detach_prior("ebm")
     torch.manual_seed(0)
     model(x)[0].backward()
     assert not torch.allclose(enc_grad, model.encoders["m0"].loc.bias.grad)  # dE/dz reached the encoder
 
-    model.attach_ebm(
-        linear_ebm(model.z_dim, torch.tensor([3.0, -2.0, 1.0]), joint=True), {"steps": 5, "step_size": 0.1}
+    model.attach_prior(
+        linear_ebm(model.z_dim, torch.tensor([3.0, -2.0, 1.0]), joint=True, langevin={"steps": 5, "step_size": 0.1})
     )
-    model.ebm.joint_settings = JointEnergySettings(reg=0.0)
+    model.train_prior.joint_settings = JointEnergySettings(reg=0.0)
     model.train()
     model.zero_grad(set_to_none=True)
     loss, stats = model(x)
     loss.backward()
-    g = model.ebm.energy.net[0].weight.grad
+    g = model.train_prior.energy.net[0].weight.grad
     assert g is not None and "ebm_ml" in stats and "energy_neg" in stats
-    assert model.ebm.energy.net[0].bias.grad.abs().item() < 1e-5  # constants cancel in eq. 10
+    assert model.train_prior.energy.net[0].bias.grad.abs().item() < 1e-5  # constants cancel in eq. 10
     # the L2 term on the energies, reg (mean E_pos^2 + mean E_neg^2), gives the bias 2 reg (mean E(z_pos) +
     # mean E(z_neg)); the default one on the level, reg ((mean E_pos + mean E_neg) / 2)^2, half of that
     for settings, factor in ((JointEnergySettings(reg=0.1, reg_on="energies"), 2.0), (JointEnergySettings(), 1.0)):
-        model.ebm.joint_settings = settings
+        model.train_prior.joint_settings = settings
         model.zero_grad(set_to_none=True)
         loss, stats = model(x)
         loss.backward()
         expected = factor * settings.reg * (stats["energy_q"] + stats["energy_neg"])
-        assert settings.reg > 0 and abs(model.ebm.energy.net[0].bias.grad.item() - expected) < 1e-4 * (
+        assert settings.reg > 0 and abs(model.train_prior.energy.net[0].bias.grad.item() - expected) < 1e-4 * (
             1 + abs(expected)
         )
     opt = make_optimizer(model, TrainSettings(lr=1e-3), JointEnergySettings(ebm_lr=2e-5, ebm_betas=(0.5, 0.999)))
     assert len(opt.param_groups) == 2
     assert opt.param_groups[1]["lr"] == 2e-5 and opt.param_groups[1]["betas"] == (0.5, 0.999)
-    assert {id(p) for p in opt.param_groups[1]["params"]} == {id(p) for p in model.ebm.parameters()}
+    assert {id(p) for p in opt.param_groups[1]["params"]} == {id(p) for p in model.train_prior.parameters()}

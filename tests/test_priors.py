@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 from helpers_cli import TINY_FIT_EBM, run, write_tiny_polymnist
+from helpers_data import SampleBank
 from safetensors.torch import load_file, save_file
 
 from mmvae_cli import config, priors
 from mmvae_cli.errors import MMVAEError
-from mmvae_cli.priors.base import SampleBank
 
 
 def two_moons_ish(n=600, seed=0):
@@ -31,7 +31,7 @@ def two_moons_ish(n=600, seed=0):
 # --- the registry ------------------------------------------------------------------------------------
 def test_registry_lists_every_kind_and_refuses_unknown_ones():
     assert priors.names() == ("base", "ebm", "gmm", "flow")
-    assert priors.fittable() == ("gmm", "flow")
+    assert priors.fittable() == ("ebm", "gmm", "flow")
     with pytest.raises(MMVAEError, match="unknown prior 'nope'; choose one of base, ebm, gmm, flow"):
         priors.get("nope")
     assert priors.get("gmm").tractable and priors.get("flow").tractable and not priors.get("ebm").tractable
@@ -214,7 +214,7 @@ BAD = [
         ["eval", "likelihood", "{vae}", "--prior", "flow", "--k", "2", "--data-root", "{root}"],
         "fit-prior {vae} --kind flow",
     ),
-    ("unknown fit kind", ["fit-prior", "{vae}", "--kind", "ebm", "--data-root", "{root}"], "'ebm' is not one of"),
+    ("unfittable kind", ["fit-prior", "{vae}", "--kind", "base", "--data-root", "{root}"], "'base' is not one of"),
     (
         "components 0",
         ["fit-prior", "{vae}", "--kind", "gmm", "--components", "0", "--data-root", "{root}"],
@@ -228,7 +228,7 @@ BAD = [
     (
         "flow flag for gmm",
         ["fit-prior", "{vae}", "--kind", "gmm", "--epochs", "3", "--data-root", "{root}"],
-        "--epochs applies to --kind flow, not gmm",
+        "--epochs applies to --kind ebm or flow, not gmm",
     ),
     ("lr 0", ["fit-prior", "{vae}", *FLOW, "--lr", "0", "--data-root", "{root}"], "--lr must be > 0"),
     (

@@ -167,7 +167,7 @@ def test_fit_ebm_sigterm_mid_epoch_then_resume_is_bit_identical(data_root, tmp_p
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     p = _mmvae(fit + ["--out", killed, "--step-delay", "0.1"])
     deadline = time.time() + 90
-    while not (killed / "ebm-checkpoint.safetensors").exists():  # epoch 1 done: now inside epoch 2
+    while not (killed / "prior-checkpoint.safetensors").exists():  # epoch 1 done: now inside epoch 2
         assert p.poll() is None and time.time() < deadline, p.communicate()[1]
         time.sleep(0.01)
     time.sleep(0.25)
@@ -175,7 +175,7 @@ def test_fit_ebm_sigterm_mid_epoch_then_resume_is_bit_identical(data_root, tmp_p
     code, _, err = _finish(p)
     assert code == 75, err
     assert err.strip().splitlines()[-1].startswith("error: stopped by signal") and "Traceback" not in err
-    state = json.loads((killed / "manifest.json").read_text())["ebm_fit_state"]
+    state = json.loads((killed / "manifest.json").read_text())["prior_fit_state"]
     assert state["epoch"] == 1 and 0 < state["start"] < 40, state  # stopped mid-epoch 2
     capsys.readouterr()
     code, _, err = run(["sample", killed, "--prior", "ebm", "-n", "2", "--out", tmp_path / "s.png"], capsys)
@@ -184,15 +184,16 @@ def test_fit_ebm_sigterm_mid_epoch_then_resume_is_bit_identical(data_root, tmp_p
     with one_thread():
         assert run(fit + ["--out", ref])[0] == 0
         assert run(["fit-ebm", vae, "--out", killed, "--resume", "--data-root", data_root, "--device", "cpu"])[0] == 0
-    a, b = load_file(ref / "ebm.safetensors"), load_file(killed / "ebm.safetensors")
+    a, b = load_file(ref / "prior-ebm.safetensors"), load_file(killed / "prior-ebm.safetensors")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
     ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (ref, killed))
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
-    assert strip(ma["ebm"]["history"]) == strip(mb["ebm"]["history"]) and len(ma["ebm"]["history"]) == 3
-    assert "ebm_fit_state" not in mb and not (killed / "ebm-checkpoint.safetensors").exists()
-    assert "ebm-checkpoint.safetensors" not in mb["files"]
+    ha, hb = (m["priors"]["ebm"]["fit"]["history"] for m in (ma, mb))
+    assert strip(ha) == strip(hb) and len(ha) == 3
+    assert "prior_fit_state" not in mb and not (killed / "prior-checkpoint.safetensors").exists()
+    assert "prior-checkpoint.safetensors" not in mb["files"]
     capsys.readouterr()
     code, _, err = run(["fit-ebm", vae, "--out", killed, "--resume", "--data-root", data_root], capsys)
     assert code == 2 and "no interrupted fit-ebm to resume" in err, err
@@ -243,14 +244,14 @@ def test_fit_ebm_in_place_interrupted_then_resumed(data_root, tmp_path):
         ]
     )
     deadline = time.time() + 90
-    while not (vae / "ebm-checkpoint.safetensors").exists():
+    while not (vae / "prior-checkpoint.safetensors").exists():
         assert p.poll() is None and time.time() < deadline, p.communicate()[1]
         time.sleep(0.01)
     p.send_signal(signal.SIGUSR1)
     code, _, err = _finish(p)
     assert code == 75, err
     m = json.loads((vae / "manifest.json").read_text())
-    assert "ebm" not in m and m["ebm_fit_state"]["settings"]["fit"]["epochs"] == 2
+    assert "priors" not in m and m["prior_fit_state"]["settings"]["settings"]["fit"]["epochs"] == 2
     assert (
         run(
             [
@@ -270,8 +271,8 @@ def test_fit_ebm_in_place_interrupted_then_resumed(data_root, tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [(x["event"], x["epoch"]) for x in lines][-1] == ("fit-ebm-epoch", 2)
     m = json.loads((vae / "manifest.json").read_text())
-    assert [h["epoch"] for h in m["ebm"]["history"]] == [1, 2] and "ebm_fit_state" not in m
-    assert not (vae / "ebm-checkpoint.safetensors").exists() and "ebm.safetensors" in m["files"]
+    assert [h["epoch"] for h in m["priors"]["ebm"]["fit"]["history"]] == [1, 2] and "prior_fit_state" not in m
+    assert not (vae / "prior-checkpoint.safetensors").exists() and "prior-ebm.safetensors" in m["files"]
     assert run(["sample", vae, "--prior", "ebm", "-n", "2", "--out", tmp_path / "s.png", "--device", "cpu"])[0] == 0
 
 

@@ -104,11 +104,7 @@ def sample(run, n, out, fmt, prior, langevin, save_chain, chain_every, as_json, 
     if not save_chain:
         z = p.sample(n, **langevin)
     else:
-        lsteps = int(
-            langevin.get(
-                "steps", model.langevin_settings.get("steps", config.default_of(config.LangevinSettings, "steps"))
-            )
-        )
+        lsteps = int(p.sampler_settings(**langevin)["steps"])
         every = max(1, chain_every or lsteps // 10)
         res = p.chain(n, every=every, **langevin)
         z = res.z

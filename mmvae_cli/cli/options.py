@@ -129,10 +129,17 @@ def _prior_option():
 
 prior = _prior_option()
 
+
+def _langevin_train():
+    """train --prior ebm: the energy's Langevin flags as fit-ebm names them (EnergyPrior.flag_rename), but
+    --denoise: the negatives of eq. 10 are the chains' states themselves (no Tweedie step)."""
+    from ..priors.ebm import EnergyPrior
+
+    return settings_options(config.LangevinSettings, rename=EnergyPrior.flag_rename, skip=("denoise",))
+
+
 energy_net = settings_options(config.EnergySettings)
-langevin_fit = settings_options(config.LangevinSettings, rename={"steps": "langevin-steps"})
-# train --prior ebm: the negatives of eq. 10 are the chains' states themselves (no Tweedie step)
-langevin_train = settings_options(config.LangevinSettings, rename={"steps": "langevin-steps"}, skip=("denoise",))
+langevin_train = _langevin_train()
 _langevin_options = settings_options(config.LangevinSettings, show_defaults=False)
 
 

@@ -2,7 +2,7 @@
 
 Every function seeds torch's global RNG with `seed` first, so a metric gives the same numbers
 whether it runs alone (`mmvae eval likelihood`) or inside `mmvae eval all`. The keys of each
-result are documented in README.md ("Evaluation").
+result are documented in docs/evaluation.md.
 """
 
 from __future__ import annotations

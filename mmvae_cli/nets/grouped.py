@@ -7,7 +7,7 @@ modalities, one matmul with the weights side by side). The weights are concatena
 modules' own parameters at every call (differentiable), so the parameters, their names in bundles,
 the optimizer state and checkpoints are exactly those of the separate nets; only the order of
 floating-point summation differs (outputs and gradients equal up to float rounding,
-tests/test_grouped_nets.py). Measured on 2 CPU cores in the README's performance section.
+tests/test_grouped_nets.py). Measured on 2 CPU cores in docs/results/speed.md.
 """
 
 from __future__ import annotations

@@ -1,35 +1,34 @@
 """The interface every prior over the latent implements (pythae's BaseSampler, as one object).
 
-    prior = Kind.fit(bank, common, settings, run)    # fitted kinds: from aggregate-posterior samples
     prior.sample(n)          -> (n, D) latents
     prior.log_prob(z)        -> (...,) log density over the last axis, or None when not tractable
     prior.tensors()          -> what prior-KIND.safetensors stores (never pickled)
     prior.to_json()          -> the constructor settings the manifest's `priors: {KIND: ...}` stores
-    Kind.from_stored(json, tensors) rebuilds it.
+    Kind.from_stored(json, tensors) rebuilds it; model.attach_prior(prior) attaches it (`attach`).
 
-Built-in kinds (base, ebm) are views of the model (`from_model`), stored with it; fitted kinds
-(gmm, flow) are stored per kind next to it.
+Fitted kinds (ebm, gmm, flow) are fitted post hoc by one job (commands/fit_prior.py, `mmvae fit-prior
+--kind KIND`) to samples of the frozen VAE's aggregate posterior (bank.ExpertBank):
+
+    Kind.check_settings(given)                      the flags given (by field name), range-checked
+    settings = Kind.resolve_settings(given, fusion, z_dim)   the fit's settings for this model (defaults in)
+    Kind.check_fit(settings, common, n)             what a fit on n training tuples cannot do
+    prior, stats = Kind.fit(bank, common, settings, run)
+
+A prior the VAE trains with (an energy trained jointly, `model.train_prior`) also gives the objectives
+its terms: log p(z) = log p0(z) - w E(z) - log Z (`energy_term`, `energy_weight`) and its own learning
+step (`learn`). The base prior p0 is a view of the model (`from_model`).
 """
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from .. import config
 from ..errors import MMVAEError
-
-
-class SampleBank:
-    """A fixed set of latents as a bank (`n`, `dim`, `device`, `sample(idx)`): toys and tests. The
-    aggregate posterior of a VAE is fit_ebm.ExpertBank, which draws fresh z ~ q(z | X_i)."""
-
-    def __init__(self, z: torch.Tensor):
-        self.z, (self.n, self.dim), self.device = z, z.shape, z.device
-
-    def sample(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.z[idx]
 
 
 def prior_file(kind: str) -> str:
@@ -43,8 +42,11 @@ class LatentPrior(nn.Module):
     title: ClassVar[str] = ""  # its name in messages (default "KIND prior")
     tractable: ClassVar[bool] = False  # log_prob is a normalised density
     fit_prior: ClassVar[bool] = False  # fitted by `mmvae fit-prior --kind KIND`
-    settings_cls: ClassVar[type | None] = None  # its config.py section (fit-prior flags)
+    settings_sections: ClassVar[tuple[type, ...]] = ()  # its config.py sections (its fit flags)
+    flag_rename: ClassVar[dict[str, str]] = {}  # field -> flag (without --) where not --field-name
     sampler_options: ClassVar[tuple[str, ...]] = ()  # keyword options of sample() (ebm: Langevin)
+    conditional: ClassVar[bool] = False  # samples free coordinates given clamped ones (`sample_given`)
+    trained_with_vae: bool = False  # an instance trained jointly with the VAE: the model's train_prior
 
     @classmethod
     def name(cls) -> str:
@@ -56,18 +58,37 @@ class LatentPrior(nn.Module):
         return f"mmvae fit-prior {run} --kind {cls.kind}"
 
     @classmethod
+    def fit_command(cls) -> str:
+        """The command that fits this kind, as messages name it."""
+        return "fit-prior"
+
+    @classmethod
+    def fit_event(cls) -> str:
+        """The event of its fit's epochs in --log-jsonl and TensorBoard."""
+        return f"fit-prior-{cls.kind}-epoch"
+
+    @classmethod
+    def noun(cls) -> str:
+        """What a bundle holding only this prior holds ("a NOUN-only bundle")."""
+        return f"{cls.kind} prior"
+
+    @classmethod
     def from_model(cls, model) -> LatentPrior | None:
-        """A prior the model itself carries (base, ebm), or None."""
+        """A prior the model itself is (base), or None."""
         return None
 
     @classmethod
     def from_stored(cls, settings: dict, tensors: dict[str, torch.Tensor]) -> LatentPrior:
         raise NotImplementedError
 
-    @classmethod
-    def fit(cls, bank, common, settings, run=None, resume: bool = False, step_delay: float = 0.0):
-        """(prior, stats) fitted to samples of the aggregate posterior (`bank.sample(idx)`, `bank.n`)."""
-        raise NotImplementedError
+    def attach(self, model) -> None:
+        """Called by model.attach_prior before the prior joins `model` (the energy keeps p0 from it)."""
+
+    @property
+    def dim(self) -> int | None:
+        """The latent size this prior is over (None: any)."""
+        d = self.to_json().get("dim")
+        return None if d is None else int(d)
 
     def check_options(self, options: dict) -> None:
         given = sorted(k for k, v in options.items() if v is not None and k not in self.sampler_options)
@@ -80,6 +101,10 @@ class LatentPrior(nn.Module):
     def sample(self, n: int, **options) -> torch.Tensor:
         raise NotImplementedError
 
+    def sample_given(self, z: torch.Tensor, free: torch.Tensor, **options) -> torch.Tensor:
+        """z with its `free` coordinates ((D,) bool) drawn given the others (`conditional` kinds)."""
+        raise NotImplementedError
+
     def log_prob(self, z: torch.Tensor) -> torch.Tensor | None:
         return None
 
@@ -88,3 +113,80 @@ class LatentPrior(nn.Module):
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+
+    # --- fitted post hoc (`fit_prior`) ----------------------------------------------------------------
+    @classmethod
+    def flags(cls) -> dict[str, str]:
+        """Field name -> its command-line flag, for every field of the kind's sections."""
+        return {
+            f.name: "--" + cls.flag_rename[f.name] if f.name in cls.flag_rename else config.flag_name(f)
+            for sec in cls.settings_sections
+            for f in fields(sec)
+        }
+
+    @classmethod
+    def check_settings(cls, given: dict) -> None:
+        """Range-check the flags given (field name -> value, None = not given); needs no bundle."""
+        for sec in cls.settings_sections:
+            config.resolve(sec, given)
+
+    @classmethod
+    def resolve_settings(cls, given: dict, fusion: str, z_dim: int):
+        """The checked settings of a fit to a model with this fusion and latent size from the flags given
+        (the rest: the kind's defaults); one-line MMVAEError for a fit that cannot work on such a model."""
+        (sec,) = cls.settings_sections
+        return config.resolve(sec, given)
+
+    @classmethod
+    def settings_to_json(cls, settings) -> dict:
+        """What the manifest (and an interrupted fit's checkpoint) records of the settings."""
+        return config.to_dict(settings)
+
+    @classmethod
+    def settings_from_json(cls, d: dict):
+        """Inverse of `settings_to_json` (--resume); MMVAEError when it is not valid."""
+        (sec,) = cls.settings_sections
+        return config.from_dict(sec, d, "checkpoint [settings]")
+
+    @classmethod
+    def describe(cls, settings) -> tuple[str, str]:
+        """(what is fitted, how) for the fit's first log line."""
+        return f"a {cls.kind} prior", str(config.to_dict(settings))
+
+    @classmethod
+    def check_fit(cls, settings, common, n_tuples: int) -> None:
+        """One-line MMVAEError for a fit that cannot work on n_tuples training tuples, before anything is written."""
+
+    @classmethod
+    def fit(cls, bank, common, settings, run=None, resume: bool = False, step_delay: float = 0.0):
+        """(prior, stats) fitted to samples of the aggregate posterior (`bank.sample(idx)`, `bank.n`);
+        stats: JSON, with "seconds" (and "history" for kinds fitted epoch by epoch)."""
+        raise NotImplementedError
+
+    def fit_result(self, stats: dict) -> dict:
+        """What fit-prior prints (--json) of a fit: the prior's settings and its statistics."""
+        first = ("seconds", "log_lik", "base_log_lik", "eval_samples")
+        return {
+            "kind": self.kind,
+            "prior": self.to_json(),
+            **{k: stats[k] for k in first if k in stats},
+            **{k: v for k, v in stats.items() if k not in (*first, "history")},
+        }
+
+    # --- trained with the VAE (`trained_with_vae`: model.train_prior) -----------------------------------
+    def energy_term(self, z: torch.Tensor) -> torch.Tensor:
+        """E(z), (..., D) -> (...), with the prior's parameters detached: the VAE's prior is
+        log p(z) = log p0(z) - w E(z) - log Z, w = `energy_weight()`, Z constant for the VAE."""
+        raise NotImplementedError
+
+    def energy_weight(self) -> float:
+        """w now (0: the VAE's prior term is p0's alone)."""
+        return 0.0
+
+    def learn(self, model, z_pos: torch.Tensor, loss, stats: dict, prior_terms: int = 1):
+        """(loss, stats) with the prior's own learning step on the batch's posterior samples z_pos added."""
+        return loss, stats
+
+    def monitor(self, history: list[dict]):
+        """A callable that sees each epoch's summary and raises for a diverging run, or None."""
+        return None

@@ -40,7 +40,7 @@ class FlowPrior(LatentPrior):
     help = "a normalising flow (MAF/NSF) fitted to the aggregate posterior"
     tractable = True
     fit_prior = True
-    settings_cls = FlowSettings
+    settings_sections = (FlowSettings,)
 
     def __init__(self, dim: int, flow: str = "maf", transforms: int = 3, hidden: int = 128, layers: int = 2):
         super().__init__()

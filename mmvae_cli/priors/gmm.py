@@ -25,7 +25,7 @@ class GMMPrior(LatentPrior):
     help = "a Gaussian mixture fitted to the aggregate posterior"
     tractable = True
     fit_prior = True
-    settings_cls = GMMSettings
+    settings_sections = (GMMSettings,)
 
     def __init__(
         self, weights: torch.Tensor, means: torch.Tensor, covariances: torch.Tensor, settings: dict | None = None
@@ -94,6 +94,14 @@ class GMMPrior(LatentPrior):
             "spherical": lambda: c[:, None, None] * torch.eye(D, dtype=c.dtype),
         }[gm.covariance_type]()
         return cls(w, mu, cov, settings)
+
+    @classmethod
+    def check_fit(cls, s: GMMSettings, common, n_tuples: int) -> None:
+        if s.components > n_tuples * common.draws:
+            raise MMVAEError(
+                f"--components {s.components}: more components than posterior samples "
+                f"({n_tuples * common.draws}); lower it or raise --draws"
+            )
 
     @classmethod
     def fit(cls, bank, common, s: GMMSettings, run=None, resume: bool = False, step_delay: float = 0.0):

@@ -1,6 +1,6 @@
-"""Post-hoc energies for a frozen multimodal VAE (`mmvae fit-ebm`).
+"""Post-hoc energies for a frozen multimodal VAE (`mmvae fit-ebm`, `mmvae fit-prior --kind ebm`).
 
-Positives are samples of the aggregate posterior over the training set,
+Positives are samples of the aggregate posterior over the training set (priors/bank.ExpertBank),
     z ~ q(z) = 1/N sum_i q(z | X_i)        (q the model's fused posterior given all modalities;
                                             for fusion none the concatenated unimodal posteriors),
 and the energy is fitted to them by one of
@@ -10,78 +10,91 @@ and the energy is fitted to them by one of
              continued from the previous batch's chains (persistent);
   exact | sliced | denoising
              score matching for the Gibbs density p(z) ∝ exp(-E(z)) (EB-MVAE eq. 1), see
-             ebm.score_matching_loss;
+             losses.score_matching_loss;
   ncsn       a noise-conditional energy E(u, sigma) by multi-scale denoising score matching over
-             geometric levels sigma_max..sigma_min (Song & Ermon 2019, ebm.ncsn_loss), sampled by
-             annealed Langevin (ebm.annealed_langevin). Defaults: sigma_max the largest
+             geometric levels sigma_max..sigma_min (Song & Ermon 2019, losses.ncsn_loss), sampled by
+             annealed Langevin (langevin.annealed_langevin). Defaults: sigma_max the largest
              per-dimension spread of the aggregate posterior, sigma_min the median posterior std
-             (both in the energy's coordinates: standardised by default, see EnergyNet).
+             (both in the energy's coordinates: standardised by default, see net.EnergyNet).
 
-The VAE's experts are encoded once (the VAE is frozen); every batch re-fuses the stored experts and
-draws fresh posterior samples, so every fusion (poe, moe, mopoe, none) is served by one code path.
-
-Partially observed training data: positives come from the posterior of what each tuple observes
-(q(z | X_{O_i})), except for fusion none (EB-MVAE), whose energy couples the unimodal latents and is
-fitted on the complete tuples only, as the workshop paper trains it (said on stderr).
+Settings (`EnergyFit`): FitSettings with the objective's defaults filled in (config.ENERGY_DEFAULTS,
+EBMVAE_FIT), the EnergyConfig of the net, the Langevin settings stored with the energy.
 """
 
 from __future__ import annotations
 
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 
-from .config import FitSettings
-from .data.base import MultimodalData
-from .ebm import EnergyConfig, LatentEBM, geometric_sigmas, maximum_likelihood_loss, ncsn_loss, score_matching_loss
-from .errors import MMVAEError, NumericalError
-from .model import MultimodalVAE
-from .run import Run
+from ... import config
+from ...config import FitSettings
+from ...errors import MMVAEError, NumericalError
+from .langevin import geometric_sigmas
+from .losses import maximum_likelihood_loss, ncsn_loss, score_matching_loss
+from .net import EnergyConfig
 
 OBJECTIVES = ("ml", "exact", "sliced", "denoising", "ncsn")
 EXACT_MAX_DIM = 128  # exact score matching costs one backward pass per latent dimension
 
 
-class ExpertBank:
-    """The frozen unimodal experts q(z | x_m) of a whole data set: loc, scale of shape (M, N, d)."""
+@dataclass(frozen=True)
+class EnergyFit:
+    """A post-hoc energy fit's settings: `fit` resolved (FitSettings.resolved), the net, the Langevin
+    settings stored with the energy (LangevinSettings' fields)."""
 
-    @torch.no_grad()
-    def __init__(self, model: MultimodalVAE, data: MultimodalData, device, batch_size: int = 500):
-        self.model = model
-        if data.present is not None and model.config.fusion == "none":
-            from .console import log
+    fit: FitSettings
+    energy: EnergyConfig
+    langevin: dict
 
-            complete = data.complete()
-            log(
-                f"EB-MVAE (fusion none): the joint prior is fitted on the {len(complete)} complete tuples of "
-                f"{len(data)} (the workshop paper trains its energy on complete tuples only)"
+    def to_json(self) -> dict:
+        return {"fit": config.to_dict(self.fit), "energy": self.energy.to_dict(), "langevin": dict(self.langevin)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> EnergyFit:
+        try:
+            return cls(
+                config.from_dict(FitSettings, d["fit"], "checkpoint [fit]"),
+                EnergyConfig.from_dict(d["energy"]),
+                dict(d["langevin"]),
             )
-            if len(complete) == 0:
-                raise MMVAEError("fusion none: no complete training tuple to fit the joint prior on")
-            data = complete
-        locs, scales, present = [], [], []
-        for start in range(0, len(data), batch_size):
-            idx = torch.arange(start, min(start + batch_size, len(data)))
-            p = data.presence(idx, model.names, device)
-            e = model.experts(data.batch(idx, device), p)
-            locs.append(e.loc)
-            scales.append(e.scale)
-            if p is not None:
-                present.append(p)
-        self.loc, self.scale = torch.cat(locs, 1), torch.cat(scales, 1)
-        self.present = torch.cat(present) if present else None  # (N, M) or None
-        self.kind = type(e)
-        self.n, self.dim, self.device = self.loc.shape[1], model.z_dim, self.loc.device
+        except (KeyError, TypeError, ValueError) as e:
+            raise MMVAEError(f"invalid energy fit settings ({e})") from None
 
-    @torch.no_grad()
-    def sample(self, idx: torch.Tensor) -> torch.Tensor:
-        """One z ~ q(z | X_{O_i}) for each index i (all modalities given; O_i what tuple i observes). (len(idx), D)"""
-        m = self.model
-        experts = self.kind(self.loc[:, idx], self.scale[:, idx])
-        given = torch.ones(len(m.names), dtype=torch.bool)
-        present = None if self.present is None else self.present[idx]
-        return m.fusion.combine(experts, given, m.prior.dist(), present).sample()
+
+SECTIONS = (config.FitSettings, config.EnergySettings, config.LangevinSettings)
+
+
+def resolve(given: dict, fusion: str, z_dim: int) -> EnergyFit:
+    """The settings of a fit to a model with this fusion and latent size: the flags given win over the
+    objective's measured defaults (config.fit_energy_defaults, fit_langevin_defaults), which win over the
+    sections' own."""
+    s = config.resolve(FitSettings, given).resolved(fusion)
+    config.check(s)
+    lg = config.resolve(
+        config.LangevinSettings,
+        given,
+        base=config.LangevinSettings(**config.fit_langevin_defaults(s.objective, fusion, s.sigma)),
+    )
+    es = config.resolve(
+        config.EnergySettings, given, base=config.EnergySettings(**config.fit_energy_defaults(s.objective, fusion))
+    )
+    energy = EnergyConfig(
+        dim=z_dim,
+        hidden=es.energy_hidden,
+        layers=es.energy_layers,
+        activation=es.activation(s.objective),
+        noise_levels=s.noise_levels if s.objective == "ncsn" else 0,
+        standardise=bool(s.standardise),
+    )
+    if s.objective != "ml" and energy.activation == "leaky_relu":
+        raise MMVAEError(
+            "score matching needs a twice-differentiable energy: choose --energy-activation gelu, silu, softplus or elu"
+        )
+    check_objective(s.objective, z_dim)
+    return EnergyFit(s, energy, config.to_dict(lg))
 
 
 def check_objective(objective: str, dim: int) -> None:
@@ -94,62 +107,52 @@ def check_objective(objective: str, dim: int) -> None:
         )
 
 
-def fit_energy(
-    model: MultimodalVAE,
-    data: MultimodalData,
-    energy: EnergyConfig,
-    s: FitSettings,
-    langevin: dict,
-    device,
-    run: Run | None = None,
-    resume: bool = False,
-    step_delay: float = 0.0,
-) -> tuple[LatentEBM, list[dict]]:
-    """Fit a LatentEBM to `model`'s aggregate posterior on `data` (settings `s` with their
-    objective-dependent defaults resolved); the model itself is not changed (its parameters are
-    frozen here) and the energy is attached to it when this returns.
-
-    Returns (ebm, history) with one history row per epoch: mean loss, and for ml the mean energies
-    of positives and negatives. Raises NumericalError on a non-finite loss or a diverging chain.
+def fit_energy(cls, bank, seed: int, spec: EnergyFit, run=None, resume: bool = False, step_delay: float = 0.0):
+    """Fit an energy prior (class `cls`) to the aggregate posterior of `bank.model` (frozen);
+    (prior, stats) with stats["history"] one row per epoch: mean loss, and for ml the mean energies of
+    positives and negatives. Raises NumericalError on a non-finite loss or a diverging chain.
     With `run` (the run lifecycle): a checkpoint after every epoch and, on SIGTERM/SIGUSR1, after
     the current step before exit code 75; `resume` continues from that checkpoint with the same
     result as an uninterrupted fit; each epoch is logged (stderr, jsonl, TensorBoard)."""
-    check_objective(s.objective, model.z_dim)
-    torch.manual_seed(s.seed)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    bank = ExpertBank(model, data, device)
+    s = spec.fit
+    check_objective(s.objective, bank.dim)
+    torch.manual_seed(seed)
     density = "tilted" if s.objective == "ml" else "gibbs"
-    ebm = LatentEBM(energy, density).to(device)
+    prior = cls(spec.energy, density, langevin=spec.langevin).to(bank.device)
+    prior.attach(bank.model)
     if density == "gibbs" and not resume:  # Gibbs chains start at the latents' moment-matched Gaussian
         z = bank.sample(torch.arange(bank.n))
-        ebm.init_loc.copy_(z.mean(0))
-        ebm.init_scale.copy_(z.std(0).clamp_min(1e-3))
-        net = ebm.energy
+        prior.init_loc.copy_(z.mean(0))
+        prior.init_scale.copy_(z.std(0).clamp_min(1e-3))
+        net = prior.energy
         if net.config.standardise:
-            net.shift.copy_(ebm.init_loc)
-            net.scale.copy_(ebm.init_scale)
+            net.shift.copy_(prior.init_loc)
+            net.scale.copy_(prior.init_scale)
         if net.noise_conditional:
-            net.sigmas.copy_(noise_levels(bank, ebm, s).to(net.sigmas))
-    model.attach_ebm(ebm, langevin)
-    opt = torch.optim.Adam(ebm.energy.parameters(), lr=s.lr, betas=tuple(s.betas))
-    g = torch.Generator().manual_seed(s.seed)
+            net.sigmas.copy_(noise_levels(bank, prior, s).to(net.sigmas))
+    opt = torch.optim.Adam(prior.energy.parameters(), lr=s.lr, betas=tuple(s.betas))
+    g = torch.Generator().manual_seed(seed)
     history, chains, perm = [], None, None
     first_epoch, first_start, sums, batches = 0, 0, {}, 0
     if resume:
-        tensors, state = run.restore_fit("ebm", ebm, opt, g, s.seed)
+        tensors, state = run.restore_fit("prior", prior, opt, g, seed)
         first_epoch, first_start = int(state["epoch"]), int(state["start"])
         history, sums, batches = list(state["history"]), dict(state["sums"]), int(state["batches"])
         perm = tensors.get("fit.perm") if first_start else None
-        chains = tensors["fit.chains"].to(device) if "fit.chains" in tensors else None
+        chains = tensors["fit.chains"].to(bank.device) if "fit.chains" in tensors else None
 
     def save(epoch: int, start: int) -> None:
         if run is None:
             return
         state = {"epoch": epoch, "start": start, "sums": sums, "batches": batches, "history": history}
         run.checkpoint_fit(
-            "ebm", ebm, opt, g, state, perm if start else None, {"fit.chains": chains} if chains is not None else None
+            "prior",
+            prior,
+            opt,
+            g,
+            state,
+            perm if start else None,
+            {"fit.chains": chains} if chains is not None else None,
         )
 
     with run.session() if run is not None else nullcontext():
@@ -162,25 +165,25 @@ def fit_energy(
             for start in range(start0, bank.n, s.batch_size):
                 idx = perm[start : start + s.batch_size]
                 if len(idx) >= 2:
-                    z_pos = bank.sample(idx.to(bank.loc.device))
+                    z_pos = bank.sample(idx.to(bank.device))
                     if s.objective == "ml":
                         start_z = (
                             chains[: len(idx)]
                             if (s.persistent and chains is not None and len(chains) >= len(idx))
-                            else model.ebm_start(len(idx))
+                            else prior.start(len(idx))
                         )
-                        z_neg = model.run_langevin(start_z, denoise=0.0).z  # the chains' states, no Tweedie step
+                        z_neg = prior.langevin(start_z, denoise=0.0).z  # the chains' states, no Tweedie step
                         if s.persistent:
                             chains = z_neg
-                        loss = maximum_likelihood_loss(ebm.energy, z_pos, z_neg, s.reg)
+                        loss = maximum_likelihood_loss(prior.energy, z_pos, z_neg, s.reg)
                         with torch.no_grad():
-                            sums["e_pos"] += ebm.energy(z_pos).mean().item()
-                            sums["e_neg"] += ebm.energy(z_neg).mean().item()
+                            sums["e_pos"] += prior.energy(z_pos).mean().item()
+                            sums["e_neg"] += prior.energy(z_neg).mean().item()
                     elif s.objective == "ncsn":
-                        net = ebm.energy
+                        net = prior.energy
                         loss = ncsn_loss(net.energy_u, net.to_u(z_pos).repeat(s.projections, 1), net.sigmas)
                     else:
-                        loss = score_matching_loss(ebm.energy, z_pos, s.objective, s.sigma, s.projections)
+                        loss = score_matching_loss(prior.energy, z_pos, s.objective, s.sigma, s.projections)
                     if not torch.isfinite(loss):
                         raise NumericalError(
                             f"fit-ebm loss became {loss.item()} at epoch {epoch + 1}; "
@@ -204,25 +207,34 @@ def fit_energy(
             if run is not None:
                 run.end_epoch(row, s.epochs, prefix="fit-ebm epoch")
             save(epoch + 1, 0)
-    ebm.eval()
-    for p in ebm.parameters():
+    prior.eval()
+    for p in prior.parameters():
         p.requires_grad_(False)
-    return ebm, history
+    stats = {
+        "objective": s.objective,
+        "density": density,
+        "loss_curve": summarise(history),
+        "history": history,
+        "seconds": round(sum(h.get("seconds", 0.0) for h in history), 2),
+    }
+    if prior.energy.noise_conditional:
+        stats["sigmas"] = prior.energy.sigmas.tolist()
+    return prior, stats
 
 
-def noise_levels(bank: ExpertBank, ebm: LatentEBM, s: FitSettings) -> torch.Tensor:
+def noise_levels(bank, prior, s: FitSettings) -> torch.Tensor:
     """ncsn's levels in the energy's coordinates: geometric from sigma_max (default: the largest
     per-dimension std of the aggregate posterior) to sigma_min (default: the median std of the unimodal
     posteriors, i.e. their scale parameter; for a shared latent the experts', not the fused one's)."""
-    net = ebm.energy
-    unit = net.scale if net.config.standardise else torch.ones_like(ebm.init_scale)
-    spread = ebm.init_scale / unit
+    net = prior.energy
+    unit = net.scale if net.config.standardise else torch.ones_like(prior.init_scale)
+    spread = prior.init_scale / unit
     M, N, d = bank.scale.shape
     post = bank.scale.permute(1, 0, 2).reshape(N, M * d) if M * d == bank.dim else bank.scale.reshape(-1, d)
     smax = s.sigma_max if s.sigma_max is not None else float(spread.max())
     smin = s.sigma_min if s.sigma_min is not None else float((post / unit).median())
     if s.sigma_min is None and smin > smax:  # posteriors wider than the aggregate: an untrained VAE
-        from .console import log
+        from ...console import log
 
         log(f"ncsn: the median posterior std {smin:.4g} exceeds sigma_max {smax:.4g}; using sigma_min = sigma_max / 10")
         smin = smax / 10
