@@ -1,7 +1,8 @@
-"""Modality kinds: `KINDS` maps a name to its class (one file each). A new kind is one file plus one
-line here; the networks and likelihoods its class names (`archs`, `likelihoods`) become choices of
---arch and --likelihood (`archs()`, `likelihoods()`). A kind instance = class + JSON params; `make`,
-`infer` build them. `Modality` is one modality of a model: name, kind, shape, nets, likelihood."""
+"""Modality kinds: `KINDS` maps a name to its class (one file each). A new kind is one file plus its
+registration here (the import and the KINDS entry); the networks and likelihoods its class names
+(`archs`, `likelihoods`) become choices of --arch and --likelihood (`archs()`, `likelihoods()`). A kind
+instance = class + JSON params; `make`, `infer` build them. `Modality` is one modality of a model:
+name, kind, shape, nets, likelihood."""
 
 from __future__ import annotations
 
