@@ -1,4 +1,4 @@
-"""Experts, priors and likelihoods: Gaussian and Laplace densities, products of experts, KL.
+"""Experts, priors and likelihoods: Gaussian and Laplace densities, products of experts, KL, p(x | z).
 
 Conventions: latent tensors are (..., B, D); `log_prob` results are summed over the
 last (latent) dimension; image log-likelihoods are summed over (C, H, W).
@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import distributions as td
 
 POSTERIORS = ("gaussian", "laplace")
-LIKELIHOODS = ("laplace", "gaussian", "bernoulli", "categorical")
 LOGVAR_BOUND = 30.0
 
 
@@ -78,43 +77,72 @@ def log_mean_exp(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.logsumexp(x, dim=dim) - math.log(x.shape[dim])
 
 
-def likelihood(kind: str, out: torch.Tensor, scale: float) -> td.Distribution:
-    """p(x | z) from a decoder output.
+class Likelihood:
+    """p(x | z) from a decoder output `out` (x's shape, with leading sample dimensions): `log_prob` per
+    element, `mean` for people and classifiers. A modality kind names the likelihoods it accepts
+    (modalities/, `ModalityKind.likelihoods`); a new one is a subclass there."""
 
-    laplace:   Laplace(out, scale)       (PolyMNIST reference: scale 0.75, no sigmoid)
-    gaussian:  Normal(out, scale)
-    bernoulli: Bernoulli(logits=out)
-    categorical: Categorical(logits=out) over the last axis (one-hot targets are accepted in log_likelihood)
-    """
-    if kind == "laplace":
-        return td.Laplace(out, torch.full_like(out, scale))
-    if kind == "gaussian":
-        return td.Normal(out, torch.full_like(out, scale))
-    if kind == "bernoulli":
-        return td.Bernoulli(logits=out)
-    if kind == "categorical":
-        return td.Categorical(logits=out)
-    raise ValueError(f"unknown likelihood {kind!r}")
+    name = ""
 
+    def log_prob(self, out: torch.Tensor, x: torch.Tensor, scale: float) -> torch.Tensor:
+        """log p(x | out) per element, (..., B, *shape)."""
+        raise NotImplementedError
 
-def log_likelihood(kind: str, out: torch.Tensor, x: torch.Tensor, scale: float) -> torch.Tensor:
-    """log p(x | z) summed over each sample's dimensions. out: (..., B, *shape), x: (B, *shape) -> (..., B)."""
-    if kind == "categorical":
-        # x is one-hot (or class probabilities) over the last axis: sum_c x_c log softmax(out)_c
-        lp = x * F.log_softmax(out, dim=-1)
-    elif kind == "laplace":  # Laplace(out, scale).log_prob(x) with a scalar scale, in one pass
-        lp = (x - out).abs().mul_(-1.0 / scale).sub_(math.log(2.0 * scale))
-    elif kind == "gaussian":
-        lp = (x - out).pow(2) * (-0.5 / scale**2) - (math.log(scale) + 0.5 * math.log(2 * math.pi))
-    else:
-        lp = likelihood(kind, out, scale).log_prob(x.expand_as(out))
-    return lp.flatten(start_dim=lp.dim() - x.dim() + 1).sum(-1)
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        """E[x | out]."""
+        return out
+
+    def log_likelihood(self, out: torch.Tensor, x: torch.Tensor, scale: float) -> torch.Tensor:
+        """log p(x | z) summed over each sample's dimensions. out: (..., B, *shape), x: (B, *shape) -> (..., B)."""
+        lp = self.log_prob(out, x, scale)
+        return lp.flatten(start_dim=lp.dim() - x.dim() + 1).sum(-1)
 
 
-def mean(kind: str, out: torch.Tensor) -> torch.Tensor:
-    """The likelihood's mean, used for display and for classifiers: identity, sigmoid or softmax."""
-    if kind == "bernoulli":
+class Laplace(Likelihood):
+    """Laplace(out, scale): -|x - out| / scale - log(2 scale) (PolyMNIST reference: scale 0.75, no sigmoid)."""
+
+    name = "laplace"
+
+    def log_prob(self, out, x, scale):
+        return (x - out).abs().mul_(-1.0 / scale).sub_(math.log(2.0 * scale))
+
+
+class Gaussian(Likelihood):
+    """Normal(out, scale): -(x - out)^2 / (2 scale^2) - log(scale) - log(2 pi) / 2."""
+
+    name = "gaussian"
+
+    def log_prob(self, out, x, scale):
+        return (x - out).pow(2) * (-0.5 / scale**2) - (math.log(scale) + 0.5 * math.log(2 * math.pi))
+
+
+class Bernoulli(Likelihood):
+    """Bernoulli(logits=out): x log sigmoid(out) + (1 - x) log sigmoid(-out); mean sigmoid(out)."""
+
+    name = "bernoulli"
+
+    def log_prob(self, out, x, scale):
+        return td.Bernoulli(logits=out).log_prob(x.expand_as(out))
+
+    def mean(self, out):
         return torch.sigmoid(out)
-    if kind == "categorical":
+
+
+class Categorical(Likelihood):
+    """Categorical(logits=out) over the last axis; x one-hot (or class probabilities): sum_c x_c log softmax(out)_c."""
+
+    name = "categorical"
+
+    def log_prob(self, out, x, scale):
+        return x * F.log_softmax(out, dim=-1)
+
+    def mean(self, out):
         return F.softmax(out, dim=-1)
-    return out
+
+
+LIKELIHOODS: dict[str, Likelihood] = {lik.name: lik for lik in (Laplace(), Gaussian(), Bernoulli(), Categorical())}
+
+
+def log_likelihood(name: str, out: torch.Tensor, x: torch.Tensor, scale: float) -> torch.Tensor:
+    """`Likelihood.log_likelihood` of the likelihood named `name` (one of LIKELIHOODS)."""
+    return LIKELIHOODS[name].log_likelihood(out, x, scale)

@@ -62,13 +62,3 @@ def save_image(path: str | Path, array: np.ndarray) -> None:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format=fmt.upper(), **({"quality": 95} if fmt == "jpeg" else {}))
     atomic_write_bytes(Path(path), buf.getvalue())
-
-
-save_png = save_image  # figures and reports name their files .png
-
-
-def load_image(path: str | Path, shape: tuple[int, ...]) -> torch.Tensor:
-    """An image file as a float tensor (C, H, W) in [0, 1] matching a modality's shape."""
-    from .modalities import ImageKind
-
-    return ImageKind().read_file(path, shape)[0]

@@ -18,8 +18,9 @@ cross-generation of a missing modality) use the fixed p(w_m) = Laplace(0, I) (N(
 Gaussian prior). With "learned" (bundles made before the option) the learned prior is used
 everywhere. See `MultimodalVAE.w_prior`.
 
-`ModelConfig` is the JSON-serialisable description stored in a bundle's manifest;
-`MultimodalVAE(config)` rebuilds the same network from it.
+`ModelConfig` is the JSON-serialisable description stored in a bundle's manifest (its defaults are
+config.ModelSettings'); `MultimodalVAE(config)` rebuilds the same network from it, one
+`modalities.Modality` per modality (kind, nets, likelihood).
 
 Priors over the latent (priors/: an energy, a Gaussian mixture, a flow) are attached by kind
 (`attach_prior`), and `sample_latents(n, prior=NAME)` asks `latent_prior(NAME)`, whatever the kind.
@@ -39,50 +40,67 @@ from torch import nn
 
 from . import distributions as D
 from . import modalities, nets
-from .config import ModelSettings, RuntimeSettings, check_model, default_of
+from .config import FUSION_OBJECTIVE, ModelSettings, RuntimeSettings, check_model, default_of
 from .errors import MMVAEError
 from .fusion import Mixture, make_fusion, parse_subsets
 from .nets import grouped
 from .objectives import get_objective
 
-PRIVATE_PRIORS = ("reference", "learned")
+PRIVATE_PRIORS = next(f for f in fields(ModelSettings) if f.name == "private_prior").metadata["choices"]
+
+
+def _default(name: str):
+    """ModelSettings' default of field `name` (config.py holds every default)."""
+    return default_of(ModelSettings, name)
 
 
 @dataclass
 class ModalitySpec:
+    """One modality as a manifest records it; `modalities.Modality` is what the model builds from it."""
+
     name: str
     shape: list[int]
-    likelihood: str = "laplace"  # laplace | gaussian | bernoulli | categorical
-    scale: float = 0.75  # likelihood scale (Laplace/Gaussian)
+    likelihood: str = ""  # a name in the kind's likelihoods ("" = the kind's default)
+    scale: float = _default("likelihood_scale")  # likelihood scale (Laplace/Gaussian)
     rescale: float = 1.0  # weight of log p(x_m | z) in the objective
-    arch: str = ""  # conv28 | conv32 | conv | mlp | char ("" = the kind's default for the shape)
-    kind: str = ""  # image | vector | text ("" in manifests made before kinds: by shape)
+    arch: str = ""  # a name in modalities.archs() ("" = the kind's default for the shape)
+    kind: str = ""  # a name in modalities.KINDS ("" in manifests made before kinds: by shape)
     params: dict = field(default_factory=dict)  # the kind's parameters (text: alphabet, pad)
 
     def __post_init__(self):
         if not self.kind:
             self.kind = modalities.from_model_shape(self.shape).name
+        if not self.likelihood:
+            self.likelihood = modalities.make(self.kind, self.params).default_likelihood
 
-    def modality_kind(self) -> modalities.ModalityKind:
-        return modalities.make(self.kind, self.params)
+    def modality(self) -> modalities.Modality:
+        kind = modalities.make(self.kind, self.params)
+        return modalities.Modality(self.name, kind, self.shape, self.likelihood, self.scale, self.rescale, self.arch)
 
 
 @dataclass
 class ModelConfig:
+    """The model as a manifest records it; the defaults are config.ModelSettings' (objective None: the
+    fusion's own, config.FUSION_OBJECTIVE)."""
+
     modalities: list[ModalitySpec]
-    latent_dim: int = 512
-    fusion: str = "mopoe"  # poe | moe | mopoe | none (EB-MVAE: latent_dim per modality)
-    subsets: str = "all"  # MoPoE mixture subsets
-    objective: str = "elbo"  # elbo | iwae | dreg | mvae
-    k: int = 1  # importance samples (iwae, dreg)
-    beta: float = 2.5
-    posterior: str = "gaussian"  # gaussian | laplace
-    prior: str = "gaussian"  # gaussian | laplace
-    learn_prior: bool = False
-    hidden: int = 400  # hidden units of the mlp nets (config.ModelSettings.hidden)
-    extra: dict = field(default_factory=dict)
-    private_dim: int = 0  # MMVAE+ modality-specific latent size (0 = none)
-    private_prior: str = "reference"  # MMVAE+ p(w) in log p(w_r) and generation: reference (fixed) | learned
+    latent_dim: int = _default("latent_dim")  # per modality for fusion none (EB-MVAE)
+    fusion: str = _default("fusion")
+    subsets: str = _default("subsets")
+    objective: str | None = _default("objective")
+    k: int = _default("k")
+    beta: float = _default("beta")
+    posterior: str = _default("posterior")
+    prior: str = _default("prior")
+    learn_prior: bool = _default("learn_prior")
+    hidden: int = _default("hidden")
+    extra: dict = field(default_factory=dict)  # mvae_k: MVAE's sub-sampled subsets (ModelSettings.mvae_subsets)
+    private_dim: int = _default("private_dim")
+    private_prior: str = _default("private_prior")
+
+    def __post_init__(self):
+        if self.objective is None:
+            self.objective = FUSION_OBJECTIVE.get(self.fusion, "elbo")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -163,15 +181,15 @@ def build_config(m: ModelSettings, data) -> ModelConfig:
     sizes = {n: int(torch.tensor(data.shape(n)).prod()) for n in names}
     largest = max(sizes.values())
     named = "=" in (m.likelihood or "")
-    lik = per_modality(m.likelihood, names, "--likelihood", D.LIKELIHOODS, "")
+    lik = per_modality(m.likelihood, names, "--likelihood", tuple(modalities.likelihoods()), "")
     weight = rec_weights(m.rec_weight, names)
     arch_named = "=" in (m.arch or "")
-    arch = per_modality(m.arch, names, "--arch", nets.ARCHS, "")
+    arch = per_modality(m.arch, names, "--arch", tuple(modalities.archs()), "")
     for n, k in kinds.items():
         if k.own_defaults and not named and lik[n] not in k.likelihoods:
             lik[n] = ""  # a value for all modalities does not reach text
         lik[n] = lik[n] or k.default_likelihood
-        k.check_likelihood(lik[n], n)
+        k.likelihood(lik[n], n)
         if k.own_defaults and arch[n] not in k.archs:
             if arch_named and arch[n]:
                 raise MMVAEError(
@@ -239,8 +257,6 @@ class MultimodalVAE(nn.Module):
             raise MMVAEError(f"unknown posterior {c.posterior!r}; choose gaussian or laplace")
         self.names = c.names
         self.z_dim = c.latent_dim * (len(c.modalities) if c.fusion == "none" else 1)  # size of z
-        self.encoders = nn.ModuleDict()
-        self.decoders = nn.ModuleDict()
         check_model(
             ModelSettings(
                 fusion=c.fusion,
@@ -253,13 +269,13 @@ class MultimodalVAE(nn.Module):
         )
         if c.private_prior not in PRIVATE_PRIORS:
             raise MMVAEError(f"unknown private prior {c.private_prior!r}; choose {' or '.join(PRIVATE_PRIORS)}")
-        width = c.latent_dim + c.private_dim
-        self.kinds = {m.name: m.modality_kind() for m in c.modalities}
-        for m in c.modalities:
-            if m.likelihood not in D.LIKELIHOODS:
-                raise MMVAEError(f"unknown likelihood {m.likelihood!r} for {m.name}; choose {', '.join(D.LIKELIHOODS)}")
-            arch = m.arch or self.kinds[m.name].default_arch(tuple(m.shape))
-            self.encoders[m.name], self.decoders[m.name] = nets.build(arch, tuple(m.shape), width, c.hidden)
+        self.modalities = {m.name: m.modality() for m in c.modalities}  # kind, likelihood, arch
+        # the nets live here, not in the Modality objects: the bundle's parameter names (encoders.NAME.*,
+        # decoders.NAME.*) and order (the optimizer state's) stay those of every bundle made so far
+        self.encoders = nn.ModuleDict()
+        self.decoders = nn.ModuleDict()
+        for n, mod in self.modalities.items():
+            self.encoders[n], self.decoders[n] = mod.nets(c.latent_dim + c.private_dim, c.hidden)
         self.fusion = make_fusion(c.fusion, len(self.names), parse_subsets(c.subsets, self.names))
         encs, decs = list(self.encoders.values()), list(self.decoders.values())
         self.groupable = (grouped.groupable(encs, nets.ConvEncoder), grouped.groupable(decs, nets.ConvDecoder))
@@ -285,6 +301,10 @@ class MultimodalVAE(nn.Module):
     grouped_nets: bool = False
     cpu_chunk: int = default_of(RuntimeSettings, "cpu_chunk")
     beta_scale: float = 1.0
+
+    @property
+    def kinds(self) -> dict[str, modalities.ModalityKind]:
+        return {n: m.kind for n, m in self.modalities.items()}
 
     @property
     def beta(self) -> float:
@@ -459,18 +479,18 @@ class MultimodalVAE(nn.Module):
         `present` (B, M) only over each tuple's observed modalities (x's absent rows must be finite,
         see `observed`)."""
         total = 0.0
-        for spec in self.config.modalities:
-            if spec.name in outs and spec.name in x:
-                lp = D.log_likelihood(spec.likelihood, outs[spec.name], x[spec.name], spec.scale)
+        for n, mod in self.modalities.items():
+            if n in outs and n in x:
+                lp = mod.log_likelihood(outs[n], x[n])
                 if present is not None:
-                    keep = present[:, self.names.index(spec.name)].to(lp.device)
+                    keep = present[:, self.names.index(n)].to(lp.device)
                     lp = torch.where(keep, lp, torch.zeros((), dtype=lp.dtype, device=lp.device))
-                total = total + spec.rescale * lp
+                total = total + mod.rescale * lp
         return total
 
     def means(self, outs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        kinds = {m.name: m.likelihood for m in self.config.modalities}
-        return {n: D.mean(kinds[n], o) for n, o in outs.items()}
+        """The likelihoods' means E[x_m | out_m] (for people and classifiers)."""
+        return {n: self.modalities[n].mean(o) for n, o in outs.items()}
 
     @torch.no_grad()
     def sample_prior(self, n: int) -> torch.Tensor:

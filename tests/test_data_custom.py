@@ -44,7 +44,7 @@ def test_single_file_with_split_tensor(tmp_path):
     assert isinstance(tr, MultimodalData) and tr.name == "pairs" and (len(tr), len(te)) == (6, 6)
     assert tr.modalities == ["attrs", "image", "photo"]
     assert torch.equal(tr.tensors["image"], t["image"][0::2]) and torch.equal(te.labels, t["label"][1::2])
-    assert tr.is_image("image") and tr.is_image("photo") and not tr.is_image("attrs")
+    assert [tr.kind(m).name for m in ("image", "photo", "attrs")] == ["image", "image", "vector"]
     assert tr.tensors["attrs"].dtype == torch.float32 and tr.tensors["photo"].dtype == torch.float32
     assert tr.tensors["image"].dtype == torch.uint8 and tr.labels.dtype == torch.int64
     b = tr.batch(torch.arange(3))

@@ -109,7 +109,7 @@ def test_load_pairs_modalities_and_cache(ms_root, monkeypatch):
     assert d.name == "mnist-svhn" and len(d) == expected
     assert d.modalities == ["mnist", "svhn"]
     assert d.shape("mnist") == (1, 28, 28) and d.shape("svhn") == (3, 32, 32)
-    assert d.is_image("mnist") and d.is_image("svhn") and d.dtype("svhn") == torch.uint8
+    assert d.kind("mnist").name == d.kind("svhn").name == "image" and d.dtype("svhn") == torch.uint8
     xm, ym, xs, ys = truth["train"]
     idx = d.tensors.index
     assert np.array_equal(ym[idx["mnist"].numpy()], d.labels.numpy())

@@ -191,7 +191,7 @@ def test_mini_builds_on_first_use_and_loads(mini_root):
     assert (len(train), len(test)) == (4000, 1000)
     assert train.modalities == MODS
     for m in MODS:
-        assert train.shape(m) == (3, 28, 28) and train.tensors[m].dtype == torch.uint8 and train.is_image(m)
+        assert train.shape(m) == (3, 28, 28) and train.tensors[m].dtype == torch.uint8 and train.kind(m).name == "image"
     assert torch.bincount(train.labels, minlength=10).tolist() == [400] * 10
     assert torch.bincount(test.labels, minlength=10).tolist() == [100] * 10
     # digits are visible: pixels differ between the modalities' backgrounds

@@ -120,9 +120,6 @@ class MultimodalData:
     def kind(self, modality: str) -> modalities.ModalityKind:
         return self.kinds[modality]
 
-    def is_image(self, modality: str) -> bool:
-        return self.kinds[modality].name == "image"
-
     def input_shape(self, modality: str) -> tuple[int, ...]:
         """The per-sample shape the networks see (text: (L, V) one-hot for stored (L,) ids)."""
         return tuple(self.kinds[modality].model_shape(self.shape(modality)))

@@ -25,7 +25,6 @@ import torch
 from torch import distributions as td
 
 from ..data.base import MultimodalData
-from ..distributions import log_likelihood
 from ..errors import MMVAEError
 from ..fusion import Mixture
 
@@ -71,11 +70,10 @@ def importance_log_likelihood(
 
 def model_log_px_given_z(model, x: dict[str, torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
     """z (K, B, D) -> sum_m log p(x_m | z) over every modality of `x`, unweighted (no rescale)."""
-    specs = {m.name: m for m in model.config.modalities}
 
     def f(z: torch.Tensor) -> torch.Tensor:
         outs = model.decode(z, list(x))
-        return sum(log_likelihood(specs[m].likelihood, outs[m], x[m], specs[m].scale) for m in x)
+        return sum(model.modalities[m].log_likelihood(outs[m], x[m]) for m in x)
 
     return f
 

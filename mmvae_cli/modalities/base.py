@@ -1,31 +1,39 @@
 """What a kind of modality (image, vector, text, ...) knows, in one object.
 
-A kind turns stored rows into what the networks see, picks the default encoder/decoder for a
-shape, owns its likelihoods, renders samples for people (PNG tiles, strings for JSON), reads
+A kind turns stored rows into what the networks see, names the networks it offers and its default
+for a shape, owns its likelihoods, renders samples for people (PNG tiles, strings for JSON), reads
 inputs from files or strings, and builds the classifier used for coherence. A kind instance
 carries its parameters (text: the alphabet), which are JSON and travel in manifests.
 
     stored rows  --to_model-->  x (float, `model_shape`)  --encoder--> q(z | x)
     z --decoder--> out  --likelihood--> p(x | z);  mean(out) --render/to_json--> people
+
+`archs` maps an architecture name to its builder (shape, latent, hidden) -> (encoder, decoder)
+(nets/, or the kind's own file); `likelihoods` maps a name to a distributions.Likelihood.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..distributions import LIKELIHOODS
+from ..config import ModelSettings, default_of
+from ..distributions import LIKELIHOODS, Likelihood
 from ..errors import DataError, MMVAEError
+from ..nets.mlp import build_mlp
+
+NetBuilder = Callable[[tuple[int, ...], int, int], tuple[nn.Module, nn.Module]]
 
 
 class ModalityKind:
     name = ""
-    likelihoods: tuple[str, ...] = LIKELIHOODS
-    default_likelihood = "laplace"
-    archs: tuple[str, ...] = ()
+    likelihoods: dict[str, Likelihood] = LIKELIHOODS
+    default_likelihood: str = default_of(ModelSettings, "likelihood")
+    archs: dict[str, NetBuilder] = {"mlp": build_mlp}
     own_defaults = False  # True: --likelihood/--arch given once for all modalities do not apply
     drawable = True  # shown in report figures
     has_fid = False  # Inception FID applies
@@ -61,12 +69,14 @@ class ModalityKind:
     def default_arch(self, shape: tuple[int, ...]) -> str:
         return "mlp"
 
-    def check_likelihood(self, lik: str, modality: str) -> None:
+    def likelihood(self, lik: str, modality: str) -> Likelihood:
+        """The likelihood named `lik` for modality `modality` of this kind; a one-line error if it does not apply."""
         if lik not in self.likelihoods:
             raise MMVAEError(
                 f"--likelihood {lik} does not apply to {self.name} modality {modality!r}; "
                 f"choose {', '.join(self.likelihoods)}"
             )
+        return self.likelihoods[lik]
 
     # --- people ----------------------------------------------------------------------------------
     def render(self, x: torch.Tensor) -> np.ndarray:

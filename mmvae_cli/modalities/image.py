@@ -15,12 +15,14 @@ from PIL import Image
 from torch import nn
 
 from ..errors import DataError
+from ..nets.conv import build_conv, build_conv28, build_conv32
+from ..nets.mlp import build_mlp
 from .base import ModalityKind, data_error
 
 
 class ImageKind(ModalityKind):
     name = "image"
-    archs = ("conv28", "conv32", "conv", "mlp")
+    archs = {"conv28": build_conv28, "conv32": build_conv32, "conv": build_conv, "mlp": build_mlp}
     has_fid = True
 
     @classmethod

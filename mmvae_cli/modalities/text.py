@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from ..distributions import LIKELIHOODS
 from ..errors import DataError, MMVAEError
-from ..nets.text import CharClassifier
+from ..nets.mlp import build_mlp
+from ..nets.text import CharClassifier, build_char
 from .base import ModalityKind, data_error
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789-,;.!?:'\"/\\|_@#$%^&*~`+-=<>()[]{}\n "
@@ -29,9 +31,9 @@ PAD = " "
 
 class TextKind(ModalityKind):
     name = "text"
-    likelihoods = ("categorical",)
+    likelihoods = {"categorical": LIKELIHOODS["categorical"]}
     default_likelihood = "categorical"
-    archs = ("char", "mlp")
+    archs = {"char": build_char, "mlp": build_mlp}
     own_defaults = True
 
     def __init__(self, alphabet: str = ALPHABET, pad: str = PAD, **params):

@@ -12,7 +12,6 @@ from .base import ModalityKind, data_error
 
 class VectorKind(ModalityKind):
     name = "vector"
-    archs = ("mlp",)
     drawable = False
 
     @classmethod

@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import DataError
-from ..nets.words import WordClassifier
+from ..nets.mlp import build_mlp
+from ..nets.words import WordClassifier, build_words
 from .text import TextKind
 
 EXC, PAD, EOS = "<exc>", "<pad>", "<eos>"
@@ -31,7 +32,7 @@ def tokenize(caption: str) -> list[str]:
 
 class WordTextKind(TextKind):
     name = "words"
-    archs = ("words", "mlp")
+    archs = {"words": build_words, "mlp": build_mlp}
 
     def __init__(self, words: list[str] | tuple[str, ...] = SPECIALS, **params):
         words = [str(w) for w in words]

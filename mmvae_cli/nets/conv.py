@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import MMVAEError
+
 
 class Conv32Encoder(nn.Module):
     """MMVAE SVHN encoder: Conv(C,32,4,2,1)-ReLU-Conv(32,64,4,2,1)-ReLU-Conv(64,128,4,2,1)-ReLU, then
@@ -123,3 +125,24 @@ class Conv28Decoder(ConvDecoder):
 
     def __init__(self, channels: int, latent: int):
         super().__init__((channels, 28, 28), latent)
+
+
+def build_conv28(shape: tuple[int, ...], latent: int, hidden: int) -> tuple[nn.Module, nn.Module]:
+    """Arch conv28: the PolyMNIST reference nets for (C, 28, 28) images (`hidden` unused)."""
+    if len(shape) != 3 or tuple(shape[1:]) != (28, 28):
+        raise MMVAEError(f"arch conv28 needs (C, 28, 28) data, got {tuple(shape)}")
+    return Conv28Encoder(shape[0], latent), Conv28Decoder(shape[0], latent)
+
+
+def build_conv32(shape: tuple[int, ...], latent: int, hidden: int) -> tuple[nn.Module, nn.Module]:
+    """Arch conv32: the MMVAE SVHN nets for (C, 32, 32) images (`hidden` unused)."""
+    if len(shape) != 3 or tuple(shape[1:]) != (32, 32):
+        raise MMVAEError(f"arch conv32 needs (C, 32, 32) data, got {tuple(shape)}")
+    return Conv32Encoder(shape[0], latent), Conv32Decoder(shape[0], latent)
+
+
+def build_conv(shape: tuple[int, ...], latent: int, hidden: int) -> tuple[nn.Module, nn.Module]:
+    """Arch conv: ConvEncoder/ConvDecoder sized to any (C, H, W) (`hidden` unused)."""
+    if len(shape) != 3:
+        raise MMVAEError(f"arch conv needs (C, H, W) data, got {tuple(shape)}")
+    return ConvEncoder(tuple(shape), latent), ConvDecoder(tuple(shape), latent)

@@ -39,3 +39,8 @@ class MLPDecoder(nn.Module):
 
     def forward(self, z):
         return self.net(z)
+
+
+def build_mlp(shape: tuple[int, ...], latent: int, hidden: int) -> tuple[nn.Module, nn.Module]:
+    """Arch mlp: MLPEncoder/MLPDecoder for data of any shape, `hidden` units per layer."""
+    return MLPEncoder(tuple(shape), latent, hidden), MLPDecoder(tuple(shape), latent, hidden)

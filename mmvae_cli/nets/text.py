@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import MMVAEError
+
 CHANNELS = 128
 
 
@@ -78,6 +80,13 @@ class CharDecoder(nn.Module):
 
     def forward(self, z):
         return self.net(z).transpose(-2, -1)
+
+
+def build_char(shape: tuple[int, ...], latent: int, hidden: int) -> tuple[nn.Module, nn.Module]:
+    """Arch char: CharEncoder/CharDecoder for one-hot strings (L, V) (`hidden` unused)."""
+    if len(shape) != 2:
+        raise MMVAEError(f"arch char needs one-hot strings (L, V), got {tuple(shape)}")
+    return CharEncoder(tuple(shape), latent), CharDecoder(tuple(shape), latent)
 
 
 class CharClassifier(nn.Module):

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import MMVAEError
+
 EMBED = 128
 BASE = 32
 
 
 def _check(length: int) -> int:
     if length < 8 or length % 8:
-        from ..errors import MMVAEError
-
         raise MMVAEError(f"arch words needs a caption length divisible by 8 (the reference's 32), got {length}")
     return length // 8
 
@@ -89,6 +89,13 @@ class WordDecoder(nn.Module):
 
     def forward(self, z):
         return self.out(self.net(z).squeeze(1))
+
+
+def build_words(shape: tuple[int, ...], latent: int, hidden: int) -> tuple[nn.Module, nn.Module]:
+    """Arch words: WordEncoder/WordDecoder for one-hot captions (L, V), L divisible by 8 (`hidden` unused)."""
+    if len(shape) != 2:
+        raise MMVAEError(f"arch words needs one-hot captions (L, V), got {tuple(shape)}")
+    return WordEncoder(tuple(shape), latent), WordDecoder(tuple(shape), latent)
 
 
 class WordClassifier(nn.Module):
