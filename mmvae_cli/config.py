@@ -32,7 +32,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from . import registry
 from .errors import MMVAEError
+from .registry import FAMILIES, FUSIONS, OBJECTIVES, declaring
 
 # --- declaring a setting --------------------------------------------------------------------------
 
@@ -156,11 +158,8 @@ def default_of(cls, name: str):
 
 # --- the sections ---------------------------------------------------------------------------------
 
-FUSIONS = ("poe", "moe", "mopoe", "none")
-OBJECTIVES = ("elbo", "iwae", "dreg", "mvae")
-FAMILIES = ("gaussian", "laplace")
-# each paper's own objective, used when neither the recipe nor --objective names one
-FUSION_OBJECTIVE = {"poe": "mvae", "moe": "iwae", "mopoe": "elbo", "none": "elbo"}
+# the names of fusions, objectives and latent families, and what each declares: registry.py
+PRIVATE_PRIORS = ("reference", "learned")
 
 
 @dataclass(frozen=True)
@@ -174,7 +173,7 @@ class ModelSettings:
         "experts), mopoe = MoPoE (mixture over all subsets' products), none = EB-MVAE's "
         "independent unimodal VAEs (couple them with `mmvae fit-ebm`)",
         "ours: MoPoE, the model of the quick start",
-        choices=FUSIONS,
+        choices=tuple(FUSIONS),
     )
     objective: str | None = setting(
         None,
@@ -206,7 +205,7 @@ class ModelSettings:
         "Laplace(0, 1) (N(0, 1) for a Gaussian prior), the learned p(w_m) only in the "
         "training cross terms, as the reference code; learned: the learned p(w_m) everywhere",
         "MMVAE+ reference code (epalu/mmvaeplus)",
-        choices=("reference", "learned"),
+        choices=PRIVATE_PRIORS,
     )
     subsets: str = setting(
         "all", 'MoPoE mixture subsets: "all", "unimodal+full", or "m0,m1;m2;..."', "MoPoE paper: all 2^M - 1 subsets"
@@ -783,8 +782,6 @@ SECTIONS = {
 
 # --- recipes --------------------------------------------------------------------------------------
 
-FUSION_RECIPE = {"poe": "mvae", "moe": "mmvae", "mopoe": "mopoe", "none": "ebmvae"}
-
 
 def recipe_files():
     """The shipped recipes (package data `mmvae_cli.recipes`, the top-level recipes/ folder)."""
@@ -797,7 +794,7 @@ def family(dataset: str) -> str:
 
 def default_recipe(dataset: str, fusion: str, private: bool = False):
     """The shipped recipe for a dataset family and model, or None when there is none."""
-    name = "mmvaeplus" if private else FUSION_RECIPE.get(fusion, fusion)
+    name = "mmvaeplus" if private else (FUSIONS[fusion].model if fusion in FUSIONS else fusion)
     path = recipe_files() / f"{family(dataset)}-{name}.toml"
     return path if path.is_file() else None
 
@@ -906,9 +903,7 @@ def resolve_train(
         sections[name] = s
     m = sections["model"]
     if m.objective is None:
-        sections["model"] = m = replace(
-            m, objective=FUSION_OBJECTIVE[m.fusion] if m.fusion in FUSION_OBJECTIVE else "elbo"
-        )
+        sections["model"] = m = replace(m, objective=registry.paper_objective(m.fusion))
     for s in sections.values():
         for f in fields(s):  # TOML arrays for pairs
             v = getattr(s, f.name)
@@ -928,14 +923,18 @@ def check_model(m: ModelSettings, joint: JointEnergySettings | None = None) -> N
     """Combinations of model settings (and, for --prior ebm, the joint energy's settings `joint`) that
     cannot work, refused with one line before anything runs."""
     joint_ebm = joint is not None
-    if m.private_dim and (m.fusion != "moe" or m.objective not in ("iwae", "dreg")):
-        raise MMVAEError("--private-dim (MMVAE+) needs --fusion moe and --objective iwae or dreg")
-    if m.fusion in ("poe", "mopoe") and (m.posterior != "gaussian" or m.prior != "gaussian"):
+    fusion, objective = registry.fusion(m.fusion), registry.objective(m.objective)
+    if m.private_dim and not (fusion.private_latents and objective.private_latents):
+        raise MMVAEError(
+            f"--private-dim (MMVAE+) needs --fusion {' or '.join(declaring(FUSIONS, 'private_latents'))} and "
+            f"--objective {' or '.join(declaring(OBJECTIVES, 'private_latents'))}"
+        )
+    if fusion.products and (m.posterior != "gaussian" or m.prior != "gaussian"):
         raise MMVAEError(
             f"fusion {m.fusion} needs Gaussian posteriors and prior (a product with Laplace experts "
             "has no closed form); use --posterior gaussian or --fusion moe"
         )
-    if joint_ebm and m.fusion == "none":
+    if joint_ebm and not fusion.shared_latent:
         raise MMVAEError(
             "--prior ebm learns a prior over a shared latent; EB-MVAE (--fusion none) gets its "
             "energy after training: `mmvae fit-ebm RUN`"

@@ -82,7 +82,7 @@ def missing_section(data, ratio: float) -> dict | None:
 def check_observed_sets(model: MultimodalVAE, data) -> None:
     """Partially observed data with MoPoE's explicit --subsets: every tuple must hold one of the subsets
     (its mixture runs over the subsets within what it observes); refused before anything is written."""
-    if data.present is None or model.config.fusion != "mopoe":
+    if data.present is None or not model.fusion.spec.subsets:
         return
     cols = [data.modalities.index(n) for n in model.names]
     observed = data.present[:, cols].unique(dim=0)  # (U, M) distinct observed sets

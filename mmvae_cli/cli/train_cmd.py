@@ -10,6 +10,7 @@ import click
 from .. import config
 from ..console import log
 from ..data import load_dataset
+from ..registry import FAMILIES
 from ..run import check_new_output
 from ..runtime import pick_device, shutdown_distributed
 from . import options
@@ -22,7 +23,7 @@ from . import options
 )
 @click.option(
     "--prior",
-    type=click.Choice(["gaussian", "laplace", "ebm"]),
+    type=click.Choice([*FAMILIES, "ebm"]),
     default=None,
     help="Prior p(z): the base prior's family, or ebm: the energy-based prior exp(-E(z)) p0(z) of "
     "Yuan et al. trained jointly (Algorithm 1), p0 the recipe's base prior; see --langevin-steps, "

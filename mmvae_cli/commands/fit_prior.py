@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .. import bundle, config, priors
+from .. import bundle, config, priors, registry
 from ..config import TrainConfig
 from ..console import log
 from ..errors import BundleError, MMVAEError, NumericalError
@@ -178,7 +178,7 @@ def _latent(run: Path, manifest: dict) -> tuple[str, int]:
     """(fusion, latent size) from RUN's manifest, before its weights are read."""
     try:
         m = manifest["model"]
-        return m["fusion"], int(m["latent_dim"]) * (len(m["modalities"]) if m["fusion"] == "none" else 1)
+        return m["fusion"], registry.fusion(m["fusion"]).z_dim(int(m["latent_dim"]), len(m["modalities"]))
     except (KeyError, TypeError, ValueError) as e:
         raise BundleError(f"{run}: manifest has an invalid model section ({e})") from None
 
