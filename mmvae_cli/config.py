@@ -10,7 +10,9 @@ paper, the reference code, or ours with the measurement). Everything else reads 
 
   * click options are generated from them (`cli/options.settings_options`), so a new field is a new
     command-line flag with its help and default shown;
-  * recipes (TOML, `recipes/`) may set any field of the sections they name and are checked here;
+  * recipes (TOML, `recipes/`) may set any field of the sections they name and are checked here; they
+    state only what differs from these defaults, and shared blocks come from an `include`
+    (`load_recipe`; e.g. recipes/_compare.toml);
   * `check(section)` validates every value, whether it came from a flag, a recipe or a manifest, and
     raises one-line MMVAEErrors naming the flag;
   * manifests record the resolved sections as JSON (`asdict`), and `from_dict` reads them back
@@ -799,24 +801,53 @@ def default_recipe(dataset: str, fusion: str, private: bool = False):
     return path if path.is_file() else None
 
 
-def load_recipe(path) -> dict:
-    """A recipe's TOML as a dict, every key checked against the sections' fields."""
-    where = getattr(path, "name", str(path))
+def _where(path) -> str:
+    return getattr(path, "name", str(path))
+
+
+def _included(name: str, beside):
+    """The recipe an `include` names: next to the including recipe `beside`, else a shipped one."""
+    for path in (beside.parent / name, recipe_files() / name):
+        if path.is_file():
+            return path
+    raise MMVAEError(f"recipe {_where(beside)}: include {name!r} not found (next to it or among the shipped recipes)")
+
+
+def load_recipe(path, _chain: tuple = ()) -> dict:
+    """A recipe's TOML as a dict, every key checked against the sections' fields.
+
+    A top-level `include = ["a.toml", ...]` (a name or a list; each found next to the recipe, else among
+    the shipped recipes, which hold shared blocks such as _compare.toml) is read first, in order, and the
+    recipe's own values win key by key: include < later include < the recipe. Includes may include."""
+    where = _where(path)
     if not path.is_file():
         raise MMVAEError(f"recipe {path} not found")
+    key = str(path.resolve()) if isinstance(path, Path) else str(path)
+    if key in _chain:
+        names = [_where(Path(k)) for k in (*_chain[_chain.index(key) :], key)]
+        raise MMVAEError(f"recipe {names[0]}: include cycle {' -> '.join(names)}")
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise MMVAEError(f"recipe {where}: invalid TOML ({e})".replace("\n", " ")) from None
+    include = data.pop("include", [])
+    names = [include] if isinstance(include, str) else include
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise MMVAEError(f"recipe {where}: include must be a recipe file name or a list of them, got {include!r}")
+    merged: dict = {}
+    for name in names:
+        for section, values in load_recipe(_included(name, path), (*_chain, key)).items():
+            merged.setdefault(section, {}).update(values)
     schedule_keys = {f.name for cls in SECTIONS.values() for f in fields(cls)}
     for name, section in data.items():
         if not isinstance(section, dict):
             raise MMVAEError(f"recipe {where}: top-level key {name!r} must be a [section]")
         allowed = {f.name for f in fields(SECTIONS[name])} if name in SECTIONS else schedule_keys
-        for key in section:
-            if key not in allowed:
-                raise MMVAEError(f"recipe {where}: unknown setting [{name}] {key}")
-    return data
+        for k in section:
+            if k not in allowed:
+                raise MMVAEError(f"recipe {where}: unknown setting [{name}] {k}")
+        merged.setdefault(name, {}).update(section)
+    return merged
 
 
 @dataclass(frozen=True)

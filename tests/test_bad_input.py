@@ -101,6 +101,14 @@ def _malformed_recipe(tmp, mp):
     (tmp / "broken.toml").write_text("[model\nfusion = \n")
 
 
+def _include_recipes(tmp, mp):
+    """Recipes whose include is missing, a cycle, or not a file name."""
+    (tmp / "inc-missing.toml").write_text('include = ["nope.toml"]\n\n[train]\nepochs = 1\n')
+    (tmp / "inc-a.toml").write_text('include = ["inc-b.toml"]\n')
+    (tmp / "inc-b.toml").write_text('include = ["inc-a.toml"]\n')
+    (tmp / "inc-number.toml").write_text("include = 3\n")
+
+
 def _empty_dir(tmp, mp):
     (tmp / "empty").mkdir()
 
@@ -150,6 +158,7 @@ PREP = {
     "notabundle": _notabundle,
     "bad_recipe": _bad_recipe,
     "malformed_recipe": _malformed_recipe,
+    "include_recipes": _include_recipes,
     "empty": _empty_dir,
     "dr": _data_root,
     "garbage_zip": _garbage_zip,
@@ -239,6 +248,11 @@ CASES = [
     case("train-recipe-missing", [*TRAIN, *CPU, "--recipe", "{tmp}/nope.toml"]),
     case("train-recipe-unknown-key", [*TRAIN, *CPU, "--recipe", "{tmp}/bad.toml"], prep=["bad_recipe"]),
     case("train-recipe-malformed", [*TRAIN, *CPU, "--recipe", "{tmp}/broken.toml"], prep=["malformed_recipe"]),
+    case(
+        "train-recipe-include-missing", [*TRAIN, *CPU, "--recipe", "{tmp}/inc-missing.toml"], prep=["include_recipes"]
+    ),
+    case("train-recipe-include-cycle", [*TRAIN, *CPU, "--recipe", "{tmp}/inc-a.toml"], prep=["include_recipes"]),
+    case("train-recipe-include-number", [*TRAIN, *CPU, "--recipe", "{tmp}/inc-number.toml"], prep=["include_recipes"]),
     case("train-unknown-dataset", ["train", "no-such-dataset", "--out", "{tmp}/x", *CPU]),
     case("train-missing-safetensors", ["train", "{tmp}/nope.safetensors", "--out", "{tmp}/x", *CPU]),
     case(
