@@ -3,8 +3,9 @@
 A run's settings are sections of typed fields (`ModelSettings`, `TrainSettings`, `EnergySettings`,
 `JointEnergySettings`, `LangevinSettings`, `FitSettings`, `PriorFitSettings`, `GMMSettings`,
 `FlowSettings`, `RuntimeSettings`, `ClassifierSettings`); the evaluation and generation commands'
-sample counts are sections too (`EvalSettings`, `GenerateSettings`), and so are the energy's defaults
-that depend on its objective (`EnergyDefaults`: not flags, filled in for settings left unset). Each field is declared with
+sample counts are sections too (`EvalSettings`, `GenerateSettings`), and so are the options several
+commands share (`CommandSettings`: device, seed, split, prior) and the energy's defaults that depend on
+its objective (`EnergyDefaults`: not flags, filled in for settings left unset). Each field is declared with
 `setting(default, help, source, ...)`, which records its range and where its default comes from (a
 paper, the reference code, or ours with the measurement). Everything else reads these declarations:
 
@@ -702,6 +703,21 @@ class ClassifierSettings:
     batch_size: int = setting(128, "batch size", "ours", min=1)
     lr: float = setting(1e-3, "Adam learning rate", "ours", gt=0.0)
     seed: int = setting(0, "random seed", "ours", min=0)
+
+
+@dataclass(frozen=True)
+class CommandSettings:
+    """Options several commands share, not part of a run's settings: the device of every command; the
+    seed, the data split and the prior of those that read a bundle (eval, sample, cross-generate)."""
+
+    device: str = setting("auto", "cpu, cuda, cuda:N or auto (cuda when available)", "ours: a GPU when there is one")
+    seed: int = setting(0, "random seed", "ours", min=0)
+    split: str = setting(
+        "test",
+        "split of the data the command reads (test: the tuples no run trained on)",
+        "the papers' protocol (REFERENCE.md): evaluated on the test split",
+    )
+    prior: str = setting("base", "prior of the latents", "the VAE's own prior p0(z)")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ class TrainRequest:
     runtime: dict = field(default_factory=dict)  # precision, compile, channels_last (None = not given)
     recipe: str | None = None
     schedule: str | None = None
-    device: str = "auto"
+    device: str = config.default_of(config.CommandSettings, "device")
     data_root: str | None = None
     resume: bool = False
     overwrite: bool = False

@@ -29,6 +29,7 @@ def test_every_setting_declares_help_source_and_a_valid_default():
         config.ClassifierSettings,
         config.EvalSettings,
         config.GenerateSettings,
+        config.CommandSettings,
     ):
         for f in fields(cls):
             assert f.metadata["help"] and f.metadata["source"], (cls.__name__, f.name)
@@ -85,6 +86,32 @@ def test_energy_defaults_have_one_source():
     for name in ("fit-ebm", "fit-prior"):
         opt = next(p for p in cli.commands[name].params if "--n-joint" in p.opts)
         assert opt.default == config.default_of(config.EvalSettings, "fit_n_joint")
+
+
+def test_shared_options_take_their_defaults_from_config():
+    """--device, --seed, --split and --prior of every command that has them (train's and the fits' --seed
+    are their sections' fields): CommandSettings' defaults, shown by --help with their source."""
+    import click
+
+    from mmvae_cli.cli import cli
+
+    def commands(group, path=()):
+        for name, cmd in group.commands.items():
+            yield from commands(cmd, (*path, name)) if isinstance(cmd, click.Group) else [((*path, name), cmd)]
+
+    seen = set()
+    for path, cmd in commands(cli):
+        for opt in cmd.params:
+            name = (
+                opt.name if isinstance(opt, click.Option) and opt.name in ("device", "seed", "split", "prior") else None
+            )
+            if name is None or opt.default is None:  # None: the run's section resolves it (train --seed)
+                continue
+            f = next(f for f in fields(config.CommandSettings) if f.name == name)
+            assert opt.default == config.default_of(config.CommandSettings, name) and opt.show_default, path
+            assert f.metadata["source"] in opt.help, path
+            seen.add(name)
+    assert seen == {"device", "seed", "split", "prior"}
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,7 @@ def fit_options(kinds: tuple[str, ...], common: tuple[str, ...] | None, out_help
                     default=None,
                     help="Classifier bundle: report joint coherence with the base prior and with the fitted one.",
                 ),
-                options.count_option(
+                options.setting_option(
                     config.EvalSettings,
                     "fit_n_joint",
                     "--n-joint",

@@ -56,7 +56,7 @@ class FitPriorRequest:
     log_jsonl: str | None = None
     tensorboard: str | None = None
     step_delay: float = 0.0
-    device: str = "auto"
+    device: str = config.default_of(config.CommandSettings, "device")
     data_root: str | None = None
     command: str = ""  # the command line, recorded in the manifest
 
