@@ -366,7 +366,7 @@ def test_a_registered_dataset_reaches_every_command(tmp_path, monkeypatch, capsy
 
 
 def test_registry_and_data_root(tmp_path, monkeypatch):
-    assert DATASETS == [
+    assert {
         "polymnist",
         "polymnist-mini",
         "polymnist-text-mini",
@@ -374,7 +374,7 @@ def test_registry_and_data_root(tmp_path, monkeypatch):
         "mnist-svhn-text",
         "cub",
         "celeba",
-    ]
+    } <= set(DATASETS)
     with pytest.raises(DataError) as e:
         load_dataset("cifar10", "train", str(tmp_path))
     assert all(n in one_line_error(e) for n in DATASETS)
