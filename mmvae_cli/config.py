@@ -161,8 +161,8 @@ def default_of(cls, name: str):
 
 # --- the sections ---------------------------------------------------------------------------------
 
-# the names of fusions, objectives and latent families, and what each declares: registry.py
-PRIVATE_PRIORS = ("reference", "learned")
+# (the fusions, objectives and latent families the fields below name, and what each declares: registry.py)
+PRIVATE_PRIORS = ("reference", "learned")  # MMVAE+'s p(w_m) (ModelSettings.private_prior; model.py reads it)
 
 
 @dataclass(frozen=True)
