@@ -717,7 +717,7 @@ class CommandSettings:
         "split of the data the command reads (test: the tuples no run trained on)",
         "the papers' protocol (REFERENCE.md): evaluated on the test split",
     )
-    prior: str = setting("base", "prior of the latents", "the VAE's own prior p0(z)")
+    prior: str = setting("base", "prior of the latents", "ours: the prior the model was trained with")
 
 
 @dataclass(frozen=True)
