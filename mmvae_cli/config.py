@@ -488,10 +488,16 @@ EBMVAE_DENOISING_LANGEVIN = {"steps": 100, "step_size": 0.3}
 EBMVAE_FIT = {"objective": "denoising", "epochs": 1000, "energy_hidden": 1024}
 
 
+def unimodal_latents(fusion: str) -> bool:
+    """Whether fusion `fusion` has no shared latent (registry.FUSIONS): z is the M unimodal latents, as
+    EB-MVAE's (--fusion none), and the EBMVAE_* defaults above and below apply to its energy."""
+    return fusion in FUSIONS and not FUSIONS[fusion].shared_latent
+
+
 def fit_energy_defaults(objective: str, fusion: str) -> dict:
     """EnergySettings fit-ebm uses when none are given: EBMVAE_FIT's width for EB-MVAE's denoising
     energy, otherwise EnergySettings' own defaults ({})."""
-    if fusion == "none" and objective == EBMVAE_FIT["objective"]:
+    if unimodal_latents(fusion) and objective == EBMVAE_FIT["objective"]:
         return {"energy_hidden": EBMVAE_FIT["energy_hidden"]}
     return {}
 
@@ -504,9 +510,9 @@ def fit_langevin_defaults(objective: str, fusion: str, sigma: float = 0.0) -> di
     otherwise LangevinSettings' own defaults ({})."""
     if objective == "ncsn":
         return dict(NCSN_LANGEVIN)
-    if fusion == "none" and objective == "denoising":
+    if unimodal_latents(fusion) and objective == "denoising":
         return {**EBMVAE_DENOISING_LANGEVIN, "denoise": sigma}
-    if fusion == "none" and objective != "ml":
+    if unimodal_latents(fusion) and objective != "ml":
         return dict(EBMVAE_LANGEVIN)
     return {}
 
@@ -595,9 +601,9 @@ class FitSettings:
     def resolved(self, fusion: str) -> FitSettings:
         """The objective-dependent defaults filled in (ENERGY_DEFAULTS; fusion none: EBMVAE_FIT's objective
         and epochs)."""
-        obj = self.objective or (EBMVAE_FIT["objective"] if fusion == "none" else "ml")
+        obj = self.objective or (EBMVAE_FIT["objective"] if unimodal_latents(fusion) else "ml")
         d, ml = ENERGY_DEFAULTS, obj == "ml"
-        ebmvae = fusion == "none" and obj == EBMVAE_FIT["objective"]
+        ebmvae = unimodal_latents(fusion) and obj == EBMVAE_FIT["objective"]
         if self.sigma_max is not None and self.sigma_min is not None and self.sigma_min > self.sigma_max:
             raise MMVAEError(f"--sigma-min {self.sigma_min:g} must not exceed --sigma-max {self.sigma_max:g}")
         return replace(
