@@ -99,10 +99,17 @@ def prior_from_section(run: Path, kind: str, section: dict, manifest: dict):
         raise BundleError(f"{run}/{priors.prior_file(kind)}: {e}") from None
 
 
-def save_bundle(run: Path, model: MultimodalVAE, manifest: dict) -> None:
-    """model.safetensors holds the VAE, ebm.safetensors the energy (when there is one)."""
+def bundle_files(model: MultimodalVAE) -> dict[str, dict[str, torch.Tensor]]:
+    """A trained model's files: model.safetensors holds the VAE, ebm.safetensors the energy (when there is one)."""
     state = model.state_dict()
-    bundle.write_weights(run, WEIGHTS, {k: v for k, v in state.items() if not k.startswith("ebm.")}, manifest)
+    files = {WEIGHTS: {k: v for k, v in state.items() if not k.startswith("ebm.")}}
     if model.ebm is not None:
-        bundle.write_weights(run, EBM_WEIGHTS, model.ebm.state_dict(), manifest)
+        files[EBM_WEIGHTS] = model.ebm.state_dict()
+    return files
+
+
+def save_bundle(run: Path, model: MultimodalVAE, manifest: dict) -> None:
+    """Write the model's files (`bundle_files`) and the manifest."""
+    for name, tensors in bundle_files(model).items():
+        bundle.write_weights(run, name, tensors, manifest)
     bundle.save_manifest(run, manifest)

@@ -89,6 +89,7 @@ class Run:
         self.history_key = history_key
         self.stop = StopFlag()
         self.extra_state: dict = {}  # JSON added to every checkpoint's state (e.g. the settings to resume with)
+        self._staged: list[str] = []  # files written with the next checkpoint (`stage`)
         self._tb = None
 
     # --- creation ------------------------------------------------------------------------------
@@ -101,9 +102,10 @@ class Run:
         if run.dist.is_main:
             if path.exists():
                 check_new_output(path, overwrite)
+                bundle.save_manifest(path, manifest)  # first: the stale files it no longer names may stay
                 for name in stale:
                     (path / name).unlink(missing_ok=True)
-                bundle.save_manifest(path, manifest)
+                    (path / bundle.pending(name)).unlink(missing_ok=True)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -148,8 +150,15 @@ class Run:
         )
 
     # --- checkpoints ---------------------------------------------------------------------------
+    def stage(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Write the file RUN/name with the next checkpoint (one commit with its manifest; rank 0)."""
+        if self.dist.is_main:
+            bundle.write_weights(self.path, name, tensors, self.manifest, staged=True)
+            self._staged.append(name)
+
     def checkpoint(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
-        """Write the checkpoint file and its manifest state together (rank 0; every rank calls)."""
+        """Write the checkpoint file, its manifest state and the staged files together (rank 0; every
+        rank calls)."""
         if self.dist.is_main:
             self.path.mkdir(parents=True, exist_ok=True)
         write_checkpoint(
@@ -160,7 +169,9 @@ class Run:
             self.state_key,
             {**state, **self.extra_state},
             self.dist,
+            tuple(self._staged),
         )
+        self._staged.clear()
 
     def restore(self) -> tuple[dict[str, torch.Tensor], dict]:
         """(tensors, state) of the last checkpoint, checksum-checked."""
@@ -210,7 +221,8 @@ class Run:
         self.manifest.get("files", {}).pop(self.checkpoint_name, None)
         if self.dist.is_main:
             bundle.save_manifest(self.path, self.manifest)
-            (self.path / self.checkpoint_name).unlink(missing_ok=True)
+            for name in (self.checkpoint_name, bundle.pending(self.checkpoint_name)):
+                (self.path / name).unlink(missing_ok=True)
 
     # --- logs ----------------------------------------------------------------------------------
     def end_epoch(self, row: dict, total: int | None = None, prefix: str = "epoch") -> None:

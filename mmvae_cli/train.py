@@ -31,7 +31,7 @@ from .data.base import GatheredTensors, MultimodalData
 from .errors import MMVAEError
 from .loop import Loop
 from .model import MultimodalVAE
-from .model_io import save_bundle
+from .model_io import bundle_files
 from .run import Run
 from .runtime import Dist, autocast_dtype, capture_rng, make_scaler, noise_seed, restore_rng, speed_up
 
@@ -232,8 +232,8 @@ class TrainLoop(Loop):
         if self.monitor is not None:  # raises for a diverging run: this epoch is logged, not saved
             self.monitor(row)
         self.run.manifest["epochs_done"] = epoch + 1
-        if self.dist.is_main:
-            save_bundle(self.run.path, self.model, self.run.manifest)
+        for name, tensors in bundle_files(self.model).items():  # written with the epoch's checkpoint
+            self.run.stage(name, tensors)
 
     def save(self, epoch: int, step: int, sums: dict[str, float], seen: float) -> None:
         partial = {"sums": sums, "seen": seen}
