@@ -88,27 +88,27 @@ def train(
     folder is created. SIGTERM/SIGUSR1 write a checkpoint and exit with code 75; --resume continues.
     Data-parallel: `torchrun --nproc-per-node N -m mmvae_cli train ...` (gloo on CPU, NCCL on GPU).
     """
-    from ..jobs import TrainRequest, prepare_training, resolve_request
+    from ..commands.train import TrainRequest, prepare_training, resolve_request
 
     runtime = options.given(settings, config.RuntimeSettings)
     overrides = {k: v for k, v in settings.items() if k not in runtime}
     overrides["prior"] = prior
     request = TrainRequest(
-        dataset,
-        out,
-        overrides,
-        runtime,
-        recipe,
-        schedule,
-        device,
-        data_root,
-        resume,
-        overwrite,
-        log_jsonl,
-        tensorboard,
-        distributed,
-        max_steps,
-        step_delay,
+        dataset=dataset,
+        out=out,
+        overrides=overrides,
+        runtime=runtime,
+        recipe=recipe,
+        schedule=schedule,
+        device=device,
+        data_root=data_root,
+        resume=resume,
+        overwrite=overwrite,
+        log_jsonl=log_jsonl,
+        tensorboard=tensorboard,
+        distributed=distributed,
+        max_steps=max_steps,
+        step_delay=step_delay,
     )
     if dry_run:
         click.echo(json.dumps(resolve_request(request).to_dict()))

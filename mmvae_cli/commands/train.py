@@ -1,0 +1,331 @@
+"""The long commands below the click layer: every input checked first, then the run created.
+
+    request = TrainRequest(...)          # what the user asked for (flags by name, None = not given)
+    job = prepare_training(request)      # resolves and checks settings, device, data, model, output: writes nothing
+    job.run()                            # creates (or reopens) the bundle and trains it (run.Run's lifecycle)
+
+`fit-ebm` has the same shape (`prepare_energy_fit`). A validation failure raises a one-line
+MMVAEError before any file exists, so the corrected command is never refused for a half-made run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from .. import bundle, config
+from ..config import RuntimeSettings, TrainConfig
+from ..data import load_dataset
+from ..ebm import EnergyConfig
+from ..errors import BundleError, MMVAEError
+from ..model import MultimodalVAE, build_config
+from ..model_io import CHECKPOINT, EBM_WEIGHTS, WEIGHTS, ebm_from_section
+from ..run import Run, check_log_file, check_new_output, check_tensorboard
+from ..runtime import Dist, autocast_dtype, init_distributed, pick_device, shutdown_distributed
+from ..train import STATE_KEY, fit, main_log
+
+
+@dataclass
+class TrainRequest:
+    dataset: str
+    out: str | None = None
+    overrides: dict = field(default_factory=dict)  # settings by field name (model/train/energy/joint/langevin)
+    runtime: dict = field(default_factory=dict)  # precision, compile, channels_last (None = not given)
+    recipe: str | None = None
+    schedule: str | None = None
+    device: str = "auto"
+    data_root: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    log_jsonl: str | None = None
+    tensorboard: str | None = None
+    distributed: bool = False
+    max_steps: int | None = None
+    step_delay: float = 0.0
+
+
+def default_out(dataset: str, fusion: str | None) -> Path:
+    return Path(f"runs/{Path(dataset).stem}-{fusion or config.default_of(config.ModelSettings, 'fusion')}")
+
+
+def training_data(name_or_path: str, root: str | None, train: config.TrainSettings):
+    """The training split as the run trains on it: the data's own presence masks, then `--missing-ratio`'s
+    drops (a function of the seed and the data: the same for a resumed run, fit-ebm and fit-prior)."""
+    from ..data.base import drop_modalities
+
+    return drop_modalities(load_dataset(name_or_path, "train", root), train.missing_ratio, train.seed)
+
+
+def run_training_data(manifest: dict, root: str | None, train: config.TrainSettings, where, changed: str):
+    """A run's training split as it trained on it (`training_data`), refused when its fingerprint is not the
+    manifest's (`changed`: how the one-line error says so)."""
+    data = training_data(manifest["dataset"]["name_or_path"], root, train)
+    if data.fingerprint != manifest["dataset"]["fingerprint"]:
+        raise MMVAEError(f"{where}: {changed} (fingerprint differs)")
+    return data
+
+
+def missing_section(data, ratio: float) -> dict | None:
+    """The manifest's `missing` entry: the ratio and how many tuples observe k modalities (None if complete)."""
+    if data.present is None:
+        return None
+    return {
+        "ratio": float(ratio),
+        "observed_per_tuple": data.observed_histogram(),
+        "scheme": "own presence masks, then each present modality dropped with probability ratio; "
+        "a tuple left with none keeps one of its present modalities at random",
+    }
+
+
+def check_observed_sets(model: MultimodalVAE, data) -> None:
+    """Partially observed data with MoPoE's explicit --subsets: every tuple must hold one of the subsets
+    (its mixture runs over the subsets within what it observes); refused before anything is written."""
+    if data.present is None or model.config.fusion != "mopoe":
+        return
+    cols = [data.modalities.index(n) for n in model.names]
+    observed = data.present[:, cols].unique(dim=0)  # (U, M) distinct observed sets
+    subsets = model.fusion.subsets
+    held = ~(subsets[None, :, :] & ~observed[:, None, :]).any(-1)  # (U, S): subset within the set
+    if not bool(held.any(1).all()):
+        bad = observed[~held.any(1)][0]
+        names = ",".join(n for n, b in zip(model.names, bad.tolist()) if b)
+        raise MMVAEError(
+            f"--subsets {model.config.subsets}: some tuples observe only {names}, which holds none of the "
+            "mixture's subsets; add the single modalities (e.g. --subsets unimodal+full) or use all"
+        )
+
+
+def resolve_request(r: TrainRequest) -> TrainConfig:
+    """The checked settings of a new run (no data loaded, nothing written): `train --dry-run`."""
+    name = Path(r.dataset).stem if r.dataset.endswith(".safetensors") else r.dataset
+    return config.resolve_train(name, r.overrides, r.recipe, r.schedule)
+
+
+@dataclass
+class TrainingJob:
+    """A checked training run, ready to create its bundle and train."""
+
+    request: TrainRequest
+    out: Path
+    cfg: TrainConfig
+    model: MultimodalVAE
+    data: object
+    runtime: RuntimeSettings
+    manifest: dict
+    device: torch.device
+    dist: Dist
+
+    def run(self) -> dict:
+        r, dist = self.request, self.dist
+        kw = dict(
+            checkpoint_name=CHECKPOINT, state_key=STATE_KEY, log_jsonl=r.log_jsonl, tensorboard=r.tensorboard, dist=dist
+        )
+        if r.resume:
+            run = Run.reopen(self.out, self.manifest, **kw)
+        else:
+            run = Run.create(
+                self.out,
+                self.manifest,
+                overwrite=r.overwrite,
+                stale=(WEIGHTS, CHECKPOINT, EBM_WEIGHTS, *_prior_files()),
+                **kw,
+            )
+            m, t = self.cfg.model, self.cfg.train
+            main_log(
+                dist,
+                f"training {m.fusion}/{m.objective} on {self.data.name} ({len(self.data)} tuples, "
+                f"{len(self.data.modalities)} modalities) for {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, "
+                f"beta {m.beta}, latent {m.latent_dim}, device {self.device}, precision {self.runtime.precision}"
+                f"{f', {dist.world} processes' if dist.enabled else ''}  "
+                f"[recipe {self.cfg.recipe}, schedule {self.cfg.schedule}]",
+            )
+            if self.cfg.joint_ebm:
+                e, lg, j = self.cfg.energy, self.cfg.langevin, self.cfg.joint
+                main_log(
+                    dist,
+                    f"  with a jointly trained energy-based prior: {e.energy_layers} layers of "
+                    f"{e.energy_hidden} units, Langevin {lg.steps} steps of size {lg.step_size:g}, energy lr "
+                    f"{j.ebm_lr:g}, betas {tuple(j.ebm_betas)}",
+                )
+        manifest = fit(
+            self.model,
+            self.data,
+            run,
+            self.cfg.train,
+            self.device,
+            joint=self.cfg.joint,
+            resume=r.resume,
+            max_steps=r.max_steps,
+            runtime=self.runtime,
+            step_delay=r.step_delay,
+            monitor=joint_monitor(self.model, self.manifest.get("history", [])),
+        )
+        main_log(dist, f"wrote {self.out}")
+        return manifest
+
+
+def _prior_files() -> tuple[str, ...]:
+    """Every fitted prior kind's file and the fit-prior checkpoint (stale when a run is replaced)."""
+    from .. import priors
+    from ..model_io import PRIOR_CHECKPOINT
+
+    return (PRIOR_CHECKPOINT, *(priors.prior_file(k) for k in priors.fittable()))
+
+
+def joint_monitor(model: MultimodalVAE, history: list[dict]):
+    """The divergence test of a jointly trained energy (None without one), fed the run's history so far:
+    a diverging epoch raises NumericalError (exit 3) before it is saved (see ebm.DivergenceTest)."""
+    if model.ebm is None or not model.ebm.joint:
+        return None
+    from ..ebm import DivergenceTest
+    from ..errors import NumericalError
+
+    test = DivergenceTest()
+    for row in history:
+        test.update(row)
+
+    def monitor(row: dict) -> None:
+        reason = test.update(row)
+        if reason:
+            raise NumericalError(reason)
+
+    return monitor
+
+
+def _runtime(r: TrainRequest, recorded: dict) -> RuntimeSettings:
+    """Flags given now, else the values the run recorded, else the defaults."""
+    recorded = {k: v for k, v in recorded.items() if k != "world_size"}
+    if recorded:
+        recorded.setdefault("cpu_chunk", 0)  # runs from before cpu_chunk ran whole calls
+    base = config.from_dict(RuntimeSettings, recorded, "manifest [runtime]")
+    return config.resolve(RuntimeSettings, r.runtime, base)
+
+
+def _joint_section(cfg: TrainConfig, z_dim: int) -> dict:
+    e, lg = cfg.energy, cfg.langevin
+    energy = EnergyConfig(
+        dim=z_dim, hidden=e.energy_hidden, layers=e.energy_layers, activation=e.energy_activation or "gelu"
+    )
+    return {
+        "energy": energy.to_dict(),
+        "density": "tilted",
+        "training": "joint",
+        "objective": "ml",
+        "langevin": config.to_dict(lg),
+    }
+
+
+def prepare_training(r: TrainRequest) -> TrainingJob:
+    """Check every input of `mmvae train` (flags, recipe, device, logs, output folder, data, model) and
+    return the job; nothing is written here."""
+    out = Path(r.out) if r.out else default_out(r.dataset, r.overrides.get("fusion"))
+    check_log_file(r.log_jsonl)
+    check_tensorboard(r.tensorboard)
+    if r.max_steps is not None and r.max_steps < 1:
+        raise MMVAEError(f"--max-steps must be >= 1, got {r.max_steps}")
+    if r.resume:
+        return _prepare_resume(r, out)
+    cfg = resolve_request(r)
+    rt = config.resolve(RuntimeSettings, r.runtime)
+    autocast_dtype(rt.precision, pick_device(r.device))  # impossible precision/device pairs, before anything
+    check_new_output(out, r.overwrite)
+    dist, dev = init_distributed(r.device, required=r.distributed)
+    try:
+        data = training_data(r.dataset, r.data_root, cfg.train)
+        torch.manual_seed(cfg.train.seed)  # the initial weights are part of the seeded run
+        model = MultimodalVAE(build_config(cfg.model, data))
+        check_observed_sets(model, data)
+        ebm_section = None
+        if cfg.joint_ebm:
+            ebm_section = _joint_section(cfg, model.z_dim)
+            model.attach_ebm(*ebm_from_section(ebm_section, str(out)))
+            model.ebm.joint_settings = cfg.joint
+        manifest = bundle.new_manifest(
+            "mmvae",
+            dataset={"name": data.name, "name_or_path": r.dataset, "fingerprint": data.fingerprint, "size": len(data)},
+            modalities=[
+                {
+                    "name": m.name,
+                    "kind": m.kind,
+                    "shape": m.shape,
+                    "likelihood": m.likelihood,
+                    "scale": m.scale,
+                    "rescale": m.rescale,
+                }
+                for m in model.config.modalities
+            ],
+            model=model.config.to_dict(),
+            settings=cfg.to_dict(),
+            seed=cfg.train.seed,
+            parameters=sum(p.numel() for p in model.parameters()),
+            history=[],
+            runtime={**config.to_dict(rt), "world_size": dist.world},
+        )
+        if ebm_section is not None:
+            manifest["ebm"] = ebm_section
+        missing = missing_section(data, cfg.train.missing_ratio)
+        if missing is not None:
+            manifest["missing"] = missing
+    except BaseException:
+        shutdown_distributed(dist)
+        raise
+    return TrainingJob(r, out, cfg, model, data, rt, manifest, dev, dist)
+
+
+RESUMABLE = ("epochs",)  # the only setting --resume may change (extends a finished run)
+
+
+def _prepare_resume(r: TrainRequest, out: Path) -> TrainingJob:
+    if not (out / bundle.MANIFEST).exists():
+        raise MMVAEError(f"--resume: {out} holds no run to continue (no {bundle.MANIFEST})")
+    manifest = bundle.read_manifest(out, kind="mmvae")
+    if manifest.get("ebm") and manifest["ebm"].get("training") != "joint":
+        raise MMVAEError(f"{out} has a post-hoc energy (fit-ebm): training cannot be resumed under it")
+    if manifest.get("priors"):
+        raise MMVAEError(
+            f"{out} has priors fitted to its weights (fit-prior: {', '.join(manifest['priors'])}): "
+            f"training cannot be resumed under them"
+        )
+    cfg = TrainConfig.from_dict(manifest.get("settings", {}), str(out))
+    recorded = {k: v for name in config.SECTIONS for k, v in vars(getattr(cfg, name)).items()}
+    recorded["prior"] = "ebm" if cfg.joint_ebm else cfg.model.prior
+    changed = sorted(
+        k
+        for k, v in r.overrides.items()
+        if v is not None and k not in RESUMABLE and (tuple(v) if isinstance(v, list) else v) != recorded.get(k)
+    )
+    if changed or (r.recipe and Path(r.recipe).name != cfg.recipe) or (r.schedule and r.schedule != cfg.schedule):
+        what = f"--{changed[0].replace('_', '-')}" if changed else ("--recipe" if r.recipe else "--schedule")
+        raise MMVAEError(
+            f"{what} cannot change when resuming: --resume continues {out} with its recorded "
+            "settings (only --epochs extends it)"
+        )
+    if STATE_KEY not in manifest:
+        raise BundleError(f"{out}: no checkpoint to resume from (manifest has no {STATE_KEY})")
+    epochs = r.overrides.get("epochs")
+    if epochs is not None and epochs != cfg.train.epochs:
+        done = int(manifest.get("epochs_done", 0))
+        config.check(config.overridden(cfg.train, {"epochs": epochs}))
+        if epochs < done:
+            raise MMVAEError(f"--epochs {epochs}: {out} has already trained {done} epochs")
+    rt = _runtime(r, manifest.get("runtime", {}))
+    autocast_dtype(rt.precision, pick_device(r.device))
+    dist, dev = init_distributed(r.device, required=r.distributed)
+    try:
+        data = run_training_data(manifest, r.data_root, cfg.train, out, "the dataset changed since this run started")
+        model = MultimodalVAE(build_config(cfg.model, data))
+        if manifest.get("ebm"):
+            model.attach_ebm(*ebm_from_section(manifest["ebm"], str(out)))
+            model.ebm.joint_settings = cfg.joint
+    except BaseException:
+        shutdown_distributed(dist)
+        raise
+    if epochs is not None and epochs != cfg.train.epochs:
+        main_log(dist, f"extending {out} from {cfg.train.epochs} to {epochs} epochs")
+        cfg = replace(cfg, train=config.overridden(cfg.train, {"epochs": epochs}))
+        manifest["settings"] = cfg.to_dict()
+        manifest.pop("finished", None)
+    manifest["runtime"] = {**config.to_dict(rt), "world_size": dist.world}
+    return TrainingJob(r, out, cfg, model, data, rt, manifest, dev, dist)
