@@ -119,6 +119,22 @@ def commit_staged(run: Path, names) -> None:
             os.replace(staged, Path(run) / name)
 
 
+def recover(run: Path, manifest: dict) -> None:
+    """Tidy a folder that a killed writer left, before writing into it again: a staged file whose
+    checksum the manifest names is moved into place (its commit was cut short), other staged files and
+    the atomic writers' temporary files are removed."""
+    run = Path(run)
+    for path in run.glob(".*"):
+        if path.name.endswith(".pending") and path.is_file():
+            name = path.name[1 : -len(".pending")]
+            if _matches(path, manifest.get("files", {}).get(name, {})):
+                os.replace(path, run / name)
+            else:
+                path.unlink()
+        elif path.name.endswith(".tmp") and path.is_file():
+            path.unlink()
+
+
 def save_manifest(run: Path, manifest: dict) -> None:
     atomic_write_json(Path(run) / MANIFEST, manifest)
 

@@ -43,6 +43,42 @@ def check_new_output(path: Path, overwrite: bool, resume_hint: str = "use --resu
         raise MMVAEError(f"{path} exists and is not a folder")
 
 
+RESUME_MODES = ("last", "auto")  # --resume [last|auto]; plain --resume is "last"
+
+
+def plan_run(path: Path, resume: str | None, state_key: str, overwrite: bool = False) -> tuple[str, dict | None]:
+    """What a long command does with its output folder `path`, given its --resume mode (checked here,
+    nothing written); (action, the recorded manifest or None):
+
+        no --resume       "create": a new run; refused when `path` holds one, unless `overwrite`
+        --resume [last]   "reopen": continue the run from its checkpoint (`manifest[state_key]`), or
+                          "restart": a run stopped before its first checkpoint (no state, no files: a
+                          kill -9 in its first epoch lost nothing) starts again from the beginning with
+                          the settings its manifest records; refused when `path` holds no run
+        --resume auto     the same, and "create" when `path` holds no run: one command that a requeued
+                          batch job can always rerun
+
+    The caller refuses settings that differ from the recorded ones and says when a run already finished.
+    """
+    if resume is not None and resume not in RESUME_MODES:
+        raise MMVAEError(f"--resume {resume}: choose {' or '.join(RESUME_MODES)}")
+    if resume and overwrite:
+        raise MMVAEError(f"--resume continues the run in {path} and --overwrite replaces it: give one of them")
+    if path.exists() and not path.is_dir():
+        raise MMVAEError(f"{path} exists and is not a folder")
+    held = (path / bundle.MANIFEST).exists()
+    if not resume or (resume == "auto" and not held):
+        check_new_output(path, overwrite)
+        return "create", None
+    if not held:
+        raise MMVAEError(
+            f"--resume: {path} holds no run to continue (no {bundle.MANIFEST}); --resume auto starts it instead"
+        )
+    manifest = bundle.read_manifest(path, kind="mmvae")
+    fresh = state_key not in manifest and not manifest.get("files")
+    return ("restart" if fresh else "reopen"), manifest
+
+
 def check_log_file(path: str | None, option: str = "--log-jsonl") -> None:
     """A log file's folder must exist (checked before the run starts)."""
     if path is not None:
@@ -102,6 +138,7 @@ class Run:
         if run.dist.is_main:
             if path.exists():
                 check_new_output(path, overwrite)
+                bundle.recover(path, {})
                 bundle.save_manifest(path, manifest)  # first: the stale files it no longer names may stay
                 for name in stale:
                     (path / name).unlink(missing_ok=True)
@@ -120,8 +157,12 @@ class Run:
 
     @classmethod
     def reopen(cls, path: Path, manifest: dict, **kw) -> Run:
-        """An existing bundle whose manifest was read (and checked) by the caller."""
-        return cls(path, manifest, **kw)
+        """An existing bundle whose manifest was read (and checked) by the caller; what a killed writer
+        left in it is tidied (bundle.recover)."""
+        run = cls(path, manifest, **kw)
+        if run.dist.is_main:
+            bundle.recover(run.path, manifest)
+        return run
 
     # --- the session ---------------------------------------------------------------------------
     @contextmanager
