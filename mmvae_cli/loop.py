@@ -226,4 +226,4 @@ class FitLoop(Loop):
         self.history = list(state["history"])
         self.perm = tensors.get("fit.perm") if start else None
         self.restore_extra(tensors)
-        return int(state["epoch"]), -(-start // self.batch_size), dict(state["sums"]), int(state["batches"])
+        return int(state["epoch"]), -(-start // self.batch_size), dict(state.get("sums", {})), int(state["batches"])

@@ -1,21 +1,18 @@
-"""The run lifecycle shared by every long command (`train`, `fit-ebm`, and whatever fits a prior next).
+"""The run lifecycle shared by every long command (`train`, `fit-ebm`, `fit-prior`).
 
+    action, recorded = plan_run(path, resume, state_key)  # --resume [last|auto]: create, restart or reopen
     run = Run.create(path, manifest, ...)        # after every input was checked: folder + manifest, atomically
     run = Run.reopen(path, manifest, ...)        # --resume: the same bundle, its checkpoint state
-    with run.session():                          # SIGTERM/SIGUSR1 handlers, TensorBoard writer
-        for epoch ...:
-            for step ...:
-                ...
-                if run.stop_requested():         # a signal arrived: checkpoint, then exit code 75
-                    run.checkpoint(tensors, state)
-                    run.interrupted()
-            run.end_epoch(row)                   # stderr line, --log-jsonl, --tensorboard, manifest history
-            run.checkpoint(tensors, state)
-        run.finalise()
+    loop.fit()                                   # loop.Loop: epochs and steps in run.session(), which handles
+                                                 # SIGTERM/SIGUSR1 (checkpoint, then exit code 75), and per
+                                                 # epoch run.end_epoch(row) (stderr, --log-jsonl, --tensorboard,
+                                                 # manifest history) and run.checkpoint(tensors, state)
+    run.finalise()
 
 A checkpoint is a safetensors file (weights, optimizer state, RNG streams as tensors) plus a JSON
-state under one manifest key, written together (runtime.write_checkpoint), so an interrupted run
-resumes bit-identically. Nothing is pickled.
+state under one manifest key, committed with the files staged for it (`stage`: the epoch's weights)
+by one manifest save (runtime.write_checkpoint), so a run killed anywhere, kill -9 included, resumes
+bit-identically. Nothing is pickled.
 """
 
 from __future__ import annotations

@@ -131,6 +131,12 @@ class _FlowFit(FitLoop):
         loss = -self.module.log_prob(self.bank.sample(idx.to(self.bank.device))).mean()
         return loss, {"nll": loss.item()}, 1
 
+    def restore(self):
+        epoch, step, sums, batches = super().restore()
+        if "total" in self.run.manifest[self.run.state_key]:  # a checkpoint from before FitLoop
+            sums = {"nll": float(self.run.manifest[self.run.state_key]["total"])}
+        return epoch, step, sums, batches
+
     def diverged(self, loss, epoch: int, step: int) -> str:
         return (
             f"fit-prior flow: the loss became {loss.item()} at epoch {epoch + 1}; try a smaller --lr (now {self.lr:g})"
