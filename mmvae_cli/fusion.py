@@ -196,7 +196,9 @@ class Fusion:
             observed = given.to(dev)[None, :] & present.to(dev)
             weights, with_prior, valid = self.per_item(mask, with_prior.to(dev), observed, given)
             custom = self.spec.subsets and self.subsets.shape[0] != 2**self.M - 1  # only then can none be valid
-            if custom and bool((~valid.any(0)).any()):  # (jobs.check_observed_sets refuses such data up front)
+            if custom and bool(
+                (~valid.any(0)).any()
+            ):  # (commands.train.check_observed_sets refuses such data up front)
                 raise MMVAEError(
                     f"fusion {self.name}: a tuple observes none of the mixture's subsets (--subsets); "
                     "include every modality alone or use --subsets all"

@@ -113,6 +113,27 @@ def _empty_dir(tmp, mp):
     (tmp / "empty").mkdir()
 
 
+def _a_file(tmp, mp):
+    (tmp / "afile").write_text("not a folder\n")
+
+
+def _broken_manifest(tmp, mp):
+    (tmp / "broken").mkdir()
+    (tmp / "broken" / "manifest.json").write_text('{"format": "mmvae-bundle", ')
+
+
+def _no_checkpoint(tmp, mp):
+    """{run} with trained weights but its checkpoint gone (deleted to save space, say)."""
+    import json
+
+    path = tmp / "run" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.pop("training_state")
+    manifest["files"].pop("checkpoint.safetensors")
+    path.write_text(json.dumps(manifest))
+    (tmp / "run" / "checkpoint.safetensors").unlink()
+
+
 def _data_root(tmp, mp):
     (tmp / "dr").mkdir()
 
@@ -160,6 +181,9 @@ PREP = {
     "malformed_recipe": _malformed_recipe,
     "include_recipes": _include_recipes,
     "empty": _empty_dir,
+    "afile": _a_file,
+    "broken_manifest": _broken_manifest,
+    "no_checkpoint": _no_checkpoint,
     "dr": _data_root,
     "garbage_zip": _garbage_zip,
     "garbage_safetensors": _garbage_safetensors,
@@ -275,6 +299,39 @@ CASES = [
     case("train-resume-no-run", ["train", "polymnist", "--out", "{tmp}/empty", "--resume", *CPU], prep=["empty"]),
     case("train-resume-missing-folder", ["train", "polymnist", "--out", "{tmp}/x", "--resume", *CPU]),
     case("train-existing-run-no-overwrite", ["train", "polymnist", "--out", "{run}", "--max-steps", "1", *CPU]),
+    case("train-resume-unknown-mode", ["train", "polymnist", "--out", "{tmp}/x", "--resume", "sometimes", *CPU]),
+    case(
+        "train-resume-auto-changed-lr",
+        ["train", "polymnist", "--out", "{run}", "--resume", "auto", "--lr", "0.1", *CPU],
+    ),
+    case(
+        "train-resume-auto-other-dataset",
+        ["train", "{tmp}/mask-ok.safetensors", "--out", "{run}", "--resume", "auto", *CPU],
+        prep=["bad_masks"],
+    ),
+    case(
+        "train-resume-auto-and-overwrite",
+        ["train", "polymnist", "--out", "{run}", "--resume", "auto", "--overwrite", *CPU],
+    ),
+    case(
+        "train-resume-auto-out-is-a-file",
+        ["train", "polymnist", "--out", "{tmp}/afile", "--resume", "auto", *CPU],
+        prep=["afile"],
+    ),
+    case(
+        "train-resume-auto-corrupted-manifest",
+        ["train", "polymnist", "--out", "{tmp}/broken", "--resume", "auto", *CPU],
+        prep=["broken_manifest"],
+    ),
+    case(
+        "train-resume-auto-extend-post-hoc-energy",
+        ["train", "polymnist", "--out", "{erun}", "--resume", "auto", "--epochs", "2", *CPU],
+    ),
+    case(
+        "train-resume-auto-extend-without-checkpoint",
+        ["train", "polymnist", "--out", "{run}", "--resume", "auto", "--epochs", "2", *CPU],
+        prep=["no_checkpoint"],
+    ),
     case("train-ebm-lr-0", [*TRAIN_EBM, *CPU, "--ebm-lr", "0"]),
     case("train-ebm-feedback-above-1", [*TRAIN_EBM, *CPU, "--ebm-feedback", "1.5"]),
     case("train-ebm-feedback-with-learned-p0", [*TRAIN_EBM, *CPU, "--learn-prior", "--ebm-feedback", "0.5"]),

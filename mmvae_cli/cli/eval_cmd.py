@@ -9,7 +9,7 @@ import click
 
 from .. import bundle
 from ..config import EvalSettings
-from ..console import log
+from ..console import invocation, log
 from ..data import load_dataset
 from ..errors import MMVAEError
 from ..evaluate import spread_indices
@@ -31,7 +31,6 @@ def evaluate():
 
 def _record(run: Path, what: str, result: dict) -> None:
     """Append the result and the command that produced it to the bundle's manifest."""
-    from . import invocation
 
     manifest = bundle.read_manifest(run)
     manifest.setdefault("evaluations", []).append(
@@ -142,7 +141,6 @@ def _finish(
     """Record each result in the manifest, print the table or JSON, write the report."""
     from ..evaluate.report import text_table, write_report
     from ..evaluate.suite import METRICS
-    from . import invocation
 
     for name, res in results.items():
         _record(ctx.run, name, res)

@@ -185,6 +185,20 @@ def output_file(help: str):
     return deco
 
 
+def resume(help: str):
+    """--resume [last|auto] (run.plan_run's modes; plain --resume is `last`)."""
+    from ..run import RESUME_MODES
+
+    return click.option(
+        "--resume",
+        type=click.Choice(RESUME_MODES),
+        is_flag=False,
+        flag_value="last",
+        default=None,
+        help=help,
+    )
+
+
 def post_hoc_fit(overwrite_help: str, resume_help: str):
     """The options every post-hoc fit shares: --overwrite, --resume, logs, device, data root, --json."""
 

@@ -70,7 +70,7 @@ def fit_options(kinds: tuple[str, ...], common: tuple[str, ...] | None, out_help
 def run_fit(kind: str, as_json: bool, **kw) -> None:
     """Build the request from the flags (by keyword), run the job, print its result."""
     from ..commands.fit_prior import FitPriorRequest, prepare_fit_prior
-    from . import invocation
+    from ..console import invocation
 
     own = {f.name for f in fields(FitPriorRequest)}
     flags = {k: None if v == () else v for k, v in kw.items() if k not in own}  # settings by field name

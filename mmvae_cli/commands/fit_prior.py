@@ -255,7 +255,7 @@ def _refuse_unfittable(r: FitPriorRequest, cls, run: Path, outp: Path | None, ma
 def prepare_fit_prior(r: FitPriorRequest) -> FitPriorJob:
     """Check every input of `mmvae fit-prior` / `fit-ebm` (kind, flags, bundle, output, logs, classifiers,
     data) and return the job; nothing is written here."""
-    from ..jobs import run_training_data
+    from .train import run_training_data
 
     fittable = priors.fittable()
     if r.kind not in fittable:
