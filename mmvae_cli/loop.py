@@ -185,9 +185,22 @@ class FitLoop(Loop):
 
     resume_hint = "continue with the same command and --resume"
 
-    def __init__(self, run, module: torch.nn.Module, opt: torch.optim.Optimizer, *, key: str, seed: int, **kw):
-        super().__init__(run, **kw)
+    def __init__(
+        self,
+        run,
+        module: torch.nn.Module,
+        opt: torch.optim.Optimizer,
+        bank,
+        settings,
+        *,
+        seed: int,
+        key: str = "prior",
+        **kw,
+    ):
+        """`bank`: the aggregate posterior (bank.n samples); `settings`: the fit's (epochs, batch_size)."""
+        super().__init__(run, n=bank.n, batch_size=settings.batch_size, epochs=settings.epochs, **kw)
         self.module, self.opt, self.key, self.seed = module, opt, key, int(seed)
+        self.bank, self.settings = bank, settings
         self.generator = torch.Generator().manual_seed(self.seed)
         self.history: list[dict] = []
 

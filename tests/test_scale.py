@@ -363,7 +363,55 @@ def test_resume_auto_on_a_finished_run_with_its_energy_writes_nothing(tmp_path, 
     code, _, err = run(command, capsys)
     assert code == 0 and "already finished" in err, err
     code, _, err = run([*command, "--epochs", "2"], capsys)
-    assert code == 2 and "post-hoc energy" in err, err
+    assert code == 2 and "fitted to its weights" in err, err
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+
+
+FITS = {  # the post-hoc fits' idempotent commands (RUN, --out NEW, --resume auto appended): 2 epochs of 5 steps
+    "fit-ebm": ["fit-ebm", "--energy-hidden", "8", "--epochs", "2", "--langevin-steps", "2", "--batch-size", "5"],
+    "fit-prior": ["fit-prior", "--kind", "flow", "--epochs", "2", "--batch-size", "5"],
+}
+
+
+def _fit_result(out) -> tuple[dict, list]:
+    """(prior weights, fit history without seconds) of a post-hoc fit's --out bundle."""
+    ((kind, section),) = json.loads((out / "manifest.json").read_text())["priors"].items()
+    history = [{k: v for k, v in h.items() if k != "seconds"} for h in section["fit"]["history"]]
+    return load_file(out / f"prior-{kind}.safetensors"), history
+
+
+@pytest.mark.parametrize("fit", sorted(FITS))
+@pytest.mark.parametrize("when", ["before-first-checkpoint", "random"])
+def test_fit_resume_auto_after_kill_9_is_bit_identical(tmp_path, capsys, fit, when):
+    """fit-ebm and fit-prior killed with kill -9 before their first checkpoint (the --out bundle exists,
+    nothing saved) or at a seeded random point, then the same `--resume auto` command: the uninterrupted
+    fit's weights and history, bit for bit; once more: it already finished, nothing written."""
+    import random
+
+    base = tmp_path / "run"
+    assert run([*REQUEUE, "--epochs", "1", "--out", base], capsys)[0] == 0
+    (*head,) = FITS[fit]
+    with one_thread():
+        assert run([*head[:1], base, *head[1:], "--out", tmp_path / "ref", "--device", "cpu"], capsys)[0] == 0
+    out = tmp_path / "killed"
+    command = [*head[:1], base, *head[1:], "--out", out, "--device", "cpu", "--resume", "auto"]
+    if when == "random":
+        p = _mmvae([*command, "--step-delay", "0.05"])  # 0.25 s an epoch
+        _kill_after(p, "fit-", random.Random(5).uniform(0.0, 0.4))  # after the first epoch's line, anywhere
+    else:
+        p = _mmvae([*command, "--step-delay", "0.5"])  # the first checkpoint after 2.5 s
+        _kill_after(p, "fitting ", 1.0)
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert "prior_fit_state" not in manifest and not manifest.get("priors"), manifest  # nothing saved
+    with one_thread():
+        code, _, err = run(command, capsys)
+    assert code == 0, err
+    (wa, ha), (wb, hb) = _fit_result(tmp_path / "ref"), _fit_result(out)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert ha == hb and len(hb) == 2
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    code, _, err = run(command, capsys)  # requeued after it finished
+    assert code == 0 and "nothing to do" in err, err
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
 
 

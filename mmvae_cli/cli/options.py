@@ -206,7 +206,7 @@ def post_hoc_fit(overwrite_help: str, resume_help: str):
         for opt in reversed(
             [
                 click.option("--overwrite", is_flag=True, help=overwrite_help),
-                click.option("--resume", is_flag=True, help=resume_help),
+                resume(resume_help),
                 click.option(
                     "--step-delay", type=float, default=0.0, hidden=True, help="Sleep after every step (tests)."
                 ),

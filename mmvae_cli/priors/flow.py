@@ -113,19 +113,8 @@ class _FlowFit(FitLoop):
 
     def __init__(self, run, prior: FlowPrior, bank, s: FlowSettings, seed: int, step_delay: float):
         opt = torch.optim.Adam(prior.flow.parameters(), lr=s.lr)
-        super().__init__(
-            run,
-            prior,
-            opt,
-            key="prior",
-            seed=seed,
-            n=bank.n,
-            batch_size=s.batch_size,
-            epochs=s.epochs,
-            what="fit-prior flow epoch",
-            step_delay=step_delay,
-        )
-        self.bank, self.lr = bank, s.lr
+        super().__init__(run, prior, opt, bank, s, seed=seed, what="fit-prior flow epoch", step_delay=step_delay)
+        self.lr = s.lr
 
     def forward(self, epoch: int, step: int, idx: torch.Tensor):
         loss = -self.module.log_prob(self.bank.sample(idx.to(self.bank.device))).mean()
