@@ -406,6 +406,11 @@ CASES = [
     # ---- fit-ebm ----
     case("fit-ebm-langevin-steps-neg", [*FIT, "--langevin-steps", "-1"]),
     case("fit-ebm-epochs-0", [*FIT, "--epochs", "0"]),
+    case("fit-ebm-resume-auto-and-overwrite", [*FIT, "--out", "{tmp}/e", "--resume", "auto", "--overwrite"]),
+    case("fit-ebm-resume-unknown-mode", [*FIT, "--out", "{tmp}/e", "--resume", "sometimes"]),
+    case(
+        "fit-prior-resume-missing-out", ["fit-prior", "{run}", "--kind", "flow", "--out", "{tmp}/no", "--resume", *CPU]
+    ),
     case("fit-ebm-batch-size-0", [*FIT, "--batch-size", "0"]),
     case("fit-ebm-lr-neg", [*FIT, "--lr", "-1"]),
     case("fit-ebm-betas-out-of-range", [*FIT, "--betas", "1.5", "0.999"]),
@@ -424,7 +429,6 @@ CASES = [
     case("fit-ebm-out-equals-run", [*FIT, "--out", "{run}"]),
     case("fit-ebm-out-batch-size-0", [*FIT, "--out", "{tmp}/e", "--batch-size", "0"]),
     case("fit-ebm-log-jsonl-missing-dir", [*FIT, "--log-jsonl", "{tmp}/nodir/log.jsonl"]),
-    case("fit-ebm-resume-nothing", [*FIT, "--resume"]),
     case("fit-ebm-missing-run", ["fit-ebm", "{tmp}/missing", *CPU]),
     case("fit-ebm-corrupted-bundle", [*FIT], prep=["corrupt"]),
     # ---- fit-prior ----
@@ -441,7 +445,6 @@ CASES = [
     case("fit-prior-flow-lr-neg", [*PFIT, "--kind", "flow", "--lr", "-1"]),
     case("fit-prior-draws-0", [*PFIT, "--kind", "gmm", "--draws", "0"]),
     case("fit-prior-out-equals-run", [*PFIT, "--kind", "gmm", "--out", "{run}"]),
-    case("fit-prior-resume-nothing", [*PFIT, "--kind", "flow", "--resume"]),
     case("fit-prior-log-jsonl-missing-dir", [*PFIT, "--kind", "flow", "--log-jsonl", "{tmp}/nodir/log.jsonl"]),
     case("fit-prior-missing-run", ["fit-prior", "{tmp}/missing", "--kind", "gmm", *CPU]),
     case("fit-prior-corrupted-bundle", [*PFIT, "--kind", "gmm"], prep=["corrupt"]),
