@@ -47,6 +47,7 @@ class LatentPrior(nn.Module):
     sampler_options: ClassVar[tuple[str, ...]] = ()  # keyword options of sample() (ebm: Langevin)
     conditional: ClassVar[bool] = False  # samples free coordinates given clamped ones (`sample_given`)
     trained_with_vae: bool = False  # an instance trained jointly with the VAE: the model's train_prior
+    command: ClassVar[str] = "fit-prior"  # the command that fits it (fit-prior --kind KIND, or its own)
 
     @classmethod
     def name(cls) -> str:
@@ -55,17 +56,18 @@ class LatentPrior(nn.Module):
     @classmethod
     def how_to_get(cls, run: str = "RUN") -> str:
         """The command that gives a bundle this prior."""
-        return f"mmvae fit-prior {run} --kind {cls.kind}"
+        own = cls.fit_command() != "fit-prior"  # a kind with a command of its own (ebm: fit-ebm)
+        return f"mmvae {cls.fit_command()} {run}" + ("" if own else f" --kind {cls.kind}")
 
     @classmethod
     def fit_command(cls) -> str:
         """The command that fits this kind, as messages name it."""
-        return "fit-prior"
+        return cls.command
 
     @classmethod
     def fit_event(cls) -> str:
         """The event of its fit's epochs in --log-jsonl and TensorBoard."""
-        return f"fit-prior-{cls.kind}-epoch"
+        return f"{cls.command}-epoch" if cls.command != "fit-prior" else f"fit-prior-{cls.kind}-epoch"
 
     @classmethod
     def noun(cls) -> str:

@@ -48,6 +48,7 @@ class EnergyPrior(LatentPrior):
     fit_prior = True
     settings_sections = _fit.SECTIONS
     flag_rename = {"steps": "langevin-steps"}
+    command = "fit-ebm"
     sampler_options = tuple(f.name for f in fields(LangevinSettings))  # every Langevin setting
     conditional = True
 
@@ -75,18 +76,6 @@ class EnergyPrior(LatentPrior):
         self.register_buffer("init_scale", torch.ones(dim))
 
     # --- a stored prior ---------------------------------------------------------------------------
-    @classmethod
-    def how_to_get(cls, run: str = "RUN") -> str:
-        return f"mmvae fit-ebm {run}"
-
-    @classmethod
-    def fit_command(cls) -> str:
-        return "fit-ebm"
-
-    @classmethod
-    def fit_event(cls) -> str:
-        return "fit-ebm-epoch"
-
     @classmethod
     def noun(cls) -> str:
         return "energy"
