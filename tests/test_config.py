@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers_cli import run, write_tiny_polymnist
 
-from mmvae_cli import config
+from mmvae_cli import config, recipe
 from mmvae_cli.errors import MMVAEError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,16 +138,16 @@ def test_check_names_the_flag_and_the_range(section, field, bad, needle):
 
 
 def test_resolution_order_defaults_recipe_schedule_flags():
-    cfg = config.resolve_train("polymnist-mini", {})
+    cfg = recipe.resolve_train("polymnist-mini", {})
     assert (cfg.recipe, cfg.schedule) == ("polymnist-mopoe.toml", "cpu")
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr) == (75, 32, 1e-3)  # the [cpu] schedule
-    assert config.resolve_train("polymnist-mini", {}, schedule="compare").train.lr == 5e-4  # the recipe's [train]
+    assert recipe.resolve_train("polymnist-mini", {}, schedule="compare").train.lr == 5e-4  # the recipe's [train]
     assert cfg.model.latent_dim == 512 and cfg.model.arch == "conv28"  # the recipe's [model]
-    cfg = config.resolve_train("polymnist-mini", {"epochs": 3, "fusion": "moe"})
+    cfg = recipe.resolve_train("polymnist-mini", {"epochs": 3, "fusion": "moe"})
     assert cfg.train.epochs == 3 and cfg.recipe == "polymnist-mmvae.toml" and cfg.model.objective == "iwae"
-    cfg = config.resolve_train("polymnist", {})
+    cfg = recipe.resolve_train("polymnist", {})
     assert cfg.schedule is None and cfg.train.epochs == 300 and cfg.train.batch_size == 256
-    cfg = config.resolve_train("my-data", {})  # no recipe: the fields' defaults
+    cfg = recipe.resolve_train("my-data", {})  # no recipe: the fields' defaults
     assert cfg.recipe is None and cfg.train.epochs == config.TrainSettings().epochs
 
 
@@ -155,14 +155,14 @@ def test_recipe_values_are_checked_like_flags(tmp_path):
     bad = tmp_path / "r.toml"
     bad.write_text("[train]\nlr = -1.0\n")
     with pytest.raises(MMVAEError, match="--lr must be > 0"):
-        config.resolve_train("polymnist", {}, bad)
+        recipe.resolve_train("polymnist", {}, bad)
     bad.write_text("[model]\nwidth = 3\n")
     with pytest.raises(MMVAEError, match=r"unknown setting \[model\] width"):
-        config.resolve_train("polymnist", {}, bad)
+        recipe.resolve_train("polymnist", {}, bad)
 
 
 def test_polymnist_text_mini_takes_its_own_recipe():
-    cfg = config.resolve_train("polymnist-text-mini", {})
+    cfg = recipe.resolve_train("polymnist-text-mini", {})
     assert (cfg.recipe, cfg.schedule) == ("polymnist-text-mopoe.toml", "cpu")
     assert cfg.model.rescale and (cfg.train.epochs, cfg.train.batch_size) == (40, 32)
 
@@ -171,9 +171,9 @@ def test_every_shipped_recipe_resolves():
     names = sorted(_shipped())
     assert len(names) >= 8
     for name in names:
-        data = config.load_recipe(config.recipe_files() / name)
+        data = recipe.load_recipe(recipe.recipe_files() / name)
         for schedule in [None, *[s for s in data if s not in config.SECTIONS]]:
-            config.resolve_train(name.split("-")[0], {}, config.recipe_files() / name, schedule)
+            recipe.resolve_train(name.split("-")[0], {}, recipe.recipe_files() / name, schedule)
 
 
 def test_recipe_include_applies_shared_blocks_and_the_recipe_wins(tmp_path):
@@ -185,16 +185,16 @@ def test_recipe_include_applies_shared_blocks_and_the_recipe_wins(tmp_path):
         'include = ["base.toml", "later.toml", "_compare.toml"]\n\n[model]\nlatent_dim = 16\n\n[short]\nlr = 2e-3\n'
     )
     r = tmp_path / "r.toml"
-    cfg = config.resolve_train("my-data", {}, r)
+    cfg = recipe.resolve_train("my-data", {}, r)
     assert (cfg.model.latent_dim, cfg.model.beta, cfg.train.lr) == (16, 0.5, 1e-3)  # the recipe wins, the rest stays
     assert cfg.train.epochs == 9  # a later include wins over an earlier one
-    short = config.resolve_train("my-data", {}, r, "short")  # a schedule merges key by key too
+    short = recipe.resolve_train("my-data", {}, r, "short")  # a schedule merges key by key too
     assert (short.train.epochs, short.train.lr) == (3, 2e-3)
-    compare = config.resolve_train("my-data", {}, r, "compare")  # not next to r.toml: the shipped block
+    compare = recipe.resolve_train("my-data", {}, r, "compare")  # not next to r.toml: the shipped block
     assert (compare.train.epochs, compare.train.batch_size, compare.train.amsgrad) == (100, 32, False)
     (tmp_path / "mine.toml").write_text('include = "polymnist-mmvaeplus.toml"\n\n[cpu]\nepochs = 2\n')
-    mine = config.resolve_train("polymnist-mini", {}, tmp_path / "mine.toml")  # a shipped recipe, changed
-    shipped = config.resolve_train("polymnist-mini", {}, config.recipe_files() / "polymnist-mmvaeplus.toml")
+    mine = recipe.resolve_train("polymnist-mini", {}, tmp_path / "mine.toml")  # a shipped recipe, changed
+    shipped = recipe.resolve_train("polymnist-mini", {}, recipe.recipe_files() / "polymnist-mmvaeplus.toml")
     assert mine.train.epochs == 2 and mine.model == shipped.model and mine.recipe == "mine.toml"
 
 
@@ -218,12 +218,12 @@ def test_recipe_include_errors_are_one_line(tmp_path, files, needle):
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     with pytest.raises(MMVAEError, match=needle) as e:
-        config.resolve_train("polymnist", {}, tmp_path / "r.toml")
+        recipe.resolve_train("polymnist", {}, tmp_path / "r.toml")
     assert "\n" not in str(e.value)
 
 
 def _shipped():
-    return {p.name: p for p in config.recipe_files().iterdir() if p.name.endswith(".toml")}
+    return {p.name: p for p in recipe.recipe_files().iterdir() if p.name.endswith(".toml")}
 
 
 def test_recipes_state_only_what_differs():
@@ -235,17 +235,17 @@ def test_recipes_state_only_what_differs():
         own = tomllib.loads(path.read_text())
         inherited = {}
         for inc in [own["include"]] if isinstance(own.get("include"), str) else own.get("include", []):
-            for section, values in config.load_recipe(config.recipe_files() / inc).items():
+            for section, values in recipe.load_recipe(recipe.recipe_files() / inc).items():
                 inherited.setdefault(section, {}).update(values)
         for section, cls in config.SECTIONS.items():
             for key, value in own.get(section, {}).items():
                 default = inherited.get(section, {}).get(key, config.default_of(cls, key))
                 if key == "objective" and default is None:
-                    default = config.FUSIONS[config.load_recipe(path)["model"]["fusion"]].objective
+                    default = config.FUSIONS[recipe.load_recipe(path)["model"]["fusion"]].objective
                 assert value != default or key == "fusion", f"{name} [{section}] {key} restates {value!r}"
         if name.startswith("_"):
             continue
-        plain = config.resolve_train("my-data", {}, path)
+        plain = recipe.resolve_train("my-data", {}, path)
         for schedule in [s for s in own if s not in config.SECTIONS and s != "include"]:
             for key, value in own[schedule].items():
                 now = [getattr(getattr(plain, s), key) for s in config.SECTIONS if hasattr(getattr(plain, s), key)]
@@ -258,14 +258,14 @@ def test_each_model_recipe_trains_the_model_it_is_named_after():
         if name.startswith("_"):
             continue
         family, model = name.removesuffix(".toml").rsplit("-", 1)
-        m = config.resolve_train("my-data", {}, path).model
+        m = recipe.resolve_train("my-data", {}, path).model
         assert model == ("mmvaeplus" if m.private_dim else config.FUSIONS[m.fusion].model), name
-        assert config.default_recipe(family, m.fusion, bool(m.private_dim)) == path
+        assert recipe.default_recipe(family, m.fusion, bool(m.private_dim)) == path
 
 
 def test_old_manifest_settings_read_back():
     """Bundles from before config.py kept mvae_k under model.extra and ebm_lr under train."""
-    cfg = config.TrainConfig.from_dict(
+    cfg = recipe.TrainConfig.from_dict(
         {
             "model": {"fusion": "poe", "objective": "mvae", "extra": {"mvae_k": 2}, "latent_dim": 8},
             "train": {"epochs": 2, "ebm_lr": 1e-4, "ebm_betas": [0.5, 0.9]},
@@ -277,9 +277,9 @@ def test_old_manifest_settings_read_back():
     assert cfg.model.private_prior == "learned"
     assert (cfg.joint.reg, cfg.joint.reg_on, cfg.joint.feedback) == (0.0, "energies", 1.0)
     # a joint run from session 4 (reg 0.1 on the energies, Algorithm 1's prior term) resumes as it trained
-    old = config.TrainConfig.from_dict({"joint": {"ebm_lr": 2e-5, "reg": 0.1}, "joint_ebm": True})
+    old = recipe.TrainConfig.from_dict({"joint": {"ebm_lr": 2e-5, "reg": 0.1}, "joint_ebm": True})
     assert (old.joint.reg, old.joint.reg_on, old.joint.feedback) == (0.1, "energies", 1.0)
-    new = config.TrainConfig.from_dict(config.resolve_train("polymnist-mini", {"prior": "ebm"}).to_dict())
+    new = recipe.TrainConfig.from_dict(recipe.resolve_train("polymnist-mini", {"prior": "ebm"}).to_dict())
     assert (new.joint.reg, new.joint.reg_on, new.joint.feedback) == (1.0, "level", 0.5)
 
 
@@ -400,7 +400,7 @@ def test_wheel_install_resolves_the_same_recipe_as_the_source_tree(tmp_path, cap
         [
             sys.executable,
             "-c",
-            "import mmvae_cli, mmvae_cli.config as c; print(mmvae_cli.__file__); print(c.recipe_files())",
+            "import mmvae_cli, mmvae_cli.recipe as c; print(mmvae_cli.__file__); print(c.recipe_files())",
         ],
         cwd=tmp_path,
         env=env,
@@ -414,7 +414,7 @@ def test_wheel_install_resolves_the_same_recipe_as_the_source_tree(tmp_path, cap
         [
             sys.executable,
             "-c",
-            "import mmvae_cli.config as c; print(*sorted(p.name for p in c.recipe_files().iterdir()))",
+            "import mmvae_cli.recipe as c; print(*sorted(p.name for p in c.recipe_files().iterdir()))",
         ],
         cwd=tmp_path,
         env=env,

@@ -300,8 +300,8 @@ def test_feedback_scales_the_energy_in_the_vae_prior_term(fusion, objective, k):
 
 
 def test_feedback_below_one_with_a_learnable_prior_is_refused():
-    from mmvae_cli.config import resolve_train
     from mmvae_cli.errors import MMVAEError
+    from mmvae_cli.recipe import resolve_train
 
     with pytest.raises(MMVAEError, match="--ebm-feedback 1"):
         resolve_train("polymnist-mini", {"prior": "ebm", "learn_prior": True, "feedback": 0.5})

@@ -422,9 +422,9 @@ def test_two_process_ddp_matches_single_process_global_batch(data_root, tmp_path
     rank's stream (the one thing that must differ from a 1-process run: noise is per rank). Processes
     differ only in floating-point reduction order, so the tolerance is tight; a run without gradient
     averaging (each rank on its own half) is far outside it."""
-    from mmvae_cli.config import TrainConfig
     from mmvae_cli.data import load_dataset
     from mmvae_cli.model import MultimodalVAE, build_config
+    from mmvae_cli.recipe import TrainConfig
     from mmvae_cli.runtime import Dist, noise_seed
     from mmvae_cli.train import epoch_permutation, make_optimizer
 

@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from .. import bundle, config, priors, registry
-from ..config import TrainConfig
 from ..console import log
 from ..errors import BundleError, MMVAEError, NumericalError
 from ..model import MultimodalVAE
@@ -35,6 +34,7 @@ from ..model_io import (
     upgrade,
     write_prior,
 )
+from ..recipe import TrainConfig
 from ..run import Run, check_log_file, check_new_output, check_tensorboard
 from ..runtime import pick_device
 

@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 
 from .. import bundle, config
-from ..config import RuntimeSettings, TrainConfig
+from ..config import RuntimeSettings
 from ..console import log
 from ..data import load_dataset
 from ..errors import BundleError, MMVAEError
 from ..model import MultimodalVAE, build_config
 from ..model_io import CHECKPOINT, bundle_files, trained_with_vae, upgrade
+from ..recipe import TrainConfig, resolve_train
 from ..run import Run, check_log_file, check_tensorboard, plan_run
 from ..runtime import Dist, autocast_dtype, init_distributed, pick_device, shutdown_distributed
 from ..train import STATE_KEY, fit, main_log
@@ -101,7 +102,7 @@ def check_observed_sets(model: MultimodalVAE, data) -> None:
 def resolve_request(r: TrainRequest) -> TrainConfig:
     """The checked settings of a new run (no data loaded, nothing written): `train --dry-run`."""
     name = Path(r.dataset).stem if r.dataset.endswith(".safetensors") else r.dataset
-    return config.resolve_train(name, r.overrides, r.recipe, r.schedule)
+    return resolve_train(name, r.overrides, r.recipe, r.schedule)
 
 
 @dataclass

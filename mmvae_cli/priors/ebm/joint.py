@@ -15,8 +15,9 @@ import math
 
 import torch
 
-from ...config import TrainConfig, to_dict
+from ...config import to_dict
 from ...errors import NumericalError
+from ...recipe import TrainConfig
 from .losses import maximum_likelihood_loss
 
 
