@@ -20,7 +20,7 @@ from . import options
 
 @click.group()
 def evaluate():
-    """Evaluate a trained bundle: coherence, fid, likelihood, latent, prior, or all of them.
+    """Evaluate a trained bundle: coherence, fid, likelihood, latent, prior (`all`: the first four).
 
     \b
     Every command prints a table (or one JSON object with --json), appends its results to the
