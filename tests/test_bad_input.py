@@ -184,21 +184,9 @@ CLF = ["classifier", "train", "polymnist", "--out", "{tmp}/c", "--epochs", "1", 
 CROSS = ["cross-generate", "{run}", "--out", "{tmp}/c.png", *CPU]
 COH = ["eval", "coherence", "{run}", "--classifiers", "{clf}", "--n-joint", "10", "--limit", "5", *CPU]
 LL = ["eval", "likelihood", "{run}", "--k", "2", "--limit", "5", *CPU]
-FDC = [
-    "eval",
-    "fid",
-    "{run}",
-    "--features",
-    "classifier",
-    "--classifiers",
-    "{clf}",
-    "--n-fid",
-    "10",
-    "--limit",
-    "5",
-    *CPU,
-]
 FD_NO_CLF = ["eval", "fid", "{run}", "--n-fid", "10", "--limit", "5", *CPU]
+FDF = [*FD_NO_CLF, "--features", "classifier"]
+FDC = [*FDF, "--classifiers", "{clf}"]
 PRI = ["eval", "prior", "{run}", "--n-prior", "10", "--limit", "5", *CPU]
 ALL = [
     "eval",
@@ -457,18 +445,12 @@ CASES = [
         "eval-fid-missing-weights",
         ["eval", "fid", "{run}", "--inception-weights", "{tmp}/nope.pth", "--n-fid", "10", "--limit", "5", *CPU],
     ),
-    case("eval-fid-classifier-features-without-classifiers", [*FD_NO_CLF, "--features", "classifier"]),
+    case("eval-fid-classifier-features-without-classifiers", FDF),
     case("eval-fid-unknown-features", [*FDC, "--features", "nope"]),
     case("eval-fid-classifiers-without-classifier-features", [*FD_NO_CLF, "--classifiers", "{clf}"]),
     case("eval-fid-classifier-features-with-inception-weights", [*FDC, "--inception-weights", "{tmp}/nope.pth"]),
-    case(
-        "eval-fid-classifier-features-missing-classifiers",
-        [*FD_NO_CLF, "--features", "classifier", "--classifiers", "{tmp}/missing-clf"],
-    ),
-    case(
-        "eval-fid-classifier-features-classifiers-is-a-run",
-        [*FD_NO_CLF, "--features", "classifier", "--classifiers", "{run}"],
-    ),
+    case("eval-fid-classifier-features-missing-classifiers", [*FDF, "--classifiers", "{tmp}/missing-clf"]),
+    case("eval-fid-classifier-features-classifiers-is-a-run", [*FDF, "--classifiers", "{run}"]),
     case("eval-fid-classifier-features-unfitted-prior", [*FDC, "--prior", "gmm"]),
     case("eval-fid-classifier-features-n-fid-1", [*FDC, "--n-fid", "1"]),
     case("eval-prior-unfitted-prior", [*PRI, "--prior", "gmm"]),

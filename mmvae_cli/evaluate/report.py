@@ -1,7 +1,7 @@
 """Tables (stdout text and markdown) and report pages with PNG figures for evaluation results.
 
-`results` maps a metric name ("coherence", "likelihood", "latent", "fid") to the dict made by
-suite.py. Figures use matplotlib's Agg backend; every file is written atomically.
+`results` maps a metric name ("coherence", "likelihood", "latent", "fid", "fd_classifier", "prior") to
+the dict made by suite.py. Figures use matplotlib's Agg backend; every file is written atomically.
 """
 
 from __future__ import annotations
