@@ -268,14 +268,7 @@ def latent(run, n_train, split, limit, seed, device, data_root, report_dir, as_j
 
 @evaluate.command()
 @click.argument("run", type=click.Path())
-@click.option(
-    "--features",
-    type=click.Choice(["inception", "classifier"]),
-    default="inception",
-    show_default=True,
-    help="Feature space of the Frechet distance: pytorch-fid's Inception (the FID; image modalities) or the "
-    "digit classifiers' penultimate layer (--classifiers; every modality, no downloaded weights).",
-)
+@options.setting_option(EvalSettings, "fid_features", "--features", "features")
 @clf_opt
 @weights_opt
 @options.setting_option(EvalSettings, "n_fid")
@@ -315,7 +308,7 @@ def fid(
 @evaluate.command("prior")
 @click.argument("run", type=click.Path())
 @prior_opt
-@options.count_option(EvalSettings, "n_prior")
+@options.setting_option(EvalSettings, "n_prior")
 @options.langevin_sample
 @_common
 def prior_(run, prior, n_prior, langevin, split, limit, seed, device, data_root, report_dir, as_json):
