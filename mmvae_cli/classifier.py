@@ -48,6 +48,20 @@ class Classifiers(nn.Module):
     def predict(self, name: str, x: torch.Tensor) -> torch.Tensor:
         return self.nets[name](self.kinds[name].classifier_input(x)).argmax(-1)
 
+    @torch.no_grad()
+    def features(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate-layer features h of x, logits = W h + b: the input of the net's last linear
+        layer (every kind's classifier ends in one), (B, F)."""
+        net = self.nets[name]
+        last = [mod for mod in net.modules() if isinstance(mod, nn.Linear)][-1]
+        seen: list[torch.Tensor] = []
+        hook = last.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+        try:
+            net(self.kinds[name].classifier_input(x))
+        finally:
+            hook.remove()
+        return seen[-1].flatten(1)
+
 
 @torch.no_grad()
 def accuracy(clf: Classifiers, data: MultimodalData, device, batch_size: int = 1000) -> dict[str, float]:

@@ -755,6 +755,20 @@ class EvalSettings:
         "the papers' protocol (REFERENCE.md): 10,000 generated vs 10,000 real test images",
         min=1,
     )
+    fid_features: str = setting(
+        "inception",
+        "feature space of the Frechet distance: inception (pytorch-fid's Inception, the FID; image modalities) "
+        "or classifier (the digit classifiers' penultimate layer, --classifiers; every modality, no downloaded "
+        "weights)",
+        "the papers' protocol (REFERENCE.md): the FID",
+        choices=("inception", "classifier"),
+    )
+    n_prior: int = setting(
+        1000,
+        "prior samples for the memorisation check (distance to the nearest training posterior mean)",
+        "ours (issue 25): the mean distance's standard error is a few percent of it at 1,000",
+        min=1,
+    )
     fit_n_joint: int = setting(
         1000,
         "fit-ebm, fit-prior --classifiers: prior samples for the joint coherence with the base prior and "

@@ -217,6 +217,10 @@ CLF = ["classifier", "train", "polymnist", "--out", "{tmp}/c", "--epochs", "1", 
 CROSS = ["cross-generate", "{run}", "--out", "{tmp}/c.png", *CPU]
 COH = ["eval", "coherence", "{run}", "--classifiers", "{clf}", "--n-joint", "10", "--limit", "5", *CPU]
 LL = ["eval", "likelihood", "{run}", "--k", "2", "--limit", "5", *CPU]
+FD_NO_CLF = ["eval", "fid", "{run}", "--n-fid", "10", "--limit", "5", *CPU]
+FDF = [*FD_NO_CLF, "--features", "classifier"]
+FDC = [*FDF, "--classifiers", "{clf}"]
+PRI = ["eval", "prior", "{run}", "--n-prior", "10", "--limit", "5", *CPU]
 ALL = [
     "eval",
     "all",
@@ -515,6 +519,24 @@ CASES = [
         "eval-fid-missing-weights",
         ["eval", "fid", "{run}", "--inception-weights", "{tmp}/nope.pth", "--n-fid", "10", "--limit", "5", *CPU],
     ),
+    case("eval-fid-classifier-features-without-classifiers", FDF),
+    case("eval-fid-unknown-features", [*FDC, "--features", "nope"]),
+    case("eval-fid-classifiers-without-classifier-features", [*FD_NO_CLF, "--classifiers", "{clf}"]),
+    case("eval-fid-classifier-features-with-inception-weights", [*FDC, "--inception-weights", "{tmp}/nope.pth"]),
+    case("eval-fid-classifier-features-missing-classifiers", [*FDF, "--classifiers", "{tmp}/missing-clf"]),
+    case("eval-fid-classifier-features-classifiers-is-a-run", [*FDF, "--classifiers", "{run}"]),
+    case("eval-fid-classifier-features-unfitted-prior", [*FDC, "--prior", "gmm"]),
+    case("eval-fid-classifier-features-n-fid-1", [*FDC, "--n-fid", "1"]),
+    case("eval-prior-unfitted-prior", [*PRI, "--prior", "gmm"]),
+    case("eval-prior-ebm-without-energy", [*PRI, "--prior", "ebm"]),
+    case("eval-prior-unknown-prior", [*PRI, "--prior", "nope"]),
+    case("eval-prior-n-prior-0", [*PRI, "--n-prior", "0"]),
+    case("eval-prior-split-train", [*PRI, "--split", "train"]),
+    case("eval-prior-limit-0", [*PRI, "--limit", "0"]),
+    case("eval-prior-langevin-on-base-prior", [*PRI, "--steps", "3"]),
+    case("eval-prior-ebm-steps-neg", ["eval", "prior", "{erun}", "--prior", "ebm", "--steps", "-1", *CPU]),
+    case("eval-prior-missing-run", ["eval", "prior", "{tmp}/missing", *CPU]),
+    case("eval-prior-not-a-bundle", ["eval", "prior", "{tmp}/notabundle", *CPU], prep=["notabundle"]),
     case("eval-all-n-joint-0", [*ALL, "--n-joint", "0"]),
     case("eval-all-k-0", [*ALL, "--k", "0"]),
     case("eval-all-ll-limit-0", [*ALL, "--ll-limit", "0"]),

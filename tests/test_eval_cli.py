@@ -1,11 +1,12 @@
 """`mmvae eval likelihood|latent|fid|all` and `mmvae compare` on a tiny PolyMNIST-layout dataset."""
 
 import json
+import math
 import shutil
 
 import pytest
 import torch
-from helpers_cli import run, write_tiny_polymnist
+from helpers_cli import TINY_FIT_EBM, run, write_tiny_polymnist
 from PIL import Image
 
 from mmvae_cli.evaluate import fid as F
@@ -93,6 +94,18 @@ def test_eval_all_json_report_and_manifest(trained, capsys, no_weights, tmp_path
     assert res["fid"] is None and "Inception" in res["skipped"]["fid"]
     c, ll, lat = res["coherence"], res["likelihood"], res["latent"]
     assert c["n_joint"] == 40 and c["prior"] == "base" and set(c["conditional"]) == {"1", "2", "3", "4"}
+    assert c["joint_se"] == pytest.approx(math.sqrt(c["joint"] * (1 - c["joint"]) / 40))
+    assert c["class_entropy_max"] == pytest.approx(math.log(10))
+    for m, h in c["joint_class_histogram"].items():  # each modality's entropy is its histogram's
+        assert sum(h) == pytest.approx(1) and c["joint_class_entropy"][m] == pytest.approx(
+            -sum(p * math.log(p) for p in h if p > 0)
+        )
+    assert c["n_coherent"] == round(c["joint"] * 40)
+    if c["n_coherent"]:
+        assert sum(c["coherent_class_histogram"]) == pytest.approx(1)
+        assert 0 <= c["coherent_class_entropy"] <= math.log(10) + 1e-12
+    else:
+        assert c["coherent_class_histogram"] is None and c["coherent_class_entropy"] is None
     assert len(c["per_subset"]) == 30 and 0 <= c["cross_pairs_mean"] <= 1
     assert ll["k"] == 3 and ll["n_test"] == 12 and len(ll["per_subset"]) == 31 and ll["unit"] == "nats"
     assert set(ll["by_inputs"]) == {"1", "2", "3", "4", "5"} and ll["joint"] == ll["per_subset"]["m0,m1,m2,m3,m4"]
@@ -219,3 +232,64 @@ def test_compare_side_by_side(trained, capsys, tmp_path):
     assert [r["run"] for r in res["runs"]] == [str(a), str(b)]
     assert res["runs"][0]["likelihood"]["joint"] == ja and "latent" not in res["runs"][1]
     assert (tmp_path / "cmp" / "report.md").exists() and (tmp_path / "cmp" / "by_inputs.png").exists()
+
+
+def test_eval_prior_and_classifier_fd_end_to_end(trained, capsys, tmp_path):
+    """eval prior (gmm: log-density; ebm: none, with the reason) and eval fid --features classifier on a
+    tiny bundle; the test tuples' memorisation distances recomputed from latent.encode_means and numpy."""
+    import numpy as np
+
+    from mmvae_cli.data import load_dataset
+    from mmvae_cli.evaluate.latent import encode_means
+    from mmvae_cli.model_io import load_model
+
+    _, root, run_dir, clf = trained
+    rd = _copy(run_dir, tmp_path / "r")
+    cpu = ["--data-root", root, "--device", "cpu"]
+    code, _, err = run(["fit-prior", rd, "--kind", "gmm", "--components", "2", *cpu], capsys)
+    assert code == 0, err
+    code, out, err = run(["eval", "prior", rd, "--prior", "gmm", "--n-prior", "30", "--json", *cpu], capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["metric"] == "prior" and res["prior"] == "gmm" and res["log_density_unavailable"] is None
+    ld, mem = res["log_density"], res["memorisation"]
+    assert ld["test"]["n"] == 12 and ld["train"]["n"] == 40 and ld["unit"] == "nats"
+    assert np.isfinite(ld["test"]["mean"]) and ld["test"]["se"] > 0
+    assert mem["prior"]["n"] == 30 and mem["test"]["n"] == 12 and mem["n_train"] == 40
+    assert mem["ratio"] == pytest.approx(mem["prior"]["mean"] / mem["test"]["mean"])
+    assert list(mem["prior"]["quantiles"]) == ["0.05", "0.25", "0.5", "0.75", "0.95"]
+    model, _ = load_model(rd)
+    names = list(model.names)
+    key = ",".join(names)
+    mu_test = encode_means(model, load_dataset("polymnist", "test", root), [names], "cpu")[key]
+    mu_train = encode_means(model, load_dataset("polymnist", "train", root), [names], "cpu")[key]
+    d = np.sqrt(((mu_test[:, None].astype(np.float64) - mu_train[None]) ** 2).sum(-1)).min(1)
+    assert mem["test"]["mean"] == pytest.approx(d.mean(), rel=1e-5, abs=1e-7)
+    assert json.loads((rd / "manifest.json").read_text())["evaluations"][-1]["metric"] == "prior"
+    # the text table says what it measured
+    code, out, err = run(["eval", "prior", rd, "--n-prior", "10", "--limit", "4", *cpu], capsys)
+    assert code == 0, err
+    assert "held-out log p(z), z ~ q(z | X) of 4 test tuples (base prior, nats)" in out and "memorisation" in out
+    # classifier-space Frechet distance: every modality and the mean, recorded as fd_classifier
+    code, out, err = run(
+        ["eval", "fid", rd, "--features", "classifier", "--classifiers", clf, "--prior", "gmm", "--json", *cpu],
+        capsys,
+    )
+    assert code == 0, err
+    fd = json.loads(out)
+    assert fd["metric"] == "fd_classifier" and fd["features"] == "classifier" and fd["prior"] == "gmm"
+    assert set(fd["unconditional"]) == set(fd["conditional"]) == set(names) and fd["n_generated"] == 12
+    assert fd["unconditional_mean"] == pytest.approx(np.mean(list(fd["unconditional"].values())))
+    assert all(v >= -1e-6 for v in fd["unconditional"].values())
+    assert fd["weights"].startswith("classifiers.safetensors:sha256:") and fd["classifiers"] == str(clf)
+    assert json.loads((rd / "manifest.json").read_text())["evaluations"][-1]["metric"] == "fd_classifier"
+    code, out, _ = run(["compare", rd], capsys)
+    assert code == 0 and "memorisation ratio" in out and "classifier features" in out
+    # the energy's density has no known normaliser: null and the reason, the memorisation check still runs
+    code, _, err = run(["fit-ebm", rd, *TINY_FIT_EBM, "--batch-size", "10", *cpu], capsys)
+    assert code == 0, err
+    code, out, err = run(["eval", "prior", rd, "--prior", "ebm", "--n-prior", "8", "--json", *cpu], capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["log_density"] is None and "normaliser" in res["log_density_unavailable"]
+    assert res["memorisation"]["prior"]["n"] == 8

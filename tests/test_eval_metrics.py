@@ -12,7 +12,7 @@ from torch import distributions as td
 
 from mmvae_cli.data.base import MultimodalData
 from mmvae_cli.evaluate.coherence import conditional_coherence, joint_coherence
-from mmvae_cli.evaluate.generation_fid import model_fid
+from mmvae_cli.evaluate.generation_fid import InceptionSpace, model_fid
 from mmvae_cli.evaluate.latent import latent_probe
 from mmvae_cli.fusion import Mixture
 
@@ -115,8 +115,79 @@ def test_constant_model_is_at_chance():
     # joint coherence cannot see a constant model (all modalities agree on class 3);
     # the class histogram that comes with it does
     joint = joint_coherence(model.sample_latents, model, ColumnClassifier(), 100)
+    assert joint["joint"] == 1.0 and joint["joint_se"] == 0.0
+    assert all(h["histogram"][3] == 1.0 and h["entropy"] == 0.0 for h in joint["per_modality"].values())
+    assert joint["coherent"]["histogram"][3] == 1.0 and joint["coherent"]["entropy"] == 0.0
+    assert joint["coherent"]["n"] == 100
+
+
+def test_entropy_of_known_histograms():
+    """H(1/2, 1/4, 1/4) = 1.5 ln 2; its delta-method s.e. sqrt((sum h ln^2 h - H^2) / n) = ln 2 / (2 sqrt n)."""
+    import math
+
+    from mmvae_cli.evaluate.coherence import entropy, entropy_se, histogram_summary
+
+    assert entropy([0.5, 0.25, 0.25, 0.0]) == pytest.approx(1.5 * math.log(2), abs=1e-15)
+    assert entropy([0.1] * 10) == pytest.approx(math.log(10)) == pytest.approx(2.302585, abs=1e-6)
+    assert entropy_se([0.5, 0.25, 0.25], 400) == pytest.approx(math.log(2) / 2 / 20, abs=1e-15)
+    assert entropy_se([0.1] * 10, 50) == pytest.approx(0.0, abs=1e-7)  # the first-order term vanishes
+    summary = histogram_summary(torch.tensor([2, 1, 1, 0]))
+    assert summary["histogram"] == [0.5, 0.25, 0.25, 0.0] and summary["n"] == 4
+    assert summary["entropy"] == pytest.approx(1.5 * math.log(2)) and summary["entropy_se"] > 0
+    assert histogram_summary(torch.zeros(10, dtype=torch.long)) == {
+        "histogram": None,
+        "entropy": None,
+        "entropy_se": None,
+        "n": 0,
+    }
+
+
+class OneDigitPerClass(Constant):
+    """A mode-seeking generator: latent i emits one clean digit of class (i mod `classes`) in every modality."""
+
+    def __init__(self, classes):
+        self.classes, self.next = classes, 0
+
+    def sample_latents(self, b, prior="base"):
+        z = torch.arange(self.next, self.next + b)
+        self.next += b
+        return z
+
+    def generate(self, z):
+        col = (z % self.classes).float()[:, None]
+        return {m: torch.cat([col, torch.zeros(len(z), 2)], 1) for m in self.names}
+
+
+@pytest.mark.parametrize("classes", [10, 2])
+def test_joint_coherence_histogram_and_entropy_see_mode_collapse(classes):
+    """Coherence 1 either way; the agreed-class entropy is ln 10 for all ten digits, ln 2 for two."""
+    import math
+
+    model = OneDigitPerClass(classes)
+    joint = joint_coherence(model.sample_latents, model, ColumnClassifier(), 1000, batch_size=300)
     assert joint["joint"] == 1.0
-    assert all(h[3] == 1.0 for h in joint["class_histogram"].values())
+    c = joint["coherent"]
+    assert c["n"] == 1000 and c["histogram"] == [1 / classes if k < classes else 0.0 for k in range(10)]
+    assert c["entropy"] == pytest.approx(math.log(classes), abs=1e-12)
+    assert all(h["entropy"] == pytest.approx(math.log(classes)) for h in joint["per_modality"].values())
+
+
+def test_joint_coherence_standard_error_and_coherent_histogram():
+    """On the oracle (each test tuple once): the coherent samples' agreed-class histogram counted by hand."""
+    import math
+
+    data = _vector_data()
+    clf, oracle = ColumnClassifier(), Oracle(data)
+    preds = torch.stack([clf.predict(m, data.tensors[m]) for m in NAMES])
+    coherent = (preds == preds[0]).all(0)
+    counts = torch.bincount(preds[0][coherent], minlength=10).double()
+    joint = joint_coherence(oracle.sample_latents, oracle, clf, len(data), batch_size=64)
+    p = joint["joint"]
+    assert joint["joint_se"] == pytest.approx(math.sqrt(p * (1 - p) / len(data)))
+    assert joint["coherent"]["n"] == int(coherent.sum())
+    assert joint["coherent"]["histogram"] == pytest.approx((counts / counts.sum()).tolist())
+    m0 = torch.bincount(preds[0], minlength=10).double() / len(data)
+    assert joint["per_modality"]["m0"]["histogram"] == pytest.approx(m0.tolist())
 
 
 # --- latent probe per subset ---------------------------------------------------------------------
@@ -202,13 +273,14 @@ def _image_data(n=300):
 
 def test_model_fid_oracle_is_zero_and_grows_with_shift(tmp_path):
     data, net = _image_data(), _tiny_extractor()
-    res = model_fid(ImageOracle(data), data, "cpu", net, n=300, batch_size=64, cache_dir=tmp_path)
-    assert set(res["unconditional"]) == set(res["conditional"]) == {"a", "b"}
+    space = InceptionSpace(net, "cpu")
+    res = model_fid(ImageOracle(data), data, space, n=300, batch_size=64, cache_dir=tmp_path)
+    assert set(res["unconditional"]) == set(res["conditional"]) == {"a", "b"} and res["features"] == "inception"
     assert res["n_generated"] == res["n_real"] == 300
     assert all(abs(v) < 1e-6 for d in (res["unconditional"], res["conditional"]) for v in d.values()), res
     assert len(list(tmp_path.glob("imgs-test-*-fp-300.safetensors"))) == 2  # cached reference statistics
     fids = [
-        model_fid(ImageOracle(data, s), data, "cpu", net, n=300, cache_dir=tmp_path)["conditional"]["a"]
+        model_fid(ImageOracle(data, s), data, space, n=300, cache_dir=tmp_path)["conditional"]["a"]
         for s in (0.05, 0.15, 0.3)
     ]
     assert 0 < fids[0] < fids[1] < fids[2], fids

@@ -50,6 +50,9 @@ def compare_rows(all_results: list[dict]) -> list[tuple[str, list]]:
         ),
     ]
     specs += [
+        ("  class entropy of coherent samples (nats)", get("coherence", "coherent_class_entropy")),
+    ]
+    specs += [
         (f"conditional coherence, {k} input(s)", get("coherence", "conditional", k))
         for k in sizes("coherence", "conditional")
     ]
@@ -81,6 +84,14 @@ def compare_rows(all_results: list[dict]) -> list[tuple[str, list]]:
     specs += [
         ("FID unconditional (mean over modalities)", lambda r: _mean((r.get("fid") or {}).get("unconditional"))),
         ("FID conditional (mean over targets)", lambda r: _mean((r.get("fid") or {}).get("conditional"))),
+        ("FD unconditional, classifier features (mean)", get("fd_classifier", "unconditional_mean")),
+        ("FD conditional, classifier features (mean)", get("fd_classifier", "conditional_mean")),
+        ("held-out log p(z) (nats)", get("prior", "log_density", "test", "mean")),
+        ("memorisation ratio (prior / test distance)", get("prior", "memorisation", "ratio")),
+        (
+            "  log p(z) / memorisation: prior",
+            lambda r: r.get("prior") and f"{r['prior'].get('prior')}",
+        ),
     ]
     out = []
     for label, f in specs:

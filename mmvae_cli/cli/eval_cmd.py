@@ -1,4 +1,4 @@
-"""`mmvae eval WHAT RUN` (also `mmvae evaluate`): coherence, fid, likelihood, latent, all."""
+"""`mmvae eval WHAT RUN` (also `mmvae evaluate`): coherence, fid, likelihood, latent, prior, all."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from . import options
 
 @click.group()
 def evaluate():
-    """Evaluate a trained bundle: coherence, fid, likelihood, latent, or all of them.
+    """Evaluate a trained bundle: coherence, fid, likelihood, latent, prior (`all`: the first four).
 
     \b
     Every command prints a table (or one JSON object with --json), appends its results to the
@@ -56,7 +56,11 @@ report_opt = click.option(
 )
 prior_opt = options.prior
 clf_opt = click.option(
-    "--classifiers", "clf_run", type=click.Path(), default=None, help="Classifier bundle (needed for coherence)."
+    "--classifiers",
+    "clf_run",
+    type=click.Path(),
+    default=None,
+    help="Digit classifier bundle (`mmvae classifier train`): needed for coherence and fid --features classifier.",
 )
 weights_opt = click.option(
     "--inception-weights",
@@ -97,16 +101,23 @@ class Context:
         return float(self.manifest.get("settings", {}).get("train", {}).get("missing_ratio", 0.0))
 
 
-def _coherence(ctx: Context, clf_run, n_joint, prior, seed, langevin: dict | None = None) -> dict:
+def _classifiers(ctx: Context, clf_run):
+    """The classifier bundle, with a classifier for every modality of the model."""
     from ..classifier import load_classifiers
-    from ..evaluate import suite
 
-    _positive("--n-joint", n_joint)
-    suite.require_labels(ctx.test, "coherence")
     clf, _ = load_classifiers(Path(clf_run), ctx.dev)
     missing = [m for m in ctx.model.names if m not in clf.nets]
     if missing:
         raise MMVAEError(f"{clf_run}: has no classifier for modality {missing[0]!r}")
+    return clf
+
+
+def _coherence(ctx: Context, clf_run, n_joint, prior, seed, langevin: dict | None = None) -> dict:
+    from ..evaluate import suite
+
+    _positive("--n-joint", n_joint)
+    suite.require_labels(ctx.test, "coherence")
+    clf = _classifiers(ctx, clf_run)
     return suite.coherence(ctx.model, clf, ctx.test, ctx.dev, n_joint, prior, seed, langevin)
 
 
@@ -257,18 +268,67 @@ def latent(run, n_train, split, limit, seed, device, data_root, report_dir, as_j
 
 @evaluate.command()
 @click.argument("run", type=click.Path())
+@options.setting_option(EvalSettings, "fid_features", "--features", "features")
+@clf_opt
 @weights_opt
 @options.setting_option(EvalSettings, "n_fid")
 @prior_opt
 @_common
-def fid(run, inception_weights, n_fid, prior, split, limit, seed, device, data_root, report_dir, as_json):
-    """Unconditional FID per modality and conditional FID per target given the other modalities.
+def fid(
+    run, features, clf_run, inception_weights, n_fid, prior, split, limit, seed, device, data_root, report_dir, as_json
+):
+    """Unconditional Frechet distance per modality (samples of the prior, jointly generated) and
+    conditional per target given the other modalities, each with its mean over modalities.
 
-    Needs pytorch-fid's Inception weights as a local file; nothing is downloaded. Real-image
-    statistics are cached under <data root>/fid-stats.
+    \b
+    --features inception (default): the FID. Needs pytorch-fid's Inception weights as a local file;
+    nothing is downloaded. Real-image statistics are cached under <data root>/fid-stats.
+    --features classifier --classifiers CLF: the same distance between the digit classifiers'
+    penultimate-layer features of generated and test samples (recorded as metric fd_classifier).
     """
+    from ..evaluate import suite
+
+    if features == "classifier":
+        if not clf_run:
+            raise MMVAEError("fid --features classifier needs the digit classifiers: --classifiers RUN")
+        if inception_weights:
+            raise MMVAEError("--inception-weights applies to --features inception, not classifier")
+    elif clf_run:
+        raise MMVAEError("--classifiers applies to --features classifier (the Inception FID uses no classifier)")
     ctx = Context(run, device, data_root, split, limit, prior)
-    _finish(ctx, {"fid": _fid(ctx, n_fid, prior, seed, inception_weights)}, {}, seed, as_json, report_dir, prior)
+    if features == "inception":
+        results = {"fid": _fid(ctx, n_fid, prior, seed, inception_weights)}
+    else:
+        _positive("--n-fid", n_fid, 2)
+        clf = _classifiers(ctx, clf_run)
+        results = {"fd_classifier": suite.classifier_fd(ctx.model, clf, clf_run, ctx.test, ctx.dev, n_fid, prior, seed)}
+    _finish(ctx, results, {}, seed, as_json, report_dir, prior)
+
+
+@evaluate.command("prior")
+@click.argument("run", type=click.Path())
+@prior_opt
+@options.setting_option(EvalSettings, "n_prior")
+@options.langevin_sample
+@_common
+def prior_(run, prior, n_prior, langevin, split, limit, seed, device, data_root, report_dir, as_json):
+    """Held-out log-density of a prior and the memorisation check of its samples.
+
+    \b
+    log-density: mean log p(z) (nats, with its standard error) of z ~ q(z | X), one draw per tuple of
+    the evaluation split, and of the training split beside it; for priors with a known normaliser
+    (base, gmm, flow); for the energy it is null, with the reason.
+    memorisation: the distance from each of --n-prior prior samples to its nearest training posterior
+    mean, beside the same distance for the evaluation tuples' posterior means, and their ratio.
+    """
+    from ..evaluate import suite
+
+    if split == "train":
+        raise MMVAEError("eval prior compares the prior with held-out data: --split train would hold none out")
+    ctx = Context(run, device, data_root, split, limit, prior)
+    ctx.prior.check_options(langevin)
+    result = suite.prior(ctx.model, prior, ctx.train(), ctx.test, ctx.dev, n_prior, seed, langevin)
+    _finish(ctx, {"prior": result}, {}, seed, as_json, report_dir, prior)
 
 
 @evaluate.command("all")

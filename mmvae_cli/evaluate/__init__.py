@@ -1,4 +1,4 @@
-"""Evaluation building blocks: FID, latent probes, coherence and likelihood estimates."""
+"""Evaluation building blocks: FID, latent probes, coherence, likelihood estimates and prior measures."""
 
 import torch
 

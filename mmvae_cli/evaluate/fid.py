@@ -439,11 +439,16 @@ def frechet_distance(
     mu2, sigma2 = _check_stats(mu2, sigma2, "FID")
     if mu1.shape != mu2.shape:
         raise DataError(f"FID: feature dimensions differ ({mu1.shape[0]} vs {mu2.shape[0]})")
+    from scipy.linalg import LinAlgWarning
+
     printed = io.StringIO()
     try:
-        # it prints its eps fallback (keep stdout clean) and passes scipy's deprecated `disp`
+        # it prints its eps fallback (keep stdout clean) and passes scipy's deprecated `disp`; a singular
+        # covariance product (fewer samples than features, features that never fire) makes scipy warn,
+        # while pytorch-fid checks the root's imaginary part itself (ValueError below)
         with contextlib.redirect_stdout(printed), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*disp.*", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=LinAlgWarning)
             d = calculate_frechet_distance(mu1, sigma1, mu2, sigma2, eps=eps)
     except ValueError as e:  # large imaginary part of the matrix square root
         raise NumericalError(f"FID: matrix square root failed ({_one_line(e)})") from None

@@ -1,7 +1,7 @@
 """Tables (stdout text and markdown) and report pages with PNG figures for evaluation results.
 
-`results` maps a metric name ("coherence", "likelihood", "latent", "fid") to the dict made by
-suite.py. Figures use matplotlib's Agg backend; every file is written atomically.
+`results` maps a metric name ("coherence", "likelihood", "latent", "fid", "fd_classifier", "prior") to
+the dict made by suite.py. Figures use matplotlib's Agg backend; every file is written atomically.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
     out = []
     c = results.get("coherence")
     if c:
-        out.append(("coherence", f"joint ({c['prior']} prior, {c['n_joint']} samples)", _f(c["joint"])))
+        se = f" ± {_f(c['joint_se'])}" if c.get("joint_se") is not None else ""
+        out.append(("coherence", f"joint ({c['prior']} prior, {c['n_joint']} samples)", _f(c["joint"]) + se))
         hist = c.get("joint_class_histogram") or {}
         if hist:  # a generator that collapses to one class is "coherent" too: show the top class share
             out.append(
@@ -43,6 +44,23 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
                     "coherence",
                     "joint samples in their most frequent class",
                     ", ".join(f"{m} {max(h):.2f}" for m, h in hist.items()),
+                )
+            )
+        if "coherent_class_entropy" in c:  # diversity (nats; ln C is uniform over C classes)
+            top = f"max {c['class_entropy_max']:.3f}"
+            out.append(
+                (
+                    "coherence",
+                    f"class entropy of the joint samples per modality (nats, {top})",
+                    ", ".join(f"{m} {_f(h, 3)}" for m, h in c["joint_class_entropy"].items()),
+                )
+            )
+            h, hse = c["coherent_class_entropy"], c["coherent_class_entropy_se"]
+            out.append(
+                (
+                    "coherence",
+                    f"class entropy of the {c['n_coherent']} coherent samples' agreed class (nats, {top})",
+                    "-" if h is None else f"{_f(h, 3)} ± {_f(hse, 3)}",
                 )
             )
         for k, v in c["conditional"].items():
@@ -78,12 +96,59 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
                     _f(v),
                 )
             )
-    f = results.get("fid")
-    if f:
+    for metric in ("fid", "fd_classifier"):
+        f = results.get(metric)
+        if not f:
+            continue
+        space = f"{f.get('features', 'inception')} features, {f.get('prior', 'base')} prior"
         for m, v in f["unconditional"].items():
-            out.append(("fid", f"unconditional {m} ({f['n_generated']} vs {f['n_real']})", _f(v, 2)))
+            out.append((metric, f"unconditional {m} ({f['n_generated']} vs {f['n_real']}, {space})", _f(v, 2)))
+        if f.get("unconditional_mean") is not None:
+            out.append((metric, "unconditional, mean over modalities", _f(f["unconditional_mean"], 2)))
         for m, v in f["conditional"].items():
-            out.append(("fid", f"conditional {m} given the others", _f(v, 2)))
+            out.append((metric, f"conditional {m} given the others", _f(v, 2)))
+        if f.get("conditional_mean") is not None:
+            out.append((metric, "conditional, mean over targets", _f(f["conditional_mean"], 2)))
+    pr = results.get("prior")
+    if pr:
+        out += _prior_rows(pr)
+    return out
+
+
+def _prior_rows(pr: dict) -> list[tuple[str, str, str]]:
+    """The rows of `eval prior`: held-out log-density and the memorisation check."""
+    name = f"{pr['prior']} prior"
+    ld = pr.get("log_density")
+    if ld:
+        out = [
+            (
+                "prior",
+                f"{'held-out ' if split == 'test' else ''}log p(z), z ~ q(z | X) of {d['n']} {split} tuples "
+                f"({name}, nats)",
+                f"{_f(d['mean'], 3)} ± {_f(d['se'], 3)}",
+            )
+            for split, d in ((s, ld[s]) for s in ("test", "train"))
+        ]
+    else:
+        out = [("prior", f"held-out log p(z) ({name})", f"n/a: {pr.get('log_density_unavailable')}")]
+    mem = pr["memorisation"]
+    for who, label in (("prior", f"{mem['prior']['n']} prior samples"), ("test", f"{mem['test']['n']} test means")):
+        d = mem[who]
+        out.append(
+            (
+                "prior",
+                f"distance to the nearest of {mem['n_train']} training posterior means, {label} (mean, median)",
+                f"{_f(d['mean'], 3)}, {_f(d['quantiles']['0.5'], 3)}",
+            )
+        )
+    out.append(("prior", "memorisation ratio: prior / test mean distance (near 0: copies)", _f(mem["ratio"], 3)))
+    out.append(
+        (
+            "prior",
+            "prior samples nearer than 95% of test means (0.05: no copying)",
+            _f(mem["prior_below_test_q05"], 3),
+        )
+    )
     return out
 
 

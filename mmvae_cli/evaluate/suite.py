@@ -7,17 +7,20 @@ result are documented in docs/evaluation.md.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 import torch
 
+from ..bundle import sha256_file
 from ..data.base import MultimodalData
 from ..errors import MMVAEError
 from .coherence import conditional_coherence, joint_coherence
-from .generation_fid import model_fid
+from .generation_fid import ClassifierSpace, InceptionSpace, model_fid
 from .latent import latent_probe
 from .likelihood import subset_log_likelihoods
+from .prior import prior_measures
 
 METRICS = ("coherence", "likelihood", "latent", "fid")
 
@@ -40,12 +43,21 @@ def coherence(
     def run():
         joint = joint_coherence(lambda b: model.sample_latents(b, prior=prior, **langevin), model, clf, n_joint)
         cond = conditional_coherence(model, clf, test, device, **({"langevin": langevin} if langevin else {}))
+        per_mod, agreed = joint["per_modality"], joint["coherent"]
         return {
             "joint": joint["joint"],
+            "joint_se": joint["joint_se"],
             "n_joint": n_joint,
             "prior": prior,
             "langevin": langevin,
-            "joint_class_histogram": joint["class_histogram"],
+            "joint_class_histogram": {m: h["histogram"] for m, h in per_mod.items()},
+            "joint_class_entropy": {m: h["entropy"] for m, h in per_mod.items()},
+            "joint_class_entropy_se": {m: h["entropy_se"] for m, h in per_mod.items()},
+            "n_coherent": agreed["n"],
+            "coherent_class_histogram": agreed["histogram"],
+            "coherent_class_entropy": agreed["entropy"],
+            "coherent_class_entropy_se": agreed["entropy_se"],
+            "class_entropy_max": math.log(clf.n_classes),
             "conditional": cond["by_inputs"],
             "cross_pairs_mean": cond["cross_pairs_mean"],
             "per_target": cond["per_target"],
@@ -88,13 +100,43 @@ def fid(
     if extractor is None:
         path = F.find_inception_weights(weights)
         extractor = F.load_fid_inception(path, device)
-        from ..bundle import sha256_file
-
         weights_id = f"{path.name}:sha256:{sha256_file(path)[:16]}"
-    out = _timed(
-        seed, model_fid, model, test, device, extractor, n=n, prior=prior, cache_dir=cache_dir, weights_id=weights_id
-    )
+    space = InceptionSpace(extractor, device, weights_id)
+    out = _timed(seed, model_fid, model, test, space, n=n, prior=prior, cache_dir=cache_dir)
     return {"metric": "fid", "split": test.split, "seed": seed, "weights": weights_id, **out}
+
+
+def classifier_fd(model, clf, clf_run, test: MultimodalData, device, n: int, prior: str, seed: int) -> dict:
+    """The Frechet distance of `fid` in the feature space of the digit classifiers `clf` (loaded from
+    the bundle `clf_run`; its weights file is named by its sha256), recorded as metric fd_classifier."""
+    from ..classifier import WEIGHTS
+
+    path = Path(clf_run) / WEIGHTS
+    space = ClassifierSpace(clf, device, f"{path.name}:sha256:{sha256_file(path)[:16]}")
+    out = _timed(seed, model_fid, model, test, space, n=n, prior=prior)
+    return {
+        "metric": "fd_classifier",
+        "split": test.split,
+        "seed": seed,
+        "classifiers": str(clf_run),
+        "weights": space.weights_id,
+        **out,
+    }
+
+
+def prior(
+    model,
+    name: str,
+    train: MultimodalData,
+    test: MultimodalData,
+    device,
+    n_samples: int,
+    seed: int,
+    langevin: dict | None = None,
+) -> dict:
+    """Held-out log-density and the memorisation check of the prior `name` (evaluate/prior.py)."""
+    out = _timed(seed, prior_measures, model, name, train, test, device, n_samples, langevin=langevin)
+    return {"metric": "prior", "split": test.split, "seed": seed, **out}
 
 
 def require_labels(data: MultimodalData, what: str) -> None:
