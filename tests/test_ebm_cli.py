@@ -283,7 +283,7 @@ def test_joint_training_writes_and_resumes_the_energy(runs, capsys):
     assert energy_section(out)["training"] == "joint" and energy_section(out)["density"] == "tilted"
     assert m["settings"]["joint"]["ebm_lr"] == 2e-5 and m["settings"]["joint"]["ebm_betas"] == [0.5, 0.999]
     assert m["settings"]["joint"]["reg"] == 1.0 and m["settings"]["langevin"]["steps"] == 3
-    assert m["settings"]["joint"]["reg_on"] == "level" and m["settings"]["joint"]["feedback"] == 0.5
+    assert m["settings"]["joint"]["reg_on"] == "gauge" and m["settings"]["joint"]["feedback"] == 0.5
     assert {"prior-ebm.safetensors", "model.safetensors"} <= set(m["files"])
     assert "ebm_ml" in m["history"][-1] and "energy_q" in m["history"][-1] and m["epochs_done"] == 1
     model, _ = load_model(out)

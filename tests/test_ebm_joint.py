@@ -246,8 +246,8 @@ def test_iwae_objectives_report_kl_to_p0_for_the_divergence_test(objective):
     assert {"energy_q", "energy_neg", "ebm_ml"} <= set(stats)
 
 
-def test_level_regulariser_pins_the_mean_level_and_leaves_the_gap_free():
-    """reg_on "level": loss = mean E_pos - mean E_neg + reg ((mean E_pos + mean E_neg) / 2)^2, exactly;
+def test_gauge_regulariser_pins_the_mean_level_and_leaves_the_gap_free():
+    """reg_on "gauge": loss = mean E_pos - mean E_neg + reg ((mean E_pos + mean E_neg) / 2)^2, exactly;
     an energy that is -a on the positives and +a on the negatives pays nothing for its gap, while the
     "energies" form pays reg (a^2 + a^2)."""
     from mmvae_cli.priors.ebm.losses import maximum_likelihood_loss
@@ -259,10 +259,10 @@ def test_level_regulariser_pins_the_mean_level_and_leaves_the_gap_free():
     def energy(z):
         return z @ w + b
 
-    level = maximum_likelihood_loss(energy, z_pos, z_neg, reg=0.7, reg_on="level")
+    gauge = maximum_likelihood_loss(energy, z_pos, z_neg, reg=0.7, reg_on="gauge")
     e_pos, e_neg = -2.0 + 0.3, 2.0 + 0.3
-    assert level.item() == pytest.approx(e_pos - e_neg + 0.7 * ((e_pos + e_neg) / 2) ** 2)
-    (gb,) = torch.autograd.grad(level, b)
+    assert gauge.item() == pytest.approx(e_pos - e_neg + 0.7 * ((e_pos + e_neg) / 2) ** 2)
+    (gb,) = torch.autograd.grad(gauge, b)
     assert gb.item() == pytest.approx(0.7 * 2 * 0.3)  # only the level's gradient reaches the offset
     energies = maximum_likelihood_loss(energy, z_pos, z_neg, reg=0.7)
     assert energies.item() == pytest.approx(e_pos - e_neg + 0.7 * (e_pos**2 + e_neg**2))
