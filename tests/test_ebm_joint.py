@@ -68,9 +68,21 @@ def test_learnable_prior_gets_the_gradient_of_log_z():
 # --- the divergence test on synthetic histories -----------------------------------------------------------
 
 
-def history(e_q, e_neg, kl):
+def history(e_q, e_neg, kl, log_z=None):
+    """DivergenceTest's rows; log_z (log mean exp(-E) over p0 samples) 0 unless given: E about 0 at p0's
+    samples, as measured on the drifting PolyMNIST bundle (-0.4 at epoch 6)."""
+    log_z = [0.0] * len(e_q) if log_z is None else log_z
     return [
-        {"loss": 100.0, "kl": k, "energy_q": a, "energy_neg": b, "ebm_ml": a - b} for a, b, k in zip(e_q, e_neg, kl)
+        {"loss": 100.0, "kl": k, "energy_q": a, "energy_neg": b, "log_z": z, "ebm_ml": a - b}
+        for a, b, k, z in zip(e_q, e_neg, kl, log_z, strict=True)
+    ]
+
+
+def shifted(rows, shifts):
+    """The same rows for the energy E + c_t (log_z - c_t): the same p_alpha, chains and VAE gradients."""
+    return [
+        {**r, "energy_q": r["energy_q"] + c, "energy_neg": r["energy_neg"] + c, "log_z": r["log_z"] - c}
+        for r, c in zip(rows, shifts, strict=True)
     ]
 
 
@@ -83,6 +95,31 @@ def first_alarm(rows, **kw):
     return None, None
 
 
+# docs/results/ebm-joint.md, "Why it diverged": polymnist-mini, MoPoE, no L2 term, Algorithm 1 (f = 1):
+# E_q[E] at epochs 1-6 as recorded; E_neg and KL(q || p0) as recorded at epochs 3 and 6 (-17.2 / 73.7,
+# -130 / 123), KL 54 at epoch 1, the epochs between interpolated.
+DRIFT = history([-0.07, -2.4, -22.6, -59, -95, -133], [0.0, -1.2, -17.2, -55, -92, -130], [54, 63, 73.7, 88, 105, 123])
+# stable runs of the same page, E at p0's samples (not recorded) taken as at the negatives: MMVAE with
+# the defaults at epochs 2, 10, 20, 30, 45, 60, 80, 100, and MoPoE with the former defaults at 2, 10, 20, 45, 60
+STABLE_MMVAE = history(
+    [0.00, -0.23, -1.08, -2.52, -3.65, -4.21, -4.48, -4.19],
+    e_neg := [0.03, 0.21, 1.02, 2.31, 3.44, 4.09, 4.40, 4.05],
+    [8.6, 10.8, 17.5, 25.9, 37.7, 45.0, 51.2, 55.3],
+    [-e for e in e_neg],
+)
+STABLE_MOPOE = history(
+    [-1.27, -1.78, -1.21, -1.55, -1.85],
+    e_neg := [0.16, 1.56, 1.39, 1.70, 2.00],
+    [66.1, 57.7, 55.9, 60.9, 65.0],
+    [-e for e in e_neg],
+)
+
+
+def level_zero(rows):
+    """The rows with each epoch's mean level (E_q + E_neg) / 2 moved to 0, as the gauge term would."""
+    return shifted(rows, [-(r["energy_q"] + r["energy_neg"]) / 2 for r in rows])
+
+
 def test_divergence_test_flags_the_reported_polymnist_run():
     """The bug report's per-epoch E_q[E] with its KL(q || p0) (energies and KL fall and rise together)."""
     e_q = [-0.01, -1.1, -16.8, -116, -601, -3000, -29e6]
@@ -90,6 +127,38 @@ def test_divergence_test_flags_the_reported_polymnist_run():
     kl = [54, 60, 70, 120, 400, 2000, 3e6]
     epoch, reason = first_alarm(history(e_q, e_neg, kl))
     assert epoch is not None and epoch <= 4 and "try" in reason
+    assert first_alarm(level_zero(history(e_q, e_neg, kl))) == (epoch, reason)
+
+
+def test_divergence_test_flags_the_drift_with_its_level_moved_to_zero():
+    """Issue 25: the README's drifting run (KL 54 -> 123) replayed with each epoch's mean energy level
+    moved to 0 leaves energies within +-3 nats, which the former raw-energy rules (|E| beyond 1.5 KL, E_q
+    falling) never flagged; the tilt -(E_q + log Z) does not move, and the run is flagged at epoch 3, as
+    recorded."""
+    gauged = level_zero(DRIFT)
+    assert all(max(abs(r["energy_q"]), abs(r["energy_neg"])) < 3 for r in gauged)
+    for rows in (DRIFT, gauged):
+        epoch, reason = first_alarm(rows)
+        assert epoch == 3 and "drift" in reason and "--ebm-feedback" in reason, reason
+
+
+def test_divergence_test_passes_stable_runs_shifted_by_any_constant():
+    shifts = [1e3, -1e3, 250.0, -7.0, 0.0, 40.0, -600.0, 1e4]
+    for rows in (STABLE_MMVAE, STABLE_MOPOE):
+        assert first_alarm(rows) == (None, None)
+        assert first_alarm(shifted(rows, shifts[: len(rows)])) == (None, None)
+        assert first_alarm(level_zero(rows)) == (None, None)
+
+
+def test_divergence_verdicts_do_not_depend_on_the_energy_constant():
+    """E -> E + c_t per epoch (log_z -> log_z - c_t) changes no verdict, for every history of this file."""
+    g = torch.Generator().manual_seed(0)
+    gap = history([0, -5, -20, -60, -200], [0, 0, 0, 0, 0], [20, 20, 20, 20, 20])
+    for rows in (DRIFT, STABLE_MMVAE, STABLE_MOPOE, gap):
+        want = first_alarm(rows)
+        for _ in range(5):
+            c = (1e3 * torch.randn(len(rows), generator=g, dtype=torch.float64)).tolist()
+            assert first_alarm(shifted(rows, c)) == want
 
 
 def test_divergence_test_flags_a_growing_gap_and_non_finite_values():
@@ -97,6 +166,10 @@ def test_divergence_test_flags_a_growing_gap_and_non_finite_values():
     assert epoch is not None and "gap" in reason
     epoch, reason = first_alarm(history([0, -1, float("nan")], [0, 0, 0], [5, 5, 5]))
     assert epoch == 3 and "non-finite" in reason
+    epoch, reason = first_alarm(history([0, -1, -1], [0, 0, 0], [5, 5, 5], [0, 0, float("inf")]))
+    assert epoch == 3 and "non-finite log_z" in reason
+    epoch, reason = first_alarm(history([-0.5, -0.6], [0.5, 0.6], [20, 20], [-10, -40]))  # tilt 40.6 > 1.5 x 20
+    assert epoch == 2 and "tilt" in reason
 
 
 def test_divergence_test_passes_stable_histories():
@@ -106,17 +179,21 @@ def test_divergence_test_passes_stable_histories():
             [0.0, -0.5, -1.0, -1.2, -1.1, -1.3, -1.2], [0.0, 0.1, 0.2, 0.1, 0.2, 0.1, 0.2], [5, 25, 60, 80, 90, 95, 97]
         )
     ) == (None, None)
-    # a harmless common shift of the energy at a constant KL (log Z absorbs it)
+    # a harmless common shift of the energy at a constant KL (log Z absorbs it: E at p0's samples shifts too)
     assert first_alarm(
         history(
             [-3, -6, -9, -12, -14, -15, -16],
             [-1, -3, -8, -11, -14, -15, -16],
             [14.4, 14.7, 14.8, 14.9, 15.1, 15.2, 15.4],
+            [1, 3, 8, 11, 14, 15, 16],
         )
     ) == (None, None)
-    # rows without energies (a VAE without joint energy) are ignored
+    # rows without energies (a VAE without joint energy) are ignored; rows without log_z (histories written
+    # before issue 25) get the gap test only
     test = DivergenceTest()
     assert all(test.update({"loss": 1.0, "kl": k}) is None for k in (1, 10, 100, 1000))
+    old = [{"loss": 1.0, "kl": 50.0, "energy_q": -100.0 * t, "energy_neg": -100.0 * t, "ebm_ml": 0.0} for t in range(5)]
+    assert first_alarm(old) == (None, None)
 
 
 # --- a short joint run through the real objective ----------------------------------------------------------
@@ -244,6 +321,25 @@ def test_iwae_objectives_report_kl_to_p0_for_the_divergence_test(objective):
         expected = _kl_to_prior(model, model.posterior(x)).mean().item()
     assert stats["kl"] == pytest.approx(expected, rel=1e-6) and expected > 0
     assert {"energy_q", "energy_neg", "ebm_ml"} <= set(stats)
+
+
+@pytest.mark.parametrize("neg_start", ["prior", "posterior", "persistent"])
+def test_learn_reports_log_z_estimated_on_p0_samples(neg_start):
+    """log_z = log mean exp(-E(z0)) over the batch's p0 samples z0 ~ N(0, 1): for E(z) = w z + b,
+    log Z = w^2 / 2 - b (1-D, 4,000 samples: standard error 0.01); for a constant energy exactly -b."""
+    torch.manual_seed(0)
+    spec = [ModalitySpec("a", [2], "gaussian", 1.0, 1.0, "mlp")]
+    model = MultimodalVAE(ModelConfig(spec, 1, "moe", "all", "elbo", 1, 1.0, "gaussian", "gaussian", hidden=4))
+    x = {"a": torch.randn(4000, 2)}
+    model.train()
+    settings = JointEnergySettings(neg_start=neg_start)
+    for w, b, tol in ((0.5, 0.3, 0.05), (0.0, 2.0, 1e-6)):
+        ebm = linear_ebm(1, [w], settings=settings, langevin={"steps": 1})
+        with torch.no_grad():
+            ebm.energy.net[0].bias.fill_(b)
+        model.attach_prior(ebm)
+        log_z = model(x)[1]["log_z"]
+        assert abs(log_z - (w**2 / 2 - b)) < tol, (log_z, w, b)
 
 
 def test_gauge_regulariser_pins_the_mean_level_and_leaves_the_gap_free():
