@@ -946,6 +946,13 @@ def resolve_train(
     )
 
 
+# A learnable p0 (--learn-prior) under a jointly trained energy: refused here and by priors.ebm.joint.learn.
+LEARNED_P0_NEEDS_FEEDBACK_1 = (
+    "--learn-prior needs --ebm-feedback 1: log Z's gradient for p0 comes from samples of "
+    "p_alpha, the VAE's prior only with feedback 1"
+)
+
+
 def check_model(m: ModelSettings, joint: JointEnergySettings | None = None) -> None:
     """Combinations of model settings (and, for --prior ebm, the joint energy's settings `joint`) that
     cannot work, refused with one line before anything runs."""
@@ -965,10 +972,7 @@ def check_model(m: ModelSettings, joint: JointEnergySettings | None = None) -> N
     if m.mvae_subsets and m.objective != "mvae":
         raise MMVAEError("--mvae-subsets needs --objective mvae")
     if joint_ebm and m.learn_prior and joint.feedback != 1.0:
-        raise MMVAEError(
-            "--learn-prior needs --ebm-feedback 1: log Z's gradient for p0 comes from samples of "
-            "p_alpha, the VAE's prior only with feedback 1"
-        )
+        raise MMVAEError(LEARNED_P0_NEEDS_FEEDBACK_1)
 
 
 def resolve(cls, overrides: dict, base=None):

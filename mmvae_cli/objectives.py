@@ -40,7 +40,7 @@ def _kl_to_prior(model, q) -> torch.Tensor:
     return q.component_mean(kl(q.components, model.prior.dist()))
 
 
-def _prior_learning(model, z_pos: torch.Tensor, loss, stats, prior_terms: int = 1):
+def _prior_learning(model, z_pos: torch.Tensor, loss, stats, prior_terms: float = 1.0):
     """The training prior's own learning step added to the loss (a jointly trained energy: Algorithm 1's
     eq. 10 on the posterior samples z_pos, `priors.ebm.joint.learn`), only while training with gradients on."""
     tp = model.train_prior

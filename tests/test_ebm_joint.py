@@ -28,7 +28,8 @@ def linear_ebm(dim, w, joint=True, settings=None, langevin=None):
 
 def test_learnable_prior_gets_the_gradient_of_log_z():
     """1-D: p0 = N(0, exp(raw)) learnable, E(z) = w z, q from one encoder (moe, one modality: no prior
-    expert, so q does not depend on raw). The exact prior term KL(q || p_alpha) = KL(q || p0) + E_q[E]
+    expert, so q does not depend on raw), feedback f = 1 (the only one allowed with a learnable p0: the
+    VAE's prior is then p_alpha). The exact prior term KL(q || p_alpha) = KL(q || p0) + E_q[E]
     + log Z(raw), log Z = log int exp(-w z) p0(z) dz by quadrature. The objective's gradient w.r.t. raw
     minus that of the same loss with a plain p0 prior (same noise) must be beta * d log Z / d raw; the
     Monte Carlo term uses 20,000 Langevin negatives (400 steps of 0.3: converged to exp(-10), ULA variance bias 1.2 %)."""
@@ -45,7 +46,8 @@ def test_learnable_prior_gets_the_gradient_of_log_z():
 
     def grad_raw(with_ebm):
         if with_ebm:
-            model.attach_prior(linear_ebm(1, [w], langevin={"steps": 400, "step_size": 0.3}))
+            f1 = JointEnergySettings(feedback=1.0)
+            model.attach_prior(linear_ebm(1, [w], settings=f1, langevin={"steps": 400, "step_size": 0.3}))
         else:
             model.detach_prior("ebm")
         model.zero_grad(set_to_none=True)
@@ -396,9 +398,22 @@ def test_feedback_scales_the_energy_in_the_vae_prior_term(fusion, objective, k):
 
 
 def test_feedback_below_one_with_a_learnable_prior_is_refused():
+    """In config (the flags) and in the library (the training step): with f < 1 the negatives are not
+    samples of the VAE's prior p_f, so they give no log Z gradient for p0."""
     from mmvae_cli.config import resolve_train
     from mmvae_cli.errors import MMVAEError
 
     with pytest.raises(MMVAEError, match="--ebm-feedback 1"):
         resolve_train("polymnist-mini", {"prior": "ebm", "learn_prior": True, "feedback": 0.5})
     assert resolve_train("polymnist-mini", {"prior": "ebm", "feedback": 0.5}).joint.feedback == 0.5
+    spec = [ModalitySpec("a", [3], "gaussian", 1.0, 1.0, "mlp")]
+    x = {"a": torch.randn(4, 3)}
+    for learn_prior, f, refused in ((True, 0.5, True), (True, 0.0, True), (True, 1.0, False), (False, 0.5, False)):
+        config = ModelConfig(spec, 1, "moe", "all", "elbo", 1, 1.0, "gaussian", "gaussian", learn_prior, hidden=4)
+        model = MultimodalVAE(config).train()
+        model.attach_prior(linear_ebm(1, [1.0], settings=JointEnergySettings(feedback=f), langevin={"steps": 1}))
+        if refused:
+            with pytest.raises(MMVAEError, match="--ebm-feedback 1"):
+                model(x)
+        else:
+            model(x)[0].backward()

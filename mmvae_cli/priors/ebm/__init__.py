@@ -265,7 +265,7 @@ class EnergyPrior(LatentPrior):
         on = self.trained_with_vae and js.feedback > 0 and self.joint_step >= js.warmup_steps
         return js.feedback if on else 0.0
 
-    def learn(self, model, z_pos: torch.Tensor, loss, stats: dict, prior_terms: int = 1):
+    def learn(self, model, z_pos: torch.Tensor, loss, stats: dict, prior_terms: float = 1.0):
         return _joint.learn(self, model, z_pos, loss, stats, prior_terms)
 
     def monitor(self, history: list[dict]):

@@ -15,8 +15,8 @@ import math
 
 import torch
 
-from ...config import TrainConfig, to_dict
-from ...errors import NumericalError
+from ...config import LEARNED_P0_NEEDS_FEEDBACK_1, TrainConfig, to_dict
+from ...errors import MMVAEError, NumericalError
 from .losses import maximum_likelihood_loss
 
 
@@ -45,6 +45,14 @@ def negative_starts(prior, z_pos: torch.Tensor, fresh: torch.Tensor) -> torch.Te
     return torch.where(reset, fresh, prior.chains)
 
 
+def check_feedback(prior, model) -> None:
+    """A learnable p0 needs feedback f = 1: log Z's gradient for it, E_{p_alpha}[d log p0 / d theta], comes
+    from the negatives, samples of p_alpha = p_1, which is the VAE's prior p_f only for f = 1 (for
+    0 < f < 1 it would need samples of p_f). MMVAEError otherwise (config.check_model refuses the flags)."""
+    if prior.joint_settings.feedback != 1.0 and any(p.requires_grad for p in model.prior.parameters()):
+        raise MMVAEError(LEARNED_P0_NEEDS_FEEDBACK_1)
+
+
 def learn(prior, model, z_pos: torch.Tensor, loss, stats, prior_terms: float = 1.0):
     """Algorithm 1's "learn alpha" step added to the loss: eq. 10 as
     mean E(z_pos) - mean E(z_neg) (+ the L2 term of `JointEnergySettings.reg`), z_pos posterior samples
@@ -53,11 +61,13 @@ def learn(prior, model, z_pos: torch.Tensor, loss, stats, prior_terms: float = 1
     parameters, d log Z / d theta = E_{p_alpha}[d log p0(z) / d theta], so beta * mean log p0(z_neg)
     (times `prior_terms`, the number of prior terms per tuple in the loss) is added for them: a gradient
     surrogate, added after stats["loss"] was taken, so the reported loss is unchanged. The negatives
-    sample p_alpha = p_1, the VAE's prior only with feedback f = 1: a learnable p0 with f < 1 is refused.
+    sample p_alpha = p_1, the VAE's prior only with feedback f = 1: a learnable p0 with f < 1 is refused
+    (`check_feedback`).
     Reports, for `DivergenceTest`: energy_neg (mean E of the negatives), log_z = log mean exp(-E) over
     the batch's p0 samples (an estimate of log Z, biased low) and, where the objective did not, energy_q
     (mean E of the positives)."""
     js = prior.joint_settings
+    check_feedback(prior, model)
     z_pos = z_pos.detach().reshape(-1, z_pos.shape[-1])
     fresh = prior.start(z_pos.shape[0])  # p0 samples: chain starts and log Z's estimate
     z_neg = prior.langevin(negative_starts(prior, z_pos, fresh), denoise=0.0).z  # eq. 10's negatives
