@@ -67,6 +67,39 @@ def test_learnable_prior_gets_the_gradient_of_log_z():
     assert abs((g_ebm - g_p0) - expected) < 0.03 * abs(expected) + 0.01, (g_ebm - g_p0, expected)
 
 
+@pytest.mark.parametrize("missing", [False, True], ids=["complete", "missing"])
+def test_mvae_weights_the_log_z_gradient_by_the_elbos_it_counts(missing):
+    """MVAE's loss is a sum of ELBOs, each with -beta log Z: p0's log Z gradient surrogate must count the
+    ELBOs each tuple has. 3 modalities, groups {abc, a, b, c}: complete tuples count 4 each; with the
+    observed sets {abc}, {ab}, {a}, {c} the joint ELBO counts for all 4 tuples, a and b for the first two
+    (a unimodal ELBO needs a second observed modality), c for the first: 1 + 1/2 + 1/2 + 1/4 = 2.25 per
+    tuple (issue 25e: not 4). With E = 0 the VAE's terms are p0's, so the gradient on p0's parameters
+    differs from the plain model's (same noise) by beta * count * d/dtheta mean log p0(z_neg) exactly."""
+    torch.manual_seed(0)
+    beta = 0.7
+    specs = [ModalitySpec(m, [2], "gaussian", 1.0, 1.0, "mlp") for m in "abc"]
+    config = ModelConfig(specs, 2, "poe", "all", "mvae", 1, beta, "gaussian", "gaussian", learn_prior=True, hidden=4)
+    model = MultimodalVAE(config).train()
+    x = {m: torch.randn(4, 2) for m in "abc"}
+    present = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [0, 0, 1]], dtype=torch.bool) if missing else None
+    settings = JointEnergySettings(feedback=1.0, reg=0.0, neg_start="persistent")  # chains kept: z_neg
+
+    def grad(with_ebm):
+        model.detach_prior("ebm")
+        if with_ebm:
+            model.attach_prior(linear_ebm(2, [0.0, 0.0], settings=settings, langevin={"steps": 1}))
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        model(x, present)[0].backward()
+        return model.prior.raw.grad.clone()
+
+    g_p0, g_ebm = grad(False), grad(True)
+    z_neg = model.train_prior.chains  # the negatives of that step
+    (d_log_p0,) = torch.autograd.grad(model.base_log_prob(z_neg).mean(), model.prior.raw)
+    count = 2.25 if missing else 4.0
+    assert torch.allclose(g_ebm - g_p0, beta * count * d_log_p0, rtol=1e-5, atol=1e-7), (g_ebm - g_p0, d_log_p0)
+
+
 # --- the divergence test on synthetic histories -----------------------------------------------------------
 
 
