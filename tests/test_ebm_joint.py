@@ -430,6 +430,62 @@ def test_feedback_scales_the_energy_in_the_vae_prior_term(fusion, objective, k):
     assert model(x)[1]["loss"] == pytest.approx(l0, rel=1e-6, abs=1e-6)  # f = 0: the base prior's loss
 
 
+@pytest.mark.parametrize("objective,f", [("iwae", 1.0), ("iwae", 0.4), ("dreg", 1.0), ("dreg", 0.4)])
+def test_iwae_and_dreg_energy_term_at_k_above_one(objective, f):
+    """K = 3 importance samples from each of MMVAE's 2 components, the energy inside the log weights
+    (issue 25d: the K = 1 test above sees it only linearly). By hand, with q_m the unimodal experts and
+    z (S, K, B, D) the same reparameterised draws:
+        log w = log p(X | z) + beta (log N(z; 0, I) - f E(z) - log 1/2 sum_m q_m(z)),
+        L = mean_{s, b} log 1/K sum_k w,
+    the objective's value is L; the IWAE's gradients are -dL/dtheta for every VAE weight; DReG's are
+    -dL/dtheta for the decoders and, for the encoders, minus the gradient of
+    mean_{s, b} sum_k w~_k^2 log w_k with w~ = softmax_k log w detached and q's parameters stopped in
+    log q (the path through z alone). The energy's own weights learn only from eq. 10."""
+    torch.manual_seed(0)
+    beta, K = 1.3, 3
+    specs = [ModalitySpec(m, [3], "gaussian", 0.5, 1.0, "mlp") for m in "ab"]
+    model = MultimodalVAE(ModelConfig(specs, 2, "moe", "all", objective, K, beta, "gaussian", "gaussian", hidden=6))
+    ebm = EnergyPrior(EnergyConfig(dim=2, hidden=4, layers=2), "tilted", joint=True, langevin={"steps": 2})
+    with torch.no_grad():  # a clearly non-zero, non-linear energy
+        for p in ebm.parameters():
+            p.copy_(torch.randn_like(p))
+    ebm.joint_settings = JointEnergySettings(feedback=f)
+    model.attach_prior(ebm)
+    model.train()
+    x = {m: torch.randn(5, 3) for m in "ab"}
+    vae = [(n, p) for n, p in model.named_parameters() if not n.startswith("train_prior.")]
+
+    torch.manual_seed(1)
+    loss, stats = model(x)
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    got = {n: p.grad.clone() for n, p in vae}
+
+    torch.manual_seed(1)
+    z = model.posterior(x).rsample_each(K)  # the same draws: (S, K, B, D)
+    experts = model.experts(x)
+
+    def log_w(stop_q):
+        loc, scale = (experts.loc.detach(), experts.scale.detach()) if stop_q else (experts.loc, experts.scale)
+        log_q = torch.stack([torch.distributions.Normal(loc[m], scale[m]).log_prob(z).sum(-1) for m in range(2)])
+        log_q = torch.logsumexp(log_q, 0) - math.log(2)
+        log_p0 = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+        return model.log_likelihoods(model.decode(z), x) + beta * (log_p0 - f * ebm.energy(z) - log_q)
+
+    lw = log_w(False)
+    value = (torch.logsumexp(lw, 1) - math.log(K)).mean()
+    assert stats["iwae"] == pytest.approx(value.item(), rel=1e-6)
+    want = dict(zip([n for n, _ in vae], torch.autograd.grad(-value, [p for _, p in vae], retain_graph=True)))
+    if objective == "dreg":
+        wt = torch.softmax(lw, 1).detach()
+        surrogate = (wt.pow(2) * log_w(True)).sum(1).mean()
+        enc = [(n, p) for n, p in vae if n.startswith("encoders.")]
+        want.update(zip([n for n, _ in enc], torch.autograd.grad(-surrogate, [p for _, p in enc])))
+    for n, _ in vae:
+        assert torch.allclose(got[n], want[n], rtol=1e-4, atol=1e-6), n
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in ebm.parameters())  # eq. 10
+
+
 def test_feedback_below_one_with_a_learnable_prior_is_refused():
     """In config (the flags) and in the library (the training step): with f < 1 the negatives are not
     samples of the VAE's prior p_f, so they give no log Z gradient for p0."""
