@@ -478,7 +478,7 @@ class LangevinSettings:
         0.0,
         "noise level sigma of a last, noise-free Tweedie step z <- z + sigma^2 grad log p(z) on the chains' "
         "free coordinates (E[z | z + N(0, sigma^2)] for an energy fitted to data smoothed by that noise; "
-        "0 = off; noise-conditional energies: in their standardised coordinates)",
+        "0 = off; noise-conditional energies: 0 or their smallest noise level, in their standardised coordinates)",
         "Tweedie's formula; the denoising last step of Jolicoeur-Martineau et al. 2021 and Song & Ermon 2020",
         min=0.0,
     )

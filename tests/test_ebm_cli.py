@@ -315,6 +315,11 @@ def test_eb_mvae_ncsn_energy_is_stored_and_sampled_by_annealed_langevin(runs, ca
         ["sample", r, "--prior", "ebm", "-n", "4", "--out", tmp / "n.png", "--steps", "6", "--device", "cpu"], capsys
     )
     assert code == 0, err
+    denoise = ["--steps", "3", "--denoise", f"{sigmas[-1]:.6g}", "--device", "cpu"]  # its smallest level, as printed
+    code, _, err = run(["sample", r, "--prior", "ebm", "-n", "4", "--out", tmp / "d.png", *denoise], capsys)
+    assert code == 0, err  # (any other --denoise: tests/test_bad_input.py)
+    code, _, err = run(["cross-generate", r, "--given", "m0", "--out", tmp / "c.png", "--data-root", root, *denoise])
+    assert code == 0, err
     code, out, err = ebm_coherence(r, runs, capsys)
     assert code == 0, err
     res = json.loads(out)
