@@ -95,11 +95,44 @@ def new_manifest(kind: str, **fields) -> dict:
     }
 
 
-def write_weights(run: Path, name: str, tensors: dict[str, torch.Tensor], manifest: dict) -> None:
-    """Write RUN/name atomically and record its sha256 and size in the manifest (not yet saved)."""
-    path = Path(run) / name
+def pending(name: str) -> str:
+    """The name a staged file is written under until its manifest is saved (`write_weights(staged=True)`)."""
+    return f".{name}.pending"
+
+
+def write_weights(run: Path, name: str, tensors: dict[str, torch.Tensor], manifest: dict, staged: bool = False) -> None:
+    """Write RUN/name atomically and record its sha256 and size in the manifest (not yet saved).
+
+    `staged`: written as RUN/.name.pending, which `commit_staged` moves to RUN/name once the manifest
+    naming it is saved; `read_weights` takes a pending file whose checksum the manifest names, so a
+    process killed between the two still leaves files and manifest that agree."""
+    path = Path(run) / (pending(name) if staged else name)
     atomic_save_tensors(path, tensors)
     manifest["files"][name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def commit_staged(run: Path, names) -> None:
+    """Move staged files into place (after the manifest that names them was saved)."""
+    for name in names:
+        staged = Path(run) / pending(name)
+        if staged.exists():
+            os.replace(staged, Path(run) / name)
+
+
+def recover(run: Path, manifest: dict) -> None:
+    """Tidy a folder that a killed writer left, before writing into it again: a staged file whose
+    checksum the manifest names is moved into place (its commit was cut short), other staged files and
+    the atomic writers' temporary files are removed."""
+    run = Path(run)
+    for path in run.glob(".*"):
+        if path.name.endswith(".pending") and path.is_file():
+            name = path.name[1 : -len(".pending")]
+            if _matches(path, manifest.get("files", {}).get(name, {})):
+                os.replace(path, run / name)
+            else:
+                path.unlink()
+        elif path.name.endswith(".tmp") and path.is_file():
+            path.unlink()
 
 
 def save_manifest(run: Path, manifest: dict) -> None:
@@ -129,16 +162,25 @@ def read_manifest(run: Path, kind: str | None = None) -> dict:
     return manifest
 
 
+def _matches(path: Path, meta: dict) -> bool:
+    return path.exists() and path.stat().st_size == meta.get("bytes") and sha256_file(path) == meta.get("sha256")
+
+
 def read_weights(run: Path, name: str, manifest: dict) -> dict[str, torch.Tensor]:
-    """Load RUN/name after checking it against the sha256 recorded in the manifest."""
+    """Load RUN/name after checking it against the sha256 recorded in the manifest (or its staged file,
+    when a commit was interrupted after the manifest was saved)."""
     path = Path(run) / name
     meta = manifest.get("files", {}).get(name)
     if meta is None:
         raise BundleError(f"{run}: manifest does not list {name}")
-    if not path.exists():
-        raise BundleError(f"{path}: missing")
-    if path.stat().st_size != meta.get("bytes") or sha256_file(path) != meta.get("sha256"):
-        raise BundleError(f"{path}: checksum mismatch (corrupted or modified after it was written)")
+    if not _matches(path, meta):
+        staged = Path(run) / pending(name)
+        if _matches(staged, meta):
+            path = staged
+        elif not path.exists():
+            raise BundleError(f"{path}: missing")
+        else:
+            raise BundleError(f"{path}: checksum mismatch (corrupted or modified after it was written)")
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as e:

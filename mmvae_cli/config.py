@@ -3,14 +3,17 @@
 A run's settings are sections of typed fields (`ModelSettings`, `TrainSettings`, `EnergySettings`,
 `JointEnergySettings`, `LangevinSettings`, `FitSettings`, `PriorFitSettings`, `GMMSettings`,
 `FlowSettings`, `RuntimeSettings`, `ClassifierSettings`); the evaluation and generation commands'
-sample counts are sections too (`EvalSettings`, `GenerateSettings`), and so are the energy's defaults
-that depend on its objective (`EnergyDefaults`: not flags, filled in for settings left unset). Each field is declared with
+sample counts are sections too (`EvalSettings`, `GenerateSettings`), and so are the options several
+commands share (`CommandSettings`: device, seed, split, prior) and the energy's defaults that depend on
+its objective (`EnergyDefaults`: not flags, filled in for settings left unset). Each field is declared with
 `setting(default, help, source, ...)`, which records its range and where its default comes from (a
 paper, the reference code, or ours with the measurement). Everything else reads these declarations:
 
   * click options are generated from them (`cli/options.settings_options`), so a new field is a new
     command-line flag with its help and default shown;
-  * recipes (TOML, `recipes/`) may set any field of the sections they name and are checked here;
+  * recipes (TOML, `recipes/`) may set any field of the sections they name and are checked here; they
+    state only what differs from these defaults, and shared blocks come from an `include`
+    (`load_recipe`; e.g. recipes/_compare.toml);
   * `check(section)` validates every value, whether it came from a flag, a recipe or a manifest, and
     raises one-line MMVAEErrors naming the flag;
   * manifests record the resolved sections as JSON (`asdict`), and `from_dict` reads them back
@@ -32,7 +35,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from . import registry
 from .errors import MMVAEError
+from .registry import FAMILIES, FUSIONS, OBJECTIVES, declaring
 
 # --- declaring a setting --------------------------------------------------------------------------
 
@@ -168,11 +173,8 @@ def default_of(cls, name: str):
 
 # --- the sections ---------------------------------------------------------------------------------
 
-FUSIONS = ("poe", "moe", "mopoe", "none")
-OBJECTIVES = ("elbo", "iwae", "dreg", "mvae")
-FAMILIES = ("gaussian", "laplace")
-# each paper's own objective, used when neither the recipe nor --objective names one
-FUSION_OBJECTIVE = {"poe": "mvae", "moe": "iwae", "mopoe": "elbo", "none": "elbo"}
+# (the fusions, objectives and latent families the fields below name, and what each declares: registry.py)
+PRIVATE_PRIORS = ("reference", "learned")  # MMVAE+'s p(w_m) (ModelSettings.private_prior; model.py reads it)
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,7 @@ class ModelSettings:
         "experts), mopoe = MoPoE (mixture over all subsets' products), none = EB-MVAE's "
         "independent unimodal VAEs (couple them with `mmvae fit-ebm`)",
         "ours: MoPoE, the model of the quick start",
-        choices=FUSIONS,
+        choices=tuple(FUSIONS),
     )
     objective: str | None = setting(
         None,
@@ -218,7 +220,7 @@ class ModelSettings:
         "Laplace(0, 1) (N(0, 1) for a Gaussian prior), the learned p(w_m) only in the "
         "training cross terms, as the reference code; learned: the learned p(w_m) everywhere",
         "MMVAE+ reference code (epalu/mmvaeplus)",
-        choices=("reference", "learned"),
+        choices=PRIVATE_PRIORS,
     )
     subsets: str = setting(
         "all", 'MoPoE mixture subsets: "all", "unimodal+full", or "m0,m1;m2;..."', "MoPoE paper: all 2^M - 1 subsets"
@@ -507,10 +509,16 @@ EBMVAE_DENOISING_LANGEVIN = {"steps": 100, "step_size": 0.3}
 EBMVAE_FIT = {"objective": "denoising", "epochs": 1000, "energy_hidden": 1024}
 
 
+def unimodal_latents(fusion: str) -> bool:
+    """Whether fusion `fusion` has no shared latent (registry.FUSIONS): z is the M unimodal latents, as
+    EB-MVAE's (--fusion none), and the EBMVAE_* defaults above and below apply to its energy."""
+    return fusion in FUSIONS and not FUSIONS[fusion].shared_latent
+
+
 def fit_energy_defaults(objective: str, fusion: str) -> dict:
     """EnergySettings fit-ebm uses when none are given: EBMVAE_FIT's width for EB-MVAE's denoising
     energy, otherwise EnergySettings' own defaults ({})."""
-    if fusion == "none" and objective == EBMVAE_FIT["objective"]:
+    if unimodal_latents(fusion) and objective == EBMVAE_FIT["objective"]:
         return {"energy_hidden": EBMVAE_FIT["energy_hidden"]}
     return {}
 
@@ -523,9 +531,9 @@ def fit_langevin_defaults(objective: str, fusion: str, sigma: float = 0.0) -> di
     otherwise LangevinSettings' own defaults ({})."""
     if objective == "ncsn":
         return dict(NCSN_LANGEVIN)
-    if fusion == "none" and objective == "denoising":
+    if unimodal_latents(fusion) and objective == "denoising":
         return {**EBMVAE_DENOISING_LANGEVIN, "denoise": sigma}
-    if fusion == "none" and objective != "ml":
+    if unimodal_latents(fusion) and objective != "ml":
         return dict(EBMVAE_LANGEVIN)
     return {}
 
@@ -614,9 +622,9 @@ class FitSettings:
     def resolved(self, fusion: str) -> FitSettings:
         """The objective-dependent defaults filled in (ENERGY_DEFAULTS; fusion none: EBMVAE_FIT's objective
         and epochs)."""
-        obj = self.objective or (EBMVAE_FIT["objective"] if fusion == "none" else "ml")
+        obj = self.objective or (EBMVAE_FIT["objective"] if unimodal_latents(fusion) else "ml")
         d, ml = ENERGY_DEFAULTS, obj == "ml"
-        ebmvae = fusion == "none" and obj == EBMVAE_FIT["objective"]
+        ebmvae = unimodal_latents(fusion) and obj == EBMVAE_FIT["objective"]
         if self.sigma_max is not None and self.sigma_min is not None and self.sigma_min > self.sigma_max:
             raise MMVAEError(f"--sigma-min {self.sigma_min:g} must not exceed --sigma-max {self.sigma_max:g}")
         return replace(
@@ -725,6 +733,21 @@ class ClassifierSettings:
 
 
 @dataclass(frozen=True)
+class CommandSettings:
+    """Options several commands share, not part of a run's settings: the device of every command; the
+    seed, the data split and the prior of those that read a bundle (eval, sample, cross-generate)."""
+
+    device: str = setting("auto", "cpu, cuda, cuda:N or auto (cuda when available)", "ours: a GPU when there is one")
+    seed: int = setting(0, "random seed", "ours", min=0)
+    split: str = setting(
+        "test",
+        "split of the data the command reads (test: the tuples no run trained on)",
+        "the papers' protocol (REFERENCE.md): evaluated on the test split",
+    )
+    prior: str = setting("base", "prior of the latents", "ours: the prior the model was trained with")
+
+
+@dataclass(frozen=True)
 class EvalSettings:
     """`mmvae eval`: how many samples each metric uses (the flags' defaults; not part of a run's settings).
 
@@ -804,8 +827,6 @@ SECTIONS = {
 
 # --- recipes --------------------------------------------------------------------------------------
 
-FUSION_RECIPE = {"poe": "mvae", "moe": "mmvae", "mopoe": "mopoe", "none": "ebmvae"}
-
 
 def recipe_files():
     """The shipped recipes (package data `mmvae_cli.recipes`, the top-level recipes/ folder)."""
@@ -818,29 +839,58 @@ def family(dataset: str) -> str:
 
 def default_recipe(dataset: str, fusion: str, private: bool = False):
     """The shipped recipe for a dataset family and model, or None when there is none."""
-    name = "mmvaeplus" if private else FUSION_RECIPE.get(fusion, fusion)
+    name = "mmvaeplus" if private else (FUSIONS[fusion].model if fusion in FUSIONS else fusion)
     path = recipe_files() / f"{family(dataset)}-{name}.toml"
     return path if path.is_file() else None
 
 
-def load_recipe(path) -> dict:
-    """A recipe's TOML as a dict, every key checked against the sections' fields."""
-    where = getattr(path, "name", str(path))
+def _where(path) -> str:
+    return getattr(path, "name", str(path))
+
+
+def _included(name: str, beside):
+    """The recipe an `include` names: next to the including recipe `beside`, else a shipped one."""
+    for path in (beside.parent / name, recipe_files() / name):
+        if path.is_file():
+            return path
+    raise MMVAEError(f"recipe {_where(beside)}: include {name!r} not found (next to it or among the shipped recipes)")
+
+
+def load_recipe(path, _chain: tuple = ()) -> dict:
+    """A recipe's TOML as a dict, every key checked against the sections' fields.
+
+    A top-level `include = ["a.toml", ...]` (a name or a list; each found next to the recipe, else among
+    the shipped recipes, which hold shared blocks such as _compare.toml) is read first, in order, and the
+    recipe's own values win key by key: include < later include < the recipe. Includes may include."""
+    where = _where(path)
     if not path.is_file():
         raise MMVAEError(f"recipe {path} not found")
+    key = str(path.resolve()) if isinstance(path, Path) else str(path)
+    if key in _chain:
+        names = [_where(Path(k)) for k in (*_chain[_chain.index(key) :], key)]
+        raise MMVAEError(f"recipe {names[0]}: include cycle {' -> '.join(names)}")
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise MMVAEError(f"recipe {where}: invalid TOML ({e})".replace("\n", " ")) from None
+    include = data.pop("include", [])
+    names = [include] if isinstance(include, str) else include
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise MMVAEError(f"recipe {where}: include must be a recipe file name or a list of them, got {include!r}")
+    merged: dict = {}
+    for name in names:
+        for section, values in load_recipe(_included(name, path), (*_chain, key)).items():
+            merged.setdefault(section, {}).update(values)
     schedule_keys = {f.name for cls in SECTIONS.values() for f in fields(cls)}
     for name, section in data.items():
         if not isinstance(section, dict):
             raise MMVAEError(f"recipe {where}: top-level key {name!r} must be a [section]")
         allowed = {f.name for f in fields(SECTIONS[name])} if name in SECTIONS else schedule_keys
-        for key in section:
-            if key not in allowed:
-                raise MMVAEError(f"recipe {where}: unknown setting [{name}] {key}")
-    return data
+        for k in section:
+            if k not in allowed:
+                raise MMVAEError(f"recipe {where}: unknown setting [{name}] {k}")
+        merged.setdefault(name, {}).update(section)
+    return merged
 
 
 @dataclass(frozen=True)
@@ -928,9 +978,7 @@ def resolve_train(
         sections[name] = s
     m = sections["model"]
     if m.objective is None:
-        sections["model"] = m = replace(
-            m, objective=FUSION_OBJECTIVE[m.fusion] if m.fusion in FUSION_OBJECTIVE else "elbo"
-        )
+        sections["model"] = m = replace(m, objective=registry.paper_objective(m.fusion))
     for s in sections.values():
         for f in fields(s):  # TOML arrays for pairs
             v = getattr(s, f.name)
@@ -957,14 +1005,18 @@ def check_model(m: ModelSettings, joint: JointEnergySettings | None = None) -> N
     """Combinations of model settings (and, for --prior ebm, the joint energy's settings `joint`) that
     cannot work, refused with one line before anything runs."""
     joint_ebm = joint is not None
-    if m.private_dim and (m.fusion != "moe" or m.objective not in ("iwae", "dreg")):
-        raise MMVAEError("--private-dim (MMVAE+) needs --fusion moe and --objective iwae or dreg")
-    if m.fusion in ("poe", "mopoe") and (m.posterior != "gaussian" or m.prior != "gaussian"):
+    fusion, objective = registry.fusion(m.fusion), registry.objective(m.objective)
+    if m.private_dim and not (fusion.private_latents and objective.private_latents):
+        raise MMVAEError(
+            f"--private-dim (MMVAE+) needs --fusion {' or '.join(declaring(FUSIONS, 'private_latents'))} and "
+            f"--objective {' or '.join(declaring(OBJECTIVES, 'private_latents'))}"
+        )
+    if fusion.products and (m.posterior != "gaussian" or m.prior != "gaussian"):
         raise MMVAEError(
             f"fusion {m.fusion} needs Gaussian posteriors and prior (a product with Laplace experts "
             "has no closed form); use --posterior gaussian or --fusion moe"
         )
-    if joint_ebm and m.fusion == "none":
+    if joint_ebm and not fusion.shared_latent:
         raise MMVAEError(
             "--prior ebm learns a prior over a shared latent; EB-MVAE (--fusion none) gets its "
             "energy after training: `mmvae fit-ebm RUN`"

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import distributions as td
 
-POSTERIORS = ("gaussian", "laplace")
 LOGVAR_BOUND = 30.0
 
 

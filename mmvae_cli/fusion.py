@@ -36,10 +36,9 @@ from dataclasses import dataclass
 import torch
 from torch import distributions as td
 
+from . import registry
 from .distributions import product_of_gaussians
 from .errors import MMVAEError
-
-FUSIONS = ("poe", "moe", "mopoe", "none")
 
 
 def enumerate_subsets(n: int) -> torch.Tensor:
@@ -154,13 +153,18 @@ class Mixture:
 
 
 class Fusion:
-    """Which products of experts form q(z | X_A). Subclasses set `name` and `components`."""
+    """Which products of experts form q(z | X_A). Subclasses set `name` (their key in registry.FUSIONS,
+    which declares what they are: `spec`) and `components`."""
 
     name = ""
 
     def __init__(self, n_modalities: int, subsets: torch.Tensor | None = None):
         self.M = n_modalities
         self.subsets = subsets if subsets is not None else enumerate_subsets(n_modalities)
+
+    @property
+    def spec(self) -> registry.Fusion:
+        return registry.FUSIONS[self.name]
 
     def components(self, given: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For inputs `given` (bool (M,)), the component masks (S, M) and prior-expert flags (S,)."""
@@ -191,8 +195,10 @@ class Fusion:
         if present is not None:
             observed = given.to(dev)[None, :] & present.to(dev)
             weights, with_prior, valid = self.per_item(mask, with_prior.to(dev), observed, given)
-            custom = self.name == "mopoe" and self.subsets.shape[0] != 2**self.M - 1  # only then can none be valid
-            if custom and bool((~valid.any(0)).any()):  # (jobs.check_observed_sets refuses such data up front)
+            custom = self.spec.subsets and self.subsets.shape[0] != 2**self.M - 1  # only then can none be valid
+            if custom and bool(
+                (~valid.any(0)).any()
+            ):  # (commands.train.check_observed_sets refuses such data up front)
                 raise MMVAEError(
                     f"fusion {self.name}: a tuple observes none of the mixture's subsets (--subsets); "
                     "include every modality alone or use --subsets all"
@@ -293,7 +299,5 @@ class Independent(Fusion):
 
 
 def make_fusion(name: str, n_modalities: int, subsets: torch.Tensor | None = None) -> Fusion:
-    classes = {"poe": PoE, "moe": MoE, "mopoe": MoPoE, "none": Independent}
-    if name not in classes:
-        raise MMVAEError(f"unknown fusion {name!r}; choose one of {', '.join(FUSIONS)}")
-    return classes[name](n_modalities, subsets)
+    """The fusion registered as `name` (registry.FUSIONS) over n modalities."""
+    return registry.load(registry.fusion(name).code)(n_modalities, subsets)

@@ -40,13 +40,13 @@ from torch import nn
 
 from . import distributions as D
 from . import modalities, nets
-from .config import FUSION_OBJECTIVE, ModelSettings, RuntimeSettings, check_model, default_of
+from .config import PRIVATE_PRIORS, ModelSettings, RuntimeSettings, check_model, default_of
 from .errors import MMVAEError
 from .fusion import Mixture, make_fusion, parse_subsets
 from .nets import grouped
 from .objectives import get_objective
-
-PRIVATE_PRIORS = next(f for f in fields(ModelSettings) if f.name == "private_prior").metadata["choices"]
+from .registry import FAMILIES, paper_objective
+from .registry import fusion as fusion_spec
 
 
 def _default(name: str):
@@ -81,7 +81,7 @@ class ModalitySpec:
 @dataclass
 class ModelConfig:
     """The model as a manifest records it; the defaults are config.ModelSettings' (objective None: the
-    fusion's own, config.FUSION_OBJECTIVE)."""
+    fusion's own, registry.paper_objective)."""
 
     modalities: list[ModalitySpec]
     latent_dim: int = _default("latent_dim")  # per modality for fusion none (EB-MVAE)
@@ -100,7 +100,7 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.objective is None:
-            self.objective = FUSION_OBJECTIVE.get(self.fusion, "elbo")
+            self.objective = paper_objective(self.fusion)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -234,7 +234,7 @@ class Prior(nn.Module):
 
     def __init__(self, kind: str, dim: int, learn: bool = False):
         super().__init__()
-        if kind not in D.POSTERIORS:
+        if kind not in FAMILIES:
             raise MMVAEError(f"unknown prior {kind!r}; choose gaussian or laplace")
         self.kind = kind
         self.register_buffer("loc", torch.zeros(dim))
@@ -253,10 +253,10 @@ class MultimodalVAE(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        if c.posterior not in D.POSTERIORS:
+        if c.posterior not in FAMILIES:
             raise MMVAEError(f"unknown posterior {c.posterior!r}; choose gaussian or laplace")
         self.names = c.names
-        self.z_dim = c.latent_dim * (len(c.modalities) if c.fusion == "none" else 1)  # size of z
+        self.z_dim = fusion_spec(c.fusion).z_dim(c.latent_dim, len(c.modalities))  # size of z
         check_model(
             ModelSettings(
                 fusion=c.fusion,
@@ -412,7 +412,7 @@ class MultimodalVAE(nn.Module):
     # --- generation ------------------------------------------------------------------------------
     def block(self, z: torch.Tensor, name: str) -> torch.Tensor:
         """The part of z that modality `name` decodes: all of it, or its own block for fusion none."""
-        if self.config.fusion != "none":
+        if self.fusion.spec.shared_latent:
             return z
         i, d = self.names.index(name), self.config.latent_dim
         return z[..., i * d : (i + 1) * d]
@@ -445,7 +445,7 @@ class MultimodalVAE(nn.Module):
         """`decode` with the M decoders as one grouped computation (one shared input unless private
         latents or fusion none give each decoder its own)."""
         lead = z.shape[:-1]
-        shared = not self.config.private_dim and self.config.fusion != "none"
+        shared = not self.config.private_dim and self.fusion.spec.shared_latent
         flat = (
             z.reshape(-1, z.shape[-1]) if shared else [inputs[n].reshape(-1, inputs[n].shape[-1]) for n in self.names]
         )
@@ -567,7 +567,7 @@ class MultimodalVAE(nn.Module):
         experts, private = self.encode(x)
         z = self.fuse(experts, x).sample()
         coupling = next((p for p in self.priors.values() if p.conditional), None)
-        if self.config.fusion == "none" and coupling is not None:
+        if not self.fusion.spec.shared_latent and coupling is not None:
             d = self.config.latent_dim
             free = (~self.given_mask(x)).repeat_interleave(d).to(z.device)  # (M * d,)
             z = coupling.sample_given(z, free, **langevin)

@@ -140,16 +140,35 @@ def bundle_files() -> tuple[str, ...]:
     return (WEIGHTS, CHECKPOINT, PRIOR_CHECKPOINT, *LEGACY_FILES, *map(priors.prior_file, priors.fittable()))
 
 
-def save_bundle(run: Path, model: MultimodalVAE, manifest: dict) -> None:
-    """model.safetensors holds the VAE, prior-KIND.safetensors the prior trained with it (when there is one)."""
+def model_files(model: MultimodalVAE, manifest: dict) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
+    """A trained model's files: model.safetensors holds the VAE, prior-KIND.safetensors the prior trained
+    with it (when there is one), whose manifest section `priors.KIND` is refreshed here (not saved).
+    Also returns the files the manifest stops naming (a bundle's older energy file), to remove once the
+    manifest is saved."""
+    from .priors import prior_file
+
     state = model.state_dict()
-    bundle.write_weights(run, WEIGHTS, {k: v for k, v in state.items() if not k.startswith("train_prior.")}, manifest)
+    files = {WEIGHTS: {k: v for k, v in state.items() if not k.startswith("train_prior.")}}
     stale = []
     tp = model.train_prior
     if tp is not None:
         old = (manifest.get("priors") or {}).get(tp.kind) or {}
-        section = {**{k: v for k, v in old.items() if k != "file"}, "prior": tp.to_json()}
-        stale = write_prior(run, tp, manifest, section)
+        manifest.setdefault("priors", {})[tp.kind] = {
+            **{k: v for k, v in old.items() if k != "file"},
+            "prior": tp.to_json(),
+        }
+        files[prior_file(tp.kind)] = tp.tensors()
+        if old.get("file") not in (None, prior_file(tp.kind)):
+            stale.append(old["file"])
+            manifest.get("files", {}).pop(old["file"], None)
+    return files, stale
+
+
+def save_bundle(run: Path, model: MultimodalVAE, manifest: dict) -> None:
+    """Write the model's files (`model_files`) and the manifest."""
+    files, stale = model_files(model, manifest)
+    for name, tensors in files.items():
+        bundle.write_weights(run, name, tensors, manifest)
     bundle.save_manifest(run, manifest)
     for name in stale:
         (Path(run) / name).unlink(missing_ok=True)

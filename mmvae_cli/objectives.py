@@ -21,8 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import distributions as td
 
+from . import registry
 from .distributions import kl, log_mean_exp
-from .errors import MMVAEError
 
 
 def _kl_to_prior(model, q) -> torch.Tensor:
@@ -54,7 +54,7 @@ def elbo_terms(model, x, present=None):
     z the drawn latents ((B, D), or (S, 1, B, D) when every component reconstructs every item), q)."""
     q = model.posterior(x, present)
     S = q.n_components
-    if S == 1 or model.config.fusion == "mopoe":
+    if S == 1 or model.fusion.spec.chunked:
         z = q.rsample_chunked()  # (B, D)
         rec = model.log_likelihoods(model.decode(z), x, present)
     else:
@@ -259,10 +259,6 @@ def mvae(model, x, present=None):
     )
 
 
-OBJECTIVES: dict[str, Callable] = {"elbo": elbo, "iwae": iwae, "dreg": dreg, "mvae": mvae}
-
-
 def get_objective(name: str) -> Callable:
-    if name not in OBJECTIVES:
-        raise MMVAEError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[name]
+    """The objective registered as `name` (registry.OBJECTIVES)."""
+    return registry.load(registry.objective(name).code)

@@ -1,21 +1,18 @@
-"""The run lifecycle shared by every long command (`train`, `fit-ebm`, and whatever fits a prior next).
+"""The run lifecycle shared by every long command (`train`, `fit-ebm`, `fit-prior`).
 
+    action, recorded = plan_run(path, resume, state_key)  # --resume [last|auto]: create, restart or reopen
     run = Run.create(path, manifest, ...)        # after every input was checked: folder + manifest, atomically
     run = Run.reopen(path, manifest, ...)        # --resume: the same bundle, its checkpoint state
-    with run.session():                          # SIGTERM/SIGUSR1 handlers, TensorBoard writer
-        for epoch ...:
-            for step ...:
-                ...
-                if run.stop_requested():         # a signal arrived: checkpoint, then exit code 75
-                    run.checkpoint(tensors, state)
-                    run.interrupted()
-            run.end_epoch(row)                   # stderr line, --log-jsonl, --tensorboard, manifest history
-            run.checkpoint(tensors, state)
-        run.finalise()
+    loop.fit()                                   # loop.Loop: epochs and steps in run.session(), which handles
+                                                 # SIGTERM/SIGUSR1 (checkpoint, then exit code 75), and per
+                                                 # epoch run.end_epoch(row) (stderr, --log-jsonl, --tensorboard,
+                                                 # manifest history) and run.checkpoint(tensors, state)
+    run.finalise()
 
 A checkpoint is a safetensors file (weights, optimizer state, RNG streams as tensors) plus a JSON
-state under one manifest key, written together (runtime.write_checkpoint), so an interrupted run
-resumes bit-identically. Nothing is pickled.
+state under one manifest key, committed with the files staged for it (`stage`: the epoch's weights)
+by one manifest save (runtime.write_checkpoint), so a run killed anywhere, kill -9 included, resumes
+bit-identically. Nothing is pickled.
 """
 
 from __future__ import annotations
@@ -41,6 +38,42 @@ def check_new_output(path: Path, overwrite: bool, resume_hint: str = "use --resu
         raise MMVAEError(f"{path} already holds a run; {resume_hint} or --overwrite to replace it")
     if path.exists() and not path.is_dir():
         raise MMVAEError(f"{path} exists and is not a folder")
+
+
+RESUME_MODES = ("last", "auto")  # --resume [last|auto]; plain --resume is "last"
+
+
+def plan_run(path: Path, resume: str | None, state_key: str, overwrite: bool = False) -> tuple[str, dict | None]:
+    """What a long command does with its output folder `path`, given its --resume mode (checked here,
+    nothing written); (action, the recorded manifest or None):
+
+        no --resume       "create": a new run; refused when `path` holds one, unless `overwrite`
+        --resume [last]   "reopen": continue the run from its checkpoint (`manifest[state_key]`), or
+                          "restart": a run stopped before its first checkpoint (no state, no files: a
+                          kill -9 in its first epoch lost nothing) starts again from the beginning with
+                          the settings its manifest records; refused when `path` holds no run
+        --resume auto     the same, and "create" when `path` holds no run: one command that a requeued
+                          batch job can always rerun
+
+    The caller refuses settings that differ from the recorded ones and says when a run already finished.
+    """
+    if resume is not None and resume not in RESUME_MODES:
+        raise MMVAEError(f"--resume {resume}: choose {' or '.join(RESUME_MODES)}")
+    if resume and overwrite:
+        raise MMVAEError(f"--resume continues the run in {path} and --overwrite replaces it: give one of them")
+    if path.exists() and not path.is_dir():
+        raise MMVAEError(f"{path} exists and is not a folder")
+    held = (path / bundle.MANIFEST).exists()
+    if not resume or (resume == "auto" and not held):
+        check_new_output(path, overwrite)
+        return "create", None
+    if not held:
+        raise MMVAEError(
+            f"--resume: {path} holds no run to continue (no {bundle.MANIFEST}); --resume auto starts it instead"
+        )
+    manifest = bundle.read_manifest(path, kind="mmvae")
+    fresh = state_key not in manifest and not manifest.get("files")
+    return ("restart" if fresh else "reopen"), manifest
 
 
 def check_log_file(path: str | None, option: str = "--log-jsonl") -> None:
@@ -89,6 +122,7 @@ class Run:
         self.history_key = history_key
         self.stop = StopFlag()
         self.extra_state: dict = {}  # JSON added to every checkpoint's state (e.g. the settings to resume with)
+        self._staged: list[str] = []  # files written with the next checkpoint (`stage`)
         self._tb = None
 
     # --- creation ------------------------------------------------------------------------------
@@ -101,9 +135,11 @@ class Run:
         if run.dist.is_main:
             if path.exists():
                 check_new_output(path, overwrite)
+                bundle.recover(path, {})
+                bundle.save_manifest(path, manifest)  # first: the stale files it no longer names may stay
                 for name in stale:
                     (path / name).unlink(missing_ok=True)
-                bundle.save_manifest(path, manifest)
+                    (path / bundle.pending(name)).unlink(missing_ok=True)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -118,8 +154,12 @@ class Run:
 
     @classmethod
     def reopen(cls, path: Path, manifest: dict, **kw) -> Run:
-        """An existing bundle whose manifest was read (and checked) by the caller."""
-        return cls(path, manifest, **kw)
+        """An existing bundle whose manifest was read (and checked) by the caller; what a killed writer
+        left in it is tidied (bundle.recover)."""
+        run = cls(path, manifest, **kw)
+        if run.dist.is_main:
+            bundle.recover(run.path, manifest)
+        return run
 
     # --- the session ---------------------------------------------------------------------------
     @contextmanager
@@ -148,8 +188,15 @@ class Run:
         )
 
     # --- checkpoints ---------------------------------------------------------------------------
+    def stage(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Write the file RUN/name with the next checkpoint (one commit with its manifest; rank 0)."""
+        if self.dist.is_main:
+            bundle.write_weights(self.path, name, tensors, self.manifest, staged=True)
+            self._staged.append(name)
+
     def checkpoint(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
-        """Write the checkpoint file and its manifest state together (rank 0; every rank calls)."""
+        """Write the checkpoint file, its manifest state and the staged files together (rank 0; every
+        rank calls)."""
         if self.dist.is_main:
             self.path.mkdir(parents=True, exist_ok=True)
         write_checkpoint(
@@ -160,7 +207,9 @@ class Run:
             self.state_key,
             {**state, **self.extra_state},
             self.dist,
+            tuple(self._staged),
         )
+        self._staged.clear()
 
     def restore(self) -> tuple[dict[str, torch.Tensor], dict]:
         """(tensors, state) of the last checkpoint, checksum-checked."""
@@ -210,7 +259,8 @@ class Run:
         self.manifest.get("files", {}).pop(self.checkpoint_name, None)
         if self.dist.is_main:
             bundle.save_manifest(self.path, self.manifest)
-            (self.path / self.checkpoint_name).unlink(missing_ok=True)
+            for name in (self.checkpoint_name, bundle.pending(self.checkpoint_name)):
+                (self.path / name).unlink(missing_ok=True)
 
     # --- logs ----------------------------------------------------------------------------------
     def end_epoch(self, row: dict, total: int | None = None, prefix: str = "epoch") -> None:

@@ -247,14 +247,18 @@ def write_checkpoint(
     key: str,
     state: dict,
     dist: Dist | None = None,
+    staged: tuple[str, ...] = (),
 ) -> None:
-    """Rank 0 writes RUN/name (atomically) and then the manifest with `manifest[key] = state` (one
-    atomic write, so position, statistics and file checksum always agree); other ranks only wait."""
+    """Rank 0 writes RUN/name with `manifest[key] = state` and the `staged` files already written
+    (bundle.write_weights(staged=True)) in one commit: the files staged, then the manifest (atomic:
+    position, statistics and checksums always agree, wherever a kill -9 lands), then the files moved
+    into place; other ranks only wait."""
     dist = dist or Dist()
     if dist.is_main:
-        bundle.write_weights(run, name, tensors, manifest)
+        bundle.write_weights(run, name, tensors, manifest, staged=True)
         manifest[key] = state
         bundle.save_manifest(run, manifest)
+        bundle.commit_staged(run, (*staged, name))
     dist.barrier()
 
 

@@ -12,26 +12,26 @@ rank draws the same permutation and takes its contiguous share of each global ba
 weighted so that DDP's gradient average equals the gradient of the global-batch mean; rank 0
 alone writes bundles and logs.
 
-The bundle's lifecycle (creation, checkpoints, signals, logs) is run.Run's; this file is the loop.
+The bundle's lifecycle (creation, checkpoints, signals, logs) is run.Run's, the epoch/step loop
+loop.Loop's; this file is the training step (TrainLoop's hooks).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
-import time
 from dataclasses import replace
 
 import torch
 
 from . import bundle
 from .config import JointEnergySettings, RuntimeSettings, TrainSettings
-from .console import log, progress
+from .console import log
 from .data.base import GatheredTensors, MultimodalData
-from .errors import MMVAEError, NumericalError
+from .errors import MMVAEError
+from .loop import Loop
 from .model import MultimodalVAE
-from .model_io import save_bundle
+from .model_io import model_files
 from .run import Run
 from .runtime import Dist, autocast_dtype, capture_rng, make_scaler, noise_seed, restore_rng, speed_up
 
@@ -163,13 +163,89 @@ def _data_device(data: MultimodalData) -> torch.device:
     return next(iter(t.values())).device
 
 
-def _reduce(sums: dict[str, float], seen: int, dist: Dist) -> tuple[dict[str, float], int]:
-    """Sample-weighted statistic sums and the sample count over all ranks."""
-    if not dist.enabled:
-        return dict(sums), seen
-    keys = sorted(sums)
-    total = dist.sum(torch.tensor([float(seen)] + [sums[k] for k in keys], dtype=torch.float64))
-    return {k: float(v) for k, v in zip(keys, total[1:].tolist())}, int(total[0].item())
+class TrainLoop(Loop):
+    """train.fit's steps (loop.Loop's hooks): epoch e visits epoch_permutation(n, seed, e); each rank
+    takes its share of the global batch (the loss weighted so that DDP's average is the global-batch
+    mean); beta's warm-up and the learning rate's decay are functions of the global step; the AMP
+    scaler steps fp16; after each epoch `monitor(row)` may stop a diverging run, and the bundle's
+    weights are written."""
+
+    def __init__(self, run: Run, model: MultimodalVAE, opt, scaler, data, t: TrainSettings, device, monitor, **kw):
+        super().__init__(run, n=len(data), batch_size=t.batch_size, epochs=t.epochs, **kw)
+        self.model, self.net, self.opt, self.scaler, self.t, self.device = model, model, opt, scaler, t, device
+        self.data, self.on, self.monitor, self.seed = data, _data_device(data), monitor, int(t.seed)
+        self.base_lrs = [g["lr"] for g in opt.param_groups]  # before a checkpoint's (scheduled) rates are restored
+
+    def place(self) -> None:
+        """After the checkpoint is restored: DDP around the model when distributed, the data on the device."""
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            cuda = self.device.type == "cuda"
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None)
+        self.data = place_data(self.data, self.device)
+        self.on = _data_device(self.data)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        return epoch_permutation(self.n, self.seed, epoch)
+
+    def _at(self, epoch: int, step: int) -> int:
+        """The global step: the warm-up and the decay are functions of it."""
+        return epoch * self.steps_per_epoch + step
+
+    def forward(self, epoch: int, step: int, gidx: torch.Tensor):
+        model, dist, t = self.model, self.dist, self.t
+        if t.beta_warmup_epochs > 0:
+            model.beta_scale = beta_ramp(t.beta_warmup_epochs * self.steps_per_epoch, self._at(epoch, step))
+        idx = dist.shard(gidx)
+        x = self.data.batch(idx.to(self.on), self.device)
+        present = self.data.presence(idx, model.names, self.device)  # None for complete data
+        loss, stats = self.net(x) if present is None else self.net(x, present)
+        if len(idx) * dist.world != len(gidx):  # uneven shards: DDP's average = global-batch mean
+            loss = loss * (len(idx) * dist.world / len(gidx))
+        return loss, stats, len(idx)
+
+    def backward(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        t, opt = self.t, self.opt
+        opt.zero_grad(set_to_none=True)
+        if t.lr_decay != "none":
+            k = lr_factor(t.lr_decay, t.lr_decay_fraction, self._at(epoch, step), self.epochs * self.steps_per_epoch)
+            for g, base in zip(opt.param_groups, self.base_lrs):
+                g["lr"] = base * k
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+
+    def diverged(self, loss, epoch: int, step: int) -> str:
+        return (
+            f"loss became non-finite at epoch {epoch + 1}, step {step + 1}; "
+            "try a lower --lr (the last good checkpoint is kept for --resume)"
+        )
+
+    def row(self, epoch: int, means: dict[str, float]) -> dict:
+        return {"epoch": epoch + 1, **means, "lr": self.opt.param_groups[0]["lr"]}
+
+    def on_epoch_end(self, epoch: int, row: dict) -> None:
+        if self.monitor is not None:  # raises for a diverging run: this epoch is logged, not saved
+            self.monitor(row)
+        self.run.manifest["epochs_done"] = epoch + 1
+        files, _ = model_files(self.model, self.run.manifest)  # (an older energy file stays, unnamed)
+        for name, tensors in files.items():  # written with the epoch's checkpoint
+            self.run.stage(name, tensors)
+
+    def save(self, epoch: int, step: int, sums: dict[str, float], seen: float) -> None:
+        partial = {"sums": sums, "seen": seen}
+        self.run.checkpoint(*checkpoint_state(self.model, self.opt, epoch, step, partial, self.scaler, self.dist))
+
+    def restore(self) -> tuple[int, int, dict[str, float], float]:
+        epoch, step = restore_checkpoint(self.run, self.model, self.opt, self.scaler, self.seed)
+        partial = self.run.manifest[STATE_KEY].get("partial") or {}
+        sums = {k: float(v) for k, v in partial.get("sums", {}).items()}
+        return epoch, step, sums, int(partial.get("seen", 0))
 
 
 def fit(
@@ -185,7 +261,7 @@ def fit(
     step_delay: float = 0.0,
     monitor=None,
 ) -> dict:
-    """Train `model` on `data` with the train settings `t`, writing the bundle of `run`.
+    """Train `model` on `data` with the train settings `t`, writing the bundle of `run` (TrainLoop).
 
     Checkpoints at the end of every epoch and when SIGTERM/SIGUSR1 arrives (then raises Interrupted).
     `max_steps` stops after that many optimisation steps in this call (for tests and benchmarks);
@@ -194,119 +270,30 @@ def fit(
     previous epoch's checkpoint then stays the last good one. With several processes (run.dist),
     every rank calls fit; rank 0 alone writes."""
     rt, dist = runtime or RuntimeSettings(), run.dist
-    manifest = run.manifest
     amp = autocast_dtype(rt.precision, device)
     model.to(device)
     speed_up(model, rt.channels_last, rt.compile)
     model.amp_dtype, model.channels_last, model.grouped_nets = amp, rt.channels_last, rt.grouped_nets
     model.cpu_chunk = rt.cpu_chunk
     opt = make_optimizer(model, t, joint)
-    base_lrs = [g["lr"] for g in opt.param_groups]  # before a checkpoint's (scheduled) rates are restored
     scaler = make_scaler(rt.precision, device)
-    seed = int(t.seed)
-    start_epoch, start_step, partial = 0, 0, {"sums": {}, "seen": 0}
+    loop = TrainLoop(run, model, opt, scaler, data, t, device, monitor, step_delay=step_delay, max_steps=max_steps)
     if resume:
-        start_epoch, start_step = restore_checkpoint(run, model, opt, scaler, seed)
-        partial = manifest[STATE_KEY].get("partial") or partial
-        main_log(dist, f"resuming {run.path} at epoch {start_epoch + 1}, step {start_step}")
+        loop.resume()
+        main_log(dist, f"resuming {run.path} at epoch {loop.start[0] + 1}, step {loop.start[1]}")
     else:
-        torch.manual_seed(noise_seed(seed, dist.rank))
+        torch.manual_seed(noise_seed(loop.seed, dist.rank))
     model.train()
-    net = model
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    data = place_data(data, device)
-    on = _data_device(data)
-    n, bs, epochs = len(data), int(t.batch_size), int(t.epochs)
-    if bs < dist.world:
+    loop.place()
+    if loop.batch_size < dist.world:
         raise MMVAEError(
-            f"--batch-size {bs} is the global batch: it must be at least the number of processes ({dist.world})"
+            f"--batch-size {loop.batch_size} is the global batch: it must be at least the number of processes "
+            f"({dist.world})"
         )
-    steps_per_epoch = (n + bs - 1) // bs
-    done = 0
-
-    def checkpoint(epoch, step, partial=None):
-        run.checkpoint(*checkpoint_state(model, opt, epoch, step, partial, scaler, dist))
-
-    with run.session(), contextlib.ExitStack() as on_exit:
-        on_exit.callback(setattr, model, "beta_scale", 1.0)  # a warm-up's ramp ends with fit, however it ends
-        for epoch in range(start_epoch, epochs):
-            perm = epoch_permutation(n, seed, epoch)
-            first = start_step if epoch == start_epoch else 0
-            sums: dict[str, float] = {}
-            seen = 0
-            if first and dist.is_main:  # the partial epoch's (global) sums were saved with the checkpoint
-                sums, seen = {k: float(v) for k, v in partial.get("sums", {}).items()}, int(partial.get("seen", 0))
-            t0 = time.time()
-            bar = progress(
-                range(first, steps_per_epoch),
-                desc=f"epoch {epoch + 1}/{epochs}",
-                total=steps_per_epoch,
-                initial=first,
-                disable=not dist.is_main,
-            )
-            for step in bar:
-                gidx = perm[step * bs : (step + 1) * bs]
-                at = epoch * steps_per_epoch + step  # the global step: warm-up and decay are functions of it
-                if t.beta_warmup_epochs > 0:
-                    model.beta_scale = beta_ramp(t.beta_warmup_epochs * steps_per_epoch, at)
-                idx = dist.shard(gidx)
-                x = data.batch(idx.to(on), device)
-                present = data.presence(idx, model.names, device)  # None for complete data
-                loss, stats = net(x) if present is None else net(x, present)
-                bad, stopping = not bool(torch.isfinite(loss)), bool(run.stop)
-                if dist.enabled:  # one collective per step: every rank raises or stops together
-                    flags = dist.sum(torch.tensor([float(bad), float(stopping)]))
-                    bad, stopping = bool(flags[0] > 0), bool(flags[1] > 0)
-                if bad:
-                    raise NumericalError(
-                        f"loss became non-finite at epoch {epoch + 1}, step {step + 1}; "
-                        "try a lower --lr (the last good checkpoint is kept for --resume)"
-                    )
-                if len(idx) * dist.world != len(gidx):  # uneven shards: DDP's average = global-batch mean
-                    loss = loss * (len(idx) * dist.world / len(gidx))
-                opt.zero_grad(set_to_none=True)
-                if t.lr_decay != "none":
-                    k = lr_factor(t.lr_decay, t.lr_decay_fraction, at, epochs * steps_per_epoch)
-                    for g, base in zip(opt.param_groups, base_lrs):
-                        g["lr"] = base * k
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v * len(idx)
-                seen += len(idx)
-                bar.set_postfix(loss=f"{stats['loss']:.1f}")
-                done += 1
-                if step_delay:
-                    time.sleep(step_delay)
-                if stopping or (max_steps is not None and done >= max_steps and step + 1 < steps_per_epoch):
-                    g_sums, g_seen = _reduce(sums, seen, dist)
-                    checkpoint(epoch, step + 1, {"sums": g_sums, "seen": g_seen})
-                    if stopping:
-                        run.interrupted()
-                    return manifest
-            sums, seen = _reduce(sums, seen, dist)
-            summary = {
-                "epoch": epoch + 1,
-                **{k: v / max(seen, 1) for k, v in sums.items()},
-                "lr": opt.param_groups[0]["lr"],
-                "seconds": round(time.time() - t0, 2),
-            }
-            run.end_epoch(summary, epochs)
-            if monitor is not None:  # raises for a diverging run: this epoch is logged, not saved
-                monitor(summary)
-            manifest["epochs_done"] = epoch + 1
-            if dist.is_main:
-                save_bundle(run.path, model, manifest)
-            checkpoint(epoch + 1, 0)
-            if max_steps is not None and done >= max_steps:
-                return manifest
-    run.finalise()
-    return manifest
+    try:
+        finished = loop.fit()
+    finally:
+        model.beta_scale = 1.0  # a warm-up's ramp ends with fit, however it ends
+    if finished:
+        run.finalise()
+    return run.manifest

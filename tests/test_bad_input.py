@@ -110,8 +110,37 @@ def _malformed_recipe(tmp, mp):
     (tmp / "broken.toml").write_text("[model\nfusion = \n")
 
 
+def _include_recipes(tmp, mp):
+    """Recipes whose include is missing, a cycle, or not a file name."""
+    (tmp / "inc-missing.toml").write_text('include = ["nope.toml"]\n\n[train]\nepochs = 1\n')
+    (tmp / "inc-a.toml").write_text('include = ["inc-b.toml"]\n')
+    (tmp / "inc-b.toml").write_text('include = ["inc-a.toml"]\n')
+    (tmp / "inc-number.toml").write_text("include = 3\n")
+
+
 def _empty_dir(tmp, mp):
     (tmp / "empty").mkdir()
+
+
+def _a_file(tmp, mp):
+    (tmp / "afile").write_text("not a folder\n")
+
+
+def _broken_manifest(tmp, mp):
+    (tmp / "broken").mkdir()
+    (tmp / "broken" / "manifest.json").write_text('{"format": "mmvae-bundle", ')
+
+
+def _no_checkpoint(tmp, mp):
+    """{run} with trained weights but its checkpoint gone (deleted to save space, say)."""
+    import json
+
+    path = tmp / "run" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.pop("training_state")
+    manifest["files"].pop("checkpoint.safetensors")
+    path.write_text(json.dumps(manifest))
+    (tmp / "run" / "checkpoint.safetensors").unlink()
 
 
 def _data_root(tmp, mp):
@@ -159,7 +188,11 @@ PREP = {
     "notabundle": _notabundle,
     "bad_recipe": _bad_recipe,
     "malformed_recipe": _malformed_recipe,
+    "include_recipes": _include_recipes,
     "empty": _empty_dir,
+    "afile": _a_file,
+    "broken_manifest": _broken_manifest,
+    "no_checkpoint": _no_checkpoint,
     "dr": _data_root,
     "garbage_zip": _garbage_zip,
     "garbage_safetensors": _garbage_safetensors,
@@ -248,6 +281,11 @@ CASES = [
     case("train-recipe-missing", [*TRAIN, *CPU, "--recipe", "{tmp}/nope.toml"]),
     case("train-recipe-unknown-key", [*TRAIN, *CPU, "--recipe", "{tmp}/bad.toml"], prep=["bad_recipe"]),
     case("train-recipe-malformed", [*TRAIN, *CPU, "--recipe", "{tmp}/broken.toml"], prep=["malformed_recipe"]),
+    case(
+        "train-recipe-include-missing", [*TRAIN, *CPU, "--recipe", "{tmp}/inc-missing.toml"], prep=["include_recipes"]
+    ),
+    case("train-recipe-include-cycle", [*TRAIN, *CPU, "--recipe", "{tmp}/inc-a.toml"], prep=["include_recipes"]),
+    case("train-recipe-include-number", [*TRAIN, *CPU, "--recipe", "{tmp}/inc-number.toml"], prep=["include_recipes"]),
     case("train-unknown-dataset", ["train", "no-such-dataset", "--out", "{tmp}/x", *CPU]),
     case("train-missing-safetensors", ["train", "{tmp}/nope.safetensors", "--out", "{tmp}/x", *CPU]),
     case(
@@ -270,6 +308,39 @@ CASES = [
     case("train-resume-no-run", ["train", "polymnist", "--out", "{tmp}/empty", "--resume", *CPU], prep=["empty"]),
     case("train-resume-missing-folder", ["train", "polymnist", "--out", "{tmp}/x", "--resume", *CPU]),
     case("train-existing-run-no-overwrite", ["train", "polymnist", "--out", "{run}", "--max-steps", "1", *CPU]),
+    case("train-resume-unknown-mode", ["train", "polymnist", "--out", "{tmp}/x", "--resume", "sometimes", *CPU]),
+    case(
+        "train-resume-auto-changed-lr",
+        ["train", "polymnist", "--out", "{run}", "--resume", "auto", "--lr", "0.1", *CPU],
+    ),
+    case(
+        "train-resume-auto-other-dataset",
+        ["train", "{tmp}/mask-ok.safetensors", "--out", "{run}", "--resume", "auto", *CPU],
+        prep=["bad_masks"],
+    ),
+    case(
+        "train-resume-auto-and-overwrite",
+        ["train", "polymnist", "--out", "{run}", "--resume", "auto", "--overwrite", *CPU],
+    ),
+    case(
+        "train-resume-auto-out-is-a-file",
+        ["train", "polymnist", "--out", "{tmp}/afile", "--resume", "auto", *CPU],
+        prep=["afile"],
+    ),
+    case(
+        "train-resume-auto-corrupted-manifest",
+        ["train", "polymnist", "--out", "{tmp}/broken", "--resume", "auto", *CPU],
+        prep=["broken_manifest"],
+    ),
+    case(
+        "train-resume-auto-extend-post-hoc-energy",
+        ["train", "polymnist", "--out", "{erun}", "--resume", "auto", "--epochs", "2", *CPU],
+    ),
+    case(
+        "train-resume-auto-extend-without-checkpoint",
+        ["train", "polymnist", "--out", "{run}", "--resume", "auto", "--epochs", "2", *CPU],
+        prep=["no_checkpoint"],
+    ),
     case("train-ebm-lr-0", [*TRAIN_EBM, *CPU, "--ebm-lr", "0"]),
     case("train-ebm-feedback-above-1", [*TRAIN_EBM, *CPU, "--ebm-feedback", "1.5"]),
     case("train-ebm-feedback-with-learned-p0", [*TRAIN_EBM, *CPU, "--learn-prior", "--ebm-feedback", "0.5"]),
@@ -350,6 +421,11 @@ CASES = [
     # ---- fit-ebm ----
     case("fit-ebm-langevin-steps-neg", [*FIT, "--langevin-steps", "-1"]),
     case("fit-ebm-epochs-0", [*FIT, "--epochs", "0"]),
+    case("fit-ebm-resume-auto-and-overwrite", [*FIT, "--out", "{tmp}/e", "--resume", "auto", "--overwrite"]),
+    case("fit-ebm-resume-unknown-mode", [*FIT, "--out", "{tmp}/e", "--resume", "sometimes"]),
+    case(
+        "fit-prior-resume-missing-out", ["fit-prior", "{run}", "--kind", "flow", "--out", "{tmp}/no", "--resume", *CPU]
+    ),
     case("fit-ebm-batch-size-0", [*FIT, "--batch-size", "0"]),
     case("fit-ebm-lr-neg", [*FIT, "--lr", "-1"]),
     case("fit-ebm-betas-out-of-range", [*FIT, "--betas", "1.5", "0.999"]),
@@ -370,7 +446,6 @@ CASES = [
     case("fit-ebm-out-equals-run", [*FIT, "--out", "{run}"]),
     case("fit-ebm-out-batch-size-0", [*FIT, "--out", "{tmp}/e", "--batch-size", "0"]),
     case("fit-ebm-log-jsonl-missing-dir", [*FIT, "--log-jsonl", "{tmp}/nodir/log.jsonl"]),
-    case("fit-ebm-resume-nothing", [*FIT, "--resume"]),
     case("fit-ebm-missing-run", ["fit-ebm", "{tmp}/missing", *CPU]),
     case("fit-ebm-corrupted-bundle", [*FIT], prep=["corrupt"]),
     # ---- fit-prior ----
@@ -387,7 +462,6 @@ CASES = [
     case("fit-prior-flow-lr-neg", [*PFIT, "--kind", "flow", "--lr", "-1"]),
     case("fit-prior-draws-0", [*PFIT, "--kind", "gmm", "--draws", "0"]),
     case("fit-prior-out-equals-run", [*PFIT, "--kind", "gmm", "--out", "{run}"]),
-    case("fit-prior-resume-nothing", [*PFIT, "--kind", "flow", "--resume"]),
     case("fit-prior-log-jsonl-missing-dir", [*PFIT, "--kind", "flow", "--log-jsonl", "{tmp}/nodir/log.jsonl"]),
     case("fit-prior-missing-run", ["fit-prior", "{tmp}/missing", "--kind", "gmm", *CPU]),
     case("fit-prior-corrupted-bundle", [*PFIT, "--kind", "gmm"], prep=["corrupt"]),

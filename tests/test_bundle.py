@@ -83,3 +83,22 @@ def test_optimizer_state_round_trip():
     for a, b in zip(opt.state.values(), opt2.state.values()):
         for k in a:
             assert torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k]))
+
+
+def test_staged_files_commit_with_their_manifest(tmp_path):
+    """A staged write is committed by the manifest that names it: killed before the manifest is saved,
+    the old file is read; killed after it but before the file moved into place, the staged one is, and
+    the next writer moves it into place and removes what else a killed writer left."""
+    old, new = {"w": torch.zeros(3)}, {"w": torch.ones(3)}
+    manifest = bundle.new_manifest("mmvae")
+    bundle.write_weights(tmp_path, "x.safetensors", old, manifest)
+    bundle.save_manifest(tmp_path, manifest)
+    bundle.write_weights(tmp_path, "x.safetensors", new, manifest, staged=True)  # killed here: the old file
+    assert torch.equal(bundle.read_weights(tmp_path, "x.safetensors", bundle.read_manifest(tmp_path))["w"], old["w"])
+    bundle.save_manifest(tmp_path, manifest)  # killed here: the staged file
+    assert torch.equal(bundle.read_weights(tmp_path, "x.safetensors", bundle.read_manifest(tmp_path))["w"], new["w"])
+    (tmp_path / ".manifest.json.abc123.tmp").write_text("{")  # an atomic write cut short
+    bundle.write_weights(tmp_path, "y.safetensors", new, bundle.new_manifest("mmvae"), staged=True)  # never named
+    bundle.recover(tmp_path, manifest)  # the next writer tidies: the named staged file is committed
+    assert torch.equal(bundle.read_weights(tmp_path, "x.safetensors", manifest)["w"], new["w"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "x.safetensors"]

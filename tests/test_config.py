@@ -29,6 +29,7 @@ def test_every_setting_declares_help_source_and_a_valid_default():
         config.ClassifierSettings,
         config.EvalSettings,
         config.GenerateSettings,
+        config.CommandSettings,
     ):
         for f in fields(cls):
             assert f.metadata["help"] and f.metadata["source"], (cls.__name__, f.name)
@@ -87,6 +88,32 @@ def test_energy_defaults_have_one_source():
         assert opt.default == config.default_of(config.EvalSettings, "fit_n_joint")
 
 
+def test_shared_options_take_their_defaults_from_config():
+    """--device, --seed, --split and --prior of every command that has them (train's and the fits' --seed
+    are their sections' fields): CommandSettings' defaults, shown by --help with their source."""
+    import click
+
+    from mmvae_cli.cli import cli
+
+    def commands(group, path=()):
+        for name, cmd in group.commands.items():
+            yield from commands(cmd, (*path, name)) if isinstance(cmd, click.Group) else [((*path, name), cmd)]
+
+    seen = set()
+    for path, cmd in commands(cli):
+        for opt in cmd.params:
+            name = (
+                opt.name if isinstance(opt, click.Option) and opt.name in ("device", "seed", "split", "prior") else None
+            )
+            if name is None or opt.default is None:  # None: the run's section resolves it (train --seed)
+                continue
+            f = next(f for f in fields(config.CommandSettings) if f.name == name)
+            assert opt.default == config.default_of(config.CommandSettings, name) and opt.show_default, path
+            assert f.metadata["source"] in opt.help, path
+            seen.add(name)
+    assert seen == {"device", "seed", "split", "prior"}
+
+
 @pytest.mark.parametrize(
     "section, field, bad, needle",
     [
@@ -141,12 +168,99 @@ def test_polymnist_text_mini_takes_its_own_recipe():
 
 
 def test_every_shipped_recipe_resolves():
-    names = sorted(p.name for p in config.recipe_files().iterdir() if p.name.endswith(".toml"))
+    names = sorted(_shipped())
     assert len(names) >= 8
     for name in names:
         data = config.load_recipe(config.recipe_files() / name)
         for schedule in [None, *[s for s in data if s not in config.SECTIONS]]:
             config.resolve_train(name.split("-")[0], {}, config.recipe_files() / name, schedule)
+
+
+def test_recipe_include_applies_shared_blocks_and_the_recipe_wins(tmp_path):
+    (tmp_path / "base.toml").write_text(
+        "[model]\nlatent_dim = 8\nbeta = 0.5\n\n[train]\nlr = 1e-3\nepochs = 7\n\n[short]\nepochs = 3\n"
+    )
+    (tmp_path / "later.toml").write_text("[train]\nepochs = 9\n")
+    (tmp_path / "r.toml").write_text(
+        'include = ["base.toml", "later.toml", "_compare.toml"]\n\n[model]\nlatent_dim = 16\n\n[short]\nlr = 2e-3\n'
+    )
+    r = tmp_path / "r.toml"
+    cfg = config.resolve_train("my-data", {}, r)
+    assert (cfg.model.latent_dim, cfg.model.beta, cfg.train.lr) == (16, 0.5, 1e-3)  # the recipe wins, the rest stays
+    assert cfg.train.epochs == 9  # a later include wins over an earlier one
+    short = config.resolve_train("my-data", {}, r, "short")  # a schedule merges key by key too
+    assert (short.train.epochs, short.train.lr) == (3, 2e-3)
+    compare = config.resolve_train("my-data", {}, r, "compare")  # not next to r.toml: the shipped block
+    assert (compare.train.epochs, compare.train.batch_size, compare.train.amsgrad) == (100, 32, False)
+    (tmp_path / "mine.toml").write_text('include = "polymnist-mmvaeplus.toml"\n\n[cpu]\nepochs = 2\n')
+    mine = config.resolve_train("polymnist-mini", {}, tmp_path / "mine.toml")  # a shipped recipe, changed
+    shipped = config.resolve_train("polymnist-mini", {}, config.recipe_files() / "polymnist-mmvaeplus.toml")
+    assert mine.train.epochs == 2 and mine.model == shipped.model and mine.recipe == "mine.toml"
+
+
+@pytest.mark.parametrize(
+    "files, needle",
+    [
+        ({"r.toml": 'include = ["nope.toml"]\n'}, "recipe r.toml: include 'nope.toml' not found"),
+        ({"r.toml": "include = 3\n"}, "recipe r.toml: include must be a recipe file name or a list of them"),
+        ({"r.toml": 'include = ["", "a.toml"]\n'}, "include must be a recipe file name"),
+        ({"r.toml": 'include = ["r.toml"]\n'}, "recipe r.toml: include cycle r.toml -> r.toml"),
+        (
+            {"r.toml": 'include = ["a.toml"]\n', "a.toml": 'include = ["b.toml"]\n', "b.toml": 'include = "a.toml"\n'},
+            "recipe a.toml: include cycle a.toml -> b.toml -> a.toml",
+        ),
+        ({"r.toml": 'include = ["a.toml"]\n', "a.toml": "[train]\nwidth = 3\n"}, r"recipe a.toml: unknown setting"),
+        ({"r.toml": 'include = ["a.toml"]\n', "a.toml": "[train\n"}, "recipe a.toml: invalid TOML"),
+        ({"r.toml": '[train]\ninclude = ["a.toml"]\n'}, r"unknown setting \[train\] include"),
+    ],
+)
+def test_recipe_include_errors_are_one_line(tmp_path, files, needle):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(MMVAEError, match=needle) as e:
+        config.resolve_train("polymnist", {}, tmp_path / "r.toml")
+    assert "\n" not in str(e.value)
+
+
+def _shipped():
+    return {p.name: p for p in config.recipe_files().iterdir() if p.name.endswith(".toml")}
+
+
+def test_recipes_state_only_what_differs():
+    """A recipe names its fusion and what differs from config.py's defaults and from its includes; a
+    schedule only what differs from the recipe's sections (shared blocks, recipes/_*.toml, aside)."""
+    import tomllib
+
+    for name, path in _shipped().items():
+        own = tomllib.loads(path.read_text())
+        inherited = {}
+        for inc in [own["include"]] if isinstance(own.get("include"), str) else own.get("include", []):
+            for section, values in config.load_recipe(config.recipe_files() / inc).items():
+                inherited.setdefault(section, {}).update(values)
+        for section, cls in config.SECTIONS.items():
+            for key, value in own.get(section, {}).items():
+                default = inherited.get(section, {}).get(key, config.default_of(cls, key))
+                if key == "objective" and default is None:
+                    default = config.FUSIONS[config.load_recipe(path)["model"]["fusion"]].objective
+                assert value != default or key == "fusion", f"{name} [{section}] {key} restates {value!r}"
+        if name.startswith("_"):
+            continue
+        plain = config.resolve_train("my-data", {}, path)
+        for schedule in [s for s in own if s not in config.SECTIONS and s != "include"]:
+            for key, value in own[schedule].items():
+                now = [getattr(getattr(plain, s), key) for s in config.SECTIONS if hasattr(getattr(plain, s), key)]
+                assert now != [value], f"{name} [{schedule}] {key} restates {value!r}"
+
+
+def test_each_model_recipe_trains_the_model_it_is_named_after():
+    """recipes/<family>-<model>.toml is what `train` picks for a fusion's model (registry.FUSIONS)."""
+    for name, path in _shipped().items():
+        if name.startswith("_"):
+            continue
+        family, model = name.removesuffix(".toml").rsplit("-", 1)
+        m = config.resolve_train("my-data", {}, path).model
+        assert model == ("mmvaeplus" if m.private_dim else config.FUSIONS[m.fusion].model), name
+        assert config.default_recipe(family, m.fusion, bool(m.private_dim)) == path
 
 
 def test_old_manifest_settings_read_back():
@@ -311,6 +425,19 @@ def test_wheel_install_resolves_the_same_recipe_as_the_source_tree(tmp_path, cap
     )
     assert where.returncode == 0, where.stderr
     assert all(line.startswith(str(tmp_path / "site")) for line in where.stdout.split()), where.stdout
+    shipped = subprocess.run(  # every recipe and shared block (the includes) is in the wheel
+        [
+            sys.executable,
+            "-c",
+            "import mmvae_cli.config as c; print(*sorted(p.name for p in c.recipe_files().iterdir()))",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert set(shipped.stdout.split()) >= set(_shipped()), shipped.stdout + shipped.stderr
     r = subprocess.run(
         [*cmd, "train", "polymnist-mini", "--dry-run"],
         cwd=tmp_path,

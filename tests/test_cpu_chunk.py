@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import torch
 
-from mmvae_cli import jobs
+from mmvae_cli.commands import train as train_command
 from mmvae_cli.config import RuntimeSettings, default_of
 from mmvae_cli.model import ModalitySpec, ModelConfig, MultimodalVAE
 
@@ -51,7 +51,7 @@ def test_encoder_heads_are_concatenated_in_order():
 
 def test_runs_from_before_the_setting_resume_with_whole_calls():
     r = SimpleNamespace(runtime={})
-    assert jobs._runtime(r, {"precision": "fp32", "world_size": 1}).cpu_chunk == 0
-    assert jobs._runtime(r, {"precision": "fp32", "cpu_chunk": 64}).cpu_chunk == 64
-    assert jobs._runtime(SimpleNamespace(runtime={"cpu_chunk": 8}), {"precision": "fp32"}).cpu_chunk == 8
+    assert train_command._runtime(r, {"precision": "fp32", "world_size": 1}).cpu_chunk == 0
+    assert train_command._runtime(r, {"precision": "fp32", "cpu_chunk": 64}).cpu_chunk == 64
+    assert train_command._runtime(SimpleNamespace(runtime={"cpu_chunk": 8}), {"precision": "fp32"}).cpu_chunk == 8
     assert default_of(RuntimeSettings, "cpu_chunk") == MultimodalVAE.cpu_chunk == 320

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers_cli import run
 from helpers_data import MODS, all_files, listing, tile, write_backgrounds, write_mmnist, write_mnist_raw
 from PIL import Image
 
@@ -340,8 +341,32 @@ def test_wrong_layout_is_a_clear_error(tmp_path, breakage, expected):
     assert expected in one_line_error(e)
 
 
+def test_a_registered_dataset_reaches_every_command(tmp_path, monkeypatch, capsys):
+    """A dataset is its file's `Dataset` and one registry entry: load_dataset, `data fetch` (its options
+    checked) and `data info` take it from data.REGISTRY; `data --help` lists every registered one."""
+    from mmvae_cli import data as D
+    from mmvae_cli.data.base import Dataset, MultimodalData
+
+    def load(root, split):
+        x = torch.arange(24, dtype=torch.float32).reshape(8, 3) / 24
+        return MultimodalData("toy", split, {"a": x, "b": x.flip(1)}, torch.arange(8) % 2, f"toy-{split}", "memory")
+
+    toy = Dataset("toy", load, "<root>/toy (made up)", lambda root: tmp_path / "toy")
+    monkeypatch.setitem(D.REGISTRY, "toy", toy)
+    assert D.load_dataset("TOY", "test").name == "toy"
+    assert run(["data", "fetch", "toy"], capsys)[1].strip() == str(tmp_path / "toy")
+    code, _, err = run(["data", "fetch", "toy", "--url", "http://127.0.0.1:9/x.zip"], capsys)
+    assert code == 2 and "apply to `data fetch polymnist, cub, celeba` only" in err
+    code, out, _ = run(["data", "info", "toy", "--json"], capsys)
+    assert code == 0 and json.loads(out)["splits"]["test"]["size"] == 8
+    code, out, _ = run(["data", "--help"], capsys)
+    assert all(f"{n:<15} {d.layout}" in out for n, d in D.REGISTRY.items() if n != "toy")
+    code, out, _ = run(["data", "fetch", "--help"], capsys)
+    assert all(f"{n:<16} {d.fetch_help}" in out for n, d in D.REGISTRY.items() if d.fetch_help and n != "toy")
+
+
 def test_registry_and_data_root(tmp_path, monkeypatch):
-    assert DATASETS == [
+    assert {
         "polymnist",
         "polymnist-mini",
         "polymnist-text-mini",
@@ -349,7 +374,7 @@ def test_registry_and_data_root(tmp_path, monkeypatch):
         "mnist-svhn-text",
         "cub",
         "celeba",
-    ]
+    } <= set(DATASETS)
     with pytest.raises(DataError) as e:
         load_dataset("cifar10", "train", str(tmp_path))
     assert all(n in one_line_error(e) for n in DATASETS)

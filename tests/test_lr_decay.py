@@ -87,7 +87,8 @@ def test_beta_warmup_starts_from_the_reconstruction_alone(tmp_path, capsys):
 
 def test_beta_warmup_scale_is_reset_when_fit_stops_early(tmp_path, capsys, monkeypatch):
     """fit leaves the model at beta x 1 however it ends, here stopped by --max-steps inside the warm-up."""
-    from mmvae_cli import jobs, train
+    from mmvae_cli import train
+    from mmvae_cli.commands import train as train_command
 
     seen = []
 
@@ -98,7 +99,7 @@ def test_beta_warmup_scale_is_reset_when_fit_stops_early(tmp_path, capsys, monke
         finally:
             seen.append(model.beta_scale)
 
-    monkeypatch.setattr(jobs, "fit", recording_fit)
+    monkeypatch.setattr(train_command, "fit", recording_fit)
     root = write_tiny_polymnist(tmp_path / "data", n_train=16, n_test=4)
     argv = ["train", "polymnist", "--out", tmp_path / "r", "--epochs", "2", *_common(root), "--max-steps", "3"]
     code, _, err = run([*argv, "--beta-warmup-epochs", "2"], capsys)

@@ -15,11 +15,12 @@ from torch import nn
 
 from mmvae_cli import distributions as D
 from mmvae_cli import modalities
-from mmvae_cli.config import FUSION_OBJECTIVE, ModelSettings, default_of
+from mmvae_cli.config import ModelSettings, default_of
 from mmvae_cli.errors import MMVAEError
 from mmvae_cli.modalities import TextKind, VectorKind
 from mmvae_cli.model import ModalitySpec, ModelConfig
 from mmvae_cli.model_io import load_model
+from mmvae_cli.registry import FUSIONS
 
 
 def test_likelihoods_are_the_torch_densities_summed_over_each_sample():
@@ -67,7 +68,7 @@ def test_model_config_defaults_are_model_settings():
     for f in ("latent_dim", "fusion", "subsets", "k", "beta", "posterior", "prior", "learn_prior", "hidden"):
         assert getattr(cfg, f) == default_of(ModelSettings, f), f
     assert (cfg.private_dim, cfg.private_prior) == (0, default_of(ModelSettings, "private_prior"))
-    assert cfg.objective == FUSION_OBJECTIVE[cfg.fusion] and ModelConfig([], fusion="moe").objective == "iwae"
+    assert cfg.objective == FUSIONS[cfg.fusion].objective and ModelConfig([], fusion="moe").objective == "iwae"
     a, t = cfg.modalities
     assert a.scale == t.scale == default_of(ModelSettings, "likelihood_scale")
     assert (a.likelihood, t.likelihood) == (default_of(ModelSettings, "likelihood"), "categorical")

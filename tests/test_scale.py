@@ -1,6 +1,6 @@
-"""Cluster-job behaviour of `train` with real processes: SIGTERM mid-epoch then --resume gives
-bit-identical parameters; 2-process DDP (gloo, torchrun) matches a single-process computation of
-the same global batch; precision flags."""
+"""Cluster-job behaviour of `train` with real processes: SIGTERM mid-epoch then --resume, and kill -9
+anywhere then the same command with --resume auto, give bit-identical parameters; 2-process DDP
+(gloo, torchrun) matches a single-process computation of the same global batch; precision flags."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
-from helpers_cli import run, write_tiny_polymnist
+from helpers_cli import TINY_FIT_EBM, run, write_tiny_polymnist
 from safetensors.torch import load_file
 
 
@@ -274,6 +275,144 @@ def test_fit_ebm_in_place_interrupted_then_resumed(data_root, tmp_path):
     assert [h["epoch"] for h in m["priors"]["ebm"]["fit"]["history"]] == [1, 2] and "prior_fit_state" not in m
     assert not (vae / "prior-checkpoint.safetensors").exists() and "prior-ebm.safetensors" in m["files"]
     assert run(["sample", vae, "--prior", "ebm", "-n", "2", "--out", tmp_path / "s.png", "--device", "cpu"])[0] == 0
+
+
+# --- kill -9 (a lost node, the OOM killer: no signal, no checkpoint on the way out), then the same command ---
+VEC = Path(__file__).parent / "data" / "loop" / "vec.safetensors"  # 24 training tuples of two vectors
+REQUEUE = [
+    *("train", VEC, "--epochs", "4", "--batch-size", "5", "--latent-dim", "3", "--hidden", "8", "--seed", "2"),
+    *("--lr-decay", "cosine", "--lr-decay-fraction", "0.5", "--device", "cpu"),
+]  # 5 steps per epoch
+
+
+def _uninterrupted(tmp_path) -> tuple[dict, list]:
+    """(weights, history without seconds) of the run without interruption, in this process (one thread)."""
+    with one_thread():
+        code, _, err = run([*REQUEUE, "--out", tmp_path / "ref"])
+    assert code == 0, err
+    return _result(tmp_path / "ref")
+
+
+def _result(out) -> tuple[dict, list]:
+    history = json.loads((out / "manifest.json").read_text())["history"]
+    return load_file(out / "model.safetensors"), [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+
+def _kill_after(p, line: str, delay: float) -> None:
+    """SIGKILL `p` `delay` seconds after it logged a line starting with `line` (unless it ended first)."""
+    while not (got := p.stderr.readline()).startswith(line):
+        assert got, p.communicate()[1]  # ended without that line
+    time.sleep(delay)
+    if p.poll() is None:
+        p.kill()
+        assert p.wait(timeout=30) == -signal.SIGKILL
+
+
+def test_kill_9_before_the_first_checkpoint_then_resume_starts_it_again(tmp_path, capsys):
+    """Killed in its first epoch: RUN holds a manifest and no checkpoint. Without --resume the command is
+    refused (RUN holds a run); with --resume the run starts again from the beginning with the settings
+    its manifest records: the uninterrupted run's weights and history, bit for bit."""
+    out = tmp_path / "killed"
+    p = _mmvae([*REQUEUE, "--out", out, "--step-delay", "0.3"])  # the first checkpoint after 1.5 s
+    _kill_after(p, "training ", 0.0)  # logged once the run folder exists
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "training_state" not in manifest and not manifest["files"], manifest  # nothing was saved
+    code, _, err = run([*REQUEUE, "--out", out], capsys)
+    assert code == 2 and "already holds a run" in err and "--resume" in err, err
+    with one_thread():
+        code, _, err = run(["train", VEC, "--out", out, "--resume", "--device", "cpu"], capsys)  # recorded settings
+    assert code == 0 and "from the beginning" in err, err
+    (wa, ha), (wb, hb) = _uninterrupted(tmp_path), _result(out)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert ha == hb and len(hb) == 4
+
+
+def test_resume_auto_after_kill_9_at_a_random_point_is_bit_identical(tmp_path, capsys):
+    """One idempotent command (`--resume auto`) run again after a kill -9 at a point drawn by a seeded
+    random (anywhere after the first epoch's line, checkpoint writes included): it starts the run, then
+    continues it from whatever the kill left, and finally says it finished without writing."""
+    import random
+
+    rng = random.Random(11)
+    out = tmp_path / "killed"
+    command = [*REQUEUE, "--out", out, "--resume", "auto"]
+    p = _mmvae([*command, "--step-delay", "0.05"])  # 0.25 s an epoch
+    _kill_after(p, "epoch ", rng.uniform(0.0, 0.6))  # an epoch logged (its checkpoint may be underway), then anywhere
+    with one_thread():
+        code, _, err = run(command)
+    assert code == 0, err
+    (wa, ha), (wb, hb) = _uninterrupted(tmp_path), _result(out)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert ha == hb and len(hb) == 4
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    capsys.readouterr()
+    code, _, err = run(command, capsys)  # a requeued job after the run finished: nothing to do
+    assert code == 0 and "already finished" in err and err.count("\n") == 1, err
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+
+
+def test_resume_auto_on_a_finished_run_with_its_energy_writes_nothing(tmp_path, capsys):
+    """A job requeued after its last stage (fit-ebm into RUN) runs `train --resume auto` again: the run
+    already finished, so the command exits 0 and leaves RUN as it was (extending it is refused)."""
+    out = tmp_path / "run"
+    command = [*REQUEUE, "--epochs", "1", "--out", out, "--resume", "auto"]
+    assert run(command, capsys)[0] == 0
+    code, _, err = run(["fit-ebm", out, *TINY_FIT_EBM, "--device", "cpu"], capsys)
+    assert code == 0, err
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    code, _, err = run(command, capsys)
+    assert code == 0 and "already finished" in err, err
+    code, _, err = run([*command, "--epochs", "2"], capsys)
+    assert code == 2 and "fitted to its weights" in err, err
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+
+
+FITS = {  # the post-hoc fits' idempotent commands (RUN, --out NEW, --resume auto appended): 2 epochs of 5 steps
+    "fit-ebm": ["fit-ebm", "--energy-hidden", "8", "--epochs", "2", "--langevin-steps", "2", "--batch-size", "5"],
+    "fit-prior": ["fit-prior", "--kind", "flow", "--epochs", "2", "--batch-size", "5"],
+}
+
+
+def _fit_result(out) -> tuple[dict, list]:
+    """(prior weights, fit history without seconds) of a post-hoc fit's --out bundle."""
+    ((kind, section),) = json.loads((out / "manifest.json").read_text())["priors"].items()
+    history = [{k: v for k, v in h.items() if k != "seconds"} for h in section["fit"]["history"]]
+    return load_file(out / f"prior-{kind}.safetensors"), history
+
+
+@pytest.mark.parametrize("fit", sorted(FITS))
+@pytest.mark.parametrize("when", ["before-first-checkpoint", "random"])
+def test_fit_resume_auto_after_kill_9_is_bit_identical(tmp_path, capsys, fit, when):
+    """fit-ebm and fit-prior killed with kill -9 before their first checkpoint (the --out bundle exists,
+    nothing saved) or at a seeded random point, then the same `--resume auto` command: the uninterrupted
+    fit's weights and history, bit for bit; once more: it already finished, nothing written."""
+    import random
+
+    base = tmp_path / "run"
+    assert run([*REQUEUE, "--epochs", "1", "--out", base], capsys)[0] == 0
+    (*head,) = FITS[fit]
+    with one_thread():
+        assert run([*head[:1], base, *head[1:], "--out", tmp_path / "ref", "--device", "cpu"], capsys)[0] == 0
+    out = tmp_path / "killed"
+    command = [*head[:1], base, *head[1:], "--out", out, "--device", "cpu", "--resume", "auto"]
+    if when == "random":
+        p = _mmvae([*command, "--step-delay", "0.05"])  # 0.25 s an epoch
+        _kill_after(p, "fit-", random.Random(5).uniform(0.0, 0.4))  # after the first epoch's line, anywhere
+    else:
+        p = _mmvae([*command, "--step-delay", "0.5"])  # the first checkpoint after 2.5 s
+        _kill_after(p, "fitting ", 1.0)
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert "prior_fit_state" not in manifest and not manifest.get("priors"), manifest  # nothing saved
+    with one_thread():
+        code, _, err = run(command, capsys)
+    assert code == 0, err
+    (wa, ha), (wb, hb) = _fit_result(tmp_path / "ref"), _fit_result(out)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert ha == hb and len(hb) == 2
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    code, _, err = run(command, capsys)  # requeued after it finished
+    assert code == 0 and "nothing to do" in err, err
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
 
 
 def test_two_process_ddp_matches_single_process_global_batch(data_root, tmp_path):

@@ -12,6 +12,7 @@ import sys
 import click
 
 from .. import __version__
+from ..console import INVOCATION
 from ..errors import EXIT_INTERNAL, MMVAEError
 
 
@@ -56,14 +57,6 @@ def _register():
 
 
 _register()
-
-
-INVOCATION: list[str] = []  # the arguments of the running command, recorded in manifests
-
-
-def invocation() -> str:
-    """The running command line, as recorded next to evaluation results."""
-    return " ".join(["mmvae", *INVOCATION])
 
 
 def main(argv=None) -> None:

@@ -7,30 +7,45 @@ import time
 
 import click
 
+from ..data import REGISTRY, known_name
 from ..errors import DataError
 from . import options
 
 
-@click.group("data")
-def data():
-    """Get, build and inspect datasets.
+def _listing(text: str, width: int, indent: int) -> str:
+    """One help line per registered dataset with a `text` line (data.base.Dataset): NAME, then the text."""
+    return "\n".join(
+        f"{' ' * indent}{name:<{width}} {getattr(d, text)}" for name, d in REGISTRY.items() if getattr(d, text)
+    )
+
+
+@click.group(
+    "data",
+    help=f"""Get, build and inspect datasets.
 
     \b
     Named datasets live under the data root (--data-root, else $MMVAE_DATA,
     else ~/.cache/mmvae):
-      polymnist       <root>/polymnist/MMNIST/{train,test}/m0..m4/*.png (official zip)
-      polymnist-mini  built offline on first use (4,000/1,000 tuples)
-      polymnist-text-mini  polymnist-mini's m0..m2 + the digit's name as text
-      mnist-svhn      <root>/mnist-svhn/{MNIST/raw, SVHN/*_32x32.mat}
-      mnist-svhn-text mnist-svhn + the digit's name as text (MoPoE)
-      cub             <root>/cub/{train,test}/<class>/*.jpg + text_*classes.txt (captions)
-      celeba          <root>/celeba/img_align_celeba/ + list_attr_celeba.txt + list_eval_partition.txt
+{_listing("layout", 15, 6)}
     Your own data: a .safetensors file (or a folder of them) with one tensor per
     modality; pass its path wherever a dataset name is accepted.
-    """
+    """,
+)
+def data():
+    """`mmvae data`: its help lists the registered datasets (data.REGISTRY)."""
 
 
-@data.command("fetch")
+@data.command(
+    "fetch",
+    help=f"""Download dataset NAME into the data root.
+
+    \b
+{_listing("fetch_help", 16, 4)}
+
+    Archives are checked and parsed before they are moved into place; a failure leaves nothing
+    behind. Prints the dataset folder on stdout.
+    """,
+)
 @click.argument("name")
 @click.option(
     "--url",
@@ -44,30 +59,16 @@ def data():
 @click.option("--sha256", default=None, metavar="HEX", help="Expected sha256 of the download; a mismatch is an error.")
 @options.data_root
 def fetch_cmd(name, url, sha256, data_root):
-    """Download dataset NAME into the data root.
-
-    \b
-    polymnist        the official PolyMNIST.zip, verified, extracted atomically
-    mnist-svhn       MNIST and SVHN through torchvision (mnist-svhn-text: the same)
-    cub              --url/--archive: cub/{train,test}/<class>/*.jpg + text_{trainval,test}classes.txt
-    celeba           --url/--archive: img_align_celeba/ + list_attr_celeba.txt + list_eval_partition.txt
-    polymnist-mini   nothing to download: builds it from installed packages
-
-    Archives are checked and parsed before they are moved into place; a failure leaves nothing
-    behind. Prints the dataset folder on stdout.
-    """
-    from .. import data as D
-
-    key = D.known_name(name)
+    key = known_name(name)
     if key is None:
-        raise DataError(f"unknown dataset {name!r}: `data fetch` knows {', '.join(D.DATASETS)}")
-    fetch, takes = D.FETCHERS[key]
+        raise DataError(f"unknown dataset {name!r}: `data fetch` knows {', '.join(REGISTRY)}")
+    dataset = REGISTRY[key]
     given = {"url": url, "sha256": sha256}
-    extra = [f"--{k}" for k, v in given.items() if v and k not in takes]
+    extra = [f"--{k}" for k, v in given.items() if v and k not in dataset.fetch_options]
     if extra:
-        with_url = ", ".join(n for n, (_, t) in D.FETCHERS.items() if "url" in t)
+        with_url = ", ".join(n for n, d in REGISTRY.items() if "url" in d.fetch_options)
         raise click.UsageError(f"{' and '.join(extra)} apply to `data fetch {with_url}` only")
-    where = fetch(data_root, **{k: v for k, v in given.items() if v})
+    where = dataset.fetch(data_root, **{k: v for k, v in given.items() if v})
     click.echo(str(where))
 
 

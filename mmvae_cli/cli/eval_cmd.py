@@ -9,7 +9,7 @@ import click
 
 from .. import bundle
 from ..config import EvalSettings
-from ..console import log
+from ..console import invocation, log
 from ..data import load_dataset
 from ..errors import MMVAEError
 from ..evaluate import spread_indices
@@ -31,7 +31,6 @@ def evaluate():
 
 def _record(run: Path, what: str, result: dict) -> None:
     """Append the result and the command that produced it to the bundle's manifest."""
-    from . import invocation
 
     manifest = bundle.read_manifest(run)
     manifest.setdefault("evaluations", []).append(
@@ -41,9 +40,7 @@ def _record(run: Path, what: str, result: dict) -> None:
 
 
 # --- shared options --------------------------------------------------------------------------------
-split_opt = click.option(
-    "--split", type=click.Choice(["train", "test"]), default="test", show_default=True, help="Evaluation split."
-)
+split_opt = options.split("Evaluation split.")
 limit_opt = click.option(
     "--limit",
     type=click.IntRange(min=1),
@@ -144,7 +141,6 @@ def _finish(
     """Record each result in the manifest, print the table or JSON, write the report."""
     from ..evaluate.report import text_table, write_report
     from ..evaluate.suite import METRICS
-    from . import invocation
 
     for name, res in results.items():
         _record(ctx.run, name, res)
@@ -188,7 +184,7 @@ def _common(f):
 @evaluate.command()
 @click.argument("run", type=click.Path())
 @clf_opt
-@options.count_option(EvalSettings, "n_joint")
+@options.setting_option(EvalSettings, "n_joint")
 @prior_opt
 @options.langevin_sample
 @_common
@@ -231,7 +227,7 @@ def coherence(
 
 @evaluate.command()
 @click.argument("run", type=click.Path())
-@options.count_option(EvalSettings, "k")
+@options.setting_option(EvalSettings, "k")
 @prior_opt
 @_common
 def likelihood(run, k, prior, split, limit, seed, device, data_root, report_dir, as_json):
@@ -252,7 +248,7 @@ def likelihood(run, k, prior, split, limit, seed, device, data_root, report_dir,
 
 @evaluate.command()
 @click.argument("run", type=click.Path())
-@options.count_option(EvalSettings, "n_train")
+@options.setting_option(EvalSettings, "n_train")
 @_common
 def latent(run, n_train, split, limit, seed, device, data_root, report_dir, as_json):
     """Logistic-regression probe of the posterior mean for every subset of inputs."""
@@ -263,7 +259,7 @@ def latent(run, n_train, split, limit, seed, device, data_root, report_dir, as_j
 @evaluate.command()
 @click.argument("run", type=click.Path())
 @weights_opt
-@options.count_option(EvalSettings, "n_fid")
+@options.setting_option(EvalSettings, "n_fid")
 @prior_opt
 @_common
 def fid(run, inception_weights, n_fid, prior, split, limit, seed, device, data_root, report_dir, as_json):
@@ -282,16 +278,16 @@ def fid(run, inception_weights, n_fid, prior, split, limit, seed, device, data_r
 @weights_opt
 @prior_opt
 @options.langevin_sample
-@options.count_option(EvalSettings, "all_n_joint", "--n-joint", help="Prior samples for joint coherence.")
-@options.count_option(EvalSettings, "all_k", "--k", help="Importance samples for the likelihoods.")
-@options.count_option(
+@options.setting_option(EvalSettings, "all_n_joint", "--n-joint", help="Prior samples for joint coherence.")
+@options.setting_option(EvalSettings, "all_k", "--k", help="Importance samples for the likelihoods.")
+@options.setting_option(
     EvalSettings,
     "all_ll_limit",
     "--ll-limit",
     help="Likelihood on N evaluation tuples only, evenly spaced (it decodes K x (2^M-1) latents per tuple).",
 )
-@options.count_option(EvalSettings, "n_train", help="Training tuples for the latent probe.")
-@options.count_option(EvalSettings, "n_fid", help="Images per modality for FID.")
+@options.setting_option(EvalSettings, "n_train", help="Training tuples for the latent probe.")
+@options.setting_option(EvalSettings, "n_fid", help="Images per modality for FID.")
 @_common
 def all_(
     run,

@@ -59,7 +59,7 @@ def _check_format(out: str, fmt: str | None) -> None:
 
 @click.command()
 @click.argument("run", type=click.Path())
-@options.count_option(config.GenerateSettings, "sample_n", "-n", "--n", "n", help="Number of joint samples.")
+@options.setting_option(config.GenerateSettings, "sample_n", "-n", "--n", "n", help="Number of joint samples.")
 @options.output_file("Output file: .png or .jpg grid (one row per modality), or .safetensors.")
 @options.prior
 @options.langevin_sample
@@ -149,8 +149,8 @@ def sample(run, n, out, fmt, prior, langevin, save_chain, chain_every, as_json, 
     help="Also print one JSON object per tuple on stdout (text inputs and outputs as strings).",
 )
 @click.option("--targets", default=None, help="Modalities to generate (default: all others).")
-@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
-@options.count_option(config.GenerateSettings, "cross_generate_n", "-n", "--n", "n", help="Number of input tuples.")
+@options.split()
+@options.setting_option(config.GenerateSettings, "cross_generate_n", "-n", "--n", "n", help="Number of input tuples.")
 @options.output_file("Output file: .png or .jpg grid, or .safetensors.")
 @options.langevin_sample
 @options.seed

@@ -15,10 +15,6 @@ data_root = click.option(
     default=None,
     help="Data folder (default: $MMVAE_DATA, else ~/.cache/mmvae).",
 )
-device = click.option(
-    "--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (cuda when available)."
-)
-seed = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed.")
 json_flag = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 log_jsonl = click.option(
     "--log-jsonl", type=click.Path(dir_okay=False), default=None, help="Append one JSON line per epoch to this file."
@@ -95,20 +91,36 @@ def settings_options(
     return deco
 
 
-def count_option(cls, name: str, *decls: str, help: str | None = None):
-    """An integer option whose default and lower bound are field `name` of `cls` (a count such as
-    config.EvalSettings.n_joint), its source shown by --help. decls: click's parameter declarations
-    (default: --field-name); help: this command's sentence (default: the field's help)."""
+def setting_option(cls, name: str, *decls: str, help: str | None = None, type=None):
+    """A click option whose default (shown by --help), range or choices and source are field `name` of
+    config section `cls` (e.g. config.EvalSettings.n_joint). decls: click's parameter declarations
+    (default: --field-name); help: this command's sentence (default: the field's help); type: a click type
+    where the choices are a registry's, not the field's."""
     fld = next(f for f in fields(cls) if f.name == name)
     m = fld.metadata
+    if type is None and m["choices"] is not None:
+        type = click.Choice([c for c in m["choices"] if c is not None])
+    elif type is None and isinstance(fld.default, int) and not isinstance(fld.default, bool):
+        type = click.IntRange(min=None if m["min"] is None else int(m["min"]))
     text = help or m["help"][0].upper() + m["help"][1:] + "."
     return click.option(
         *(decls or ("--" + name.replace("_", "-"),)),
-        type=click.IntRange(min=int(m["min"])),
+        type=type,
         default=config.default_of(cls, name),
         show_default=True,
         help=f"{text} (source: {m['source']})",
     )
+
+
+device = setting_option(config.CommandSettings, "device", help="cpu, cuda, cuda:N or auto (cuda when available).")
+seed = setting_option(config.CommandSettings, "seed", help="Random seed.")
+
+
+def split(help: str | None = None):
+    """--split: a data split (data.SPLITS), default config.CommandSettings.split."""
+    from ..data import SPLITS
+
+    return setting_option(config.CommandSettings, "split", type=click.Choice(SPLITS), help=help)
 
 
 def given(kwargs: dict, cls, rename: dict[str, str] | None = None) -> dict:
@@ -125,11 +137,10 @@ def _prior_option():
     from .. import priors
 
     kinds = {k: priors.get(k) for k in priors.names()}
-    return click.option(
-        "--prior",
+    return setting_option(
+        config.CommandSettings,
+        "prior",
         type=click.Choice(list(kinds)),
-        default="base",
-        show_default=True,
         help="Prior of the latents: "
         + "; ".join(
             f"{k}: {c.help} (`{c.how_to_get()}`)" if k != "base" else f"{k}: {c.help}" for k, c in kinds.items()
@@ -185,6 +196,20 @@ def output_file(help: str):
     return deco
 
 
+def resume(help: str):
+    """--resume [last|auto] (run.plan_run's modes; plain --resume is `last`)."""
+    from ..run import RESUME_MODES
+
+    return click.option(
+        "--resume",
+        type=click.Choice(RESUME_MODES),
+        is_flag=False,
+        flag_value="last",
+        default=None,
+        help=help,
+    )
+
+
 def post_hoc_fit(overwrite_help: str, resume_help: str):
     """The options every post-hoc fit shares: --overwrite, --resume, logs, device, data root, --json."""
 
@@ -192,7 +217,7 @@ def post_hoc_fit(overwrite_help: str, resume_help: str):
         for opt in reversed(
             [
                 click.option("--overwrite", is_flag=True, help=overwrite_help),
-                click.option("--resume", is_flag=True, help=resume_help),
+                resume(resume_help),
                 click.option(
                     "--step-delay", type=float, default=0.0, hidden=True, help="Sleep after every step (tests)."
                 ),

@@ -47,7 +47,7 @@ def fit_options(kinds: tuple[str, ...], common: tuple[str, ...] | None, out_help
                     default=None,
                     help="Classifier bundle: report joint coherence with the base prior and with the fitted one.",
                 ),
-                options.count_option(
+                options.setting_option(
                     config.EvalSettings,
                     "fit_n_joint",
                     "--n-joint",
@@ -57,7 +57,10 @@ def fit_options(kinds: tuple[str, ...], common: tuple[str, ...] | None, out_help
                 options.post_hoc_fit(
                     overwrite_help,
                     "Continue a fit stopped by SIGTERM/SIGUSR1 (exit code 75) from its checkpoint, with the "
-                    "settings it was started with (same RUN, --out and kind).",
+                    "settings it was started with (same RUN, --out and kind; flags given must be the same); a fit "
+                    "killed before its first checkpoint starts again. `--resume auto` also starts the fit when "
+                    "there is none and exits 0 when it already finished: one command a requeued batch job can "
+                    "always rerun. Default: off.",
                 ),
             ]
         ):
@@ -70,7 +73,7 @@ def fit_options(kinds: tuple[str, ...], common: tuple[str, ...] | None, out_help
 def run_fit(kind: str, as_json: bool, **kw) -> None:
     """Build the request from the flags (by keyword), run the job, print its result."""
     from ..commands.fit_prior import FitPriorRequest, prepare_fit_prior
-    from . import invocation
+    from ..console import invocation
 
     own = {f.name for f in fields(FitPriorRequest)}
     flags = {k: None if v == () else v for k, v in kw.items() if k not in own}  # settings by field name
@@ -85,6 +88,8 @@ def run_fit(kind: str, as_json: bool, **kw) -> None:
     result = prepare_fit_prior(request).run()
     if as_json:
         click.echo(json.dumps(result))
+        return
+    if result.get("already_finished"):
         return
     if "loss_curve" in result:  # fitted epoch by epoch to a loss
         lc = result["loss_curve"]

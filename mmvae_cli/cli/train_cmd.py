@@ -10,6 +10,7 @@ import click
 from .. import config
 from ..console import log
 from ..data import load_dataset
+from ..registry import FAMILIES
 from ..run import check_new_output
 from ..runtime import pick_device, shutdown_distributed
 from . import options
@@ -22,7 +23,7 @@ from . import options
 )
 @click.option(
     "--prior",
-    type=click.Choice(["gaussian", "laplace", "ebm"]),
+    type=click.Choice([*FAMILIES, "ebm"]),
     default=None,
     help="Prior p(z): the base prior's family, or ebm: the energy-based prior exp(-E(z)) p0(z) of "
     "Yuan et al. trained jointly (Algorithm 1), p0 the recipe's base prior; see --langevin-steps, "
@@ -39,10 +40,12 @@ from . import options
 @click.option("--schedule", default=None, help="Recipe schedule to apply, e.g. cpu (automatic for *-mini data).")
 @options.device
 @options.data_root
-@click.option(
-    "--resume",
-    is_flag=True,
-    help="Continue the run in --out from its last checkpoint (with --epochs: train a finished run for longer).",
+@options.resume(
+    "Continue the run in --out from its last checkpoint, or from the beginning with its recorded settings "
+    "when it stopped before its first one (killed in epoch 1); with --epochs N, train a finished run longer. "
+    "`--resume auto` also starts the run when --out holds none and exits 0 when it already finished: one "
+    "command a requeued batch job can always rerun (never --overwrite). Default: a new run, refused when "
+    "--out holds one."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
 @click.option(
@@ -85,30 +88,31 @@ def train(
     Settings come from the recipe for the dataset and model (recipes/), its short `cpu` schedule for
     *-mini datasets, then these flags; the run's manifest records the resolved values (every flag's
     default, range and source live in mmvae_cli/config.py). Every input is checked before the run
-    folder is created. SIGTERM/SIGUSR1 write a checkpoint and exit with code 75; --resume continues.
+    folder is created. SIGTERM/SIGUSR1 write a checkpoint and exit with code 75; --resume continues
+    (`--resume auto` in batch scripts: continue, start or say it finished, whatever the last attempt left).
     Data-parallel: `torchrun --nproc-per-node N -m mmvae_cli train ...` (gloo on CPU, NCCL on GPU).
     """
-    from ..jobs import TrainRequest, prepare_training, resolve_request
+    from ..commands.train import TrainRequest, prepare_training, resolve_request
 
     runtime = options.given(settings, config.RuntimeSettings)
     overrides = {k: v for k, v in settings.items() if k not in runtime}
     overrides["prior"] = prior
     request = TrainRequest(
-        dataset,
-        out,
-        overrides,
-        runtime,
-        recipe,
-        schedule,
-        device,
-        data_root,
-        resume,
-        overwrite,
-        log_jsonl,
-        tensorboard,
-        distributed,
-        max_steps,
-        step_delay,
+        dataset=dataset,
+        out=out,
+        overrides=overrides,
+        runtime=runtime,
+        recipe=recipe,
+        schedule=schedule,
+        device=device,
+        data_root=data_root,
+        resume=resume,
+        overwrite=overwrite,
+        log_jsonl=log_jsonl,
+        tensorboard=tensorboard,
+        distributed=distributed,
+        max_steps=max_steps,
+        step_delay=step_delay,
     )
     if dry_run:
         click.echo(json.dumps(resolve_request(request).to_dict()))

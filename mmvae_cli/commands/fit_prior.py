@@ -14,12 +14,12 @@ and the writes.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from .. import bundle, config, priors
+from .. import bundle, config, priors, registry
 from ..config import TrainConfig
 from ..console import log
 from ..errors import BundleError, MMVAEError, NumericalError
@@ -52,11 +52,11 @@ class FitPriorRequest:
     classifiers: str | None = None  # a classifier bundle: joint coherence before and after the fit
     n_joint: int = config.default_of(config.EvalSettings, "fit_n_joint")
     overwrite: bool = False
-    resume: bool = False
+    resume: str | None = None  # None, "last" (--resume) or "auto" (--resume auto): see _resume_plan
     log_jsonl: str | None = None
     tensorboard: str | None = None
     step_delay: float = 0.0
-    device: str = "auto"
+    device: str = config.default_of(config.CommandSettings, "device")
     data_root: str | None = None
     command: str = ""  # the command line, recorded in the manifest
 
@@ -119,11 +119,13 @@ class FitPriorJob:
             "common": config.to_dict(self.common),
             "settings": cls.settings_to_json(self.settings),
         }
-        run.extra_state = {"kind": kind, "settings": recorded}
+        run.extra_state = {"kind": kind, "settings": recorded, "given": _given(r, cls)}
         if r.resume:
             log(f"resuming the {kind} fit in {self.target} at epoch {self.tman[PRIOR_FIT_STATE]['epoch'] + 1}")
         try:
-            prior, stats = cls.fit(bank, self.common, self.settings, run=run, resume=r.resume, step_delay=r.step_delay)
+            prior, stats = cls.fit(
+                bank, self.common, self.settings, run=run, resume=bool(r.resume), step_delay=r.step_delay
+            )
         except NumericalError:  # a diverged fit leaves nothing behind: no checkpoint to resume into the same fate
             if self.new_bundle and not r.resume:
                 shutil.rmtree(self.target, ignore_errors=True)
@@ -178,18 +180,21 @@ def _latent(run: Path, manifest: dict) -> tuple[str, int]:
     """(fusion, latent size) from RUN's manifest, before its weights are read."""
     try:
         m = manifest["model"]
-        return m["fusion"], int(m["latent_dim"]) * (len(m["modalities"]) if m["fusion"] == "none" else 1)
+        return m["fusion"], registry.fusion(m["fusion"]).z_dim(int(m["latent_dim"]), len(m["modalities"]))
     except (KeyError, TypeError, ValueError) as e:
         raise BundleError(f"{run}: manifest has an invalid model section ({e})") from None
 
 
+def _given(r: FitPriorRequest, cls) -> dict:
+    """The fit's flags given on the command line (field name -> value), as the checkpoint records them."""
+    mine = cls.flags()
+    given = {k: v for k, v in {**r.common, **r.settings}.items() if v is not None and (k in mine or k in r.common)}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(given.items())}
+
+
 def _holder(r: FitPriorRequest, cls, run: Path, outp: Path | None, manifest: dict) -> dict:
-    """--resume: the manifest that holds the interrupted fit (RUN's or --out's), checked."""
-    given = [cls.flags().get(k, f"--{k}") for k, v in {**r.settings, **r.common}.items() if v is not None]
-    if given:
-        raise MMVAEError(
-            f"--resume continues the interrupted fit with the settings it started with; give no {given[0]}"
-        )
+    """--resume: the manifest that holds the interrupted fit (RUN's or --out's), checked. Flags given
+    must be the ones the interrupted fit was started with (a requeued batch job reruns its command)."""
     where = outp or run
     if outp is not None and not (outp / bundle.MANIFEST).exists():
         raise BundleError(f"{outp}: no interrupted {cls.fit_command()} to resume (no run there); run without --resume")
@@ -206,6 +211,14 @@ def _holder(r: FitPriorRequest, cls, run: Path, outp: Path | None, manifest: dic
         )
     if state.get("kind") != r.kind:
         raise MMVAEError(f"--resume: the interrupted fit in {where} is --kind {state.get('kind')}, not {r.kind}")
+    given, recorded = _given(r, cls), state.get("given", {})
+    changed = [k for k in given if given[k] != recorded.get(k)]
+    if changed:
+        flag = {**cls.flags(), **{k: f"--{k.replace('_', '-')}" for k in r.common}}.get(changed[0], changed[0])
+        raise MMVAEError(
+            f"--resume continues the interrupted fit with the settings it started with; {flag} differs "
+            "(give the same flags, or none)"
+        )
     if outp is not None and holder.get("parent", {}).get("model_sha256") != manifest.get("files", {}).get(
         WEIGHTS, {}
     ).get("sha256"):
@@ -252,10 +265,49 @@ def _refuse_unfittable(r: FitPriorRequest, cls, run: Path, outp: Path | None, ma
         )
 
 
-def prepare_fit_prior(r: FitPriorRequest) -> FitPriorJob:
+@dataclass
+class FinishedFit:
+    """--resume on a fit that already finished: nothing to do, nothing written (exit 0)."""
+
+    target: Path
+    kind: str
+    section: dict
+
+    def run(self) -> dict:
+        log(f"{self.target} already has its fitted {self.kind} prior; nothing to do")
+        return {"kind": self.kind, "already_finished": True, "fit": self.section.get("fit", {})}
+
+
+def _resume_plan(r: FitPriorRequest, run: Path, outp: Path | None) -> tuple[FitPriorRequest, dict | None]:
+    """What --resume [last|auto] does (run.plan_run's modes for a fit): (the request as it runs, the
+    finished fit's manifest section or None).
+
+        a checkpoint of the fit            continue it (resume "last")
+        the fit finished                   nothing to do (FinishedFit)
+        no checkpoint (killed before its   start it from the beginning with the flags given: a kill -9
+          first one), or with auto no        before the first checkpoint lost nothing (--out's bundle
+          --out bundle yet                   is replaced)
+    Plain --resume with an --out that holds no run is refused, as without a fit to continue."""
+    if not r.resume:
+        return r, None
+    where = outp or run
+    if not (where / bundle.MANIFEST).exists():
+        if r.resume == "auto" and outp is not None:
+            return replace(r, resume=None), None
+        return replace(r, resume="last"), None  # _holder says there is no run to continue
+    held = upgrade(bundle.read_manifest(where, kind="mmvae"))
+    if held.get(PRIOR_FIT_STATE) or held.get(LEGACY_EBM_FIT_STATE):
+        return replace(r, resume="last"), None
+    section = (held.get("priors") or {}).get(r.kind)
+    if section and not trained_with_vae(section):
+        return r, section
+    return replace(r, resume=None, overwrite=outp is not None), None
+
+
+def prepare_fit_prior(r: FitPriorRequest) -> FitPriorJob | FinishedFit:
     """Check every input of `mmvae fit-prior` / `fit-ebm` (kind, flags, bundle, output, logs, classifiers,
     data) and return the job; nothing is written here."""
-    from ..jobs import run_training_data
+    from .train import run_training_data
 
     fittable = priors.fittable()
     if r.kind not in fittable:
@@ -272,6 +324,11 @@ def prepare_fit_prior(r: FitPriorRequest) -> FitPriorJob:
         flag, kinds = next(iter(elsewhere.items()))
         raise MMVAEError(f"{flag} applies to --kind {' or '.join(kinds)}, not {r.kind}")
     run, outp = Path(r.run), Path(r.out) if r.out else None
+    if r.resume and r.overwrite:
+        raise MMVAEError(f"--resume continues the fit in {outp or run} and --overwrite replaces it: give one of them")
+    r, finished = _resume_plan(r, run, outp)
+    if finished is not None:
+        return FinishedFit(outp or run, r.kind, finished)
     check_log_file(r.log_jsonl)
     check_tensorboard(r.tensorboard)
     given = {k: v for k, v in r.settings.items() if k in mine}

@@ -10,8 +10,9 @@
     load_dataset("my_pairs.safetensors", "train")       # a user's own data (see custom.py)
 
 The data root is `--data-root`, else `$MMVAE_DATA`, else `~/.cache/mmvae`.
-Every loader returns a `MultimodalData` (see base.py). A dataset is one file here plus a line in
-`_LOADERS`, `DATASETS` and, when it can be fetched, `FETCHERS`.
+Every loader returns a `MultimodalData` (see base.py). A dataset is one file here that declares its
+`base.Dataset` (loader, fetcher, the lines `mmvae data --help` shows) and its line in REGISTRY below;
+the CLI's lists of datasets come from REGISTRY.
 """
 
 from __future__ import annotations
@@ -20,56 +21,34 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import DataError
-from .base import GatheredTensors, MultimodalData, fingerprint_tensors, to_float, to_uint8
-from .celeba import fetch_celeba, load_celeba
-from .cub import fetch_cub, load_cub
+from . import celeba, cub, mnist_svhn, mnist_svhn_text, polymnist, polymnist_text
+from .base import Dataset, GatheredTensors, MultimodalData, fingerprint_tensors, to_float, to_uint8
+from .celeba import fetch_celeba
+from .cub import fetch_cub
 from .custom import NoTestSplit, load_custom
 from .fetch import data_root
-from .mnist_svhn import fetch_mnist_svhn, load_mnist_svhn
-from .mnist_svhn_text import load_mnist_svhn_text
-from .polymnist import (
-    build_polymnist,
-    build_polymnist_mini,
-    fetch_polymnist,
-    load_mmnist,
-    load_polymnist,
-    load_polymnist_mini,
-    resolve_mmnist,
-)
-from .polymnist_text import load_polymnist_text_mini
+from .mnist_svhn import fetch_mnist_svhn
+from .polymnist import build_polymnist, build_polymnist_mini, fetch_polymnist, load_mmnist, resolve_mmnist
 
-DATASETS = ["polymnist", "polymnist-mini", "polymnist-text-mini", "mnist-svhn", "mnist-svhn-text", "cub", "celeba"]
+REGISTRY: dict[str, Dataset] = {
+    d.name: d
+    for d in (
+        polymnist.POLYMNIST,
+        polymnist.POLYMNIST_MINI,
+        polymnist_text.DATASET,
+        mnist_svhn.DATASET,
+        mnist_svhn_text.DATASET,
+        cub.DATASET,
+        celeba.DATASET,
+    )
+}
+DATASETS = list(REGISTRY)
 SPLITS = ("train", "test")
-
-_LOADERS = {
-    "polymnist": load_polymnist,
-    "polymnist-mini": load_polymnist_mini,
-    "polymnist-text-mini": load_polymnist_text_mini,
-    "mnist-svhn": load_mnist_svhn,
-    "mnist-svhn-text": load_mnist_svhn_text,
-    "cub": load_cub,
-    "celeba": load_celeba,
-}
-
-
-def _build_mini(root, **_):
-    return build_polymnist_mini(data_root(root) / "polymnist-mini")
-
-
-# name -> (fetch(root, **options), the `data fetch` options it takes: url, sha256)
-FETCHERS = {
-    "polymnist": (fetch_polymnist, ("url", "sha256")),
-    "polymnist-mini": (_build_mini, ()),
-    "polymnist-text-mini": (_build_mini, ()),
-    "mnist-svhn": (fetch_mnist_svhn, ()),
-    "mnist-svhn-text": (fetch_mnist_svhn, ()),
-    "cub": (fetch_cub, ("url", "sha256")),
-    "celeba": (fetch_celeba, ("url", "sha256")),
-}
 
 __all__ = [
     "DATASETS",
-    "FETCHERS",
+    "REGISTRY",
+    "Dataset",
     "SPLITS",
     "MultimodalData",
     "GatheredTensors",
@@ -93,7 +72,7 @@ __all__ = [
 def known_name(name: str) -> str | None:
     """The registry name for `name` (case and `_`/`-` insensitive), or None."""
     key = str(name).strip().lower().replace("_", "-")
-    return key if key in _LOADERS else None
+    return key if key in REGISTRY else None
 
 
 def _unknown(name_or_path: str) -> DataError:
@@ -112,7 +91,7 @@ def load_dataset(name_or_path: str, split: str = "train", root: str | None = Non
         raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
     key = known_name(name_or_path)
     if key is not None:
-        return _LOADERS[key](root, split)
+        return REGISTRY[key].load(root, split)
     p = Path(str(name_or_path)).expanduser()
     if p.is_dir():
         mm = resolve_mmnist(p)

@@ -23,8 +23,9 @@ least one modality. `drop_modalities` makes such data from complete data (`--mis
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 
@@ -216,3 +217,16 @@ def fingerprint_tensors(tensors: Mapping[str, torch.Tensor], labels: torch.Tenso
     if labels is not None:
         h.update(labels.contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A named dataset's registration (each dataset file declares its own; data/__init__.py lists them):
+    how to load and get it, and what `mmvae data --help` and `mmvae data fetch --help` say about it."""
+
+    name: str
+    load: Callable[..., MultimodalData]  # load(root, split): one split under the data root (or --data-root)
+    layout: str  # where it lives under the data root (`mmvae data --help`)
+    fetch: Callable[..., Path]  # fetch(root, **options) -> its folder (`mmvae data fetch NAME`)
+    fetch_options: tuple[str, ...] = ()  # the `data fetch` options fetch takes: url, sha256
+    fetch_help: str = ""  # its line in `mmvae data fetch --help` ("" = said on another dataset's line)

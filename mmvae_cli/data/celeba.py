@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from ..errors import DataError
-from .base import MultimodalData
+from .base import Dataset, MultimodalData
 from .fetch import fetch_archive, fetched_folder, one_line, read_parse_cache, write_parse_cache
 
 NAME = "celeba"
@@ -141,3 +141,13 @@ def _check(folder: Path) -> None:
 def fetch_celeba(root=None, url: str | None = None, sha256: str | None = None, timeout: float = 60.0) -> Path:
     """Download (or copy) an archive of the official CelebA files into `<root>/celeba`, parsed and cached."""
     return fetch_archive(NAME, url, root, REQUIRED, _check, missing=MISSING, sha256=sha256, timeout=timeout)
+
+
+DATASET = Dataset(
+    NAME,
+    load_celeba,
+    "<root>/celeba/img_align_celeba/ + list_attr_celeba.txt + list_eval_partition.txt",
+    fetch_celeba,
+    ("url", "sha256"),
+    "--url/--archive: img_align_celeba/ + list_attr_celeba.txt + list_eval_partition.txt",
+)

@@ -29,7 +29,7 @@ from PIL import Image
 
 from ..errors import DataError
 from ..modalities.words import SPECIALS, WordTextKind, tokenize
-from .base import GatheredTensors, MultimodalData
+from .base import Dataset, GatheredTensors, MultimodalData
 from .fetch import fetch_archive, fetched_folder, one_line, read_parse_cache, write_parse_cache
 
 NAME = "cub"
@@ -141,3 +141,13 @@ def _check(folder: Path) -> None:
 def fetch_cub(root=None, url: str | None = None, sha256: str | None = None, timeout: float = 60.0) -> Path:
     """Download (or copy) a CUB archive in the reference layout into `<root>/cub`, parsed and cached."""
     return fetch_archive(NAME, url, root, REQUIRED, _check, missing=DEAD_LINK, sha256=sha256, timeout=timeout)
+
+
+DATASET = Dataset(
+    NAME,
+    load_cub,
+    "<root>/cub/{train,test}/<class>/*.jpg + text_*classes.txt (captions)",
+    fetch_cub,
+    ("url", "sha256"),
+    "--url/--archive: cub/{train,test}/<class>/*.jpg + text_{trainval,test}classes.txt",
+)

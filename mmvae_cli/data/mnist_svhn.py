@@ -33,7 +33,7 @@ import torch
 from ..bundle import atomic_save_tensors
 from ..console import log
 from ..errors import DataError
-from .base import GatheredTensors, MultimodalData, fingerprint_tensors
+from .base import Dataset, GatheredTensors, MultimodalData, fingerprint_tensors
 from .fetch import data_root, load_safetensors, one_line, rmtree_quiet
 
 NAME = "mnist-svhn"
@@ -317,3 +317,12 @@ def fetch_mnist_svhn(root: str | Path | None = None) -> Path:
     if not _complete(base):
         raise DataError(_missing_message(base))
     return base
+
+
+DATASET = Dataset(
+    NAME,
+    load_mnist_svhn,
+    "<root>/mnist-svhn/{MNIST/raw, SVHN/*_32x32.mat}",
+    fetch_mnist_svhn,
+    fetch_help="MNIST and SVHN through torchvision (mnist-svhn-text: the same)",
+)

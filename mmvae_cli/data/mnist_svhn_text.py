@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from ..modalities import TextKind
-from .base import GatheredTensors, MultimodalData, fingerprint_tensors
-from .mnist_svhn import load_mnist_svhn
+from .base import Dataset, GatheredTensors, MultimodalData, fingerprint_tensors
+from .mnist_svhn import fetch_mnist_svhn, load_mnist_svhn
 from .polymnist_text import LENGTH, SEED, SPLITS, WORDS
 
 NAME = "mnist-svhn-text"
@@ -62,3 +62,6 @@ def load_mnist_svhn_text(root, split: str) -> MultimodalData:
         {**base.extra, "text": {"length": LENGTH, "seed": SEED}},
         {TEXT: kind},
     )
+
+
+DATASET = Dataset(NAME, load_mnist_svhn_text, "mnist-svhn + the digit's name as text (MoPoE)", fetch_mnist_svhn)

@@ -39,7 +39,7 @@ import torch
 from ..bundle import atomic_save_tensors
 from ..console import log
 from ..errors import DataError
-from .base import MultimodalData, fingerprint_tensors
+from .base import Dataset, MultimodalData, fingerprint_tensors
 from .fetch import data_root, download, extract_zip, load_safetensors, one_line, progress, rmtree_quiet
 
 NAME = "polymnist"
@@ -553,3 +553,25 @@ def fetch_polymnist(
         raise DataError(f"could not place PolyMNIST in {target}")
     log(f"PolyMNIST ready in {target}")
     return target
+
+
+def fetch_polymnist_mini(root: str | Path | None = None) -> Path:
+    """polymnist-mini has nothing to download: build it under `<root>/polymnist-mini` (if absent)."""
+    return build_polymnist_mini(data_root(root) / MINI_NAME)
+
+
+POLYMNIST = Dataset(
+    NAME,
+    load_polymnist,
+    "<root>/polymnist/MMNIST/{train,test}/m0..m4/*.png (official zip)",
+    fetch_polymnist,
+    ("url", "sha256"),
+    "the official PolyMNIST.zip, verified, extracted atomically",
+)
+POLYMNIST_MINI = Dataset(
+    MINI_NAME,
+    load_polymnist_mini,
+    "built offline on first use (4,000/1,000 tuples)",
+    fetch_polymnist_mini,
+    fetch_help="nothing to download: builds it from installed packages",
+)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..modalities import TextKind
-from .base import MultimodalData, fingerprint_tensors
-from .polymnist import load_polymnist_mini
+from .base import Dataset, MultimodalData, fingerprint_tensors
+from .polymnist import fetch_polymnist_mini, load_polymnist_mini
 
 NAME = "polymnist-text-mini"
 IMAGES = ("m0", "m1", "m2")
@@ -52,3 +52,8 @@ def load_polymnist_text_mini(root, split: str) -> MultimodalData:
         {**base.extra, "text": {"length": LENGTH, "seed": SEED}},
         {TEXT: kind},
     )
+
+
+DATASET = Dataset(
+    NAME, load_polymnist_text_mini, "polymnist-mini's m0..m2 + the digit's name as text", fetch_polymnist_mini
+)

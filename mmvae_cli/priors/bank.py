@@ -25,7 +25,7 @@ class ExpertBank:
     @torch.no_grad()
     def __init__(self, model, data, device, batch_size: int = 500):
         self.model = model
-        if data.present is not None and model.config.fusion == "none":
+        if data.present is not None and not model.fusion.spec.shared_latent:
             from ..console import log
 
             complete = data.complete()

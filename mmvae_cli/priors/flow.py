@@ -6,9 +6,9 @@
 T is zuko's MAF (affine masked autoregressive transforms) or NSF (monotonic rational-quadratic
 splines), each transform a MADE with `flow_layers` hidden layers of `flow_hidden` units; shift and
 scale standardise the latents (the first epoch's draws' mean and standard deviation). Trained with
-Adam on fresh draws z ~ q(z | X_i) every batch (minibatches of training tuples, as fit-ebm), under
-the run lifecycle (checkpoint after every epoch; SIGTERM/SIGUSR1 -> checkpoint -> exit 75; --resume
-is bit-identical). Stored as prior-flow.safetensors (the flow's state dict, shift, scale) with its
+Adam on fresh draws z ~ q(z | X_i) every batch (minibatches of training tuples, as fit-ebm) by
+loop.FitLoop (checkpoint after every epoch; SIGTERM/SIGUSR1 -> checkpoint -> exit 75; --resume is
+bit-identical). Stored as prior-flow.safetensors (the flow's state dict, shift, scale) with its
 constructor settings in the manifest. Sampling an autoregressive flow inverts one dimension per
 MADE pass: D passes per transform.
 """
@@ -16,13 +16,12 @@ MADE pass: D passes per transform.
 from __future__ import annotations
 
 import math
-import time
-from contextlib import nullcontext
 
 import torch
 
 from ..config import FlowSettings
-from ..errors import MMVAEError, NumericalError
+from ..errors import MMVAEError
+from ..loop import FitLoop
 from .base import LatentPrior
 
 
@@ -84,62 +83,20 @@ class FlowPrior(LatentPrior):
         """Adam on -mean log p(z) over minibatches of fresh aggregate-posterior draws; (prior, stats)."""
 
         torch.manual_seed(common.seed)
-        dev = bank.device
-        prior = cls(bank.dim, s.flow, s.transforms, s.flow_hidden, s.flow_layers).to(dev)
-        opt = torch.optim.Adam(prior.flow.parameters(), lr=s.lr)
-        g = torch.Generator().manual_seed(common.seed)
-        history, perm, first_epoch, first_start, total, batches = [], None, 0, 0, 0.0, 0
+        prior = cls(bank.dim, s.flow, s.transforms, s.flow_hidden, s.flow_layers).to(bank.device)
+        loop = _FlowFit(run, prior, bank, s, common.seed, step_delay)
         if resume:
-            tensors, state = run.restore_fit("prior", prior, opt, g, common.seed)
-            first_epoch, first_start = int(state["epoch"]), int(state["start"])
-            history, total, batches = list(state["history"]), float(state["total"]), int(state["batches"])
-            perm = tensors.get("fit.perm") if first_start else None
+            loop.resume()
         else:  # standardise by one draw of the aggregate posterior
             with torch.no_grad():
                 z = bank.sample(torch.arange(bank.n))
                 prior.shift.copy_(z.mean(0))
                 prior.scale.copy_(z.std(0).clamp_min(1e-3) if len(z) > 1 else torch.ones_like(z[0]))
-
-        def save(epoch: int, start: int) -> None:
-            if run is None:
-                return
-            state = {"epoch": epoch, "start": start, "total": total, "batches": batches, "history": history}
-            run.checkpoint_fit("prior", prior, opt, g, state, perm if start else None)
-
-        with run.session() if run is not None else nullcontext():
-            for epoch in range(first_epoch, s.epochs):
-                t0 = time.time()
-                start0 = first_start if (epoch == first_epoch and perm is not None) else 0
-                if not start0:
-                    perm = torch.randperm(bank.n, generator=g)
-                    total, batches = 0.0, 0
-                for start in range(start0, bank.n, s.batch_size):
-                    idx = perm[start : start + s.batch_size]
-                    z = bank.sample(idx.to(dev))
-                    loss = -prior.log_prob(z).mean()
-                    if not torch.isfinite(loss):
-                        raise NumericalError(
-                            f"fit-prior flow: the loss became {loss.item()} at epoch {epoch + 1}; "
-                            f"try a smaller --lr (now {s.lr:g})"
-                        )
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += loss.item()
-                    batches += 1
-                    if step_delay:
-                        time.sleep(step_delay)
-                    if run is not None and run.stop_requested():
-                        save(epoch, start + s.batch_size)
-                        run.interrupted("continue with the same command and --resume")
-                row = {"epoch": epoch + 1, "nll": total / max(batches, 1), "seconds": round(time.time() - t0, 2)}
-                history.append(row)
-                if run is not None:
-                    run.end_epoch(row, s.epochs, prefix="fit-prior flow epoch")
-                save(epoch + 1, 0)
+        loop.fit()
         prior.eval()
         for p in prior.parameters():
             p.requires_grad_(False)
+        history = loop.history
         nll = [h["nll"] for h in history]
         stats = {
             "history": history,
@@ -149,3 +106,27 @@ class FlowPrior(LatentPrior):
             "seconds": round(sum(h["seconds"] for h in history), 2),
         }
         return prior, stats
+
+
+class _FlowFit(FitLoop):
+    """FlowPrior.fit's step: the batch's negative log-likelihood -mean log p(z), z ~ q(z | X_i)."""
+
+    def __init__(self, run, prior: FlowPrior, bank, s: FlowSettings, seed: int, step_delay: float):
+        opt = torch.optim.Adam(prior.flow.parameters(), lr=s.lr)
+        super().__init__(run, prior, opt, bank, s, seed=seed, what="fit-prior flow epoch", step_delay=step_delay)
+        self.lr = s.lr
+
+    def forward(self, epoch: int, step: int, idx: torch.Tensor):
+        loss = -self.module.log_prob(self.bank.sample(idx.to(self.bank.device))).mean()
+        return loss, {"nll": loss.item()}, 1
+
+    def restore(self):
+        epoch, step, sums, batches = super().restore()
+        if "total" in self.run.manifest[self.run.state_key]:  # a checkpoint from before FitLoop
+            sums = {"nll": float(self.run.manifest[self.run.state_key]["total"])}
+        return epoch, step, sums, batches
+
+    def diverged(self, loss, epoch: int, step: int) -> str:
+        return (
+            f"fit-prior flow: the loss became {loss.item()} at epoch {epoch + 1}; try a smaller --lr (now {self.lr:g})"
+        )

@@ -23,15 +23,14 @@ EBMVAE_FIT), the EnergyConfig of the net, the Langevin settings stored with the 
 
 from __future__ import annotations
 
-import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from ... import config
 from ...config import FitSettings
-from ...errors import MMVAEError, NumericalError
+from ...errors import MMVAEError
+from ...loop import FitLoop
 from .langevin import check_tweedie_level, geometric_sigmas
 from .losses import maximum_likelihood_loss, ncsn_loss, score_matching_loss
 from .net import EnergyConfig
@@ -132,83 +131,11 @@ def fit_energy(cls, bank, seed: int, spec: EnergyFit, run=None, resume: bool = F
             net.scale.copy_(prior.init_scale)
         if net.noise_conditional:
             net.sigmas.copy_(noise_levels(bank, prior, s).to(net.sigmas))
-    opt = torch.optim.Adam(prior.energy.parameters(), lr=s.lr, betas=tuple(s.betas))
-    g = torch.Generator().manual_seed(seed)
-    history, chains, perm = [], None, None
-    first_epoch, first_start, sums, batches = 0, 0, {}, 0
+    loop = _EnergyFit(run, prior, bank, s, seed, step_delay)
     if resume:
-        tensors, state = run.restore_fit("prior", prior, opt, g, seed)
-        first_epoch, first_start = int(state["epoch"]), int(state["start"])
-        history, sums, batches = list(state["history"]), dict(state["sums"]), int(state["batches"])
-        perm = tensors.get("fit.perm") if first_start else None
-        chains = tensors["fit.chains"].to(bank.device) if "fit.chains" in tensors else None
-
-    def save(epoch: int, start: int) -> None:
-        if run is None:
-            return
-        state = {"epoch": epoch, "start": start, "sums": sums, "batches": batches, "history": history}
-        run.checkpoint_fit(
-            "prior",
-            prior,
-            opt,
-            g,
-            state,
-            perm if start else None,
-            {"fit.chains": chains} if chains is not None else None,
-        )
-
-    with run.session() if run is not None else nullcontext():
-        for epoch in range(first_epoch, s.epochs):
-            t0 = time.time()
-            start0 = first_start if (epoch == first_epoch and perm is not None) else 0
-            if not start0:
-                perm = torch.randperm(bank.n, generator=g)
-                sums, batches = {"loss": 0.0, "e_pos": 0.0, "e_neg": 0.0}, 0
-            for start in range(start0, bank.n, s.batch_size):
-                idx = perm[start : start + s.batch_size]
-                if len(idx) >= 2:
-                    z_pos = bank.sample(idx.to(bank.device))
-                    if s.objective == "ml":
-                        start_z = (
-                            chains[: len(idx)]
-                            if (s.persistent and chains is not None and len(chains) >= len(idx))
-                            else prior.start(len(idx))
-                        )
-                        z_neg = prior.langevin(start_z, denoise=0.0).z  # the chains' states, no Tweedie step
-                        if s.persistent:
-                            chains = z_neg
-                        loss = maximum_likelihood_loss(prior.energy, z_pos, z_neg, s.reg)
-                        with torch.no_grad():
-                            sums["e_pos"] += prior.energy(z_pos).mean().item()
-                            sums["e_neg"] += prior.energy(z_neg).mean().item()
-                    elif s.objective == "ncsn":
-                        net = prior.energy
-                        loss = ncsn_loss(net.energy_u, net.to_u(z_pos).repeat(s.projections, 1), net.sigmas)
-                    else:
-                        loss = score_matching_loss(prior.energy, z_pos, s.objective, s.sigma, s.projections)
-                    if not torch.isfinite(loss):
-                        raise NumericalError(
-                            f"fit-ebm loss became {loss.item()} at epoch {epoch + 1}; "
-                            f"try a smaller --lr (now {s.lr:g})" + (" or --step-size" if s.objective == "ml" else "")
-                        )
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sums["loss"] += loss.item()
-                    batches += 1
-                if step_delay:
-                    time.sleep(step_delay)
-                if run is not None and run.stop_requested():
-                    save(epoch, start + s.batch_size)
-                    run.interrupted("continue with the same command and --resume")
-            row = {"epoch": epoch + 1, "loss": sums["loss"] / max(batches, 1)}
-            if s.objective == "ml":
-                row.update(e_pos=sums["e_pos"] / max(batches, 1), e_neg=sums["e_neg"] / max(batches, 1))
-            row["seconds"] = round(time.time() - t0, 2)
-            history.append(row)
-            if run is not None:
-                run.end_epoch(row, s.epochs, prefix="fit-ebm epoch")
-            save(epoch + 1, 0)
+        loop.resume()
+    loop.fit()
+    history = loop.history
     prior.eval()
     for p in prior.parameters():
         p.requires_grad_(False)
@@ -222,6 +149,51 @@ def fit_energy(cls, bank, seed: int, spec: EnergyFit, run=None, resume: bool = F
     if prior.energy.noise_conditional:
         stats["sigmas"] = prior.energy.sigmas.tolist()
     return prior, stats
+
+
+class _EnergyFit(FitLoop):
+    """fit_energy's step on the batch's aggregate-posterior draws z_pos ~ q(z | X_i): eq. 10 against
+    short-run Langevin negatives (ml; persistent chains are checkpointed), denoising / sliced score
+    matching, or NCSN's noise-conditional loss. A batch of fewer than 2 tuples takes no step."""
+
+    def __init__(self, run, prior, bank, s: FitSettings, seed: int, step_delay: float):
+        opt = torch.optim.Adam(prior.energy.parameters(), lr=s.lr, betas=tuple(s.betas))
+        super().__init__(run, prior, opt, bank, s, seed=seed, what="fit-ebm epoch", step_delay=step_delay)
+        self.s, self.chains = s, None
+
+    def extra_tensors(self) -> dict[str, torch.Tensor]:
+        return {"fit.chains": self.chains} if self.chains is not None else {}
+
+    def restore_extra(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.chains = tensors["fit.chains"].to(self.bank.device) if "fit.chains" in tensors else None
+
+    def forward(self, epoch: int, step: int, idx: torch.Tensor):
+        if len(idx) < 2:
+            return None
+        s, prior = self.s, self.module
+        z_pos = self.bank.sample(idx.to(self.bank.device))
+        if s.objective == "ml":
+            chains = self.chains
+            reuse = s.persistent and chains is not None and len(chains) >= len(idx)
+            z_neg = prior.langevin(chains[: len(idx)] if reuse else prior.start(len(idx)), denoise=0.0).z
+            if s.persistent:  # eq. 10's negatives are the chains' states, never Tweedie-denoised
+                self.chains = z_neg
+            loss = maximum_likelihood_loss(prior.energy, z_pos, z_neg, s.reg)
+            with torch.no_grad():
+                e_pos, e_neg = prior.energy(z_pos).mean().item(), prior.energy(z_neg).mean().item()
+            return loss, {"loss": loss.item(), "e_pos": e_pos, "e_neg": e_neg}, 1
+        if s.objective == "ncsn":
+            net = prior.energy
+            loss = ncsn_loss(net.energy_u, net.to_u(z_pos).repeat(s.projections, 1), net.sigmas)
+        else:
+            loss = score_matching_loss(prior.energy, z_pos, s.objective, s.sigma, s.projections)
+        return loss, {"loss": loss.item()}, 1
+
+    def diverged(self, loss, epoch: int, step: int) -> str:
+        s = self.s
+        return f"fit-ebm loss became {loss.item()} at epoch {epoch + 1}; try a smaller --lr (now {s.lr:g})" + (
+            " or --step-size" if s.objective == "ml" else ""
+        )
 
 
 def noise_levels(bank, prior, s: FitSettings) -> torch.Tensor:

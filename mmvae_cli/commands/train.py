@@ -4,9 +4,9 @@
     job = prepare_training(request)      # resolves and checks settings, device, data, model, output: writes nothing
     job.run()                            # creates (or reopens) the bundle and trains it (run.Run's lifecycle)
 
-The post-hoc fits (`fit-ebm`, `fit-prior`) have the same shape (commands/fit_prior.py). A validation
-failure raises a one-line MMVAEError before any file exists, so the corrected command is never refused
-for a half-made run.
+The post-hoc fits (`fit-ebm`, `fit-prior`) have the same shape (fit_prior.py). A validation failure
+raises a one-line MMVAEError before any file exists, so the corrected command is never refused for a
+half-made run.
 """
 
 from __future__ import annotations
@@ -16,15 +16,16 @@ from pathlib import Path
 
 import torch
 
-from . import bundle, config
-from .config import RuntimeSettings, TrainConfig
-from .data import load_dataset
-from .errors import BundleError, MMVAEError
-from .model import MultimodalVAE, build_config
-from .model_io import CHECKPOINT, bundle_files, trained_with_vae, upgrade
-from .run import Run, check_log_file, check_new_output, check_tensorboard
-from .runtime import Dist, autocast_dtype, init_distributed, pick_device, shutdown_distributed
-from .train import STATE_KEY, fit, main_log
+from .. import bundle, config
+from ..config import RuntimeSettings, TrainConfig
+from ..console import log
+from ..data import load_dataset
+from ..errors import BundleError, MMVAEError
+from ..model import MultimodalVAE, build_config
+from ..model_io import CHECKPOINT, bundle_files, trained_with_vae, upgrade
+from ..run import Run, check_log_file, check_tensorboard, plan_run
+from ..runtime import Dist, autocast_dtype, init_distributed, pick_device, shutdown_distributed
+from ..train import STATE_KEY, fit, main_log
 
 
 @dataclass
@@ -35,9 +36,9 @@ class TrainRequest:
     runtime: dict = field(default_factory=dict)  # precision, compile, channels_last (None = not given)
     recipe: str | None = None
     schedule: str | None = None
-    device: str = "auto"
+    device: str = config.default_of(config.CommandSettings, "device")
     data_root: str | None = None
-    resume: bool = False
+    resume: str | None = None  # None, "last" (--resume) or "auto" (--resume auto): run.plan_run
     overwrite: bool = False
     log_jsonl: str | None = None
     tensorboard: str | None = None
@@ -53,7 +54,7 @@ def default_out(dataset: str, fusion: str | None) -> Path:
 def training_data(name_or_path: str, root: str | None, train: config.TrainSettings):
     """The training split as the run trains on it: the data's own presence masks, then `--missing-ratio`'s
     drops (a function of the seed and the data: the same for a resumed run, fit-ebm and fit-prior)."""
-    from .data.base import drop_modalities
+    from ..data.base import drop_modalities
 
     return drop_modalities(load_dataset(name_or_path, "train", root), train.missing_ratio, train.seed)
 
@@ -82,7 +83,7 @@ def missing_section(data, ratio: float) -> dict | None:
 def check_observed_sets(model: MultimodalVAE, data) -> None:
     """Partially observed data with MoPoE's explicit --subsets: every tuple must hold one of the subsets
     (its mixture runs over the subsets within what it observes); refused before anything is written."""
-    if data.present is None or model.config.fusion != "mopoe":
+    if data.present is None or not model.fusion.spec.subsets:
         return
     cols = [data.modalities.index(n) for n in model.names]
     observed = data.present[:, cols].unique(dim=0)  # (U, M) distinct observed sets
@@ -116,19 +117,20 @@ class TrainingJob:
     manifest: dict
     device: torch.device
     dist: Dist
+    action: str = "create"  # run.plan_run's: "create", "restart" (replaces a run without checkpoint) or "reopen"
 
     def run(self) -> dict:
         r, dist = self.request, self.dist
         kw = dict(
             checkpoint_name=CHECKPOINT, state_key=STATE_KEY, log_jsonl=r.log_jsonl, tensorboard=r.tensorboard, dist=dist
         )
-        if r.resume:
+        if self.action == "reopen":
             run = Run.reopen(self.out, self.manifest, **kw)
         else:
             run = Run.create(
                 self.out,
                 self.manifest,
-                overwrite=r.overwrite,
+                overwrite=r.overwrite or self.action == "restart",
                 stale=bundle_files(),
                 **kw,
             )
@@ -158,7 +160,7 @@ class TrainingJob:
             self.cfg.train,
             self.device,
             joint=self.cfg.joint,
-            resume=r.resume,
+            resume=self.action == "reopen",
             max_steps=r.max_steps,
             runtime=self.runtime,
             step_delay=r.step_delay,
@@ -168,10 +170,24 @@ class TrainingJob:
         return manifest
 
 
+@dataclass
+class FinishedRun:
+    """`--resume` on a run that already trained its epochs: nothing to do, nothing written (exit 0)."""
+
+    out: Path
+    manifest: dict
+    dist: Dist = field(default_factory=Dist)
+
+    def run(self) -> dict:
+        epochs = self.manifest.get("epochs_done", "its")
+        log(f"{self.out} already finished ({epochs} epochs); nothing to do (--resume --epochs N trains it longer)")
+        return self.manifest
+
+
 def _attach_train_prior(model: MultimodalVAE, cfg: TrainConfig) -> None:
     """--prior ebm: the energy trained with the VAE (Algorithm 1) as the model's train_prior."""
     if cfg.joint_ebm:
-        from .priors.ebm.joint import joint_prior
+        from ..priors.ebm.joint import joint_prior
 
         model.attach_prior(joint_prior(cfg, model.z_dim))
 
@@ -185,30 +201,63 @@ def _runtime(r: TrainRequest, recorded: dict) -> RuntimeSettings:
     return config.resolve(RuntimeSettings, r.runtime, base)
 
 
-def prepare_training(r: TrainRequest) -> TrainingJob:
+def prepare_training(r: TrainRequest) -> TrainingJob | FinishedRun:
     """Check every input of `mmvae train` (flags, recipe, device, logs, output folder, data, model) and
-    return the job; nothing is written here."""
+    return the job; nothing is written here. The output folder and --resume decide (run.plan_run): a
+    new run, the same run from its checkpoint, or, stopped before its first checkpoint, from the
+    beginning with its recorded settings; a finished run needs nothing (FinishedRun)."""
     out = Path(r.out) if r.out else default_out(r.dataset, r.overrides.get("fusion"))
     check_log_file(r.log_jsonl)
     check_tensorboard(r.tensorboard)
     if r.max_steps is not None and r.max_steps < 1:
         raise MMVAEError(f"--max-steps must be >= 1, got {r.max_steps}")
-    if r.resume:
-        return _prepare_resume(r, out)
-    cfg = resolve_request(r)
-    rt = config.resolve(RuntimeSettings, r.runtime)
+    action, manifest = plan_run(out, r.resume, STATE_KEY, r.overwrite)
+    if manifest is not None:
+        manifest = upgrade(manifest)  # bundles written before the energy was a prior kind
+    if action == "create":
+        cfg = resolve_request(r)
+        return _prepare_new(r, out, cfg, config.resolve(RuntimeSettings, r.runtime))
+    cfg = _recorded_settings(r, out, manifest)
+    epochs = r.overrides.get("epochs")
+    if "finished" in manifest and (epochs is None or epochs == cfg.train.epochs):
+        return FinishedRun(out, manifest)
+    fitted = [k for k, s in (manifest.get("priors") or {}).items() if not trained_with_vae(s)]
+    if fitted:
+        raise MMVAEError(
+            f"{out} has priors fitted to its weights ({', '.join(fitted)}): training cannot be resumed under them"
+        )
+    if action == "restart":
+        cfg = _extended(cfg, epochs, 0, out)
+        log(f"{out} has no checkpoint yet (stopped in its first epoch): training it from the beginning")
+        return _prepare_new(r, out, cfg, _runtime(r, manifest.get("runtime", {})), restart=manifest)
+    return _prepare_resume(r, out, manifest, cfg)
+
+
+def _prepare_new(
+    r: TrainRequest, out: Path, cfg: TrainConfig, rt: RuntimeSettings, restart: dict | None = None
+) -> TrainingJob:
+    """A run from its first step: new, or (`restart`: its recorded manifest) one that has no checkpoint yet."""
     autocast_dtype(rt.precision, pick_device(r.device))  # impossible precision/device pairs, before anything
-    check_new_output(out, r.overwrite)
     dist, dev = init_distributed(r.device, required=r.distributed)
     try:
-        data = training_data(r.dataset, r.data_root, cfg.train)
+        if restart is None:
+            name_or_path = r.dataset
+            data = training_data(name_or_path, r.data_root, cfg.train)
+        else:
+            name_or_path = restart["dataset"]["name_or_path"]
+            data = run_training_data(restart, r.data_root, cfg.train, out, "the dataset changed since this run started")
         torch.manual_seed(cfg.train.seed)  # the initial weights are part of the seeded run
         model = MultimodalVAE(build_config(cfg.model, data))
         check_observed_sets(model, data)
         _attach_train_prior(model, cfg)
         manifest = bundle.new_manifest(
             "mmvae",
-            dataset={"name": data.name, "name_or_path": r.dataset, "fingerprint": data.fingerprint, "size": len(data)},
+            dataset={
+                "name": data.name,
+                "name_or_path": name_or_path,
+                "fingerprint": data.fingerprint,
+                "size": len(data),
+            },
             modalities=[
                 {
                     "name": m.name,
@@ -235,22 +284,29 @@ def prepare_training(r: TrainRequest) -> TrainingJob:
     except BaseException:
         shutdown_distributed(dist)
         raise
-    return TrainingJob(r, out, cfg, model, data, rt, manifest, dev, dist)
+    return TrainingJob(r, out, cfg, model, data, rt, manifest, dev, dist, "create" if restart is None else "restart")
 
 
 RESUMABLE = ("epochs",)  # the only setting --resume may change (extends a finished run)
 
 
-def _prepare_resume(r: TrainRequest, out: Path) -> TrainingJob:
-    if not (out / bundle.MANIFEST).exists():
-        raise MMVAEError(f"--resume: {out} holds no run to continue (no {bundle.MANIFEST})")
-    manifest = upgrade(bundle.read_manifest(out, kind="mmvae"))
-    fitted = [k for k, s in (manifest.get("priors") or {}).items() if not trained_with_vae(s)]
-    if fitted:
-        raise MMVAEError(
-            f"{out} has priors fitted to its weights ({', '.join(fitted)}): training cannot be resumed under them"
-        )
+def _same_data(given: str, recorded: str) -> bool:
+    """Whether DATASET names the data a run recorded (the same name, or the same file or folder)."""
+    if given == recorded:
+        return True
+    a, b = Path(given).expanduser(), Path(recorded).expanduser()
+    return a.exists() and b.exists() and a.resolve() == b.resolve()
+
+
+def _recorded_settings(r: TrainRequest, out: Path, manifest: dict) -> TrainConfig:
+    """The settings a run recorded; a flag, recipe, schedule or DATASET that differs is refused in one line."""
     cfg = TrainConfig.from_dict(manifest.get("settings", {}), str(out))
+    recorded_data = manifest.get("dataset", {}).get("name_or_path")
+    if recorded_data is not None and not _same_data(r.dataset, recorded_data):
+        raise MMVAEError(
+            f"DATASET {r.dataset} is not the data {out} trains on ({recorded_data}): --resume continues a run "
+            "with its recorded settings"
+        )
     recorded = {k: v for name in config.SECTIONS for k, v in vars(getattr(cfg, name)).items()}
     recorded["prior"] = "ebm" if cfg.joint_ebm else cfg.model.prior
     changed = sorted(
@@ -264,14 +320,23 @@ def _prepare_resume(r: TrainRequest, out: Path) -> TrainingJob:
             f"{what} cannot change when resuming: --resume continues {out} with its recorded "
             "settings (only --epochs extends it)"
         )
+    return cfg
+
+
+def _extended(cfg: TrainConfig, epochs: int | None, done: int, out: Path) -> TrainConfig:
+    """The settings with --epochs `epochs` (None: unchanged); never fewer than the `done` epochs."""
+    if epochs is None or epochs == cfg.train.epochs:
+        return cfg
+    config.check(config.overridden(cfg.train, {"epochs": epochs}))
+    if epochs < done:
+        raise MMVAEError(f"--epochs {epochs}: {out} has already trained {done} epochs")
+    return replace(cfg, train=config.overridden(cfg.train, {"epochs": epochs}))
+
+
+def _prepare_resume(r: TrainRequest, out: Path, manifest: dict, cfg: TrainConfig) -> TrainingJob:
     if STATE_KEY not in manifest:
         raise BundleError(f"{out}: no checkpoint to resume from (manifest has no {STATE_KEY})")
-    epochs = r.overrides.get("epochs")
-    if epochs is not None and epochs != cfg.train.epochs:
-        done = int(manifest.get("epochs_done", 0))
-        config.check(config.overridden(cfg.train, {"epochs": epochs}))
-        if epochs < done:
-            raise MMVAEError(f"--epochs {epochs}: {out} has already trained {done} epochs")
+    extended = _extended(cfg, r.overrides.get("epochs"), int(manifest.get("epochs_done", 0)), out)
     rt = _runtime(r, manifest.get("runtime", {}))
     autocast_dtype(rt.precision, pick_device(r.device))
     dist, dev = init_distributed(r.device, required=r.distributed)
@@ -282,10 +347,10 @@ def _prepare_resume(r: TrainRequest, out: Path) -> TrainingJob:
     except BaseException:
         shutdown_distributed(dist)
         raise
-    if epochs is not None and epochs != cfg.train.epochs:
-        main_log(dist, f"extending {out} from {cfg.train.epochs} to {epochs} epochs")
-        cfg = replace(cfg, train=config.overridden(cfg.train, {"epochs": epochs}))
+    if extended is not cfg:
+        main_log(dist, f"extending {out} from {cfg.train.epochs} to {extended.train.epochs} epochs")
+        cfg = extended
         manifest["settings"] = cfg.to_dict()
         manifest.pop("finished", None)
     manifest["runtime"] = {**config.to_dict(rt), "world_size": dist.world}
-    return TrainingJob(r, out, cfg, model, data, rt, manifest, dev, dist)
+    return TrainingJob(r, out, cfg, model, data, rt, manifest, dev, dist, "reopen")
