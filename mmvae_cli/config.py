@@ -53,17 +53,20 @@ def setting(
     pair: bool = False,
     flag: str | None = None,
     cli: bool = True,
+    aliases: dict | None = None,
 ):
     """A dataclass field with its help text, the source of its default and its valid range.
 
     choices: allowed values; min/max: inclusive bounds; gt/lt: exclusive bounds; optional: None is
     allowed (meaning "decided elsewhere", said in help); pair: a pair of numbers (Adam betas);
     flag: the command-line flag when it is not --field-name (e.g. "--learn-prior/--fixed-prior");
-    cli: False for settings that only recipes and manifests set."""
+    cli: False for settings that only recipes and manifests set; aliases: former names of choices
+    (old name -> choice), still accepted from flags, recipes and manifests (`canonical`)."""
     meta = dict(
         help=help,
         source=source,
         choices=choices,
+        aliases=aliases or {},
         min=min,
         gt=gt,
         max=max,
@@ -91,6 +94,15 @@ def _number_ok(v: Any, m: dict) -> str | None:
     if m["lt"] is not None and not v < m["lt"]:
         return f"must be < {m['lt']:g}"
     return None
+
+
+def canonical(section) -> None:
+    """Replace, in place, the values of a frozen section that are a field's `aliases` by their choice
+    (called from the section's __post_init__, so flags, recipes, manifests and code all get it)."""
+    for f in fields(section):
+        v = getattr(section, f.name)
+        if isinstance(v, str) and v in f.metadata.get("aliases", {}):
+            object.__setattr__(section, f.name, f.metadata["aliases"][v])
 
 
 def flag_name(f) -> str:
@@ -369,17 +381,20 @@ class JointEnergySettings:
 
     Two measured problems of Algorithm 1 as written, and the defaults that answer them
     (docs/results/ebm-joint.md; benchmarks/joint_ebm_toy.py):
-    - eq. 10's loss, mean E(z_pos) - mean E(z_neg), is blind to the *level* of E where positives and
-      negatives both lie, and that level sinks step after step (PolyMNIST, epoch 6: E = -151 at posterior
-      samples, -149 at the negatives, -0.4 at p0 samples). An L2 term pins it: on the mean level only
-      (`reg_on` "level", reg ((mean E_pos + mean E_neg) / 2)^2, the default), which leaves the gap and so
-      the tilt free; or on the energies (reg (mean E_pos^2 + mean E_neg^2)), which also bounds the gap
-      at 1/reg and with it the tilt (joint coherence 0.052 on MoPoE, 0.067 on MMVAE+).
+    - eq. 10's loss, mean E(z_pos) - mean E(z_neg), is blind to an additive constant of E, and the
+      energies' level sinks step after step (PolyMNIST, epoch 6: E = -151 at posterior samples, -149 at the
+      negatives, -0.4 at p0 samples). p_alpha (normalised), the Langevin chains (gradients) and the VAE's
+      gradients never see that constant: fixing it is a gauge, not a stabiliser. `reg_on` "gauge" (formerly
+      "level"; reg ((mean E_pos + mean E_neg) / 2)^2, the default) fixes it near 0, which keeps the reported
+      energies readable and leaves the gap and so the tilt free; "energies" (reg (mean E_pos^2 + mean
+      E_neg^2)) also bounds the gap at 1/reg and with it the tilt (joint coherence 0.052 on MoPoE, 0.067 on
+      MMVAE+). `ebm.DivergenceTest` reads only what the constant leaves unchanged (gaps, KL, the tilt).
     - a well-fitted energy cancels p0's pull on the encoders exactly (E ≈ -log(q_agg / p0) + c makes
       E_q[-log p0 + E] ≈ E_q[-log q_agg]): nothing anchors where the aggregate posterior sits, and the
-      encoders follow the energy away from p0. `feedback` f < 1 keeps part of the anchor: the VAE's
-      prior is p_f ∝ p0 exp(-f E). f = 0.5 with the level pinned: MoPoE 0.104, MMVAE+ 0.218 joint
-      coherence, conditional coherence as the base prior's."""
+      encoders follow the energy away from p0 (the drift: KL(q || p0) 54 -> 123 in 6 epochs). The stabiliser
+      is `feedback` f < 1, which keeps part of the anchor: the VAE's prior is p_f ∝ p0 exp(-f E). f = 0.5
+      with the gauge fixed: MoPoE 0.104, MMVAE+ 0.218 joint coherence, conditional coherence as the base
+      prior's. A learnable p0 needs f = 1 (log Z's gradient for it comes from samples of p_alpha = p_1)."""
 
     ebm_lr: float = setting(
         2e-5, "Adam learning rate of the jointly trained energy", "LEBM (Yuan et al. give none)", gt=0.0
@@ -390,17 +405,20 @@ class JointEnergySettings:
     reg: float = setting(
         1.0,
         "weight of the L2 term added to eq. 10 (0 = off; what it penalises: --ebm-reg-on)",
-        "ours, measured: without it the energy's level drifts (docs/results/ebm-joint.md); IGEBM "
+        "ours, measured: without it the energies' level sinks (docs/results/ebm-joint.md); IGEBM "
         "(Du & Mordatch 2019) uses an L2 term on the energies, LEBM none",
         min=0.0,
         flag="--ebm-reg",
     )
     reg_on: str = setting(
-        "level",
-        "what the L2 term penalises: energies, reg (mean E_pos^2 + mean E_neg^2), which bounds both the level "
-        "and the gap; level, reg ((mean E_pos + mean E_neg) / 2)^2, which pins the level and leaves the gap free",
-        "ours, measured: the energies bound the tilt, the level does not (docs/results/ebm-joint.md)",
-        choices=("energies", "level"),
+        "gauge",
+        "what the L2 term penalises: gauge, reg ((mean E_pos + mean E_neg) / 2)^2, fixes the additive constant "
+        "of E, which p_alpha, the Langevin chains and the VAE's gradients never see: a gauge that keeps the "
+        "energies near 0, not a stabiliser (--ebm-feedback below 1 is; `level` is its former name); "
+        "energies, reg (mean E_pos^2 + mean E_neg^2), also bounds the gap E_neg - E_q and with it the tilt",
+        "ours, measured: the energies bound the tilt, the gauge does not (docs/results/ebm-joint.md)",
+        choices=("energies", "gauge"),
+        aliases={"level": "gauge"},
         flag="--ebm-reg-on",
     )
     neg_start: str = setting(
@@ -425,7 +443,7 @@ class JointEnergySettings:
         "weight f of the energy in the VAE's prior term: the encoders and decoders see KL(q || p_f), "
         "p_f(z) ∝ p0(z) exp(-f E(z)) (1 = Algorithm 1; 0 = the energy learns beside a VAE that "
         "ignores it); samples always come from p_alpha = p_1",
-        "Algorithm 1: 1; ours, measured with the level pinned (docs/results/ebm-joint.md)",
+        "Algorithm 1: 1; ours, measured with the gauge fixed (docs/results/ebm-joint.md)",
         min=0.0,
         max=1.0,
         flag="--ebm-feedback",
@@ -438,6 +456,9 @@ class JointEnergySettings:
         min=0,
         flag="--ebm-warmup-steps",
     )
+
+    def __post_init__(self):
+        canonical(self)  # reg_on "level" (bundles and recipes before issue 25) is "gauge"
 
 
 @dataclass(frozen=True)
@@ -456,7 +477,7 @@ class LangevinSettings:
         0.0,
         "noise level sigma of a last, noise-free Tweedie step z <- z + sigma^2 grad log p(z) on the chains' "
         "free coordinates (E[z | z + N(0, sigma^2)] for an energy fitted to data smoothed by that noise; "
-        "0 = off; noise-conditional energies: in their standardised coordinates)",
+        "0 = off; noise-conditional energies: 0 or their smallest noise level, in their standardised coordinates)",
         "Tweedie's formula; the denoising last step of Jolicoeur-Martineau et al. 2021 and Song & Ermon 2020",
         min=0.0,
     )
@@ -815,6 +836,13 @@ SECTIONS = {
 }
 
 
+# A learnable p0 (--learn-prior) under a jointly trained energy: refused here and by priors.ebm.joint.learn.
+LEARNED_P0_NEEDS_FEEDBACK_1 = (
+    "--learn-prior needs --ebm-feedback 1: log Z's gradient for p0 comes from samples of "
+    "p_alpha, the VAE's prior only with feedback 1"
+)
+
+
 def check_model(m: ModelSettings, joint: JointEnergySettings | None = None) -> None:
     """Combinations of model settings (and, for --prior ebm, the joint energy's settings `joint`) that
     cannot work, refused with one line before anything runs."""
@@ -838,10 +866,7 @@ def check_model(m: ModelSettings, joint: JointEnergySettings | None = None) -> N
     if m.mvae_subsets and m.objective != "mvae":
         raise MMVAEError("--mvae-subsets needs --objective mvae")
     if joint_ebm and m.learn_prior and joint.feedback != 1.0:
-        raise MMVAEError(
-            "--learn-prior needs --ebm-feedback 1: log Z's gradient for p0 comes from samples of "
-            "p_alpha, the VAE's prior only with feedback 1"
-        )
+        raise MMVAEError(LEARNED_P0_NEEDS_FEEDBACK_1)
 
 
 def resolve(cls, overrides: dict, base=None):

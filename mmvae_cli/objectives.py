@@ -40,7 +40,7 @@ def _kl_to_prior(model, q) -> torch.Tensor:
     return q.component_mean(kl(q.components, model.prior.dist()))
 
 
-def _prior_learning(model, z_pos: torch.Tensor, loss, stats, prior_terms: int = 1):
+def _prior_learning(model, z_pos: torch.Tensor, loss, stats, prior_terms: float = 1.0):
     """The training prior's own learning step added to the loss (a jointly trained energy: Algorithm 1's
     eq. 10 on the posterior samples z_pos, `priors.ebm.joint.learn`), only while training with gradients on."""
     tp = model.train_prior
@@ -210,7 +210,11 @@ def mvae(model, x, present=None):
     terms are those of its observed set O_b alone: ELBO(X_{O_b}) + sum_{m in O_b} ELBO(x_m) (the
     unimodal terms only when |O_b| > 1, as with one modality), and a random subset's ELBO only where
     O_b holds all of it. The encoders run once for all groups (a group's PoE picks its rows of the
-    unimodal experts): the same values as encoding each group's inputs again, with half the encoder passes."""
+    unimodal experts): the same values as encoding each group's inputs again, with half the encoder passes.
+    With a training prior (log p_f = log p0 - f E - log Z_f) every counted ELBO carries -beta log Z_f:
+    the log Z gradient a learnable p0 gets (`_prior_learning`) is weighted by the number of counted
+    ELBOs per tuple, averaged over the batch (len(groups) for complete tuples; an ELBO not counted adds
+    no log Z either)."""
     names = list(x)
     experts = model.experts(x, present)
     groups = [names] + [[n] for n in names] if len(names) > 1 else [names]
@@ -221,6 +225,7 @@ def mvae(model, x, present=None):
             pick = torch.randperm(len(names))[:size].sort().values
             groups.append([names[i] for i in pick])
     total_loss, rec_sum, kl_sum = 0.0, 0.0, 0.0
+    prior_terms = 0.0  # prior terms per tuple: the groups' ELBOs counted, averaged over the batch
     z_joint = None
     tp = model.train_prior
     w = tp.energy_weight() if tp is not None else 0.0
@@ -240,6 +245,7 @@ def mvae(model, x, present=None):
             kl_sum += kld.mean().item()  # KL(q || p0), as elbo reports it
             rec_sum += -rec.mean().item()
             total_loss = total_loss - term.mean()
+            prior_terms += 1.0
             continue
         cols = [model.names.index(n) for n in g]
         counted = present[:, cols].all(1) & (several if len(g) == 1 else True)  # (B,)
@@ -247,8 +253,9 @@ def mvae(model, x, present=None):
         total_loss = total_loss - torch.where(counted, term, zero).mean()
         kl_sum += torch.where(counted, kld, zero).mean().item()
         rec_sum += -torch.where(counted, rec, zero).mean().item()
+        prior_terms += counted.float().mean().item()
     return _prior_learning(
-        model, z_joint, total_loss, {"loss": total_loss.item(), "rec": rec_sum, "kl": kl_sum}, prior_terms=len(groups)
+        model, z_joint, total_loss, {"loss": total_loss.item(), "rec": rec_sum, "kl": kl_sum}, prior_terms
     )
 
 

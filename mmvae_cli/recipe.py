@@ -132,6 +132,7 @@ class TrainConfig:
         joint.update(d.get("joint", {}))
         joint.setdefault("feedback", 1.0)  # runs from before --ebm-feedback trained with Algorithm 1's term
         joint.setdefault("reg_on", "energies")  # ... and before --ebm-reg-on with the L2 term on the energies
+        # (and until issue 25 "gauge" was "level": JointEnergySettings reads either)
         try:
             return cls(
                 from_dict(ModelSettings, model, f"{where} [model]"),

@@ -1,8 +1,8 @@
 """Bad input to every command: exit code 2 (3 for numerical failures), one `error:` line, nothing written.
 
 Each case runs the CLI in-process on a per-test folder holding copies of the bundles it names
-({run}: a tiny trained MoPoE run, {erun}: the same with a fitted energy, {clf}: a classifier
-bundle). Every file and folder under that per-test folder is snapshotted before the command and
+({run}: a tiny trained MoPoE run, {erun}: the same with a fitted energy, {nrun}: an EB-MVAE run with
+a noise-conditional energy, {clf}: a classifier bundle). Every file and folder under that per-test folder is snapshotted before the command and
 compared byte for byte afterwards: a refused command creates, removes and changes nothing.
 
 The copies hard-link the (large) .safetensors files; every writer in mmvae replaces files
@@ -25,10 +25,11 @@ CPU = ["--device", "cpu"]
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
-    """Shared, built once: data root, trained run, run with a fitted energy, classifier bundle."""
+    """Shared, built once: data root, trained run, run with a fitted energy, EB-MVAE run with an ncsn energy,
+    classifier bundle."""
     tmp = tmp_path_factory.mktemp("badinput")
     root = write_tiny_polymnist(tmp / "data", n_train=20, n_test=10)
-    run_dir, erun, clf = tmp / "run", tmp / "erun", tmp / "clf"
+    run_dir, erun, nrun, clf = tmp / "run", tmp / "erun", tmp / "nrun", tmp / "clf"
     code, _, err = run(
         [
             "train",
@@ -50,21 +51,29 @@ def bundles(tmp_path_factory):
     shutil.copytree(run_dir, erun)
     code, _, err = run(["fit-ebm", erun, "--data-root", root, *TINY_FIT_EBM, "--batch-size", "10", *CPU])
     assert code == 0, err
+    tiny = ["--data-root", root, "--epochs", "1", "--batch-size", "10", *CPU]
+    code, _, err = run(["train", "polymnist", "--out", nrun, "--fusion", "none", "--latent-dim", "2", *tiny])
+    assert code == 0, err
+    code, _, err = run(["fit-ebm", nrun, "--objective", "ncsn", "--noise-levels", "3", *TINY_FIT_EBM, *tiny])
+    assert code == 0, err
     code, _, err = run(["classifier", "train", "polymnist", "--data-root", root, "--out", clf, "--epochs", "1", *CPU])
     assert code == 0, err
-    return {"root": root, "run": run_dir, "erun": erun, "clf": clf}
+    return {"root": root, "run": run_dir, "erun": erun, "nrun": nrun, "clf": clf}
 
 
 def _stamp(folder):
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+BUNDLES = ("run", "erun", "nrun", "clf")
+
+
 @pytest.fixture
 def shared_bundles_untouched(bundles):
     """Fail a case that changed the shared fixture bundles (through a hard link)."""
-    before = {k: _stamp(bundles[k]) for k in ("run", "erun", "clf")}
+    before = {k: _stamp(bundles[k]) for k in BUNDLES}
     yield
-    assert {k: _stamp(bundles[k]) for k in ("run", "erun", "clf")} == before, "a shared fixture bundle changed"
+    assert {k: _stamp(bundles[k]) for k in BUNDLES} == before, "a shared fixture bundle changed"
 
 
 def _link_or_copy(src, dst):
@@ -339,6 +348,8 @@ CASES = [
     case("train-ebm-lr-0", [*TRAIN_EBM, *CPU, "--ebm-lr", "0"]),
     case("train-ebm-feedback-above-1", [*TRAIN_EBM, *CPU, "--ebm-feedback", "1.5"]),
     case("train-ebm-feedback-with-learned-p0", [*TRAIN_EBM, *CPU, "--learn-prior", "--ebm-feedback", "0.5"]),
+    case("train-ebm-feedback-0-with-learned-p0", [*TRAIN_EBM, *CPU, "--learn-prior", "--ebm-feedback", "0"]),
+    case("train-ebm-reg-on-unknown", [*TRAIN_EBM, *CPU, "--ebm-reg-on", "levels"]),
     case("train-ebm-betas-out-of-range", [*TRAIN_EBM, *CPU, "--ebm-betas", "1.5", "0.999"]),
     case("train-ebm-langevin-steps-neg", [*TRAIN_EBM, *CPU, "--langevin-steps", "-1"]),
     case("train-ebm-step-size-0", [*TRAIN_EBM, *CPU, "--step-size", "0"]),
@@ -374,6 +385,10 @@ CASES = [
     ),
     case(
         "sample-denoise-without-ebm", ["sample", "{run}", "--denoise", "0.1", "-n", "2", "--out", "{tmp}/s.png", *CPU]
+    ),
+    case(  # a noise-conditional energy's Tweedie step is its smallest level's (0.98 here), issue 25f
+        "sample-ncsn-denoise-not-its-smallest-level",
+        ["sample", "{nrun}", "--prior", "ebm", "--denoise", "0.001", "-n", "2", "--out", "{tmp}/s.png", *CPU],
     ),
     case(
         "sample-ebm-chain-every-neg",
@@ -420,6 +435,8 @@ CASES = [
     case("fit-ebm-betas-out-of-range", [*FIT, "--betas", "1.5", "0.999"]),
     case("fit-ebm-step-size-0", [*FIT, "--step-size", "0"]),
     case("fit-ebm-denoise-neg", [*FIT, "--denoise", "-1"]),
+    case("fit-ebm-ncsn-denoise-without-sigma-min", [*FIT, "--objective", "ncsn", "--denoise", "0.1"]),
+    case("fit-ebm-ncsn-denoise-not-sigma-min", [*FIT, "--objective", "ncsn", "--sigma-min", "0.1", "--denoise", "0.2"]),
     case("fit-ebm-energy-layers-0", [*FIT, "--energy-layers", "0"]),
     case("fit-ebm-energy-hidden-0", [*FIT, "--energy-hidden", "0"]),
     case("fit-ebm-sigma-0", [*FIT, "--objective", "denoising", "--sigma", "0"]),
@@ -472,6 +489,10 @@ CASES = [
     case("cross-image-no-equals", [*CROSS, "--image", "m0"]),
     case("cross-corrupted-bundle", [*CROSS, "--given", "m0", "-n", "2"], prep=["corrupt"]),
     case("cross-missing-run", ["cross-generate", "{tmp}/missing", "--given", "m0", "--out", "{tmp}/c.png", *CPU]),
+    case(
+        "cross-ncsn-denoise-not-its-smallest-level",
+        ["cross-generate", "{nrun}", "--given", "m0", "-n", "2", "--denoise", "0.001", "--out", "{tmp}/c.png", *CPU],
+    ),
     # ---- eval ----
     case(
         "eval-coherence-missing-classifiers",
@@ -507,6 +528,10 @@ CASES = [
         ],
     ),
     case("eval-coherence-report-limit-0", [*COH, "--limit", "0", "--report", "{tmp}/rep"]),
+    case(
+        "eval-coherence-ncsn-denoise-not-its-smallest-level",
+        [a.replace("{run}", "{nrun}") for a in COH] + ["--prior", "ebm", "--denoise", "0.001"],
+    ),
     case("eval-likelihood-k-0", [*LL, "--k", "0"]),
     case("eval-likelihood-k-neg", [*LL, "--k", "-2"]),
     case("eval-likelihood-limit-neg", [*LL, "--limit", "-1"]),
@@ -541,6 +566,10 @@ CASES = [
     case("eval-all-k-0", [*ALL, "--k", "0"]),
     case("eval-all-ll-limit-0", [*ALL, "--ll-limit", "0"]),
     case("eval-all-unknown-prior", [*ALL, "--prior", "nope"]),
+    case(
+        "eval-all-ncsn-denoise-not-its-smallest-level",
+        [a.replace("{run}", "{nrun}") for a in ALL] + ["--prior", "ebm", "--denoise", "0.001"],
+    ),
     case("eval-all-missing-classifiers", [*ALL, "--classifiers", "{tmp}/missing-clf"]),
     case("eval-all-not-a-bundle", ["eval", "all", "{tmp}/notabundle", "--limit", "5", *CPU], prep=["notabundle"]),
     # ---- classifier train ----
@@ -632,12 +661,12 @@ def test_bad_input_is_refused_and_writes_nothing(
 ):
     monkeypatch.setenv("MMVAE_DATA", str(bundles["root"]))
     text = " ".join(argv)
-    for name in ("run", "erun", "clf"):
+    for name in BUNDLES:
         if "{" + name + "}" in text:
             copy_bundle(bundles[name], tmp_path / name)
     for p in prep:
         PREP[p](tmp_path, monkeypatch)
-    argv = [a.format(tmp=tmp_path, run=tmp_path / "run", erun=tmp_path / "erun", clf=tmp_path / "clf") for a in argv]
+    argv = [a.format(tmp=tmp_path, **{name: tmp_path / name for name in BUNDLES}) for a in argv]
     before = snapshot(tmp_path)
     capsys.readouterr()
     code, out, err = run(argv, capsys)

@@ -280,7 +280,22 @@ def test_old_manifest_settings_read_back():
     old = recipe.TrainConfig.from_dict({"joint": {"ebm_lr": 2e-5, "reg": 0.1}, "joint_ebm": True})
     assert (old.joint.reg, old.joint.reg_on, old.joint.feedback) == (0.1, "energies", 1.0)
     new = recipe.TrainConfig.from_dict(recipe.resolve_train("polymnist-mini", {"prior": "ebm"}).to_dict())
-    assert (new.joint.reg, new.joint.reg_on, new.joint.feedback) == (1.0, "level", 0.5)
+    assert (new.joint.reg, new.joint.reg_on, new.joint.feedback) == (1.0, "gauge", 0.5)
+
+
+def test_the_former_name_level_of_the_gauge_is_still_read(tmp_path, capsys):
+    """--ebm-reg-on gauge was called level until issue 25: flags, recipes and manifests that say level
+    get gauge (the same term), and the manifest written says gauge."""
+    args = ["train", "polymnist-mini", "--prior", "ebm", "--dry-run", "--out", tmp_path / "x", "--ebm-reg-on"]
+    code, out, err = run([*args, "level"], capsys)
+    assert code == 0 and json.loads(out)["joint"]["reg_on"] == "gauge", err
+    from mmvae_cli.config import JointEnergySettings
+
+    assert JointEnergySettings(reg_on="level").reg_on == "gauge"
+    old = recipe.TrainConfig.from_dict({"joint": {"reg": 1.0, "reg_on": "level"}, "joint_ebm": True})
+    assert old.joint.reg_on == "gauge" and old.to_dict()["joint"]["reg_on"] == "gauge"
+    flag = recipe.resolve_train("polymnist-mini", {"prior": "ebm", "reg_on": "level"})
+    assert flag.joint.reg_on == "gauge"
 
 
 def test_dry_run_prints_the_resolved_settings_and_writes_nothing(tmp_path, capsys):

@@ -283,7 +283,7 @@ def test_joint_training_writes_and_resumes_the_energy(runs, capsys):
     assert energy_section(out)["training"] == "joint" and energy_section(out)["density"] == "tilted"
     assert m["settings"]["joint"]["ebm_lr"] == 2e-5 and m["settings"]["joint"]["ebm_betas"] == [0.5, 0.999]
     assert m["settings"]["joint"]["reg"] == 1.0 and m["settings"]["langevin"]["steps"] == 3
-    assert m["settings"]["joint"]["reg_on"] == "level" and m["settings"]["joint"]["feedback"] == 0.5
+    assert m["settings"]["joint"]["reg_on"] == "gauge" and m["settings"]["joint"]["feedback"] == 0.5
     assert {"prior-ebm.safetensors", "model.safetensors"} <= set(m["files"])
     assert "ebm_ml" in m["history"][-1] and "energy_q" in m["history"][-1] and m["epochs_done"] == 1
     model, _ = load_model(out)
@@ -314,6 +314,11 @@ def test_eb_mvae_ncsn_energy_is_stored_and_sampled_by_annealed_langevin(runs, ca
     code, _, err = run(
         ["sample", r, "--prior", "ebm", "-n", "4", "--out", tmp / "n.png", "--steps", "6", "--device", "cpu"], capsys
     )
+    assert code == 0, err
+    denoise = ["--steps", "3", "--denoise", f"{sigmas[-1]:.6g}", "--device", "cpu"]  # its smallest level, as printed
+    code, _, err = run(["sample", r, "--prior", "ebm", "-n", "4", "--out", tmp / "d.png", *denoise], capsys)
+    assert code == 0, err  # (any other --denoise: tests/test_bad_input.py)
+    code, _, err = run(["cross-generate", r, "--given", "m0", "--out", tmp / "c.png", "--data-root", root, *denoise])
     assert code == 0, err
     code, out, err = ebm_coherence(r, runs, capsys)
     assert code == 0, err

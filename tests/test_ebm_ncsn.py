@@ -119,6 +119,16 @@ def test_noise_conditional_energy_net_and_its_latent_ebm():
     alone = ebm.denoise(plain, 0.1, mask)
     assert torch.equal(alone[:, 0], plain[:, 0]) and torch.equal(alone[:, 3], plain[:, 3])
     torch.testing.assert_close(alone, den)
+    # any other level is refused (issue 25f): the step would use the smallest level's score at another
+    # noise; checked before the chains run, and on the step alone
+    for sigma in (0.3, 0.05):
+        with pytest.raises(MMVAEError, match="smallest noise level, here 0.1"):
+            ebm.run(z, 8, 0.3, mask=mask, denoise=sigma)
+        with pytest.raises(MMVAEError, match="give --denoise 0.1, or 0"):
+            ebm.denoise(plain, sigma, mask)
+    torch.testing.assert_close(ebm.denoise(plain, 0.1 * (1 + 1e-6), mask), den)  # the level as printed
+    plain_energy = EnergyPrior(EnergyConfig(dim=4, hidden=8, layers=2, activation="softplus"), "gibbs")
+    assert plain_energy.run(z, 2, 0.3, denoise=0.3).z.shape == z.shape  # an ordinary energy: any sigma
 
 
 @pytest.mark.parametrize("noise_clamped", [True, False])

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from helpers_legacy import CPU, FIT, SAMPLE, cli, measure, ok
 
+from mmvae_cli.config import TrainConfig
 from mmvae_cli.model_io import load_model
 
 FIXTURE = Path(__file__).parent / "data" / "bundle-0.2"
@@ -54,6 +55,8 @@ def test_a_legacy_joint_energy_is_the_training_prior(monkeypatch):
     model, manifest = load_model(Path("joint"))
     assert "ebm" not in manifest and manifest["priors"]["ebm"]["prior"]["training"] == "joint"
     assert model.train_prior is model.priors["ebm"]
+    assert manifest["settings"]["joint"]["reg_on"] == "level"  # the gauge's former name: resumes as gauge
+    assert TrainConfig.from_dict(manifest["settings"]).joint.reg_on == "gauge"
 
 
 def test_writing_a_legacy_bundle_moves_its_energy_to_the_new_layout(tmp_path, monkeypatch):

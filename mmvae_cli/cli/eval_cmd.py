@@ -221,6 +221,7 @@ def coherence(
     from ..evaluate import suite
 
     ctx = Context(run, device, data_root, split, limit, prior)
+    ctx.prior.check_options(langevin)  # Langevin flags: only for ebm, and values its energy takes
     suite.require_labels(ctx.test, "coherence")  # unlabelled data (cub, celeba): does not apply, say so first
     if not clf_run:
         raise MMVAEError("coherence needs digit classifiers: --classifiers RUN (see `mmvae classifier train`)")
@@ -388,6 +389,7 @@ def all_(
             raise
         skipped["fid"] = f"no Inception weights ({str(e).split(':', 1)[0]}; see `mmvae eval fid --help`)"
     ctx = Context(run, device, data_root, split, limit, prior)
+    ctx.prior.check_options(langevin)  # Langevin flags: only for ebm, and values its energy takes
     ll_prior = prior if ctx.prior.tractable else "base"
     if ll_prior != prior:
         log(f"likelihood under the base prior: the {prior} prior's density has no known normaliser")

@@ -40,6 +40,17 @@ def _default_text(f) -> str:
     return f"{d:g}" if isinstance(d, float) else str(d)
 
 
+class _Choice(click.Choice):
+    """click.Choice that also takes a setting's former names (`config.setting(aliases=...)`), unlisted."""
+
+    def __init__(self, choices, aliases: dict):
+        super().__init__(choices)
+        self.aliases = aliases
+
+    def convert(self, value, param, ctx):
+        return super().convert(self.aliases.get(value, value), param, ctx)
+
+
 def settings_options(
     cls,
     only: tuple[str, ...] | None = None,
@@ -69,7 +80,7 @@ def settings_options(
             elif m.get("pair"):
                 kw.update(type=(float, float), metavar="B1 B2")
             elif m.get("choices") is not None:
-                kw["type"] = click.Choice([c for c in m["choices"] if c is not None])
+                kw["type"] = _Choice([c for c in m["choices"] if c is not None], m.get("aliases") or {})
             elif isinstance(fld.default, int) or str(fld.type).startswith("int"):  # also `int | None = None`
                 kw["type"] = int
             elif isinstance(fld.default, float) or m.get("gt") is not None or m.get("min") is not None:

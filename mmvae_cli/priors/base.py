@@ -185,7 +185,7 @@ class LatentPrior(nn.Module):
         """w now (0: the VAE's prior term is p0's alone)."""
         return 0.0
 
-    def learn(self, model, z_pos: torch.Tensor, loss, stats: dict, prior_terms: int = 1):
+    def learn(self, model, z_pos: torch.Tensor, loss, stats: dict, prior_terms: float = 1.0):
         """(loss, stats) with the prior's own learning step on the batch's posterior samples z_pos added."""
         return loss, stats
 

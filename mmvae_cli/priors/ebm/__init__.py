@@ -34,7 +34,14 @@ from ...errors import BundleError, MMVAEError
 from ..base import LatentPrior
 from . import fit as _fit
 from . import joint as _joint
-from .langevin import LangevinResult, annealed_langevin, ebm_log_prob, ebm_prior_log_prob, tweedie_denoise
+from .langevin import (
+    LangevinResult,
+    annealed_langevin,
+    check_tweedie_level,
+    ebm_log_prob,
+    ebm_prior_log_prob,
+    tweedie_denoise,
+)
 from .langevin import langevin as plain_langevin
 from .net import EnergyConfig, EnergyNet
 
@@ -160,7 +167,9 @@ class EnergyPrior(LatentPrior):
         coordinates over its levels, `steps` in all, step_size the ratio s_i / sigma_i. Same
         keywords as `langevin.langevin` (noise_scale, clip_grad, mask, every). denoise > 0: a last
         `tweedie_denoise` step at that noise level (noise-conditional energies: in u, on the
-        smallest level's energy); the chain's snapshots are the Langevin states before it."""
+        smallest level's energy, so denoise must be that level: checked before the chains run); the
+        chain's snapshots are the Langevin states before it."""
+        self.check_denoise(denoise)
         net = self.energy
         mask = kw.get("mask")
         if not self._annealed:
@@ -178,11 +187,25 @@ class EnergyPrior(LatentPrior):
         """A noise-conditional Gibbs energy: sampled by annealed Langevin in its u coordinates."""
         return getattr(self.energy, "noise_conditional", False) and self.density != "tilted"
 
+    def check_options(self, options: dict) -> None:
+        """Langevin options only, and a --denoise this energy can take (`check_denoise`, on the stored
+        setting when none is given): before anything runs."""
+        super().check_options(options)
+        self.check_denoise(self.sampler_settings(**options)["denoise"])
+
+    def check_denoise(self, sigma: float) -> None:
+        """A noise-conditional energy's Tweedie step is its smallest level's: sigma 0 or that level
+        (`langevin.check_tweedie_level`); any sigma for an ordinary energy."""
+        if self._annealed:
+            check_tweedie_level(float(sigma), float(self.energy.sigmas[-1]))
+
     def denoise(self, z: torch.Tensor, sigma: float, mask: torch.Tensor | None = None) -> torch.Tensor:
         """`tweedie_denoise` on this density at noise level sigma (free coordinates only): in z for an
-        ordinary energy; in u on the smallest level's energy for a noise-conditional one."""
+        ordinary energy; in u on the smallest level's energy for a noise-conditional one (sigma must be
+        that level, `check_denoise`)."""
         if not self._annealed:
             return tweedie_denoise(self.log_density(), z, sigma, mask)
+        self.check_denoise(sigma)
         if not sigma:
             return z.detach()
         net = self.energy
@@ -254,7 +277,7 @@ class EnergyPrior(LatentPrior):
         on = self.trained_with_vae and js.feedback > 0 and self.joint_step >= js.warmup_steps
         return js.feedback if on else 0.0
 
-    def learn(self, model, z_pos: torch.Tensor, loss, stats: dict, prior_terms: int = 1):
+    def learn(self, model, z_pos: torch.Tensor, loss, stats: dict, prior_terms: float = 1.0):
         return _joint.learn(self, model, z_pos, loss, stats, prior_terms)
 
     def monitor(self, history: list[dict]):

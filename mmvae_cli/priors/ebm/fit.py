@@ -31,7 +31,7 @@ from ... import config
 from ...config import FitSettings
 from ...errors import MMVAEError
 from ...loop import FitLoop
-from .langevin import geometric_sigmas
+from .langevin import check_tweedie_level, geometric_sigmas
 from .losses import maximum_likelihood_loss, ncsn_loss, score_matching_loss
 from .net import EnergyConfig
 
@@ -93,6 +93,8 @@ def resolve(given: dict, fusion: str, z_dim: int) -> EnergyFit:
             "score matching needs a twice-differentiable energy: choose --energy-activation gelu, silu, softplus or elu"
         )
     check_objective(s.objective, z_dim)
+    if s.objective == "ncsn":
+        check_tweedie_level(lg.denoise, s.sigma_min)
     return EnergyFit(s, energy, config.to_dict(lg))
 
 

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from ...errors import NumericalError
+from ...errors import MMVAEError, NumericalError
 
 LogProb = Callable[[torch.Tensor], torch.Tensor]
 
@@ -183,6 +183,24 @@ def tweedie_denoise(log_prob: LogProb, z: torch.Tensor, sigma: float, mask: torc
     if what is not None:
         raise NumericalError(f"the Tweedie step diverged ({what}); try a smaller --denoise (now {sigma:g})")
     return new
+
+
+def check_tweedie_level(sigma: float, smallest: float | None) -> None:
+    """A noise-conditional energy's Tweedie step uses the score of its smallest level (the data smoothed
+    by N(0, smallest^2 I)), and Tweedie's formula holds only at that noise: `--denoise sigma` must be 0
+    or that level (relative 1e-4, so the level as printed passes). smallest None: not known yet (a fit
+    that sets it from the posterior). MMVAEError otherwise."""
+    if not sigma or (smallest is not None and math.isclose(sigma, smallest, rel_tol=1e-4)):
+        return
+    if smallest is None:
+        raise MMVAEError(
+            f"--denoise {sigma:g} with --objective ncsn: the Tweedie step is taken at the smallest noise level, "
+            "which this fit sets from the posterior; give --sigma-min with the same value, or --denoise when sampling"
+        )
+    raise MMVAEError(
+        f"--denoise {sigma:g}: a noise-conditional energy's Tweedie step uses the score of its smallest noise "
+        f"level, here {smallest:.6g} (in its standardised coordinates); give --denoise {smallest:.6g}, or 0 for none"
+    )
 
 
 def geometric_sigmas(sigma_max: float, sigma_min: float, levels: int) -> torch.Tensor:

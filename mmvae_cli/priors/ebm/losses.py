@@ -20,22 +20,24 @@ def maximum_likelihood_loss(
     """Loss whose gradient w.r.t. the energy's parameters is minus Yuan et al. eq. 10:
 
         loss = mean E(z_pos) - mean E(z_neg) [+ reg * (mean E(z_pos)^2 + mean E(z_neg)^2)]   (reg_on energies)
-        loss = mean E(z_pos) - mean E(z_neg) [+ reg * ((mean E(z_pos) + mean E(z_neg)) / 2)^2] (reg_on level)
-
-    ("level" pins only the mean level of the energies, leaving the gap between positives and negatives free.)
+        loss = mean E(z_pos) - mean E(z_neg) [+ reg * ((mean E(z_pos) + mean E(z_neg)) / 2)^2] (reg_on gauge)
 
     With f = -E, d(loss)/d(alpha) = -(E_q[df/dalpha] - E_p_alpha[df/dalpha]).
     z_pos: posterior samples (used as given: detach them if only the energy
     should learn from this loss, as in Algorithm 1's "learn alpha" step).
-    z_neg: prior samples from Langevin; always detached here. The optional L2
-    term keeps the energies near zero so they cannot drift to large
-    magnitudes (the loss is invariant to adding a constant to E); joint
-    training turns it on (`JointEnergySettings.reg`).
+    z_neg: prior samples from Langevin; always detached here. eq. 10 is
+    invariant to adding a constant to E, and so are p_alpha, Langevin and the
+    VAE's gradients; the optional L2 term (`JointEnergySettings.reg`):
+    "gauge" fixes that constant (the mean level of the energies) near 0 and
+    leaves the gap between positives and negatives free; "energies" also bounds
+    the gap (its optimum: E_pos = -1/(2 reg), E_neg = +1/(2 reg)).
     """
+    if reg_on not in ("energies", "gauge"):
+        raise ValueError(f"reg_on must be energies or gauge, got {reg_on!r}")
     e_pos = energy(z_pos)
     e_neg = energy(z_neg.detach())
     loss = e_pos.mean() - e_neg.mean()
-    if reg and reg_on == "level":
+    if reg and reg_on == "gauge":
         loss = loss + reg * (0.5 * (e_pos.mean() + e_neg.mean())).pow(2)
     elif reg:
         loss = loss + reg * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
