@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from helpers_legacy import CPU, FIT, SAMPLE, cli, measure, ok
 
-from mmvae_cli.config import TrainConfig
 from mmvae_cli.model_io import load_model
+from mmvae_cli.recipe import TrainConfig
 
 FIXTURE = Path(__file__).parent / "data" / "bundle-0.2"
 
