@@ -1,8 +1,9 @@
-"""The long commands below the click layer: every input checked first, then the run created.
+"""`mmvae train` below the click layer: every input checked first, then the run created.
 
-    request = TrainRequest(...)          # what the user asked for (flags by name, None = not given)
-    job = prepare_training(request)      # resolves and checks settings, device, data, model, output: writes nothing
-    job.run()                            # creates (or reopens) the bundle and trains it (run.Run's lifecycle)
+    request = TrainRequest(dataset=..., ...)     # what the user asked for (flags by name, None = not given)
+    job = prepare_training(request)              # resolves and checks settings, device, data, model and output
+                                                 # (run.plan_run: new, restarted or resumed): writes nothing
+    job.run()                                    # creates (or reopens) the bundle and trains it (train.fit)
 
 The post-hoc fits (`fit-ebm`, `fit-prior`) have the same shape (fit_prior.py). A validation failure
 raises a one-line MMVAEError before any file exists, so the corrected command is never refused for a
