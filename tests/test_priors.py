@@ -242,11 +242,6 @@ BAD = [
         "need --prior ebm",
     ),
     (
-        "resume nothing",
-        ["fit-prior", "{vae}", *FLOW[:2], "--resume", "--data-root", "{root}"],
-        "no interrupted fit-prior to resume",
-    ),
-    (
         "out is run",
         ["fit-prior", "{vae}", "--kind", "gmm", "--out", "{vae}", "--data-root", "{root}"],
         "--out must differ from RUN",
