@@ -350,6 +350,7 @@ class EnergyDefaults:
 
 
 ENERGY_DEFAULTS = EnergyDefaults()
+TILTED_OBJECTIVES = ("ml", "nce")  # fit a tilt exp(-E) of a base prior (the others: a Gibbs energy)
 
 
 @dataclass(frozen=True)
@@ -372,7 +373,7 @@ class EnergySettings:
     def activation(self, objective: str) -> str:
         """The activation given, else the default of the objective's kind (ENERGY_DEFAULTS)."""
         d = ENERGY_DEFAULTS
-        return self.energy_activation or (d.ml_activation if objective == "ml" else d.sm_activation)
+        return self.energy_activation or (d.ml_activation if objective in TILTED_OBJECTIVES else d.sm_activation)
 
 
 @dataclass(frozen=True)
@@ -473,6 +474,17 @@ class LangevinSettings:
     clip_grad: float | None = setting(
         None, "clip each chain's gradient norm to this value (default: no clipping)", "ours", gt=0.0, optional=True
     )
+    sampler: str = setting(
+        "langevin",
+        "langevin: chains start at the base prior's samples (or a Gibbs energy's stored Gaussian); sir: they "
+        "start at importance-resampled ones, --proposals draws per sample weighted by exp(-E) (NCP-VAE); "
+        "then --steps Langevin steps either way (0 with sir: importance resampling alone)",
+        "Yuan et al. eq. 11; Aneja et al. 2021 (NCP-VAE) for sir",
+        choices=("langevin", "sir"),
+    )
+    proposals: int = setting(
+        100, "sir: proposals drawn per sample", "ours (NCP-VAE resamples from a few thousand)", min=1
+    )
     denoise: float = setting(
         0.0,
         "noise level sigma of a last, noise-free Tweedie step z <- z + sigma^2 grad log p(z) on the chains' "
@@ -542,12 +554,22 @@ class FitSettings:
 
     objective: str | None = setting(
         None,
-        "ml: maximum likelihood with Langevin negatives (Yuan et al. eq. 10); "
-        "exact|sliced|denoising: score matching (EB-MVAE eq. 1); ncsn: a noise-conditional energy "
+        "ml: maximum likelihood with Langevin negatives (Yuan et al. eq. 10); nce: noise-contrastive estimation, "
+        "aggregate-posterior samples against the base prior's, optimum E = -log(q / p_b) (Gutmann & Hyvarinen "
+        "2010, NCP-VAE); exact|sliced|denoising: score matching (EB-MVAE eq. 1); ncsn: a noise-conditional energy "
         "by multi-scale denoising score matching, sampled by annealed Langevin (Song & Ermon 2019). "
         "Default: ml for a shared latent; denoising for --fusion none (EB-MVAE)",
         "the papers; ours for EB-MVAE, measured (docs/results/ebmvae.md)",
-        choices=("ml", "exact", "sliced", "denoising", "ncsn", None),
+        choices=("ml", "nce", "exact", "sliced", "denoising", "ncsn", None),
+        optional=True,
+    )
+    base: str | None = setting(
+        None,
+        "the prior the energy tilts, p(z) ∝ exp(-E(z)) p_b(z) (ml, nce): base (the VAE's p0), gmm or flow (the "
+        "bundle's, from fit-prior); default: the bundle's gmm, fitted here with fit-prior's defaults when it has "
+        "none, for a shared latent; base for --fusion none",
+        "ours, measured (docs/results/priors.md); NCP-VAE (Aneja et al. 2021) tilts its VAE's prior",
+        choices=("base", "gmm", "flow", None),
         optional=True,
     )
     epochs: int | None = setting(
@@ -562,14 +584,14 @@ class FitSettings:
     lr: float | None = setting(
         None,
         f"Adam learning rate of the energy (default: {ENERGY_DEFAULTS.ml_lr:g} for ml, "
-        f"{ENERGY_DEFAULTS.sm_lr:g} for score matching)",
+        f"{ENERGY_DEFAULTS.sm_lr:g} for nce and score matching)",
         "ours",
         gt=0.0,
         optional=True,
     )
     betas: tuple | None = setting(
         None,
-        "Adam betas (default: {} for ml as LEBM, {} for score matching)".format(
+        "Adam betas (default: {} for ml as LEBM, {} for nce and score matching)".format(
             *(" ".join(f"{b:g}" for b in betas) for betas in (ENERGY_DEFAULTS.ml_betas, ENERGY_DEFAULTS.sm_betas))
         ),
         "LEBM / torch",
@@ -621,12 +643,19 @@ class FitSettings:
         and epochs)."""
         obj = self.objective or (EBMVAE_FIT["objective"] if unimodal_latents(fusion) else "ml")
         d, ml = ENERGY_DEFAULTS, obj == "ml"
+        if obj not in TILTED_OBJECTIVES and self.base not in (None, "base"):
+            raise MMVAEError(
+                f"--base {self.base}: score matching fits a Gibbs energy, which tilts no prior; "
+                f"use --objective {' or '.join(TILTED_OBJECTIVES)}"
+            )
+        base = self.base or ("gmm" if obj in TILTED_OBJECTIVES and not unimodal_latents(fusion) else "base")
         ebmvae = unimodal_latents(fusion) and obj == EBMVAE_FIT["objective"]
         if self.sigma_max is not None and self.sigma_min is not None and self.sigma_min > self.sigma_max:
             raise MMVAEError(f"--sigma-min {self.sigma_min:g} must not exceed --sigma-max {self.sigma_max:g}")
         return replace(
             self,
             objective=obj,
+            base=base,
             epochs=self.epochs if self.epochs is not None else (EBMVAE_FIT["epochs"] if ebmvae else d.epochs),
             standardise=self.standardise if self.standardise is not None else obj == "ncsn",
             lr=self.lr if self.lr is not None else (d.ml_lr if ml else d.sm_lr),

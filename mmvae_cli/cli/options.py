@@ -157,7 +157,9 @@ def _langevin_train():
     --denoise: the negatives of eq. 10 are the chains' states themselves (no Tweedie step)."""
     from ..priors.ebm import EnergyPrior
 
-    return settings_options(config.LangevinSettings, rename=EnergyPrior.flag_rename, skip=("denoise",))
+    return settings_options(
+        config.LangevinSettings, rename=EnergyPrior.flag_rename, skip=("denoise", "sampler", "proposals")
+    )
 
 
 energy_net = settings_options(config.EnergySettings)

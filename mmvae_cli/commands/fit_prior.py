@@ -94,6 +94,33 @@ class FitPriorJob:
     settings: object  # the kind's (cls.resolve_settings)
     device: torch.device
     clf: object = None
+    base_settings: object = None  # the settings of the base prior fitted here first (`_base_plan`), or None
+    sources: dict = field(default_factory=dict)  # RUN's manifest sections `priors`, for a base copied to --out
+
+    def _section(self, prior, cls, settings, stats: dict, command: str) -> dict:
+        """The manifest's priors.KIND section of a fitted prior."""
+        return {
+            "prior": prior.to_json(),
+            "kind": cls.kind,
+            "common": config.to_dict(self.common),
+            "settings": cls.settings_to_json(settings),
+            "fit": stats,
+            "seconds": stats["seconds"],
+            "created": bundle.now(),
+            "command": command,
+        }
+
+    def _fit_base(self, bank) -> dict | None:
+        """The prior this fit tilts, fitted first when RUN has none (`_base_plan`): attached, its section."""
+        if self.base_settings is None:
+            return None
+        bcls = priors.get(self.cls.tilts(self.settings))
+        what, how = bcls.describe(self.base_settings)
+        log(f"fitting its base first, {what}: {how}")
+        torch.manual_seed(self.common.seed)
+        base, stats = bcls.fit(bank, self.common, self.base_settings)
+        self.model.attach_prior(base)
+        return self._section(base, bcls, self.base_settings, stats, f"{self.request.command} (its base)")
 
     def run(self) -> dict:
         """Fit, then write prior-KIND.safetensors and the manifest's `priors: {KIND: ...}`; the result."""
@@ -120,6 +147,7 @@ class FitPriorJob:
             "settings": cls.settings_to_json(self.settings),
         }
         run.extra_state = {"kind": kind, "settings": recorded, "given": _given(r, cls)}
+        base_section = self._fit_base(bank)
         if r.resume:
             log(f"resuming the {kind} fit in {self.target} at epoch {self.tman[PRIOR_FIT_STATE]['epoch'] + 1}")
         try:
@@ -143,19 +171,16 @@ class FitPriorJob:
                 stats["log_lik"] = float(prior.log_prob(z).mean())
                 stats["base_log_lik"] = float(model.base_log_prob(z).mean())
                 stats["eval_samples"] = len(z)
-        section = {
-            "prior": prior.to_json(),
-            **recorded,
-            "fit": stats,
-            "seconds": stats["seconds"],
-            "created": bundle.now(),
-            "command": r.command,
-        }
+        section = self._section(prior, cls, self.settings, stats, r.command)
         if coherence:
             section["joint_coherence"] = coherence
         self.tman.pop(PRIOR_FIT_STATE, None)
         self.tman.setdefault("files", {}).pop(PRIOR_CHECKPOINT, None)
-        stale = write_prior(self.target, prior, self.tman, section)
+        tilted = cls.tilts(self.settings)
+        stale = []
+        if tilted is not None and tilted not in (self.tman.get("priors") or {}):  # fitted here, or RUN's into --out
+            stale += write_prior(self.target, model.priors[tilted], self.tman, base_section or self.sources[tilted])
+        stale += write_prior(self.target, prior, self.tman, section)
         bundle.save_manifest(self.target, self.tman)
         for name in (PRIOR_CHECKPOINT, *stale):  # after the manifest stopped naming them
             (self.target / name).unlink(missing_ok=True)
@@ -366,6 +391,7 @@ def prepare_fit_prior(r: FitPriorRequest) -> FitPriorJob | FinishedFit:
     train = TrainConfig.from_dict(manifest.get("settings", {}), str(run)).train
     data = run_training_data(manifest, r.data_root, train, run, "its training data changed since it was trained")
     cls.check_fit(settings, common, len(data))
+    base_settings = _base_plan(r, cls, settings, model, run, common, len(data), fusion, z_dim)
     if outp is None:  # the prior goes into RUN's own manifest
         target, tman, new = run, manifest, False
     elif holder is not None:
@@ -380,4 +406,22 @@ def prepare_fit_prior(r: FitPriorRequest) -> FitPriorJob | FinishedFit:
             evaluations=[],
             parent={"path": str(run.resolve()), "model_sha256": manifest["files"][WEIGHTS]["sha256"]},
         )
-    return FitPriorJob(r, run, target, tman, new, model, data, cls, common, settings, dev, clf)
+    sources = dict(manifest.get("priors") or {})
+    return FitPriorJob(r, run, target, tman, new, model, data, cls, common, settings, dev, clf, base_settings, sources)
+
+
+def _base_plan(r: FitPriorRequest, cls, settings, model, run: Path, common, n: int, fusion: str, z_dim: int):
+    """The prior a fit tilts (`cls.tilts`: an energy over the bundle's gmm or flow): None when it tilts
+    none or RUN has it; RUN without it: one line naming the command that fits it when --base named it,
+    else (the default base) its default settings, to fit it here first and store it with the energy."""
+    kind = cls.tilts(settings)
+    if kind is None or kind in model.priors:
+        return None
+    bcls = priors.get(kind)
+    if r.settings.get("base") is not None:
+        raise MMVAEError(
+            f"{run} has no {bcls.name()} to tilt (--base {kind}); fit one first with `{bcls.how_to_get(str(run))}`"
+        )
+    bset = bcls.resolve_settings({}, fusion, z_dim)
+    bcls.check_fit(bset, common, n)
+    return bset

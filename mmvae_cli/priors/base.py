@@ -21,6 +21,7 @@ step (`learn`). The base prior p0 is a view of the model (`from_model`).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import fields
 from typing import ClassVar
 
@@ -116,6 +117,15 @@ class LatentPrior(nn.Module):
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
 
+    def fingerprint(self) -> str:
+        """sha256 of the stored tensors (names, dtypes, shapes, bytes): what an energy tilting this prior
+        records, to refuse a refitted one."""
+        h = hashlib.sha256()
+        for k, v in sorted(self.tensors().items()):
+            h.update(f"{k}:{v.dtype}:{tuple(v.shape)};".encode())
+            h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+        return h.hexdigest()
+
     # --- fitted post hoc (`fit_prior`) ----------------------------------------------------------------
     @classmethod
     def flags(cls) -> dict[str, str]:
@@ -154,6 +164,11 @@ class LatentPrior(nn.Module):
     def describe(cls, settings) -> tuple[str, str]:
         """(what is fitted, how) for the fit's first log line."""
         return f"a {cls.kind} prior", str(config.to_dict(settings))
+
+    @classmethod
+    def tilts(cls, settings) -> str | None:
+        """The kind of the bundle's prior a fit with these settings tilts (an energy over a gmm), or None."""
+        return None
 
     @classmethod
     def check_fit(cls, settings, common, n_tuples: int) -> None:

@@ -1,14 +1,18 @@
 """ebm: an energy E(z) over the latent and the density it defines, a prior kind like gmm and flow.
 
-    tilted (Yuan et al. eq. 3; fitted by maximum likelihood, eq. 10):
-        log p_alpha(z) = -E(z) + log p0(z) - log Z,   chains start at z0 ~ p0;
+    tilted (Yuan et al. eq. 3; fitted by maximum likelihood, eq. 10, or by noise-contrastive estimation):
+        log p_alpha(z) = -E(z) + log p_b(z) - log Z,   chains start at z0 ~ p_b,
+        p_b the prior it tilts (`base`): the VAE's p0, or the bundle's fitted gmm or flow (then
+        E only learns the residual -log(q_agg / p_b) + c; the energy records its base's fingerprint and
+        is refused once that prior is refitted or removed);
     gibbs (EB-MVAE eq. 1-3; fitted by score matching):
         log p(z) = -E(z) - log Z,   chains start at z0 ~ N(init_loc, diag(init_scale^2)),
         the diagonal Gaussian moment-matched to the latents the energy was fitted on (score
         matching learns the density only where the data are, so chains start there).
 
 Sampled by short-run Langevin (langevin.py; annealed over the levels of a noise-conditional energy,
-with an optional last Tweedie step); its normaliser is unknown, so log_prob is None. For fusion none
+with an optional last Tweedie step), from the chains' start or from sampling-importance-resampled
+starts (`sampler` sir, NCP-VAE; `steps` 0: resampling alone); its normaliser is unknown, so log_prob is None. For fusion none
 (EB-MVAE) it also samples unobserved latents given observed ones (`sample_given`, cross-generation).
 
 Fitted post hoc (`mmvae fit-ebm RUN` = `mmvae fit-prior RUN --kind ebm`; fit.py) or trained jointly
@@ -66,6 +70,8 @@ class EnergyPrior(LatentPrior):
         joint: bool = False,
         joint_settings: JointEnergySettings | None = None,
         langevin: dict | None = None,
+        base: str = "base",
+        base_sha256: str | None = None,
     ):
         super().__init__()
         if density not in DENSITIES:
@@ -77,6 +83,10 @@ class EnergyPrior(LatentPrior):
         self.joint_step = 0  # training steps taken (warm-up; not saved)
         self.chains: torch.Tensor | None = None  # persistent negatives (not saved)
         self.langevin_settings = dict(langevin or {})  # the Langevin settings stored with it (defaults of `langevin`)
+        if base != "base" and density != "tilted":
+            raise BundleError(f"a {density} energy tilts no prior (base {base!r})")
+        self.base, self.base_sha256 = base, base_sha256  # the prior kind it tilts, and that prior's fingerprint
+        self.__dict__["_checked_base"] = None  # the base prior whose fingerprint was checked (not a submodule)
         self.__dict__["model"] = None  # the VAE it is attached to (p0), not a submodule
         dim = self.energy.config.dim
         self.register_buffer("init_loc", torch.zeros(dim))
@@ -93,6 +103,7 @@ class EnergyPrior(LatentPrior):
             "density": self.density,
             "training": "joint" if self.trained_with_vae else "post-hoc",
             "langevin": dict(self.langevin_settings),
+            **({"base": self.base, "base_sha256": self.base_sha256} if self.base != "base" else {}),
         }
 
     @classmethod
@@ -103,6 +114,8 @@ class EnergyPrior(LatentPrior):
                 settings["density"],
                 settings.get("training") == "joint",
                 langevin=dict(settings.get("langevin", {})),
+                base=settings.get("base", "base"),
+                base_sha256=settings.get("base_sha256"),
             )
         except (KeyError, TypeError) as e:
             raise MMVAEError(f"energy prior: invalid settings ({e})") from None
@@ -119,11 +132,29 @@ class EnergyPrior(LatentPrior):
         self.__dict__["model"] = model
 
     # --- its density and sampler --------------------------------------------------------------------
-    def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """log p0(z), the attached model's base prior: (B,)."""
+    def base_prior(self) -> LatentPrior | None:
+        """p_b when the energy tilts one of the bundle's fitted priors (None: the VAE's own p0), checked
+        to be the prior it was fitted over (one-line MMVAEError when it was refitted or removed)."""
         if self.model is None:
-            raise MMVAEError("this energy is attached to no model: its base prior p0 is unknown")
-        return self.model.base_log_prob(z)
+            raise MMVAEError("this energy is attached to no model: its base prior is unknown")
+        if self.base == "base":
+            return None
+        p = self.model.priors.get(self.base)
+        refit = f"refit the energy with `mmvae fit-ebm RUN --base {self.base} --overwrite`"
+        if p is None:
+            raise MMVAEError(f"this energy tilts a {self.base} prior that the bundle no longer has; {refit}")
+        if p is not self._checked_base:
+            if self.base_sha256 is not None and p.fingerprint() != self.base_sha256:
+                raise MMVAEError(
+                    f"the bundle's {self.base} prior was refitted after the energy was fitted over it; {refit}"
+                )
+            self.__dict__["_checked_base"] = p
+        return p
+
+    def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log p_b(z), the prior this energy tilts: (B,)."""
+        p = self.base_prior()
+        return self.model.base_log_prob(z) if p is None else p.log_prob(z).to(z.dtype)
 
     def log_density(self):
         """The unnormalised log density z -> (B,) for `langevin`: -E(z) + log p0(z) (tilted) or -E(z) (gibbs)."""
@@ -132,10 +163,34 @@ class EnergyPrior(LatentPrior):
         return ebm_log_prob(self.energy)
 
     def start(self, n: int) -> torch.Tensor:
-        """Chain starts: p0 samples for a tilted prior; the stored init Gaussian for a Gibbs energy."""
+        """Chain starts: p_b samples for a tilted prior; the stored init Gaussian for a Gibbs energy."""
         if self.density == "tilted":
-            return self.model.sample_prior(n)
+            p = self.base_prior()
+            z = self.model.sample_prior(n) if p is None else p.sample(n)
+            return z.to(device=self.init_loc.device, dtype=self.init_loc.dtype)
         return self.init_loc + self.init_scale * torch.randn(n, self.dim, device=self.init_loc.device)
+
+    def start_log_weight(self, z: torch.Tensor) -> torch.Tensor:
+        """log w(z) = log p~(z) - log r(z) of a chain start z ~ r (`start`), p~ this unnormalised density:
+        -E(z) for a tilted prior (r = p_b), -E(z) - log N(z; init_loc, init_scale^2) for a Gibbs energy."""
+        w = -self.energy(z)
+        if self.density != "tilted":
+            w = w - torch.distributions.Normal(self.init_loc, self.init_scale).log_prob(z).sum(-1)
+        return w
+
+    @torch.no_grad()
+    def resample(self, n: int, proposals: int) -> torch.Tensor:
+        """Sampling-importance-resampling (NCP-VAE, Aneja et al. 2021): for each of n samples, `proposals`
+        starts z_1..z_K ~ r and one of them drawn with probability w_k / sum_j w_j (`start_log_weight`).
+        As K grows the draws' law tends to p ∝ exp(-E) p_b; at K = 1 it is r itself. (n, D)"""
+        out, chunk = [], max(1, 65536 // proposals)
+        for i in range(0, n, chunk):
+            m = min(chunk, n - i)
+            z = self.start(m * proposals)
+            logw = self.start_log_weight(z).view(m, proposals)
+            k = torch.multinomial(torch.softmax(logw.double(), 1), 1).squeeze(1)
+            out.append(z.view(m, proposals, -1)[torch.arange(m, device=z.device), k])
+        return torch.cat(out)
 
     def sampler_settings(self, **overrides) -> dict:
         """LangevinSettings' defaults < the settings stored with the energy < overrides (None = keep)."""
@@ -219,9 +274,12 @@ class EnergyPrior(LatentPrior):
         return self.chain(n, **langevin).z
 
     def chain(self, n: int, every: int = 0, **langevin) -> LangevinResult:
-        """The Langevin run from the chains' start (snapshots every `every` steps)."""
+        """The Langevin run from the chains' start, or from importance-resampled starts (sampler sir;
+        snapshots every `every` steps)."""
         self.check_options(langevin)
-        return self.langevin(self.start(n), every=every, **langevin)
+        s = self.sampler_settings(**langevin)
+        z0 = self.resample(n, int(s["proposals"])) if s["sampler"] == "sir" else self.start(n)
+        return self.langevin(z0, every=every, **langevin)
 
     def sample_given(self, z: torch.Tensor, free: torch.Tensor, **langevin) -> torch.Tensor:
         """EB-MVAE eq. 2-3: the free coordinates restarted from the chains' start, then Langevin with the
@@ -246,10 +304,16 @@ class EnergyPrior(LatentPrior):
     def describe(cls, settings: _fit.EnergyFit) -> tuple[str, str]:
         s, e, lg = settings.fit, settings.energy, settings.langevin
         what = f"a {e.layers}-layer energy ({e.hidden} units, {e.activation}) by {s.objective}"
+        if s.base != "base":
+            what += f" over the bundle's {s.base} prior"
         how = f"{s.epochs} epochs, batch {s.batch_size}, lr {s.lr:g}"
         if s.objective == "ml":
             how += f", Langevin {lg['steps']} steps of size {lg['step_size']:g}"
         return what, how
+
+    @classmethod
+    def tilts(cls, settings: _fit.EnergyFit) -> str | None:
+        return settings.fit.base if settings.fit.base != "base" else None
 
     @classmethod
     def fit(cls, bank, common, settings: _fit.EnergyFit, run=None, resume: bool = False, step_delay: float = 0.0):

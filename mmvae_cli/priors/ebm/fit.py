@@ -5,9 +5,12 @@ Positives are samples of the aggregate posterior over the training set (priors/b
                                             for fusion none the concatenated unimodal posteriors),
 and the energy is fitted to them by one of
 
-  ml         maximum likelihood for the tilted prior p_alpha(z) ∝ exp(-E(z)) p0(z) (Yuan et al. eq. 10):
-             loss = mean E(z_pos) - mean E(z_neg), z_neg by short-run Langevin from p0 (eq. 11), or
-             continued from the previous batch's chains (persistent);
+  ml         maximum likelihood for the tilted prior p_alpha(z) ∝ exp(-E(z)) p_b(z) (Yuan et al. eq. 10):
+             loss = mean E(z_pos) - mean E(z_neg), z_neg by short-run Langevin from p_b (eq. 11), or
+             continued from the previous batch's chains (persistent); p_b the prior it tilts (`base`:
+             p0, or the bundle's gmm or flow);
+  nce        noise-contrastive estimation of the same tilt (losses.nce_loss): z_pos against as many fresh
+             p_b samples, optimum E = -log(q / p_b); no chains while fitting (NCP-VAE);
   exact | sliced | denoising
              score matching for the Gibbs density p(z) ∝ exp(-E(z)) (EB-MVAE eq. 1), see
              losses.score_matching_loss;
@@ -32,10 +35,10 @@ from ...config import FitSettings
 from ...errors import MMVAEError
 from ...loop import FitLoop
 from .langevin import check_tweedie_level, geometric_sigmas
-from .losses import maximum_likelihood_loss, ncsn_loss, score_matching_loss
+from .losses import maximum_likelihood_loss, nce_loss, ncsn_loss, score_matching_loss
 from .net import EnergyConfig
 
-OBJECTIVES = ("ml", "exact", "sliced", "denoising", "ncsn")
+OBJECTIVES = ("ml", "nce", "exact", "sliced", "denoising", "ncsn")
 EXACT_MAX_DIM = 128  # exact score matching costs one backward pass per latent dimension
 
 
@@ -88,7 +91,7 @@ def resolve(given: dict, fusion: str, z_dim: int) -> EnergyFit:
         noise_levels=s.noise_levels if s.objective == "ncsn" else 0,
         standardise=bool(s.standardise),
     )
-    if s.objective != "ml" and energy.activation == "leaky_relu":
+    if s.objective not in config.TILTED_OBJECTIVES and energy.activation == "leaky_relu":
         raise MMVAEError(
             "score matching needs a twice-differentiable energy: choose --energy-activation gelu, silu, softplus or elu"
         )
@@ -118,8 +121,12 @@ def fit_energy(cls, bank, seed: int, spec: EnergyFit, run=None, resume: bool = F
     s = spec.fit
     check_objective(s.objective, bank.dim)
     torch.manual_seed(seed)
-    density = "tilted" if s.objective == "ml" else "gibbs"
-    prior = cls(spec.energy, density, langevin=spec.langevin).to(bank.device)
+    density = "tilted" if s.objective in config.TILTED_OBJECTIVES else "gibbs"
+    base = bank.model.priors.get(s.base) if s.base != "base" else None
+    if s.base != "base" and base is None:
+        raise MMVAEError(f"the model has no {s.base} prior to tilt")
+    fp = base.fingerprint() if base is not None else None
+    prior = cls(spec.energy, density, langevin=spec.langevin, base=s.base, base_sha256=fp).to(bank.device)
     prior.attach(bank.model)
     if density == "gibbs" and not resume:  # Gibbs chains start at the latents' moment-matched Gaussian
         z = bank.sample(torch.arange(bank.n))
@@ -182,6 +189,18 @@ class _EnergyFit(FitLoop):
             with torch.no_grad():
                 e_pos, e_neg = prior.energy(z_pos).mean().item(), prior.energy(z_neg).mean().item()
             return loss, {"loss": loss.item(), "e_pos": e_pos, "e_neg": e_neg}, 1
+        if s.objective == "nce":
+            with torch.no_grad():
+                z_noise = prior.start(len(idx))
+            loss = nce_loss(prior.energy, z_pos, z_noise)
+            with torch.no_grad():
+                e_pos, e_neg = prior.energy(z_pos), prior.energy(z_noise)
+                acc = 0.5 * ((e_pos < 0).float().mean() + (e_neg > 0).float().mean())
+            return (
+                loss,
+                {"loss": loss.item(), "e_pos": e_pos.mean().item(), "e_neg": e_neg.mean().item(), "acc": acc.item()},
+                1,
+            )
         if s.objective == "ncsn":
             net = prior.energy
             loss = ncsn_loss(net.energy_u, net.to_u(z_pos).repeat(s.projections, 1), net.sigmas)

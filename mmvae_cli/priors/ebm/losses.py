@@ -1,4 +1,4 @@
-"""The energy's training losses: maximum likelihood (Yuan et al. eq. 10), score matching (EB-MVAE eq. 1:
+"""The energy's training losses: maximum likelihood (Yuan et al. eq. 10), noise-contrastive estimation, score matching (EB-MVAE eq. 1:
 exact, sliced, denoising) and multi-scale denoising score matching (NCSN, Song & Ermon 2019)."""
 
 from __future__ import annotations
@@ -42,6 +42,27 @@ def maximum_likelihood_loss(
     elif reg:
         loss = loss + reg * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
     return loss
+
+
+# --------------------------------------------------------------------------- noise-contrastive estimation
+
+
+def nce_loss(
+    energy: Callable[[torch.Tensor], torch.Tensor], z_pos: torch.Tensor, z_noise: torch.Tensor
+) -> torch.Tensor:
+    """Noise-contrastive estimation of a tilt (Gutmann & Hyvarinen 2010; Aneja et al. 2021, NCP-VAE eq. 4):
+    logistic regression of data z_pos ~ q against as many noise samples z_noise ~ p_b with the logit
+    h(z) = -E(z),
+
+        loss = mean softplus(E(z_pos)) + mean softplus(-E(z_noise))
+             = -mean log sigmoid(h(z_pos)) - mean log(1 - sigmoid(h(z_noise))),
+
+    whose minimiser over all functions is h*(z) = log(q(z) / p_b(z)): E* = -log(q / p_b), with its
+    constant too, so exp(-E*) p_b = q is normalised. z_noise: always detached."""
+    return (
+        torch.nn.functional.softplus(energy(z_pos)).mean()
+        + torch.nn.functional.softplus(-energy(z_noise.detach())).mean()
+    )
 
 
 # --------------------------------------------------------------------------- score matching (EB-MVAE)
