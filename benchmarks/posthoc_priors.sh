@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Issue 14's comparison: post-hoc priors fitted to the same trained model's aggregate posterior, side by
-# side: the base prior, Gaussian mixtures (a few component counts), a normalising flow and the energy.
-# Joint coherence and conditional coherence with the same classifiers; fit seconds from each fit's JSON.
-# Issue 25's measures for every prior too: the joint samples' class entropy (in the coherence JSON),
-# the Frechet distance in the classifiers' feature space (NAME-fd.json) and the held-out log-density
-# and memorisation check (NAME-prior.json). N_FD, N_PRIOR: their sample counts.
+# Issues 14 and 25: post-hoc priors fitted to the same trained model's aggregate posterior, side by side:
+# the base prior, Gaussian mixtures (a few component counts), a normalising flow, and energies: over p0
+# (0.3's default), as tilts of the fitted mixture and of the flow (fit-ebm --base), by maximum likelihood
+# (ml) and by noise-contrastive estimation (nce), sampled by Langevin and by importance resampling
+# (--sampler sir), the noise-conditional energy (ncsn), and `mmvae fit-ebm RUN` with its defaults.
+# Every row: joint coherence and the joint samples' class entropy (coherence JSON), the Frechet distance
+# in the classifiers' feature space (NAME-fd.json), the held-out log-density where there is one and the
+# memorisation check (NAME-prior.json); fit seconds from each fit's JSON. Conditional coherence does not
+# depend on the prior (it is reported on every row and is the same).
 #
-#   RUN=runs/joint/mopoe CLF=runs/joint/clf OUT=runs/priors bash benchmarks/posthoc_priors.sh
+#   RUN=runs/mopoe CLF=runs/clf OUT=runs/priors bash benchmarks/posthoc_priors.sh
 #   python benchmarks/posthoc_priors_table.py runs/priors
+#
+# ROWS selects rows by name (default: all); a row whose results exist is skipped (rerun = resume).
 set -euo pipefail
 MMVAE=${MMVAE:-mmvae}
 RUN=${RUN:?RUN=trained bundle}
@@ -15,30 +20,74 @@ CLF=${CLF:?CLF=classifier bundle}
 OUT=${OUT:-runs/priors}
 DEVICE=${DEVICE:-auto}
 N_JOINT=${N_JOINT:-2000}
-N_FD=${N_FD:-10000}
+N_FD=${N_FD:-2000}
 N_PRIOR=${N_PRIOR:-1000}
 COMPONENTS=${COMPONENTS:-1 10 50}
-EBM_EPOCHS=${EBM_EPOCHS:-20}
+BASE_GMM=${BASE_GMM:-10}          # the mixture the energies tilt (fit-prior's default: 10 full components)
+EBM_EPOCHS=${EBM_EPOCHS:-20}      # ml, nce and ncsn fits (the rows without a budget of their own)
 FLOW_EPOCHS=${FLOW_EPOCHS:-20}
+ROWS=${ROWS:-base gmm flow ebm-p0-ml ebm-gmm-ml ebm-gmm-nce ebm-gmm-nce-sir ebm-flow-nce ncsn ebm}
 R=$OUT/results
 mkdir -p "$R"
 mm() { $MMVAE "$@"; }
-coherence() {  # BUNDLE NAME PRIOR: coherence and class entropy, classifier-feature FD, log-density, memorisation
-    mm eval coherence "$1" --classifiers "$CLF" --n-joint "$N_JOINT" --prior "$3" --device "$DEVICE" --json > "$R/$2.json"
-    mm eval fid "$1" --features classifier --classifiers "$CLF" --n-fid "$N_FD" --prior "$3" --device "$DEVICE" \
-        --json > "$R/$2-fd.json"
-    mm eval prior "$1" --prior "$3" --n-prior "$N_PRIOR" --device "$DEVICE" --json > "$R/$2-prior.json"
-    echo "[$(date +%H:%M:%S)] $2 done" >&2
+want() { [[ " $ROWS " == *" $1 "* ]]; }
+measure() {  # BUNDLE NAME PRIOR [SAMPLER FLAGS...]: coherence and class entropy, FD, log-density, memorisation
+    local b=$1 name=$2 prior=$3; shift 3
+    [ -s "$R/$name-prior.json" ] && return 0
+    mm eval coherence "$b" --classifiers "$CLF" --n-joint "$N_JOINT" --prior "$prior" "$@" --device "$DEVICE" \
+        --json > "$R/$name.json"
+    mm eval fid "$b" --features classifier --classifiers "$CLF" --n-fid "$N_FD" --prior "$prior" "$@" \
+        --device "$DEVICE" --json > "$R/$name-fd.json"
+    mm eval prior "$b" --prior "$prior" --n-prior "$N_PRIOR" "$@" --device "$DEVICE" --json > "$R/$name-prior.json"
+    echo "[$(date +%H:%M:%S)] $name done" >&2
 }
-coherence "$RUN" base base
-for c in $COMPONENTS; do
-    cov=full; [ "$c" -gt 10 ] && cov=diag
-    mm fit-prior "$RUN" --kind gmm --components "$c" --covariance "$cov" --out "$OUT/gmm$c" --overwrite \
-        --device "$DEVICE" --json > "$R/gmm$c-fit.json"
-    coherence "$OUT/gmm$c" "gmm$c" gmm
-done
-mm fit-prior "$RUN" --kind flow --epochs "$FLOW_EPOCHS" --out "$OUT/flow" --overwrite --device "$DEVICE" \
-    --json > "$R/flow-fit.json"
-coherence "$OUT/flow" flow flow
-mm fit-ebm "$RUN" --out "$OUT/ebm" --epochs "$EBM_EPOCHS" --overwrite --device "$DEVICE" --json > "$R/ebm-fit.json"
-coherence "$OUT/ebm" ebm ebm
+copy_of_run() {  # DEST: RUN's bundle copied (a bundle a prior is fitted into, so an energy can tilt it)
+    [ -d "$1" ] || { cp -r "$RUN" "$1.tmp" && mv "$1.tmp" "$1"; }
+}
+fit_ebm() {  # SOURCE NAME FLAGS...: an energy fitted to SOURCE's model into OUT/NAME
+    local src=$1 name=$2; shift 2
+    [ -s "$R/$name-fit.json" ] || mm fit-ebm "$src" --out "$OUT/$name" --overwrite "$@" --device "$DEVICE" \
+        --json > "$R/$name-fit.json"
+}
+
+want base && measure "$RUN" base base
+if want gmm; then
+    for c in $COMPONENTS; do
+        cov=full; [ "$c" -gt 10 ] && cov=diag
+        if [ ! -s "$R/gmm$c-fit.json" ]; then
+            copy_of_run "$OUT/gmm$c"
+            mm fit-prior "$OUT/gmm$c" --kind gmm --components "$c" --covariance "$cov" --overwrite \
+                --device "$DEVICE" --json > "$R/gmm$c-fit.json"
+        fi
+        measure "$OUT/gmm$c" "gmm$c" gmm
+    done
+fi
+if want flow || want ebm-flow-nce; then
+    if [ ! -s "$R/flow-fit.json" ]; then
+        copy_of_run "$OUT/flow"
+        mm fit-prior "$OUT/flow" --kind flow --epochs "$FLOW_EPOCHS" --overwrite --device "$DEVICE" \
+            --json > "$R/flow-fit.json"
+    fi
+    want flow && measure "$OUT/flow" flow flow
+fi
+GMM_RUN=$OUT/gmm$BASE_GMM
+if [[ "$ROWS" == *ebm-gmm* ]] && [ ! -s "$R/gmm$BASE_GMM-fit.json" ]; then
+    echo "the gmm rows must include $BASE_GMM components (COMPONENTS, BASE_GMM)" >&2; exit 2
+fi
+want ebm-p0-ml && fit_ebm "$RUN" ebm-p0-ml --base base --objective ml --epochs "$EBM_EPOCHS" && \
+    measure "$OUT/ebm-p0-ml" ebm-p0-ml ebm
+want ebm-gmm-ml && fit_ebm "$GMM_RUN" ebm-gmm-ml --base gmm --objective ml --epochs "$EBM_EPOCHS" && \
+    measure "$OUT/ebm-gmm-ml" ebm-gmm-ml ebm --sampler langevin
+if want ebm-gmm-nce || want ebm-gmm-nce-sir; then
+    fit_ebm "$GMM_RUN" ebm-gmm-nce --base gmm --objective nce --epochs "$EBM_EPOCHS"
+    cp "$R/ebm-gmm-nce-fit.json" "$R/ebm-gmm-nce-sir-fit.json"
+    want ebm-gmm-nce && measure "$OUT/ebm-gmm-nce" ebm-gmm-nce ebm --sampler langevin
+    want ebm-gmm-nce-sir && measure "$OUT/ebm-gmm-nce" ebm-gmm-nce-sir ebm --sampler sir --steps 0
+fi
+want ebm-flow-nce && fit_ebm "$OUT/flow" ebm-flow-nce --base flow --objective nce --epochs "$EBM_EPOCHS" && \
+    measure "$OUT/ebm-flow-nce" ebm-flow-nce ebm --sampler langevin
+want ncsn && fit_ebm "$RUN" ncsn --objective ncsn --epochs "$EBM_EPOCHS" && measure "$OUT/ncsn" ncsn ebm
+if want ebm; then  # `mmvae fit-ebm RUN` with its defaults (fitting its base gmm itself when RUN has none)
+    fit_ebm "$RUN" ebm
+    measure "$OUT/ebm" ebm ebm
+fi

@@ -649,6 +649,10 @@ class FitSettings:
                 f"use --objective {' or '.join(TILTED_OBJECTIVES)}"
             )
         base = self.base or ("gmm" if obj in TILTED_OBJECTIVES and not unimodal_latents(fusion) else "base")
+        if self.persistent and base != "base":
+            raise MMVAEError(
+                f"--persistent chains need --base base (over the {base} prior they run in its noise coordinates)"
+            )
         ebmvae = unimodal_latents(fusion) and obj == EBMVAE_FIT["objective"]
         if self.sigma_max is not None and self.sigma_min is not None and self.sigma_min > self.sigma_max:
             raise MMVAEError(f"--sigma-min {self.sigma_min:g} must not exceed --sigma-max {self.sigma_max:g}")

@@ -64,7 +64,7 @@ def _vae_weights(run: Path, manifest: dict) -> dict[str, torch.Tensor]:
     pman = bundle.read_manifest(ppath, kind="mmvae")
     got = pman.get("files", {}).get(WEIGHTS, {}).get("sha256")
     if got != parent.get("model_sha256"):
-        kinds = list(manifest.get("priors") or {}) or ["ebm"]
+        kinds = sorted(manifest.get("priors") or {"ebm": 0}, key=lambda k: k != "ebm")  # an energy before its base
         from . import priors
 
         raise BundleError(

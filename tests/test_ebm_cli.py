@@ -118,8 +118,8 @@ def test_fit_ebm_out_refers_to_its_parent_by_fingerprint(runs, capsys):
     parent, child = tmp / "parent", tmp / "child"
     shutil.copytree(tmp / "mopoe", parent)
     assert run(["fit-ebm", parent, "--out", child, "--data-root", root, *TINY_EBM], capsys)[0] == 0
-    m = manifest(child)
-    assert set(m["files"]) == {"prior-ebm.safetensors"} and "priors" not in manifest(parent)
+    m = manifest(child)  # the energy and the gmm it tilts, fitted first (RUN has none), RUN untouched
+    assert set(m["files"]) == {"prior-ebm.safetensors", "prior-gmm.safetensors"} and "priors" not in manifest(parent)
     assert m["parent"]["model_sha256"] == manifest(parent)["files"]["model.safetensors"]["sha256"]
     assert (
         run(["sample", child, "--prior", "ebm", "-n", "2", "--out", tmp / "c.png", "--device", "cpu"], capsys)[0] == 0
@@ -193,7 +193,7 @@ def test_a_diverging_chain_is_reported_and_nothing_is_written(runs, capsys):
     assert code == 3
     assert err.strip().splitlines()[-1].startswith("error: Langevin chain diverged") and "--step-size" in err
     assert (r / "manifest.json").read_bytes() == before and not (r / "prior-ebm.safetensors").exists()
-    assert run(["fit-ebm", r, "--data-root", root, *TINY_EBM, "--persistent"], capsys)[0] == 0
+    assert run(["fit-ebm", r, "--data-root", root, *TINY_EBM, "--persistent", "--base", "base"], capsys)[0] == 0
     assert energy_section(r)["fit"]["persistent"] is True
     code, _, err = run(
         ["sample", r, "--prior", "ebm", "--step-size", "1e4", "-n", "4", "--out", tmp / "d.png", "--device", "cpu"],
@@ -444,7 +444,19 @@ def test_fit_prior_kind_ebm_is_fit_ebm(runs, capsys):
     from safetensors.torch import load_file
 
     tmp, root = runs
-    flags = ["--data-root", root, "--json", *TINY_EBM, "--persistent", "--seed", "3", "--langevin-steps", "3"]
+    flags = [
+        "--data-root",
+        root,
+        "--json",
+        *TINY_EBM,
+        "--persistent",
+        "--base",
+        "base",
+        "--seed",
+        "3",
+        "--langevin-steps",
+        "3",
+    ]
     got = {}
     for name, cmd in (("fit-ebm", ["fit-ebm"]), ("fit-prior", ["fit-prior", "--kind", "ebm"])):
         r = tmp / f"same-{name}"

@@ -138,12 +138,13 @@ def _latent(ctx: Context, n_train, seed) -> dict:
     return suite.latent(ctx.model, ctx.train(), ctx.test, ctx.dev, n_train, seed)
 
 
-def _fid(ctx: Context, n_fid, prior, seed, weights) -> dict:
+def _fid(ctx: Context, n_fid, prior, seed, weights, langevin: dict | None = None) -> dict:
     from ..data.fetch import data_root
     from ..evaluate import suite
 
     _positive("--n-fid", n_fid, 2)
-    return suite.fid(ctx.model, ctx.test, ctx.dev, n_fid, prior, seed, weights, data_root(ctx.data_root) / "fid-stats")
+    stats = data_root(ctx.data_root) / "fid-stats"
+    return suite.fid(ctx.model, ctx.test, ctx.dev, n_fid, prior, seed, weights, stats, langevin=langevin)
 
 
 def _finish(
@@ -274,9 +275,23 @@ def latent(run, n_train, split, limit, seed, device, data_root, report_dir, as_j
 @weights_opt
 @options.setting_option(EvalSettings, "n_fid")
 @prior_opt
+@options.langevin_sample
 @_common
 def fid(
-    run, features, clf_run, inception_weights, n_fid, prior, split, limit, seed, device, data_root, report_dir, as_json
+    run,
+    features,
+    clf_run,
+    inception_weights,
+    n_fid,
+    prior,
+    langevin,
+    split,
+    limit,
+    seed,
+    device,
+    data_root,
+    report_dir,
+    as_json,
 ):
     """Unconditional Frechet distance per modality (samples of the prior, jointly generated) and
     conditional per target given the other modalities, each with its mean over modalities.
@@ -297,12 +312,14 @@ def fid(
     elif clf_run:
         raise MMVAEError("--classifiers applies to --features classifier (the Inception FID uses no classifier)")
     ctx = Context(run, device, data_root, split, limit, prior)
+    ctx.prior.check_options(langevin)  # Langevin flags: only for ebm, and values its energy takes
     if features == "inception":
-        results = {"fid": _fid(ctx, n_fid, prior, seed, inception_weights)}
+        results = {"fid": _fid(ctx, n_fid, prior, seed, inception_weights, langevin)}
     else:
         _positive("--n-fid", n_fid, 2)
         clf = _classifiers(ctx, clf_run)
-        results = {"fd_classifier": suite.classifier_fd(ctx.model, clf, clf_run, ctx.test, ctx.dev, n_fid, prior, seed)}
+        fd = suite.classifier_fd(ctx.model, clf, clf_run, ctx.test, ctx.dev, n_fid, prior, seed, langevin)
+        results = {"fd_classifier": fd}
     _finish(ctx, results, {}, seed, as_json, report_dir, prior)
 
 

@@ -148,6 +148,14 @@ class FitPriorJob:
         }
         run.extra_state = {"kind": kind, "settings": recorded, "given": _given(r, cls)}
         base_section = self._fit_base(bank)
+        tilted = cls.tilts(self.settings)
+        if tilted is not None:  # the base the energy tilts: a resumed fit must tilt the same one
+            fp = model.priors[tilted].fingerprint()
+            if r.resume and self.tman[PRIOR_FIT_STATE].get("base_sha256") not in (None, fp):
+                raise MMVAEError(
+                    f"the {tilted} prior differs from the one the interrupted fit tilts; start again without --resume"
+                )
+            run.extra_state["base_sha256"] = fp
         if r.resume:
             log(f"resuming the {kind} fit in {self.target} at epoch {self.tman[PRIOR_FIT_STATE]['epoch'] + 1}")
         try:

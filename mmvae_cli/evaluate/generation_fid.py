@@ -116,6 +116,7 @@ def model_fid(
     n: int,
     batch_size: int = 250,
     prior: str = "base",
+    langevin: dict | None = None,
     cache_dir: Path | None = None,
 ) -> dict:
     """Unconditional FD per modality of `space` and conditional FD per target given all the others,
@@ -130,7 +131,7 @@ def model_fid(
 
     def unconditional(m):
         for start in range(0, n, batch_size):
-            z = model.sample_latents(min(batch_size, n - start), prior=prior)
+            z = model.sample_latents(min(batch_size, n - start), prior=prior, **(langevin or {}))
             yield model.generate(z)[m]
 
     def conditional(t):

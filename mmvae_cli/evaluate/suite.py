@@ -91,6 +91,7 @@ def fid(
     weights: str | None,
     cache_dir: Path | None,
     extractor=None,
+    langevin: dict | None = None,
 ) -> dict:
     """`extractor` is for tests only; the CLI leaves it None and the FID Inception is loaded from
     --inception-weights / $MMVAE_INCEPTION_WEIGHTS / torch hub's cache (or an error says where)."""
@@ -102,18 +103,20 @@ def fid(
         extractor = F.load_fid_inception(path, device)
         weights_id = f"{path.name}:sha256:{sha256_file(path)[:16]}"
     space = InceptionSpace(extractor, device, weights_id)
-    out = _timed(seed, model_fid, model, test, space, n=n, prior=prior, cache_dir=cache_dir)
+    out = _timed(seed, model_fid, model, test, space, n=n, prior=prior, cache_dir=cache_dir, langevin=langevin)
     return {"metric": "fid", "split": test.split, "seed": seed, "weights": weights_id, **out}
 
 
-def classifier_fd(model, clf, clf_run, test: MultimodalData, device, n: int, prior: str, seed: int) -> dict:
+def classifier_fd(
+    model, clf, clf_run, test: MultimodalData, device, n: int, prior: str, seed: int, langevin: dict | None = None
+) -> dict:
     """The Frechet distance of `fid` in the feature space of the digit classifiers `clf` (loaded from
     the bundle `clf_run`; its weights file is named by its sha256), recorded as metric fd_classifier."""
     from ..classifier import WEIGHTS
 
     path = Path(clf_run) / WEIGHTS
     space = ClassifierSpace(clf, device, f"{path.name}:sha256:{sha256_file(path)[:16]}")
-    out = _timed(seed, model_fid, model, test, space, n=n, prior=prior)
+    out = _timed(seed, model_fid, model, test, space, n=n, prior=prior, langevin=langevin)
     return {
         "metric": "fd_classifier",
         "split": test.split,

@@ -111,6 +111,18 @@ class LatentPrior(nn.Module):
     def log_prob(self, z: torch.Tensor) -> torch.Tensor | None:
         return None
 
+    # --- a base an energy tilts (ebm --base KIND): its noise coordinates --------------------------------
+    def noise(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(u, c): u ~ N(0, I) and a discrete context c (a mixture's components; None) such that
+        z = push(u, c) ~ this prior. An energy over this prior runs Langevin on u, where the tilted
+        density is exp(-E(push(u, c))) N(u; 0, I) given c (VAEBM's sampling in noise space): as well
+        conditioned as over N(0, I), however sharp this prior is."""
+        raise NotImplementedError(f"the {self.kind} prior has no noise coordinates")
+
+    def push(self, u: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """z = T(u; c), differentiable in u (see `noise`)."""
+        raise NotImplementedError(f"the {self.kind} prior has no noise coordinates")
+
     def to_json(self) -> dict:
         return {}
 

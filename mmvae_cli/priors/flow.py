@@ -59,6 +59,13 @@ class FlowPrior(LatentPrior):
         self.check_options(options)
         return self.shift + self.scale * self.flow().sample((n,))
 
+    def noise(self, n: int) -> tuple[torch.Tensor, None]:
+        """u ~ N(0, I): z = shift + scale * T^-1(u)."""
+        return torch.randn(n, self.config["dim"], device=self.shift.device), None
+
+    def push(self, u: torch.Tensor, c: None = None) -> torch.Tensor:
+        return self.shift + self.scale * self.flow().transform.inv(u)
+
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return self.flow().log_prob((z - self.shift) / self.scale) - self.scale.log().sum()
 

@@ -66,6 +66,21 @@ class GMMPrior(LatentPrior):
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return self.dist().log_prob(z.double()).to(z.dtype)
 
+    def noise(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """u ~ N(0, I), c ~ Categorical(w): z = mu_c + L_c u."""
+        c = torch.multinomial(self.weights, n, replacement=True)
+        return torch.randn(n, self.means.shape[1], device=self.means.device), c
+
+    def push(self, u: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """z = mu_c + L_c u, one component at a time (memory O(n D)); differentiable in u."""
+        order = torch.argsort(c)
+        ks, counts = torch.unique_consecutive(c[order], return_counts=True)
+        parts = [
+            self.means[k].to(u.dtype) + part @ self.scale_tril[k].to(u.dtype).T
+            for k, part in zip(ks.tolist(), u[order].split(counts.tolist()))
+        ]
+        return torch.cat(parts)[torch.argsort(order)]
+
     def to_json(self) -> dict:
         return {"components": int(self.weights.numel()), "dim": int(self.means.shape[1]), **self.settings}
 

@@ -275,11 +275,61 @@ class EnergyPrior(LatentPrior):
 
     def chain(self, n: int, every: int = 0, **langevin) -> LangevinResult:
         """The Langevin run from the chains' start, or from importance-resampled starts (sampler sir;
-        snapshots every `every` steps)."""
+        snapshots every `every` steps). Over a fitted base (gmm, flow) the chains run in its noise
+        coordinates (`noise_chain`)."""
         self.check_options(langevin)
         s = self.sampler_settings(**langevin)
-        z0 = self.resample(n, int(s["proposals"])) if s["sampler"] == "sir" else self.start(n)
+        proposals = int(s["proposals"]) if s["sampler"] == "sir" else 1
+        if self.base != "base":
+            return self.noise_chain(n, proposals, s, every)
+        z0 = self.resample(n, proposals) if proposals > 1 else self.start(n)
         return self.langevin(z0, every=every, **langevin)
+
+    def noise_chain(self, n: int, proposals: int, s: dict, every: int = 0) -> LangevinResult:
+        """Langevin on the tilt of a fitted base p_b in p_b's noise coordinates (`LatentPrior.noise`):
+        z = T(u; c), u ~ N(0, I), so exp(-E(z)) p_b(z) is, given c,
+
+            log p(u | c) = -E(T(u; c)) - |u|^2 / 2 + const,
+
+        (VAEBM's sampling in noise space, Xiao et al. 2021): the chains never see the gradient of a sharp
+        p_b (a mixture's rank-deficient covariances). Starts: (u, c) ~ N(0, I) x p_b(c), or (sir) one of
+        `proposals` per chain drawn by weights exp(-E(T(u; c))), which also reweights the components c.
+        A last Tweedie step (denoise) acts on u."""
+        base = self.base_prior()
+        u, c = self.resample_noise(base, n, proposals)
+
+        def log_p(v: torch.Tensor) -> torch.Tensor:
+            return -self.energy(base.push(v, c)) - 0.5 * v.pow(2).sum(-1)
+
+        res = plain_langevin(
+            log_p,
+            u,
+            int(s["steps"]),
+            float(s["step_size"]),
+            noise_scale=float(s["noise_scale"]),
+            clip_grad=s["clip_grad"],
+            every=every,
+        )
+        u = tweedie_denoise(log_p, res.z, float(s["denoise"])) if s["denoise"] else res.z
+        with torch.no_grad():
+            return LangevinResult(base.push(u, c), [base.push(x, c) for x in res.chain])
+
+    @torch.no_grad()
+    def resample_noise(self, base: LatentPrior, n: int, proposals: int):
+        """n draws (u, c) of p_b's noise coordinates, each importance-resampled from `proposals` by
+        weights exp(-E(T(u; c))) (`resample` in noise coordinates; 1: p_b's own draws)."""
+        if proposals == 1:
+            return base.noise(n)
+        us, cs, chunk = [], [], max(1, 65536 // proposals)
+        for i in range(0, n, chunk):
+            m = min(chunk, n - i)
+            u, c = base.noise(m * proposals)
+            logw = -self.energy(base.push(u, c)).view(m, proposals)
+            k = torch.multinomial(torch.softmax(logw.double(), 1), 1).squeeze(1)
+            rows = torch.arange(m, device=u.device)
+            us.append(u.view(m, proposals, -1)[rows, k])
+            cs.append(None if c is None else c.view(m, proposals)[rows, k])
+        return torch.cat(us), (None if cs[0] is None else torch.cat(cs))
 
     def sample_given(self, z: torch.Tensor, free: torch.Tensor, **langevin) -> torch.Tensor:
         """EB-MVAE eq. 2-3: the free coordinates restarted from the chains' start, then Langevin with the

@@ -182,7 +182,10 @@ class _EnergyFit(FitLoop):
         if s.objective == "ml":
             chains = self.chains
             reuse = s.persistent and chains is not None and len(chains) >= len(idx)
-            z_neg = prior.langevin(chains[: len(idx)] if reuse else prior.start(len(idx)), denoise=0.0).z
+            if s.base != "base":  # short-run chains in the base's noise coordinates (never persistent)
+                z_neg = prior.chain(len(idx), sampler="langevin", denoise=0.0).z
+            else:
+                z_neg = prior.langevin(chains[: len(idx)] if reuse else prior.start(len(idx)), denoise=0.0).z
             if s.persistent:  # eq. 10's negatives are the chains' states, never Tweedie-denoised
                 self.chains = z_neg
             loss = maximum_likelihood_loss(prior.energy, z_pos, z_neg, s.reg)
