@@ -602,7 +602,7 @@ class FitSettings:
     )
     reg: float = setting(0.0, "ml: weight of an L2 penalty on the energies", "ours (0 = off)", min=0.0)
     persistent: bool = setting(
-        False, "ml: continue each batch's negative chains from the previous batch's", "ours", flag="--persistent"
+        False, "ml over --base base: continue each batch's negative chains from the previous batch's", "ours", flag="--persistent"
     )
     sigma: float = setting(
         0.25, "denoising: noise level", "ours, measured on EB-MVAE latents (docs/results/ebmvae.md)", gt=0.0

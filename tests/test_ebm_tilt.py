@@ -186,3 +186,22 @@ def test_bad_base_flags_are_one_line_and_write_nothing(tiny, capsys, argv, needl
     code, _, err = run(["fit-ebm", tmp / "vae", *argv, "--data-root", root, *TINY_FIT_EBM, *CPU], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
     assert sorted(str(p) for p in (tmp / "vae").rglob("*")) == before
+
+
+def test_noise_conditional_energy_on_a_shared_latent(tiny, tmp_path, capsys):
+    """fit-ebm --objective ncsn on a MoPoE latent (not only EB-MVAE's): a Gibbs energy over no base, sampled
+    by annealed Langevin and by importance resampling from its stored Gaussian."""
+    tmp, root = tiny
+    r = tmp_path / "r"
+    shutil.copytree(tmp / "vae", r)
+    code, out, err = run(
+        ["fit-ebm", r, "--objective", "ncsn", "--noise-levels", "3", "--json", "--data-root", root, *TINY_FIT_EBM, *CPU],
+        capsys,
+    )
+    assert code == 0, err
+    m = manifest(r)
+    assert set(m["priors"]) == {"ebm"} and m["priors"]["ebm"]["prior"]["density"] == "gibbs"
+    assert "base" not in m["priors"]["ebm"]["prior"] and len(m["priors"]["ebm"]["fit"]["sigmas"]) == 3
+    for extra in ([], ["--sampler", "sir", "--proposals", "5", "--steps", "0"]):
+        code, _, err = run(["sample", r, "--prior", "ebm", "-n", "4", "--out", tmp_path / "n.png", *extra, *CPU], capsys)
+        assert code == 0, err
