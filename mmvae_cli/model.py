@@ -44,9 +44,11 @@ from .config import PRIVATE_PRIORS, ModelSettings, RuntimeSettings, check_model,
 from .errors import MMVAEError
 from .fusion import Mixture, make_fusion, parse_subsets
 from .nets import grouped
+from .nets.joint import JointEncoder
 from .objectives import get_objective
 from .registry import FAMILIES, paper_objective
 from .registry import fusion as fusion_spec
+from .registry import objective as objective_spec
 
 
 def _default(name: str):
@@ -94,7 +96,7 @@ class ModelConfig:
     prior: str = _default("prior")
     learn_prior: bool = _default("learn_prior")
     hidden: int = _default("hidden")
-    extra: dict = field(default_factory=dict)  # mvae_k: MVAE's sub-sampled subsets (ModelSettings.mvae_subsets)
+    extra: dict = field(default_factory=dict)  # mvae_k (ModelSettings.mvae_subsets); a peer objective's settings
     private_dim: int = _default("private_dim")
     private_prior: str = _default("private_prior")
 
@@ -210,6 +212,7 @@ def build_config(m: ModelSettings, data) -> ModelConfig:
         for n in names
     ]
     extra = {"mvae_k": m.mvae_subsets} if m.mvae_subsets else {}
+    extra.update({k: getattr(m, k) for k in objective_spec(m.objective or paper_objective(m.fusion)).settings})
     return ModelConfig(
         specs,
         m.latent_dim,
@@ -277,6 +280,10 @@ class MultimodalVAE(nn.Module):
         for n, mod in self.modalities.items():
             self.encoders[n], self.decoders[n] = mod.nets(c.latent_dim + c.private_dim, c.hidden)
         self.fusion = make_fusion(c.fusion, len(self.names), parse_subsets(c.subsets, self.names))
+        self.joint_encoder = None  # JMVAE's q(z | X) (nets/joint.py), for a fusion that declares one
+        if self.fusion.spec.joint_encoder:
+            embed = {n: mod.nets(c.latent_dim, c.hidden)[0] for n, mod in self.modalities.items()}
+            self.joint_encoder = JointEncoder(embed, c.latent_dim, int(self.setting("joint_hidden")))
         encs, decs = list(self.encoders.values()), list(self.decoders.values())
         self.groupable = (grouped.groupable(encs, nets.ConvEncoder), grouped.groupable(decs, nets.ConvDecoder))
         self.prior = Prior(c.prior, self.z_dim, c.learn_prior)
@@ -301,6 +308,10 @@ class MultimodalVAE(nn.Module):
     grouped_nets: bool = False
     cpu_chunk: int = default_of(RuntimeSettings, "cpu_chunk")
     beta_scale: float = 1.0
+
+    def setting(self, name: str):
+        """A peer objective's setting as the bundle records it (ModelConfig.extra), else its default."""
+        return self.config.extra.get(name, _default(name))
 
     @property
     def kinds(self) -> dict[str, modalities.ModalityKind]:
@@ -370,7 +381,8 @@ class MultimodalVAE(nn.Module):
         self, x: dict[str, torch.Tensor], present: torch.Tensor | None = None
     ) -> tuple[td.Distribution, dict[str, td.Distribution]]:
         """Unimodal posteriors q(z | x_m) stacked to batch shape (M, B, D) (absent modalities get
-        placeholder rows that the fusion's masks never select), and the private posteriors
+        placeholder rows that the fusion's masks never select; with a joint encoder and every modality
+        given, q(z | X) as row M: (M + 1, B, D)), and the private posteriors
         q(w_m | x_m) (B, D_w) of the given modalities (empty without private latents). With `present`
         (B, M), absent rows are encoded from zeros (see `observed`) and never selected either."""
         x = self.observed(x, present)
@@ -390,6 +402,12 @@ class MultimodalVAE(nn.Module):
                     loc, raw = loc[:, :Dz], raw[:, :Dz]
             else:
                 loc = raw = some.new_zeros(B, Dz)
+            locs.append(loc)
+            raws.append(raw)
+        if self.joint_encoder is not None and all(n in x for n in self.names):  # row M: q(z | X) (fusion joint)
+            je = self.joint_encoder
+            e = torch.cat([self.run_net(je.encoders[n], x[n])[0] for n in self.names], dim=-1)
+            loc, raw = self.run_net(je.head, e)
             locs.append(loc)
             raws.append(raw)
         return D.expert(self.config.posterior, torch.stack(locs), torch.stack(raws)), private
