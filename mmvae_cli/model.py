@@ -287,9 +287,11 @@ class MultimodalVAE(nn.Module):
         encs, decs = list(self.encoders.values()), list(self.decoders.values())
         self.groupable = (grouped.groupable(encs, nets.ConvEncoder), grouped.groupable(decs, nets.ConvDecoder))
         self.prior = Prior(c.prior, self.z_dim, c.learn_prior)
-        # MMVAE+: p(w_m) of the prior's family with a learned scale, one per modality
+        # private latents: p(w_m) of the prior's family, one per modality, with a learned scale for MMVAE+'s
+        # objectives (a fixed one for DMVAE's, which would leave the scale without a gradient)
+        learn_w = objective_spec(c.objective).learned_private_prior
         self.private_priors = nn.ModuleDict(
-            {n: Prior(c.prior, c.private_dim, learn=True) for n in self.names} if c.private_dim else {}
+            {n: Prior(c.prior, c.private_dim, learn=learn_w) for n in self.names} if c.private_dim else {}
         )
         self.priors: dict = {}  # attached priors by kind (priors.LatentPrior; not submodules), attach_prior
         self.train_prior = None  # the one trained with the VAE (a submodule once attached), attach_prior

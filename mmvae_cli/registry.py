@@ -62,6 +62,7 @@ class Objective:
 
     code: str  # "module:function" under mmvae_cli: (model, x, present) -> (loss, stats)
     private_latents: bool = False  # handles private latents (MMVAE+'s stratified cross terms; DMVAE's)
+    learned_private_prior: bool = False  # learns the scale of p(w_m) (MMVAE+'s cross terms draw from it)
     fusions: tuple[str, ...] = ()  # the fusions it is defined for (() = any); the first when none is named
     model: str = ""  # the model it makes with them ("" = the fusion's): recipes/<family>-<model>.toml
     settings: tuple[str, ...] = ()  # the ModelSettings fields it reads (recorded in ModelConfig.extra)
@@ -71,8 +72,8 @@ class Objective:
 
 OBJECTIVES = {
     "elbo": Objective("objectives:elbo"),
-    "iwae": Objective("objectives:iwae", private_latents=True),
-    "dreg": Objective("objectives:dreg", private_latents=True),
+    "iwae": Objective("objectives:iwae", private_latents=True, learned_private_prior=True),
+    "dreg": Objective("objectives:dreg", private_latents=True, learned_private_prior=True),
     "mvae": Objective("objectives:mvae"),
     "mvtcae": Objective("objectives:mvtcae", fusions=("poe",), model="mvtcae", settings=("mvtcae_alpha",)),
     "jmvae": Objective("objectives:jmvae", fusions=("joint",), model="jmvae", settings=("jmvae_alpha", "joint_hidden")),
