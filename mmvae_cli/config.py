@@ -193,7 +193,8 @@ class ModelSettings:
         "elbo: generalised multimodal ELBO; iwae/dreg: stratified IWAE of MMVAE "
         "(dreg: doubly-reparameterised gradients); mvae: MVAE's sub-sampled sum of "
         "ELBOs (not a bound); the peer models, each with its fusion (filled in when none is named): "
-        "jmvae (JMVAE-KL, fusion joint), mmjsd (mmJSD, moe), mvtcae (MVTCAE, poe), dmvae (DMVAE, poe). "
+        "jmvae (JMVAE-KL, fusion joint), mmjsd (mmJSD, moe), mvtcae (MVTCAE, poe), dmvae (DMVAE, poe), "
+        "cmvae (CMVAE: MMVAE+ with a clustering prior, moe). "
         "Default: each fusion's paper (mvae for poe, iwae for moe, jmvae for joint, elbo otherwise)",
         "the papers",
         choices=(*OBJECTIVES, None),
@@ -226,10 +227,18 @@ class ModelSettings:
         "MultiVae's default joint encoder",
         min=1,
     )
+    clusters: int = setting(
+        10,
+        "CMVAE (--objective cmvae): K, the components of the clustering prior p(z) = sum_k pi_k p(z | c = k), "
+        "an over-estimate that `mmvae eval clusters` prunes after training",
+        "MultiVae 1.0.3's default (its PolyMNIST reproduction of Palumbo et al. 2024 starts from 40: the recipe)",
+        min=2,
+        max=1024,
+    )
     private_dim: int = setting(
         0,
-        "size of each modality's private latent w_m: MMVAE+ (--fusion moe, --objective iwae|dreg) or "
-        "DMVAE (--objective dmvae)",
+        "size of each modality's private latent w_m: MMVAE+ (--fusion moe, --objective iwae|dreg), "
+        "DMVAE (--objective dmvae) or CMVAE (--objective cmvae)",
         "Palumbo et al. 2023 (0 = no private latents)",
         min=0,
     )
@@ -262,8 +271,8 @@ class ModelSettings:
     )
     learn_prior: bool = setting(
         False,
-        "learn the base prior's scale",
-        "MMVAE MNIST-SVHN reference learns it",
+        "learn the base prior's scale (CMVAE: its clusters' scales; their means and weights are always learned)",
+        "MMVAE MNIST-SVHN reference learns it; CMVAE's reference code fixes the clusters' scales at 1",
         flag="--learn-prior/--fixed-prior",
     )
     likelihood: str = setting(

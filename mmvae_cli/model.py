@@ -250,6 +250,72 @@ class Prior(nn.Module):
     def dist(self) -> td.Distribution:
         return D.expert(self.kind, self.loc, self.raw)
 
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) summed over the latent: (...,)."""
+        return self.dist().log_prob(z).sum(-1)
+
+    def sample(self, n: int) -> torch.Tensor:
+        return self.dist().sample((n,))
+
+
+class ClusterPrior(nn.Module):
+    """CMVAE's clustering prior (Palumbo et al. 2024) on the shared latent:
+
+        p(z) = sum_k pi_k p(z | c = k),   p(z | c = k) = prod_d F(z_d; mu_kd, s_kd),   pi = softmax(logits),
+
+    F the prior's family (Gaussian or Laplace, `distributions.expert`). The weights and the means are
+    learned, mu_k ~ U(-1, 1)^D at initialisation and pi uniform, as the reference code and MultiVae 1.0.3;
+    the scales are fixed at 1 as there (raw 0), learned with `learn` (--learn-prior). A cluster removed
+    after training (`mmvae eval clusters --apply`) has logit -inf: pi_k = 0. The cluster posterior is
+    q(c | z) = p(c | z) = pi_c p(z | c) / p(z) (`responsibilities`)."""
+
+    def __init__(self, kind: str, dim: int, k: int, learn: bool = False):
+        super().__init__()
+        if kind not in FAMILIES:
+            raise MMVAEError(f"unknown prior {kind!r}; choose gaussian or laplace")
+        self.kind = kind
+        self.logits = nn.Parameter(torch.zeros(k))
+        self.loc = nn.Parameter(2 * torch.rand(k, dim) - 1)
+        raw = torch.zeros(k, dim)
+        if learn:
+            self.raw = nn.Parameter(raw)
+        else:
+            self.register_buffer("raw", raw)
+
+    def components(self) -> td.Distribution:
+        """p(z | c = k) for every k: batch shape (K, D)."""
+        return D.expert(self.kind, self.loc, self.raw)
+
+    def log_joint(self, z: torch.Tensor) -> torch.Tensor:
+        """log pi_k + log p(z | c = k): (..., K) for z (..., D)."""
+        return torch.log_softmax(self.logits, -1) + self.components().log_prob(z.unsqueeze(-2)).sum(-1)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) = logsumexp_k (log pi_k + log p(z | c = k)): (...,)."""
+        return torch.logsumexp(self.log_joint(z), -1)
+
+    def responsibilities(self, z: torch.Tensor) -> torch.Tensor:
+        """q(c = k | z) = p(c = k | z): (..., K)."""
+        return torch.softmax(self.log_joint(z), -1)
+
+    def sample(self, n: int) -> torch.Tensor:
+        """n latents: c ~ Categorical(pi), then z ~ p(z | c). (n, D)"""
+        c = td.Categorical(logits=self.logits).sample((n,))
+        comp = self.components()
+        return type(comp)(comp.loc[c], comp.scale[c], validate_args=False).sample()
+
+    def dist(self) -> td.Distribution:
+        """p(z) as a torch distribution (its log_prob is over the whole latent, not per dimension)."""
+        comp = td.Independent(self.components(), 1)
+        return td.MixtureSameFamily(td.Categorical(logits=self.logits), comp, validate_args=False)
+
+
+def make_prior(c: ModelConfig, dim: int) -> nn.Module:
+    """The model's p(z): the base prior, or the clustering prior of an objective that declares one (CMVAE)."""
+    if objective_spec(c.objective).clusters:
+        return ClusterPrior(c.prior, dim, int(c.extra.get("clusters", _default("clusters"))), c.learn_prior)
+    return Prior(c.prior, dim, c.learn_prior)
+
 
 class MultimodalVAE(nn.Module):
     def __init__(self, config: ModelConfig):
@@ -286,7 +352,7 @@ class MultimodalVAE(nn.Module):
             self.joint_encoder = JointEncoder(embed, c.latent_dim, int(self.setting("joint_hidden")))
         encs, decs = list(self.encoders.values()), list(self.decoders.values())
         self.groupable = (grouped.groupable(encs, nets.ConvEncoder), grouped.groupable(decs, nets.ConvDecoder))
-        self.prior = Prior(c.prior, self.z_dim, c.learn_prior)
+        self.prior = make_prior(c, self.z_dim)  # p(z): Prior, or CMVAE's ClusterPrior
         # private latents: p(w_m) of the prior's family, one per modality, with a learned scale for MMVAE+'s
         # objectives (a fixed one for DMVAE's, which would leave the scale without a gradient)
         learn_w = objective_spec(c.objective).learned_private_prior
@@ -514,12 +580,12 @@ class MultimodalVAE(nn.Module):
 
     @torch.no_grad()
     def sample_prior(self, n: int) -> torch.Tensor:
-        """n latents from the base prior p(z). (n, D)"""
-        return self.prior.dist().sample((n,))
+        """n latents from the base prior p(z) (CMVAE: its clustering prior). (n, D)"""
+        return self.prior.sample(n)
 
     def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """log p0(z) summed over the latent: (B,)."""
-        return self.prior.dist().log_prob(z).sum(-1)
+        """log p0(z) summed over the latent: (...,) for z (..., D)."""
+        return self.prior.log_prob(z)
 
     # --- priors (priors/: base, ebm, gmm, flow, ...) ---------------------------------------------------
     def attach_prior(self, prior) -> None:

@@ -128,7 +128,7 @@ def _stratified_log_weights(model, x, k: int, stop_q: bool = False, present=None
     q = model.fuse(experts, x, present)
     z = q.rsample_each(k)  # (S, K, B, Dz)
     q_density = q.detached() if stop_q else q
-    reg = model.prior.dist().log_prob(z).sum(-1) - q_density.log_prob(z)
+    reg = model.base_log_prob(z) - q_density.log_prob(z)  # log p(z): CMVAE's the clustering prior's
     tp = model.train_prior
     w = tp.energy_weight() if tp is not None else 0.0
     if w:  # log p_f(z) = log p0(z) - f E(z) - log Z_f
@@ -380,6 +380,24 @@ def dmvae(model, x, present=None):
     per = torch.where(counted, elbos, zero).sum(0)
     loss = -per.mean()
     return loss, {"loss": loss.item(), "rec": -torch.where(counted, rec, zero).sum(0).mean().item()}
+
+
+def cmvae(model, x, present=None):
+    """CMVAE (Palumbo et al. 2024): MMVAE+'s objective (fusion moe, private latents w_m; `dreg`, the DReG
+    estimator of the stratified IWAE, `_stratified_log_weights`, as MultiVae's default loss) with the
+    clustering prior p(z) = sum_k pi_k p(z | c = k) (model.ClusterPrior) in its log p(z) term:
+
+        log w = sum_d log p(x_d | z, w^(d)) + beta (log p(z) + log p(w_r) - log 1/M sum_m q(z | x_m) - log q(w_r | x_r)).
+
+    The paper writes the cluster variable out, E_{q(c|z)}[log pi_c + log p(z | c) - log q(c | z)] in place
+    of log p(z), with q(c | z) = p(c | z) = pi_c p(z | c) / p(z) (MultiVae 1.0.3 likewise): each term of that
+    expectation equals log p(z), so the two are the same value, and the same gradients (the expectation is
+    stationary in q(c | z) there). Stats add `clusters_used`, exp H(pi), the effective number of clusters."""
+    loss, stats = dreg(model, x, present)
+    with torch.no_grad():
+        log_pi = torch.log_softmax(model.prior.logits, -1)
+        stats["clusters_used"] = torch.exp(-(log_pi.exp() * log_pi.nan_to_num(neginf=0.0)).sum()).item()
+    return loss, stats
 
 
 def get_objective(name: str) -> Callable:

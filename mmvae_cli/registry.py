@@ -8,7 +8,7 @@ rest of the program asks of the piece, so that nothing else branches on its name
                has a shared latent, multiplies experts, takes MMVAE+'s private latents, mixes --subsets,
                stratifies the ELBO by batch chunks, has a joint encoder q(z | X) (JMVAE), needs complete tuples
     objective  "module:function" (objectives.py), whether it takes private latents, and for a peer model's
-               objective (JMVAE, mmJSD, MVTCAE, DMVAE) the fusions it is defined for, the model it makes
+               objective (JMVAE, mmJSD, MVTCAE, DMVAE, CMVAE) the fusions it is defined for, the model it makes
                (its recipes), the ModelSettings it reads, and what it needs of the posteriors and the prior
 
 A model is a composition: `--objective mvtcae` is MVTCAE (PoE fusion, its objective), `--fusion mopoe`
@@ -68,6 +68,7 @@ class Objective:
     settings: tuple[str, ...] = ()  # the ModelSettings fields it reads (recorded in ModelConfig.extra)
     gaussian: bool = False  # closed forms only for Gaussian posteriors and prior
     train_prior: bool = True  # takes a prior trained with the VAE (`train --prior ebm`)
+    clusters: bool = False  # its p(z) is a mixture of --clusters learned components (CMVAE; model.ClusterPrior)
 
 
 OBJECTIVES = {
@@ -79,6 +80,16 @@ OBJECTIVES = {
     "jmvae": Objective("objectives:jmvae", fusions=("joint",), model="jmvae", settings=("jmvae_alpha", "joint_hidden")),
     "mmjsd": Objective("objectives:mmjsd", fusions=("moe",), model="mmjsd", gaussian=True, train_prior=False),
     "dmvae": Objective("objectives:dmvae", private_latents=True, fusions=("poe",), model="dmvae", train_prior=False),
+    "cmvae": Objective(
+        "objectives:cmvae",
+        private_latents=True,
+        learned_private_prior=True,
+        fusions=("moe",),
+        model="cmvae",
+        settings=("clusters",),
+        train_prior=False,
+        clusters=True,
+    ),
 }
 
 FAMILIES = ("gaussian", "laplace")  # of the posteriors q(z | x_m) and the base prior p0(z) (distributions.expert)
