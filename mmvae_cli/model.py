@@ -18,6 +18,10 @@ cross-generation of a missing modality) use the fixed p(w_m) = Laplace(0, I) (N(
 Gaussian prior). With "learned" (bundles made before the option) the learned prior is used
 everywhere. See `MultimodalVAE.w_prior`.
 
+An objective may declare a prior of its own: CMVAE's (--objective cmvae) p(z) is a learned mixture
+of --clusters components (`ClusterPrior`), which every use of the base prior then takes (its log p(z),
+sampling, `mmvae eval clusters`).
+
 `ModelConfig` is the JSON-serialisable description stored in a bundle's manifest (its defaults are
 config.ModelSettings'); `MultimodalVAE(config)` rebuilds the same network from it, one
 `modalities.Modality` per modality (kind, nets, likelihood).

@@ -1,4 +1,5 @@
-"""The peer models as compositions (registry.OBJECTIVES): JMVAE, mmJSD, MVTCAE and DMVAE.
+"""The peer models as compositions (registry.OBJECTIVES): JMVAE, mmJSD, MVTCAE and DMVAE (CMVAE's
+objective: test_cmvae.py; its end-to-end run is here with the others).
 
 Each objective's value against a hand computation on test_objective_terms' linear-Gaussian model (fixed
 expert heads, bias-free linear decoders with fixed Gaussian noise, float64): the drawn latents are read
@@ -169,8 +170,9 @@ MODELS = {  # the CLI scheme: --objective names the model; its fusion is filled 
     "jmvae": ["--objective", "jmvae", "--joint-hidden", "8"],
     "mmjsd": ["--objective", "mmjsd", "--missing-ratio", "0.3"],
     "dmvae": ["--objective", "dmvae", "--private-dim", "2", "--missing-ratio", "0.3"],
+    "cmvae": ["--objective", "cmvae", "--private-dim", "2", "--clusters", "3", "--missing-ratio", "0.3"],
 }
-FUSION = {"mvtcae": "poe", "jmvae": "joint", "mmjsd": "moe", "dmvae": "poe"}
+FUSION = {"mvtcae": "poe", "jmvae": "joint", "mmjsd": "moe", "dmvae": "poe", "cmvae": "moe"}
 CPU = ["--device", "cpu"]
 
 
