@@ -235,21 +235,25 @@ def build_config(m: ModelSettings, data) -> ModelConfig:
     )
 
 
+def _family_and_scale(prior: nn.Module, kind: str, raw: torch.Tensor, learn: bool) -> None:
+    """A prior's family (checked) and raw scale: a parameter when learned, else a buffer."""
+    if kind not in FAMILIES:
+        raise MMVAEError(f"unknown prior {kind!r}; choose gaussian or laplace")
+    prior.kind = kind
+    if learn:
+        prior.raw = nn.Parameter(raw)
+    else:
+        prior.register_buffer("raw", raw)
+
+
 class Prior(nn.Module):
     """p(z): N(0, I) or Laplace(0, I); with learn_prior the scale is learned
     (raw scale parameterised as the posterior's: exp(raw/2) or softmax(raw) * D)."""
 
     def __init__(self, kind: str, dim: int, learn: bool = False):
         super().__init__()
-        if kind not in FAMILIES:
-            raise MMVAEError(f"unknown prior {kind!r}; choose gaussian or laplace")
-        self.kind = kind
         self.register_buffer("loc", torch.zeros(dim))
-        raw = torch.zeros(dim)
-        if learn:
-            self.raw = nn.Parameter(raw)
-        else:
-            self.register_buffer("raw", raw)
+        _family_and_scale(self, kind, torch.zeros(dim), learn)
 
     def dist(self) -> td.Distribution:
         return D.expert(self.kind, self.loc, self.raw)
@@ -275,16 +279,9 @@ class ClusterPrior(nn.Module):
 
     def __init__(self, kind: str, dim: int, k: int, learn: bool = False):
         super().__init__()
-        if kind not in FAMILIES:
-            raise MMVAEError(f"unknown prior {kind!r}; choose gaussian or laplace")
-        self.kind = kind
         self.logits = nn.Parameter(torch.zeros(k))
         self.loc = nn.Parameter(2 * torch.rand(k, dim) - 1)
-        raw = torch.zeros(k, dim)
-        if learn:
-            self.raw = nn.Parameter(raw)
-        else:
-            self.register_buffer("raw", raw)
+        _family_and_scale(self, kind, torch.zeros(k, dim), learn)
 
     def components(self) -> td.Distribution:
         """p(z | c = k) for every k: batch shape (K, D)."""
