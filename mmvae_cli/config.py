@@ -183,7 +183,8 @@ class ModelSettings:
         "mopoe",
         "poe = MVAE (product of experts with the prior expert), moe = MMVAE (mixture of "
         "experts), mopoe = MoPoE (mixture over all subsets' products), none = EB-MVAE's "
-        "independent unimodal VAEs (couple them with `mmvae fit-ebm`)",
+        "independent unimodal VAEs (couple them with `mmvae fit-ebm`), joint = JMVAE (a joint "
+        "encoder q(z | X); a subset: the product of its unimodal experts)",
         "ours: MoPoE, the model of the quick start",
         choices=tuple(FUSIONS),
     )
@@ -191,8 +192,10 @@ class ModelSettings:
         None,
         "elbo: generalised multimodal ELBO; iwae/dreg: stratified IWAE of MMVAE "
         "(dreg: doubly-reparameterised gradients); mvae: MVAE's sub-sampled sum of "
-        "ELBOs (not a bound). Default: each fusion's paper (mvae for poe, iwae for moe, "
-        "elbo otherwise)",
+        "ELBOs (not a bound); the peer models, each with its fusion (filled in when none is named): "
+        "jmvae (JMVAE-KL, fusion joint), mmjsd (mmJSD, moe), mvtcae (MVTCAE, poe), dmvae (DMVAE, poe), "
+        "cmvae (CMVAE: MMVAE+ with a clustering prior, moe). "
+        "Default: each fusion's paper (mvae for poe, iwae for moe, jmvae for joint, elbo otherwise)",
         "the papers",
         choices=(*OBJECTIVES, None),
         optional=True,
@@ -205,9 +208,37 @@ class ModelSettings:
         "Wu & Goodman 2018 (0 = joint + unimodal)",
         min=0,
     )
+    mvtcae_alpha: float = setting(
+        5 / 6,
+        "MVTCAE (--objective mvtcae): alpha, the weight of the conditional VIB terms against the joint VIB term",
+        "MultiVae's PolyMNIST case study (alpha 5/6, beta 2.5), following the MVTCAE reference code",
+        min=0.0,
+        max=1.0,
+    )
+    jmvae_alpha: float = setting(
+        0.1,
+        "JMVAE (--objective jmvae): alpha, the weight of sum_m KL(q(z | X) || q(z | x_m))",
+        "JMVAE-KL (Suzuki et al. 2016); MultiVae's default and PolyMNIST case study",
+        min=0.0,
+    )
+    joint_hidden: int = setting(
+        512,
+        "JMVAE (--fusion joint): hidden units of the two layers joining the M embeddings in q(z | X)",
+        "MultiVae's default joint encoder",
+        min=1,
+    )
+    clusters: int = setting(
+        10,
+        "CMVAE (--objective cmvae): K, the components of the clustering prior p(z) = sum_k pi_k p(z | c = k), "
+        "an over-estimate that `mmvae eval clusters` prunes after training",
+        "MultiVae 1.0.3's default (its PolyMNIST reproduction of Palumbo et al. 2024 starts from 40: the recipe)",
+        min=2,
+        max=1024,
+    )
     private_dim: int = setting(
         0,
-        "MMVAE+: size of each modality's private latent w_m (needs --fusion moe and --objective iwae|dreg)",
+        "size of each modality's private latent w_m: MMVAE+ (--fusion moe, --objective iwae|dreg), "
+        "DMVAE (--objective dmvae) or CMVAE (--objective cmvae)",
         "Palumbo et al. 2023 (0 = no private latents)",
         min=0,
     )
@@ -240,8 +271,8 @@ class ModelSettings:
     )
     learn_prior: bool = setting(
         False,
-        "learn the base prior's scale",
-        "MMVAE MNIST-SVHN reference learns it",
+        "learn the base prior's scale (CMVAE: its clusters' scales; their means and weights are always learned)",
+        "MMVAE MNIST-SVHN reference learns it; CMVAE's reference code fixes the clusters' scales at 1",
         flag="--learn-prior/--fixed-prior",
     )
     likelihood: str = setting(
@@ -881,15 +912,31 @@ def check_model(m: ModelSettings, joint: JointEnergySettings | None = None) -> N
     cannot work, refused with one line before anything runs."""
     joint_ebm = joint is not None
     fusion, objective = registry.fusion(m.fusion), registry.objective(m.objective)
-    if m.private_dim and not (fusion.private_latents and objective.private_latents):
+    if objective.fusions and m.fusion not in objective.fusions:
+        raise MMVAEError(
+            f"--objective {m.objective} is defined for --fusion {' or '.join(objective.fusions)}, not {m.fusion}"
+        )
+    if fusion.joint_encoder and m.fusion not in objective.fusions:
+        raise MMVAEError(
+            f"--fusion {m.fusion} trains its unimodal encoders only with --objective "
+            f"{' or '.join(n for n, o in OBJECTIVES.items() if m.fusion in o.fusions)}"
+        )
+    if m.private_dim and not (objective.private_latents and (fusion.private_latents or objective.fusions)):
         raise MMVAEError(
             f"--private-dim (MMVAE+) needs --fusion {' or '.join(declaring(FUSIONS, 'private_latents'))} and "
             f"--objective {' or '.join(declaring(OBJECTIVES, 'private_latents'))}"
         )
-    if fusion.products and (m.posterior != "gaussian" or m.prior != "gaussian"):
+    if (fusion.products or objective.gaussian) and (m.posterior != "gaussian" or m.prior != "gaussian"):
+        what = f"fusion {m.fusion}" if fusion.products else f"--objective {m.objective}"
         raise MMVAEError(
-            f"fusion {m.fusion} needs Gaussian posteriors and prior (a product with Laplace experts "
-            "has no closed form); use --posterior gaussian or --fusion moe"
+            f"{what} needs Gaussian posteriors and prior (a product with Laplace experts "
+            "has no closed form); use --posterior gaussian"
+            + (" or --fusion moe" if fusion.products and not objective.fusions else "")
+        )
+    if joint_ebm and not objective.train_prior:
+        raise MMVAEError(
+            f"--prior ebm: --objective {m.objective} has no term for a prior trained with the VAE; "
+            "fit one after training (`mmvae fit-ebm RUN`)"
         )
     if joint_ebm and not fusion.shared_latent:
         raise MMVAEError(
@@ -900,6 +947,16 @@ def check_model(m: ModelSettings, joint: JointEnergySettings | None = None) -> N
         raise MMVAEError("--mvae-subsets needs --objective mvae")
     if joint_ebm and m.learn_prior and joint.feedback != 1.0:
         raise MMVAEError(LEARNED_P0_NEEDS_FEEDBACK_1)
+
+
+def check_partial(m: ModelSettings, why: str) -> None:
+    """Refuse partially observed training tuples (`why`: where they come from) for a model whose fusion
+    needs every modality of a tuple (JMVAE's joint encoder)."""
+    if registry.fusion(m.fusion).complete:
+        raise MMVAEError(
+            f"{why}: {registry.model_name(m.fusion, m.objective)} (--fusion {m.fusion}) trains on complete "
+            "tuples only (its joint encoder q(z | X) reads every modality)"
+        )
 
 
 def resolve(cls, overrides: dict, base=None):

@@ -15,6 +15,8 @@ for MoPoE), so one vectorised code path serves all of them:
 - none  (EB-MVAE, the unimodal VAEs of an energy-based multimodal VAE): no shared latent; z is the
   concatenation (z_1, ..., z_M) of M unimodal latents and q(z | X_A) = prod_{m in A} q(z_m | x_m)
   prod_{m not in A} p(z_m): one component whose unobserved blocks are the prior's.
+- joint (JMVAE, Suzuki et al. 2016): all M modalities: the joint encoder's q(z | X); a strict subset:
+  the product of its unimodal experts without the prior expert (`Joint`). Complete tuples only.
 
 Partially observed tuples (`present`, bool (B, M): which modalities each tuple has) stay in the same
 vectorised computation: with O_b the modalities tuple b observes (and that are given),
@@ -296,6 +298,31 @@ class Independent(Fusion):
         scale = torch.where(g, experts.scale, prior.scale.reshape(M, 1, d))
         cat = lambda t: t.permute(1, 0, 2).reshape(1, B, M * d)  # noqa: E731
         return Mixture(type(experts)(cat(loc), cat(scale)), given[None, :].clone())
+
+
+class Joint(Fusion):
+    """JMVAE (Suzuki et al. 2016): q(z | X) is the joint encoder's own expert, row M of the experts that
+    MultimodalVAE.encode appends when every modality is given; for a strict subset A of the modalities
+
+        q(z | X_A) ∝ prod_{m in A} q(z | x_m)   (no prior expert; for |A| = 1 the unimodal encoder itself),
+
+    the inference MultiVae uses (the JMVAE paper, with M = 2, has only the unimodal case). The joint
+    encoder reads every modality, so a tuple missing one has no q(z | X): partial tuples are refused."""
+
+    name = "joint"
+
+    def components(self, given):
+        return given[None, :].clone(), torch.zeros(1, dtype=torch.bool)
+
+    def combine(self, experts, given, prior, present=None):
+        if present is not None and not bool(present.to(given.device)[:, given].all()):
+            raise MMVAEError("fusion joint (JMVAE) needs complete tuples: its q(z | X) reads every modality")
+        if experts.loc.shape[0] > self.M:  # the joint expert is there (every modality given)
+            rows = slice(self.M, self.M + 1) if bool(given.all()) else slice(0, self.M)
+            experts = type(experts)(experts.loc[rows], experts.scale[rows], validate_args=False)
+            if bool(given.all()):
+                return Mixture(experts, given[None, :].clone())
+        return super().combine(experts, given, prior)
 
 
 def make_fusion(name: str, n_modalities: int, subsets: torch.Tensor | None = None) -> Fusion:

@@ -18,6 +18,10 @@ cross-generation of a missing modality) use the fixed p(w_m) = Laplace(0, I) (N(
 Gaussian prior). With "learned" (bundles made before the option) the learned prior is used
 everywhere. See `MultimodalVAE.w_prior`.
 
+An objective may declare a prior of its own: CMVAE's (--objective cmvae) p(z) is a learned mixture
+of --clusters components (`ClusterPrior`), which every use of the base prior then takes (its log p(z),
+sampling, `mmvae eval clusters`).
+
 `ModelConfig` is the JSON-serialisable description stored in a bundle's manifest (its defaults are
 config.ModelSettings'); `MultimodalVAE(config)` rebuilds the same network from it, one
 `modalities.Modality` per modality (kind, nets, likelihood).
@@ -44,9 +48,11 @@ from .config import PRIVATE_PRIORS, ModelSettings, RuntimeSettings, check_model,
 from .errors import MMVAEError
 from .fusion import Mixture, make_fusion, parse_subsets
 from .nets import grouped
+from .nets.joint import JointEncoder
 from .objectives import get_objective
 from .registry import FAMILIES, paper_objective
 from .registry import fusion as fusion_spec
+from .registry import objective as objective_spec
 
 
 def _default(name: str):
@@ -94,7 +100,7 @@ class ModelConfig:
     prior: str = _default("prior")
     learn_prior: bool = _default("learn_prior")
     hidden: int = _default("hidden")
-    extra: dict = field(default_factory=dict)  # mvae_k: MVAE's sub-sampled subsets (ModelSettings.mvae_subsets)
+    extra: dict = field(default_factory=dict)  # mvae_k (ModelSettings.mvae_subsets); a peer objective's settings
     private_dim: int = _default("private_dim")
     private_prior: str = _default("private_prior")
 
@@ -210,6 +216,7 @@ def build_config(m: ModelSettings, data) -> ModelConfig:
         for n in names
     ]
     extra = {"mvae_k": m.mvae_subsets} if m.mvae_subsets else {}
+    extra.update({k: getattr(m, k) for k in objective_spec(m.objective or paper_objective(m.fusion)).settings})
     return ModelConfig(
         specs,
         m.latent_dim,
@@ -228,24 +235,87 @@ def build_config(m: ModelSettings, data) -> ModelConfig:
     )
 
 
+def _family_and_scale(prior: nn.Module, kind: str, raw: torch.Tensor, learn: bool) -> None:
+    """A prior's family (checked) and raw scale: a parameter when learned, else a buffer."""
+    if kind not in FAMILIES:
+        raise MMVAEError(f"unknown prior {kind!r}; choose gaussian or laplace")
+    prior.kind = kind
+    if learn:
+        prior.raw = nn.Parameter(raw)
+    else:
+        prior.register_buffer("raw", raw)
+
+
 class Prior(nn.Module):
     """p(z): N(0, I) or Laplace(0, I); with learn_prior the scale is learned
     (raw scale parameterised as the posterior's: exp(raw/2) or softmax(raw) * D)."""
 
     def __init__(self, kind: str, dim: int, learn: bool = False):
         super().__init__()
-        if kind not in FAMILIES:
-            raise MMVAEError(f"unknown prior {kind!r}; choose gaussian or laplace")
-        self.kind = kind
         self.register_buffer("loc", torch.zeros(dim))
-        raw = torch.zeros(dim)
-        if learn:
-            self.raw = nn.Parameter(raw)
-        else:
-            self.register_buffer("raw", raw)
+        _family_and_scale(self, kind, torch.zeros(dim), learn)
 
     def dist(self) -> td.Distribution:
         return D.expert(self.kind, self.loc, self.raw)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) summed over the latent: (...,)."""
+        return self.dist().log_prob(z).sum(-1)
+
+    def sample(self, n: int) -> torch.Tensor:
+        return self.dist().sample((n,))
+
+
+class ClusterPrior(nn.Module):
+    """CMVAE's clustering prior (Palumbo et al. 2024) on the shared latent:
+
+        p(z) = sum_k pi_k p(z | c = k),   p(z | c = k) = prod_d F(z_d; mu_kd, s_kd),   pi = softmax(logits),
+
+    F the prior's family (Gaussian or Laplace, `distributions.expert`). The weights and the means are
+    learned, mu_k ~ U(-1, 1)^D at initialisation and pi uniform, as the reference code and MultiVae 1.0.3;
+    the scales are fixed at 1 as there (raw 0), learned with `learn` (--learn-prior). A cluster removed
+    after training (`mmvae eval clusters --apply`) has logit -inf: pi_k = 0. The cluster posterior is
+    q(c | z) = p(c | z) = pi_c p(z | c) / p(z) (`responsibilities`)."""
+
+    def __init__(self, kind: str, dim: int, k: int, learn: bool = False):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(k))
+        self.loc = nn.Parameter(2 * torch.rand(k, dim) - 1)
+        _family_and_scale(self, kind, torch.zeros(k, dim), learn)
+
+    def components(self) -> td.Distribution:
+        """p(z | c = k) for every k: batch shape (K, D)."""
+        return D.expert(self.kind, self.loc, self.raw)
+
+    def log_joint(self, z: torch.Tensor) -> torch.Tensor:
+        """log pi_k + log p(z | c = k): (..., K) for z (..., D)."""
+        return torch.log_softmax(self.logits, -1) + self.components().log_prob(z.unsqueeze(-2)).sum(-1)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) = logsumexp_k (log pi_k + log p(z | c = k)): (...,)."""
+        return torch.logsumexp(self.log_joint(z), -1)
+
+    def responsibilities(self, z: torch.Tensor) -> torch.Tensor:
+        """q(c = k | z) = p(c = k | z): (..., K)."""
+        return torch.softmax(self.log_joint(z), -1)
+
+    def sample(self, n: int) -> torch.Tensor:
+        """n latents: c ~ Categorical(pi), then z ~ p(z | c). (n, D)"""
+        c = td.Categorical(logits=self.logits).sample((n,))
+        comp = self.components()
+        return type(comp)(comp.loc[c], comp.scale[c], validate_args=False).sample()
+
+    def dist(self) -> td.Distribution:
+        """p(z) as a torch distribution (its log_prob is over the whole latent, not per dimension)."""
+        comp = td.Independent(self.components(), 1)
+        return td.MixtureSameFamily(td.Categorical(logits=self.logits), comp, validate_args=False)
+
+
+def make_prior(c: ModelConfig, dim: int) -> nn.Module:
+    """The model's p(z): the base prior, or the clustering prior of an objective that declares one (CMVAE)."""
+    if objective_spec(c.objective).clusters:
+        return ClusterPrior(c.prior, dim, int(c.extra.get("clusters", _default("clusters"))), c.learn_prior)
+    return Prior(c.prior, dim, c.learn_prior)
 
 
 class MultimodalVAE(nn.Module):
@@ -277,12 +347,18 @@ class MultimodalVAE(nn.Module):
         for n, mod in self.modalities.items():
             self.encoders[n], self.decoders[n] = mod.nets(c.latent_dim + c.private_dim, c.hidden)
         self.fusion = make_fusion(c.fusion, len(self.names), parse_subsets(c.subsets, self.names))
+        self.joint_encoder = None  # JMVAE's q(z | X) (nets/joint.py), for a fusion that declares one
+        if self.fusion.spec.joint_encoder:
+            embed = {n: mod.nets(c.latent_dim, c.hidden)[0] for n, mod in self.modalities.items()}
+            self.joint_encoder = JointEncoder(embed, c.latent_dim, int(self.setting("joint_hidden")))
         encs, decs = list(self.encoders.values()), list(self.decoders.values())
         self.groupable = (grouped.groupable(encs, nets.ConvEncoder), grouped.groupable(decs, nets.ConvDecoder))
-        self.prior = Prior(c.prior, self.z_dim, c.learn_prior)
-        # MMVAE+: p(w_m) of the prior's family with a learned scale, one per modality
+        self.prior = make_prior(c, self.z_dim)  # p(z): Prior, or CMVAE's ClusterPrior
+        # private latents: p(w_m) of the prior's family, one per modality, with a learned scale for MMVAE+'s
+        # objectives (a fixed one for DMVAE's, which would leave the scale without a gradient)
+        learn_w = objective_spec(c.objective).learned_private_prior
         self.private_priors = nn.ModuleDict(
-            {n: Prior(c.prior, c.private_dim, learn=True) for n in self.names} if c.private_dim else {}
+            {n: Prior(c.prior, c.private_dim, learn=learn_w) for n in self.names} if c.private_dim else {}
         )
         self.priors: dict = {}  # attached priors by kind (priors.LatentPrior; not submodules), attach_prior
         self.train_prior = None  # the one trained with the VAE (a submodule once attached), attach_prior
@@ -301,6 +377,10 @@ class MultimodalVAE(nn.Module):
     grouped_nets: bool = False
     cpu_chunk: int = default_of(RuntimeSettings, "cpu_chunk")
     beta_scale: float = 1.0
+
+    def setting(self, name: str):
+        """A peer objective's setting as the bundle records it (ModelConfig.extra), else its default."""
+        return self.config.extra.get(name, _default(name))
 
     @property
     def kinds(self) -> dict[str, modalities.ModalityKind]:
@@ -370,7 +450,8 @@ class MultimodalVAE(nn.Module):
         self, x: dict[str, torch.Tensor], present: torch.Tensor | None = None
     ) -> tuple[td.Distribution, dict[str, td.Distribution]]:
         """Unimodal posteriors q(z | x_m) stacked to batch shape (M, B, D) (absent modalities get
-        placeholder rows that the fusion's masks never select), and the private posteriors
+        placeholder rows that the fusion's masks never select; with a joint encoder and every modality
+        given, q(z | X) as row M: (M + 1, B, D)), and the private posteriors
         q(w_m | x_m) (B, D_w) of the given modalities (empty without private latents). With `present`
         (B, M), absent rows are encoded from zeros (see `observed`) and never selected either."""
         x = self.observed(x, present)
@@ -390,6 +471,12 @@ class MultimodalVAE(nn.Module):
                     loc, raw = loc[:, :Dz], raw[:, :Dz]
             else:
                 loc = raw = some.new_zeros(B, Dz)
+            locs.append(loc)
+            raws.append(raw)
+        if self.joint_encoder is not None and all(n in x for n in self.names):  # row M: q(z | X) (fusion joint)
+            je = self.joint_encoder
+            e = torch.cat([self.run_net(je.encoders[n], x[n])[0] for n in self.names], dim=-1)
+            loc, raw = self.run_net(je.head, e)
             locs.append(loc)
             raws.append(raw)
         return D.expert(self.config.posterior, torch.stack(locs), torch.stack(raws)), private
@@ -494,12 +581,12 @@ class MultimodalVAE(nn.Module):
 
     @torch.no_grad()
     def sample_prior(self, n: int) -> torch.Tensor:
-        """n latents from the base prior p(z). (n, D)"""
-        return self.prior.dist().sample((n,))
+        """n latents from the base prior p(z) (CMVAE: its clustering prior). (n, D)"""
+        return self.prior.sample(n)
 
     def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """log p0(z) summed over the latent: (B,)."""
-        return self.prior.dist().log_prob(z).sum(-1)
+        """log p0(z) summed over the latent: (...,) for z (..., D)."""
+        return self.prior.log_prob(z)
 
     # --- priors (priors/: base, ebm, gmm, flow, ...) ---------------------------------------------------
     def attach_prior(self, prior) -> None:

@@ -49,19 +49,40 @@ def _prior_learning(model, z_pos: torch.Tensor, loss, stats, prior_terms: float 
     return tp.learn(model, z_pos, loss, stats, prior_terms)
 
 
-def elbo_terms(model, x, present=None):
-    """Per-tuple terms of `elbo`: (rec (B,) = E_q sum_m log p(x_m | z), kl (B,) = 1/S sum_s KL(q_s || p0),
-    z the drawn latents ((B, D), or (S, 1, B, D) when every component reconstructs every item), q)."""
-    q = model.posterior(x, present)
-    S = q.n_components
-    if S == 1 or model.fusion.spec.chunked:
+def _reconstruction(model, q, x, present=None):
+    """(rec (B,) = E_{z ~ q} sum_m log p(x_m | z), z the drawn latents: (B, D), or (S, 1, B, D) when every
+    component of the mixture q reconstructs every item)."""
+    if q.n_components == 1 or model.fusion.spec.chunked:
         z = q.rsample_chunked()  # (B, D)
-        rec = model.log_likelihoods(model.decode(z), x, present)
-    else:
-        z = q.rsample_each(1)  # (S, 1, B, D)
-        rec = model.log_likelihoods(model.decode(z), x, present)
-        rec = rec.mean((0, 1)) if q.valid is None else q.component_mean(rec.mean(1))
+        return model.log_likelihoods(model.decode(z), x, present), z
+    z = q.rsample_each(1)  # (S, 1, B, D)
+    rec = model.log_likelihoods(model.decode(z), x, present)
+    return (rec.mean((0, 1)) if q.valid is None else q.component_mean(rec.mean(1))), z
+
+
+def elbo_terms(model, x, present=None, experts=None):
+    """Per-tuple terms of `elbo`: (rec (B,) = E_q sum_m log p(x_m | z), kl (B,) = 1/S sum_s KL(q_s || p0),
+    z the drawn latents ((B, D), or (S, 1, B, D) when every component reconstructs every item), q);
+    `experts`: the unimodal experts when the caller has them (model.experts), else they are computed."""
+    q = model.posterior(x, present) if experts is None else model.fuse(experts, x, present)
+    rec, z = _reconstruction(model, q, x, present)
     return rec, _kl_to_prior(model, q), z, q
+
+
+def _energy_kl(model, kld, z, q):
+    """KL(q || p0) (B,) -> KL(q || p_f) = KL(q || p0) + w E_q[E] up to log Z (see LatentPrior.energy_term)
+    with a training prior, and the stats: kl = KL(q || p0), energy_q = E_q[E]."""
+    stats = {"kl": kld.mean().item()}
+    tp = model.train_prior
+    if tp is not None:
+        e = tp.energy_term(z)
+        if e.dim() > 1:
+            e = e.mean((0, 1)) if q.valid is None else q.component_mean(e.mean(1))
+        w = tp.energy_weight()
+        if w:
+            kld = kld + w * e
+        stats["energy_q"] = e.mean().item()
+    return kld, stats
 
 
 def elbo(model, x, present=None):
@@ -74,16 +95,7 @@ def elbo(model, x, present=None):
     reconstructs every item and the results are averaged.
     """
     rec, kld, z, q = elbo_terms(model, x, present)
-    stats = {"kl": kld.mean().item()}  # KL(q || p0)
-    tp = model.train_prior
-    if tp is not None:  # KL(q || p_f) = KL(q || p0) + w E_q[E] up to log Z (see LatentPrior.energy_term)
-        e = tp.energy_term(z)
-        if e.dim() > 1:
-            e = e.mean((0, 1)) if q.valid is None else q.component_mean(e.mean(1))
-        w = tp.energy_weight()
-        if w:
-            kld = kld + w * e
-        stats["energy_q"] = e.mean().item()
+    kld, stats = _energy_kl(model, kld, z, q)
     loss = -(rec - model.beta * kld).mean()
     return _prior_learning(model, q.valid_samples(z), loss, {"loss": loss.item(), "rec": -rec.mean().item(), **stats})
 
@@ -116,7 +128,7 @@ def _stratified_log_weights(model, x, k: int, stop_q: bool = False, present=None
     q = model.fuse(experts, x, present)
     z = q.rsample_each(k)  # (S, K, B, Dz)
     q_density = q.detached() if stop_q else q
-    reg = model.prior.dist().log_prob(z).sum(-1) - q_density.log_prob(z)
+    reg = model.base_log_prob(z) - q_density.log_prob(z)  # log p(z): CMVAE's the clustering prior's
     tp = model.train_prior
     w = tp.energy_weight() if tp is not None else 0.0
     if w:  # log p_f(z) = log p0(z) - f E(z) - log Z_f
@@ -257,6 +269,135 @@ def mvae(model, x, present=None):
     return _prior_learning(
         model, z_joint, total_loss, {"loss": total_loss.item(), "rec": rec_sum, "kl": kl_sum}, prior_terms
     )
+
+
+# --- the peer models' objectives (registry.OBJECTIVES: each names its fusion and settings) ---------------
+
+
+def _observed(model, x, present) -> torch.Tensor:
+    """(M, B) bool: modality m is given (in x) and observed by tuple b."""
+    g = model.given_mask(x).to(next(iter(x.values())).device)[:, None]
+    return g if present is None else g & present.T.to(g.device)
+
+
+def _kl_to_experts(model, q, experts, x, present=None) -> torch.Tensor:
+    """sum_{m observed} KL(q(z | X) || q(z | x_m)) per tuple (B,), q a single component, experts (M[+1], B, D)."""
+    M = len(model.names)
+    c = q.components
+    unimodal = type(experts)(experts.loc[:M], experts.scale[:M], validate_args=False)
+    kls = kl(type(c)(c.loc[0], c.scale[0], validate_args=False), unimodal)  # (M, B)
+    return torch.where(_observed(model, x, present), kls, torch.zeros((), dtype=kls.dtype, device=kls.device)).sum(0)
+
+
+def mvtcae(model, x, present=None):
+    """MVTCAE (Hwang et al. 2021): the total-correlation objective with the PoE posterior q(z | X) (fusion
+    poe: the experts and the prior expert), weighted as the reference code (gr8joo/MVTCAE) and MultiVae:
+
+        L = (M - a)/M E_{q(z|X)}[sum_m log p(x_m | z)]
+            - beta [ (1 - a) KL(q(z | X) || p(z)) + a/M sum_m KL(q(z | X) || q(z | x_m)) ],
+
+    a = `mvtcae_alpha`: (1 - a) KL is the joint VIB term, a/M sum_m the conditional VIB terms (the bound
+    on the total correlation). A partial tuple: q(z | X_{O_b}), the sums over m in O_b, M the number of
+    modalities (as MultiVae masks them). With a training prior, KL(q || p) gains w E_q[E] (`_energy_kl`)."""
+    experts = model.experts(x, present)
+    rec, kld, z, q = elbo_terms(model, x, present, experts)
+    kld, stats = _energy_kl(model, kld, z, q)
+    cond = _kl_to_experts(model, q, experts, x, present)
+    a, M = float(model.setting("mvtcae_alpha")), len(x)
+    loss = -((M - a) / M * rec - model.beta * ((1 - a) * kld + a / M * cond)).mean()
+    stats = {"loss": loss.item(), "rec": -rec.mean().item(), **stats, "cond_kl": cond.mean().item()}
+    return _prior_learning(model, q.valid_samples(z), loss, stats, 1 - a)
+
+
+def jmvae(model, x, present=None):
+    """JMVAE-KL (Suzuki et al. 2016): the joint encoder's ELBO plus the KLs that pull each unimodal
+    encoder towards it (fusion joint: q(z | X) is the joint encoder's expert),
+
+        L = E_{q(z|X)}[sum_m log p(x_m | z)] - beta KL(q(z | X) || p(z)) - alpha sum_m KL(q(z | X) || q(z | x_m)),
+
+    alpha = `jmvae_alpha`; beta = 1 in the paper (the recipe). A --beta-warmup-epochs ramp scales both KL
+    terms, as MultiVae's annealing. Complete tuples only (fusion joint refuses partial ones)."""
+    experts = model.experts(x, present)
+    rec, kld, z, q = elbo_terms(model, x, present, experts)
+    kld, stats = _energy_kl(model, kld, z, q)
+    cond = _kl_to_experts(model, q, experts, x, present)
+    alpha = float(model.setting("jmvae_alpha")) * model.beta_scale
+    loss = -(rec - model.beta * kld - alpha * cond).mean()
+    stats = {"loss": loss.item(), "rec": -rec.mean().item(), **stats, "cond_kl": cond.mean().item()}
+    return _prior_learning(model, q.valid_samples(z), loss, stats)
+
+
+def mmjsd(model, x, present=None):
+    """mmJSD (Sutter et al. 2020): the mixture-of-experts posterior q(z | X) = 1/M sum_m q(z | x_m) (fusion
+    moe) and the multimodal Jensen-Shannon divergence to a dynamic prior in place of KL(q || p):
+
+        L = E_{q(z|X)}[sum_m log p(x_m | z)] - beta JS_pi(q(z | x_1), ..., q(z | x_M), p(z)),
+        JS_pi = sum_{j=0}^{M} pi_j KL(q_j || f),   q_0 = p(z),   pi_j = 1/(M + 1),
+        f(z) ∝ prod_j q_j(z)^{pi_j} = N(mu_f, s_f^2),  s_f^-2 = sum_j pi_j s_j^-2,  mu_f = s_f^2 sum_j pi_j s_j^-2 mu_j,
+
+    the dynamic prior f the weighted geometric mean (a PoE) of the unimodal posteriors and p0. The
+    reconstruction is the stratified MoE expectation (every expert's sample decodes every modality). A
+    partial tuple: the experts of O_b and p0, pi_j = 1/(|O_b| + 1). Gaussian posteriors and prior."""
+    experts = model.experts(x, present)
+    q = model.fuse(experts, x, present)
+    rec, _ = _reconstruction(model, q, x, present)
+    M, (_, B, _) = len(model.names), experts.loc.shape
+    p = model.prior.dist()
+    loc = torch.cat([experts.loc[:M], p.loc.expand(1, B, -1)])  # (M + 1, B, D): the experts, then p0
+    scale = torch.cat([experts.scale[:M], p.scale.expand(1, B, -1)])
+    weight = torch.cat([_observed(model, x, present).to(loc.dtype).expand(M, B), loc.new_ones(1, B)])
+    pi = (weight / weight.sum(0))[:, :, None]  # (M + 1, B, 1)
+    precision = pi / scale.pow(2)
+    var_f = 1.0 / precision.sum(0)
+    f = td.Normal(var_f * (precision * loc).sum(0), var_f.sqrt(), validate_args=False)
+    js = (pi[:, :, 0] * kl(td.Normal(loc, scale, validate_args=False), f)).sum(0)  # (B,)
+    loss = -(rec - model.beta * js).mean()
+    return loss, {"loss": loss.item(), "rec": -rec.mean().item(), "js": js.mean().item()}
+
+
+def dmvae(model, x, present=None):
+    """DMVAE (Lee & Pavlovic 2021): a shared z and private w_m per modality; the joint ELBO (q(z | X) the PoE
+    of the experts and the prior expert, fusion poe) plus one cross-modal ELBO per modality k (q(z | x_k)),
+    each decoding every modality from its shared sample and that modality's private sample:
+
+        L = sum_{s in {X, x_1, ..., x_M}} ( E_{z ~ q_s, w_m ~ q(w_m | x_m)} sum_m log p(x_m | z, w_m)
+                                            - beta KL(q_s(z) || p(z)) - sum_m KL(q(w_m | x_m) || p(w_m)) ),
+
+    p(w_m) = model.w_prior(m) (N(0, I)); each ELBO draws its own z and w, as MultiVae. A partial tuple: the
+    PoE over O_b, the cross ELBOs of k in O_b, the sums over m in O_b."""
+    experts, private = model.encode(x, present)
+    q = model.fuse(experts, x, present)
+    M, c = len(model.names), q.components
+    shared = type(c)(torch.cat([c.loc, experts.loc[:M]]), torch.cat([c.scale, experts.scale[:M]]), validate_args=False)
+    z = shared.rsample()  # (M + 1, B, D): the joint sample, then each modality's own
+    w = {n: qw.rsample((M + 1,)) for n, qw in private.items()}
+    rec = model.log_likelihoods(model.decode(z, None, w), x, present)  # (M + 1, B)
+    observed = _observed(model, x, present).expand(M, z.shape[1])  # (M, B)
+    zero = torch.zeros((), dtype=rec.dtype, device=rec.device)
+    kl_w = sum(torch.where(observed[model.names.index(n)], kl(qw, model.w_prior(n)), zero) for n, qw in private.items())
+    elbos = rec - model.beta * kl(shared, model.prior.dist()) - kl_w  # (M + 1, B)
+    counted = torch.cat([torch.ones_like(observed[:1]), observed])  # the joint ELBO, the observed k's
+    per = torch.where(counted, elbos, zero).sum(0)
+    loss = -per.mean()
+    return loss, {"loss": loss.item(), "rec": -torch.where(counted, rec, zero).sum(0).mean().item()}
+
+
+def cmvae(model, x, present=None):
+    """CMVAE (Palumbo et al. 2024): MMVAE+'s objective (fusion moe, private latents w_m; `dreg`, the DReG
+    estimator of the stratified IWAE, `_stratified_log_weights`, as MultiVae's default loss) with the
+    clustering prior p(z) = sum_k pi_k p(z | c = k) (model.ClusterPrior) in its log p(z) term:
+
+        log w = sum_d log p(x_d | z, w^(d)) + beta (log p(z) + log p(w_r) - log 1/M sum_m q(z | x_m) - log q(w_r | x_r)).
+
+    The paper writes the cluster variable out, E_{q(c|z)}[log pi_c + log p(z | c) - log q(c | z)] in place
+    of log p(z), with q(c | z) = p(c | z) = pi_c p(z | c) / p(z) (MultiVae 1.0.3 likewise): each term of that
+    expectation equals log p(z), so the two are the same value, and the same gradients (the expectation is
+    stationary in q(c | z) there). Stats add `clusters_used`, exp H(pi), the effective number of clusters."""
+    loss, stats = dreg(model, x, present)
+    with torch.no_grad():
+        log_pi = torch.log_softmax(model.prior.logits, -1)
+        stats["clusters_used"] = torch.exp(-(log_pi.exp() * log_pi.nan_to_num(neginf=0.0)).sum()).item()
+    return loss, stats
 
 
 def get_objective(name: str) -> Callable:

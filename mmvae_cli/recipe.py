@@ -24,13 +24,13 @@ from .config import (
     TrainSettings,
     check,
     check_model,
+    check_partial,
     default_of,
     from_dict,
     overridden,
     to_dict,
 )
 from .errors import MMVAEError
-from .registry import FUSIONS
 
 
 def recipe_files():
@@ -42,9 +42,11 @@ def family(dataset: str) -> str:
     return dataset.removesuffix("-mini")
 
 
-def default_recipe(dataset: str, fusion: str, private: bool = False):
-    """The shipped recipe for a dataset family and model, or None when there is none."""
-    name = "mmvaeplus" if private else (FUSIONS[fusion].model if fusion in FUSIONS else fusion)
+def default_recipe(dataset: str, fusion: str, private: bool = False, objective: str | None = None):
+    """The shipped recipe for a dataset family and model (a peer model's objective names its own,
+    registry.model_name; private latents otherwise make MMVAE+), or None when there is none."""
+    peer = objective in registry.OBJECTIVES and registry.OBJECTIVES[objective].model
+    name = registry.model_name(fusion, objective) if peer or not private else "mmvaeplus"
     path = recipe_files() / f"{family(dataset)}-{name}.toml"
     return path if path.is_file() else None
 
@@ -163,7 +165,7 @@ def resolve_train(
     if recipe is not None:
         path = Path(recipe)
     else:
-        path = default_recipe(dataset, fusion, bool(overrides.get("private_dim")))
+        path = default_recipe(dataset, fusion, bool(overrides.get("private_dim")), overrides.get("objective"))
     data = load_recipe(path) if path is not None else {}
     if schedule is None and dataset.endswith("-mini") and "cpu" in data:
         schedule = "cpu"
@@ -182,6 +184,11 @@ def resolve_train(
         s = overridden(s, overrides)
         sections[name] = s
     m = sections["model"]
+    named = [overrides, data.get("model", {}), data.get(schedule, {}) if schedule else {}]
+    if m.objective in registry.OBJECTIVES and not any(d.get("fusion") is not None for d in named):
+        fusions = registry.OBJECTIVES[m.objective].fusions  # a peer model's objective: its fusion
+        if fusions:
+            sections["model"] = m = replace(m, fusion=fusions[0])
     if m.objective is None:
         sections["model"] = m = replace(m, objective=registry.paper_objective(m.fusion))
     for s in sections.values():
@@ -191,6 +198,8 @@ def resolve_train(
                 object.__setattr__(s, f.name, tuple(v))
         check(s)
     check_model(m, sections["joint"] if joint_ebm else None)
+    if sections["train"].missing_ratio:
+        check_partial(m, "--missing-ratio")
     return TrainConfig(
         joint_ebm=joint_ebm,
         recipe=getattr(path, "name", None) if path is not None else None,

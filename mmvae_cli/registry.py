@@ -6,8 +6,13 @@ rest of the program asks of the piece, so that nothing else branches on its name
 
     fusion     "module:Class" (fusion.Fusion), the model it makes, its paper's objective, and whether it
                has a shared latent, multiplies experts, takes MMVAE+'s private latents, mixes --subsets,
-               stratifies the ELBO by batch chunks
-    objective  "module:function" (objectives.py), and whether it takes private latents
+               stratifies the ELBO by batch chunks, has a joint encoder q(z | X) (JMVAE), needs complete tuples
+    objective  "module:function" (objectives.py), whether it takes private latents, and for a peer model's
+               objective (JMVAE, mmJSD, MVTCAE, DMVAE, CMVAE) the fusions it is defined for, the model it makes
+               (its recipes), the ModelSettings it reads, and what it needs of the posteriors and the prior
+
+A model is a composition: `--objective mvtcae` is MVTCAE (PoE fusion, its objective), `--fusion mopoe`
+is MoPoE (the MoPoE paper's objective); docs/models.md lists them.
 
 Adding a fusion: its class (fusion.py, or a file of its own) and its line in FUSIONS; adding an
 objective: its function and its line in OBJECTIVES. (Datasets, modality kinds and fitted priors
@@ -34,6 +39,8 @@ class Fusion:
     private_latents: bool = False  # takes MMVAE+'s modality-private latents w_m (--private-dim)
     subsets: bool = False  # its mixture runs over --subsets (so a partial tuple may hold none of them)
     chunked: bool = False  # ELBO: one sample per item, the batch split among the components (MoPoE reference)
+    joint_encoder: bool = False  # a joint network q(z | x_1..x_M) beside the unimodal experts (JMVAE)
+    complete: bool = False  # its posterior of a whole tuple needs every modality: trains on complete tuples only
 
     def z_dim(self, latent_dim: int, n_modalities: int) -> int:
         """Size of z: the shared latent, or the M unimodal latents concatenated."""
@@ -45,6 +52,7 @@ FUSIONS = {
     "moe": Fusion("fusion:MoE", "mmvae", "iwae", private_latents=True),
     "mopoe": Fusion("fusion:MoPoE", "mopoe", "elbo", products=True, subsets=True, chunked=True),
     "none": Fusion("fusion:Independent", "ebmvae", "elbo", shared_latent=False),
+    "joint": Fusion("fusion:Joint", "jmvae", "jmvae", products=True, joint_encoder=True, complete=True),
 }
 
 
@@ -53,14 +61,35 @@ class Objective:
     """What a training objective declares."""
 
     code: str  # "module:function" under mmvae_cli: (model, x, present) -> (loss, stats)
-    private_latents: bool = False  # handles MMVAE+'s private latents (the stratified cross terms)
+    private_latents: bool = False  # handles private latents (MMVAE+'s stratified cross terms; DMVAE's)
+    learned_private_prior: bool = False  # learns the scale of p(w_m) (MMVAE+'s cross terms draw from it)
+    fusions: tuple[str, ...] = ()  # the fusions it is defined for (() = any); the first when none is named
+    model: str = ""  # the model it makes with them ("" = the fusion's): recipes/<family>-<model>.toml
+    settings: tuple[str, ...] = ()  # the ModelSettings fields it reads (recorded in ModelConfig.extra)
+    gaussian: bool = False  # closed forms only for Gaussian posteriors and prior
+    train_prior: bool = True  # takes a prior trained with the VAE (`train --prior ebm`)
+    clusters: bool = False  # its p(z) is a mixture of --clusters learned components (CMVAE; model.ClusterPrior)
 
 
 OBJECTIVES = {
     "elbo": Objective("objectives:elbo"),
-    "iwae": Objective("objectives:iwae", private_latents=True),
-    "dreg": Objective("objectives:dreg", private_latents=True),
+    "iwae": Objective("objectives:iwae", private_latents=True, learned_private_prior=True),
+    "dreg": Objective("objectives:dreg", private_latents=True, learned_private_prior=True),
     "mvae": Objective("objectives:mvae"),
+    "mvtcae": Objective("objectives:mvtcae", fusions=("poe",), model="mvtcae", settings=("mvtcae_alpha",)),
+    "jmvae": Objective("objectives:jmvae", fusions=("joint",), model="jmvae", settings=("jmvae_alpha", "joint_hidden")),
+    "mmjsd": Objective("objectives:mmjsd", fusions=("moe",), model="mmjsd", gaussian=True, train_prior=False),
+    "dmvae": Objective("objectives:dmvae", private_latents=True, fusions=("poe",), model="dmvae", train_prior=False),
+    "cmvae": Objective(
+        "objectives:cmvae",
+        private_latents=True,
+        learned_private_prior=True,
+        fusions=("moe",),
+        model="cmvae",
+        settings=("clusters",),
+        train_prior=False,
+        clusters=True,
+    ),
 }
 
 FAMILIES = ("gaussian", "laplace")  # of the posteriors q(z | x_m) and the base prior p0(z) (distributions.expert)
@@ -77,6 +106,15 @@ def paper_objective(fusion_name: str) -> str:
     """The objective of fusion `fusion_name`'s paper, used when none is named (elbo for a name that is not
     registered, which the settings' checks then refuse)."""
     return FUSIONS[fusion_name].objective if fusion_name in FUSIONS else "elbo"
+
+
+def model_name(fusion_name: str, objective_name: str | None) -> str:
+    """The model a fusion and objective make (recipes/<family>-<model>.toml): the objective's when it
+    declares one, else the fusion's (the name itself for one that is not registered)."""
+    o = OBJECTIVES.get(objective_name or "")
+    if o is not None and o.model:
+        return o.model
+    return FUSIONS[fusion_name].model if fusion_name in FUSIONS else fusion_name
 
 
 def objective(name: str) -> Objective:

@@ -259,8 +259,9 @@ def test_each_model_recipe_trains_the_model_it_is_named_after():
             continue
         family, model = name.removesuffix(".toml").rsplit("-", 1)
         m = recipe.resolve_train("my-data", {}, path).model
-        assert model == ("mmvaeplus" if m.private_dim else config.FUSIONS[m.fusion].model), name
-        assert recipe.default_recipe(family, m.fusion, bool(m.private_dim)) == path
+        peer = config.OBJECTIVES[m.objective].model  # a peer model's objective names its own recipe
+        assert model == (peer or ("mmvaeplus" if m.private_dim else config.FUSIONS[m.fusion].model)), name
+        assert recipe.default_recipe(family, m.fusion, bool(m.private_dim), m.objective) == path
 
 
 def test_old_manifest_settings_read_back():

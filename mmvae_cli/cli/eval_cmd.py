@@ -1,4 +1,4 @@
-"""`mmvae eval WHAT RUN` (also `mmvae evaluate`): coherence, fid, likelihood, latent, prior, all."""
+"""`mmvae eval WHAT RUN` (also `mmvae evaluate`): coherence, fid, likelihood, latent, prior, clusters, all."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from . import options
 
 @click.group()
 def evaluate():
-    """Evaluate a trained bundle: coherence, fid, likelihood, latent, prior (`all`: the first four).
+    """Evaluate a trained bundle: coherence, fid, likelihood, latent, prior (`all`: the first four); clusters (CMVAE).
 
     \b
     Every command prints a table (or one JSON object with --json), appends its results to the
@@ -347,6 +347,39 @@ def prior_(run, prior, n_prior, langevin, split, limit, seed, device, data_root,
     ctx.prior.check_options(langevin)
     result = suite.prior(ctx.model, prior, ctx.train(), ctx.test, ctx.dev, n_prior, seed, langevin)
     _finish(ctx, {"prior": result}, {}, seed, as_json, report_dir, prior)
+
+
+@evaluate.command("clusters")
+@click.argument("run", type=click.Path())
+@click.option(
+    "--apply",
+    is_flag=True,
+    help="Write the selection into the bundle: the clusters not kept get weight 0 in model.safetensors "
+    "(sampling and the base prior then use the kept ones), recorded under `clusters` in the manifest.",
+)
+@_common
+def clusters(run, apply, split, limit, seed, device, data_root, report_dir, as_json):
+    """CMVAE: select the number of clusters after training (Palumbo et al. 2024, as MultiVae's prune_clusters).
+
+    \b
+    From the K clusters trained, the least-voted cluster is removed one at a time down to 2; each step
+    scores h = beta * (normalised entropy of p(c | z)) - log p(z) / D, averaged over one draw
+    z ~ q(z | x_m) per tuple and modality, and the K' of least h is selected. Select on the training
+    split (--split train); with labels, the selected clustering's purity and NMI are reported.
+    Without --apply nothing but the manifest's `evaluations` is written.
+    """
+    from ..evaluate import clusters as C
+
+    ctx = Context(run, device, data_root, split, limit)
+    C.check_clustering(ctx.model, str(run))
+    if apply and ctx.manifest.get("parent") is not None:
+        raise MMVAEError(f"{run} holds a prior fitted to {ctx.manifest['parent'].get('path')}: --apply to that bundle")
+    result = C.select_clusters(ctx.model, ctx.test, ctx.dev, seed)
+    keep = result.pop("keep_mask")
+    result["applied"] = bool(apply)
+    if apply:
+        C.apply_selection(ctx.run, ctx.model, keep, result)
+    _finish(ctx, {"clusters": result}, {}, seed, as_json, report_dir)
 
 
 @evaluate.command("all")

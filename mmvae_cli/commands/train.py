@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .. import bundle, config
+from .. import bundle, config, registry
 from ..config import RuntimeSettings
 from ..console import log
 from ..data import load_dataset
@@ -49,8 +49,10 @@ class TrainRequest:
     step_delay: float = 0.0
 
 
-def default_out(dataset: str, fusion: str | None) -> Path:
-    return Path(f"runs/{Path(dataset).stem}-{fusion or config.default_of(config.ModelSettings, 'fusion')}")
+def default_out(dataset: str, fusion: str | None, objective: str | None = None) -> Path:
+    """runs/DATASET-FUSION, or runs/DATASET-MODEL for a peer model's objective (registry.Objective.model)."""
+    peer = registry.OBJECTIVES[objective].model if objective in registry.OBJECTIVES else ""
+    return Path(f"runs/{Path(dataset).stem}-{peer or fusion or config.default_of(config.ModelSettings, 'fusion')}")
 
 
 def training_data(name_or_path: str, root: str | None, train: config.TrainSettings):
@@ -84,7 +86,10 @@ def missing_section(data, ratio: float) -> dict | None:
 
 def check_observed_sets(model: MultimodalVAE, data) -> None:
     """Partially observed data with MoPoE's explicit --subsets: every tuple must hold one of the subsets
-    (its mixture runs over the subsets within what it observes); refused before anything is written."""
+    (its mixture runs over the subsets within what it observes), and a fusion that needs complete tuples
+    any partial one; refused before anything is written."""
+    if data.present is not None:
+        config.check_partial(config.ModelSettings(fusion=model.config.fusion), f"{data.name} has partial tuples")
     if data.present is None or not model.fusion.spec.subsets:
         return
     cols = [data.modalities.index(n) for n in model.names]
@@ -208,7 +213,7 @@ def prepare_training(r: TrainRequest) -> TrainingJob | FinishedRun:
     return the job; nothing is written here. The output folder and --resume decide (run.plan_run): a
     new run, the same run from its checkpoint, or, stopped before its first checkpoint, from the
     beginning with its recorded settings; a finished run needs nothing (FinishedRun)."""
-    out = Path(r.out) if r.out else default_out(r.dataset, r.overrides.get("fusion"))
+    out = Path(r.out) if r.out else default_out(r.dataset, r.overrides.get("fusion"), r.overrides.get("objective"))
     check_log_file(r.log_jsonl)
     check_tensorboard(r.tensorboard)
     if r.max_steps is not None and r.max_steps < 1:

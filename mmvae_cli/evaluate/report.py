@@ -112,6 +112,38 @@ def rows(results: dict) -> list[tuple[str, str, str]]:
     pr = results.get("prior")
     if pr:
         out += _prior_rows(pr)
+    cl = results.get("clusters")
+    if cl:
+        out += _cluster_rows(cl)
+    return out
+
+
+def _cluster_rows(cl: dict) -> list[tuple[str, str, str]]:
+    """The rows of `eval clusters`: h per number of clusters kept, the selection and its agreement with the labels."""
+    on = f"{cl['n']} {cl['split']} tuples"
+    out = [
+        (
+            "clusters",
+            f"h with {s['clusters']} kept (entropy {_f(s['entropy'], 3)}, log p(z)/D {_f(s['log_density'], 3)})",
+            _f(s["criterion"], 4),
+        )
+        for s in cl["steps"]
+    ]
+    out.append(
+        (
+            "clusters",
+            f"selected of {cl['clusters_before']} ({on}), applied: {cl['applied']}",
+            f"{cl['selected']}: {', '.join(map(str, cl['kept']))}",
+        )
+    )
+    if "purity" in cl:
+        out.append(
+            (
+                "clusters",
+                "purity / NMI of the selected clustering against the labels",
+                f"{_f(cl['purity'])} / {_f(cl['nmi'])}",
+            )
+        )
     return out
 
 
