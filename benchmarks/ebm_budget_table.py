@@ -22,9 +22,7 @@ def load(path: Path) -> dict | None:
 def main(out: Path) -> None:
     r = out / "results"
     fits = sorted(
-        (m.group(1), int(m.group(2)))
-        for p in r.glob("*-fit.json")
-        if (m := re.fullmatch(r"(\w+)-(\d+)-fit", p.stem))
+        (m.group(1), int(m.group(2))) for p in r.glob("*-fit.json") if (m := re.fullmatch(r"(\w+)-(\d+)-fit", p.stem))
     )
     print("| objective | epochs | fit seconds | sampler | joint coherence (± s.e.) | class entropy, coherent samples |")
     print("| --- | --- | --- | --- | --- | --- |")

@@ -23,10 +23,10 @@ N_JOINT=${N_JOINT:-2000}
 N_FD=${N_FD:-2000}
 N_PRIOR=${N_PRIOR:-1000}
 COMPONENTS=${COMPONENTS:-1 10 50}
-BASE_GMM=${BASE_GMM:-10}          # the mixture the energies tilt (fit-prior's default: 10 full components)
+BASE_GMM=${BASE_GMM:-10}          # the mixture the energies tilt: the best gmm row's components
 EBM_EPOCHS=${EBM_EPOCHS:-20}      # ml, nce and ncsn fits (the rows without a budget of their own)
 FLOW_EPOCHS=${FLOW_EPOCHS:-20}
-ROWS=${ROWS:-base gmm flow ebm-p0-ml ebm-gmm-ml ebm-gmm-nce ebm-gmm-nce-sir ebm-flow-nce ncsn ebm}
+ROWS=${ROWS:-base gmm flow ebm-p0-ml ebm-gmm-ml ebm ebm-langevin ebm-flow ncsn}
 R=$OUT/results
 mkdir -p "$R"
 mm() { $MMVAE "$@"; }
@@ -62,7 +62,7 @@ if want gmm; then
         measure "$OUT/gmm$c" "gmm$c" gmm
     done
 fi
-if want flow || want ebm-flow-nce; then
+if want flow || want ebm-flow; then
     if [ ! -s "$R/flow-fit.json" ]; then
         copy_of_run "$OUT/flow"
         mm fit-prior "$OUT/flow" --kind flow --epochs "$FLOW_EPOCHS" --overwrite --device "$DEVICE" \
@@ -77,17 +77,12 @@ fi
 want ebm-p0-ml && fit_ebm "$RUN" ebm-p0-ml --base base --objective ml --epochs "$EBM_EPOCHS" && \
     measure "$OUT/ebm-p0-ml" ebm-p0-ml ebm
 want ebm-gmm-ml && fit_ebm "$GMM_RUN" ebm-gmm-ml --base gmm --objective ml --epochs "$EBM_EPOCHS" && \
-    measure "$OUT/ebm-gmm-ml" ebm-gmm-ml ebm --sampler langevin
-if want ebm-gmm-nce || want ebm-gmm-nce-sir; then
-    fit_ebm "$GMM_RUN" ebm-gmm-nce --base gmm --objective nce --epochs "$EBM_EPOCHS"
-    cp "$R/ebm-gmm-nce-fit.json" "$R/ebm-gmm-nce-sir-fit.json"
-    want ebm-gmm-nce && measure "$OUT/ebm-gmm-nce" ebm-gmm-nce ebm --sampler langevin
-    want ebm-gmm-nce-sir && measure "$OUT/ebm-gmm-nce" ebm-gmm-nce-sir ebm --sampler sir --steps 0
+    measure "$OUT/ebm-gmm-ml" ebm-gmm-ml ebm
+if want ebm || want ebm-langevin; then  # `mmvae fit-ebm RUN` with its defaults, RUN holding the gmm it tilts
+    fit_ebm "$GMM_RUN" ebm
+    want ebm && measure "$OUT/ebm" ebm ebm
+    want ebm-langevin && cp "$R/ebm-fit.json" "$R/ebm-langevin-fit.json" && \
+        measure "$OUT/ebm" ebm-langevin ebm --sampler langevin --steps 50
 fi
-want ebm-flow-nce && fit_ebm "$OUT/flow" ebm-flow-nce --base flow --objective nce --epochs "$EBM_EPOCHS" && \
-    measure "$OUT/ebm-flow-nce" ebm-flow-nce ebm --sampler langevin
+want ebm-flow && fit_ebm "$OUT/flow" ebm-flow --base flow && measure "$OUT/ebm-flow" ebm-flow ebm
 want ncsn && fit_ebm "$RUN" ncsn --objective ncsn --epochs "$EBM_EPOCHS" && measure "$OUT/ncsn" ncsn ebm
-if want ebm; then  # `mmvae fit-ebm RUN` with its defaults (fitting its base gmm itself when RUN has none)
-    fit_ebm "$RUN" ebm
-    measure "$OUT/ebm" ebm ebm
-fi

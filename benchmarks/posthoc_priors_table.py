@@ -66,13 +66,12 @@ EXTRA = [
 
 
 ENERGIES = {  # benchmarks/posthoc_priors.sh's energy rows, as the table names them
-    "ebm-p0-ml": "energy over p0, ml (0.3's default)",
-    "ebm-gmm-ml": "energy over the gmm, ml",
-    "ebm-gmm-nce": "energy over the gmm, nce, Langevin",
-    "ebm-gmm-nce-sir": "energy over the gmm, nce, importance resampling",
-    "ebm-flow-nce": "energy over the flow, nce, Langevin",
+    "ebm-p0-ml": "energy over p0, ml, Langevin (0.3's default)",
+    "ebm-gmm-ml": "energy over the gmm, ml, Langevin",
+    "ebm": "**`mmvae fit-ebm RUN`: energy over the gmm, nce, importance resampling**",
+    "ebm-langevin": "the same energy, Langevin (50 steps)",
+    "ebm-flow": "energy over the flow, nce, importance resampling",
     "ncsn": "noise-conditional energy (ncsn), annealed Langevin",
-    "ebm": "**`mmvae fit-ebm RUN` (defaults)**",
 }
 
 

@@ -360,6 +360,13 @@ class EnergyDefaults:
     Not flags: `FitSettings.resolved` and `EnergySettings.activation` fill them in (ENERGY_DEFAULTS), and
     the flags' help texts name them."""
 
+    objective: str = setting(
+        "nce",
+        "fit-ebm's objective for a shared latent",
+        "ours, measured (docs/results/priors.md): nce over the bundle's gmm, sampled by importance resampling, "
+        "beat ml over p0 (0.3's default) and ml over the gmm",
+        choices=("ml", "nce"),
+    )
     ml_activation: str = setting(
         "gelu", "energy MLP activation for maximum likelihood", "LEBM uses GELU", choices=ENERGY_ACTIVATIONS
     )
@@ -371,6 +378,12 @@ class EnergyDefaults:
     )
     epochs: int = setting(
         20, "fit-ebm: passes over the training set", "ours, measured (docs/results/ebm-post-hoc.md)", min=1
+    )
+    nce_epochs: int = setting(
+        50,
+        "fit-ebm --objective nce: passes over the training set",
+        "ours, measured (docs/results/priors.md: joint coherence against fit epochs, training split only)",
+        min=1,
     )
     ml_lr: float = setting(1e-4, "fit-ebm: Adam learning rate of the energy for ml", "ours", gt=0.0)
     sm_lr: float = setting(1e-3, "fit-ebm: Adam learning rate of the energy for score matching", "ours", gt=0.0)
@@ -531,6 +544,11 @@ class LangevinSettings:
 # polymnist-mini (docs/results/ebmvae.md: benchmarks/ebmvae_diagnosis.py): 300 steps of ratio 0.8 beat
 # 50/100 steps and ratios 0.2/0.4; plain Langevin's 50 x 0.4 barely moves the chains.
 NCSN_LANGEVIN = {"steps": 300, "step_size": 0.8}
+# fit-ebm --objective nce (the default for a shared latent): the sampler stored when none is given. Ours,
+# measured on polymnist-mini's MoPoE and polymnist-text-mini's MMVAE+ (docs/results/priors.md): importance
+# resampling of 100 base draws beat Langevin from the base (MMVAE+ over its 50-component mixture: 0.633 against
+# 0.604 joint coherence) and more proposals or Langevin steps after it did not pay.
+NCE_SAMPLER = {"sampler": "sir", "proposals": 100, "steps": 0}
 # fit-ebm on EB-MVAE bundles (--fusion none) by exact/sliced/denoising score matching: plain Langevin
 # settings stored when none are given. Ours, measured there: 300 steps of 0.3 beat 100 steps and 0.03/0.1
 # (0.205 -> 0.347 conditional coherence with 1 -> 4 observed; 50 x 0.4, the shared latents', was not run).
@@ -568,13 +586,15 @@ def fit_langevin_defaults(objective: str, fusion: str, sigma: float = 0.0) -> di
     for score matching on EB-MVAE bundles (denoising: EBMVAE_DENOISING_LANGEVIN with a last Tweedie step at
     its noise level `sigma`; measured on polymnist-mini, docs/results/ebmvae.md: +0.02 to +0.07
     conditional coherence at every number observed, both energy widths and both step sizes tried),
-    otherwise LangevinSettings' own defaults ({})."""
+    NCE_SAMPLER for nce, otherwise LangevinSettings' own defaults ({})."""
     if objective == "ncsn":
         return dict(NCSN_LANGEVIN)
     if unimodal_latents(fusion) and objective == "denoising":
         return {**EBMVAE_DENOISING_LANGEVIN, "denoise": sigma}
-    if unimodal_latents(fusion) and objective != "ml":
+    if unimodal_latents(fusion) and objective not in TILTED_OBJECTIVES:
         return dict(EBMVAE_LANGEVIN)
+    if objective == "nce":
+        return dict(NCE_SAMPLER)
     return {}
 
 
@@ -589,7 +609,7 @@ class FitSettings:
         "aggregate-posterior samples against the base prior's, optimum E = -log(q / p_b) (Gutmann & Hyvarinen "
         "2010, NCP-VAE); exact|sliced|denoising: score matching (EB-MVAE eq. 1); ncsn: a noise-conditional energy "
         "by multi-scale denoising score matching, sampled by annealed Langevin (Song & Ermon 2019). "
-        "Default: ml for a shared latent; denoising for --fusion none (EB-MVAE)",
+        f"Default: {ENERGY_DEFAULTS.objective} for a shared latent; denoising for --fusion none (EB-MVAE)",
         "the papers; ours for EB-MVAE, measured (docs/results/ebmvae.md)",
         choices=("ml", "nce", "exact", "sliced", "denoising", "ncsn", None),
         optional=True,
@@ -605,9 +625,9 @@ class FitSettings:
     )
     epochs: int | None = setting(
         None,
-        f"passes over the training set (default: {ENERGY_DEFAULTS.epochs}; {EBMVAE_FIT['epochs']} for denoising "
-        "score matching on EB-MVAE bundles)",
-        "ours, measured (docs/results/ebm-post-hoc.md, docs/results/ebmvae.md)",
+        f"passes over the training set (default: {ENERGY_DEFAULTS.nce_epochs} for nce, {ENERGY_DEFAULTS.epochs} for "
+        f"the others; {EBMVAE_FIT['epochs']} for denoising score matching on EB-MVAE bundles)",
+        "ours, measured (docs/results/priors.md, docs/results/ebm-post-hoc.md, docs/results/ebmvae.md)",
         min=1,
         optional=True,
     )
@@ -633,7 +653,10 @@ class FitSettings:
     )
     reg: float = setting(0.0, "ml: weight of an L2 penalty on the energies", "ours (0 = off)", min=0.0)
     persistent: bool = setting(
-        False, "ml over --base base: continue each batch's negative chains from the previous batch's", "ours", flag="--persistent"
+        False,
+        "ml over --base base: continue each batch's negative chains from the previous batch's",
+        "ours",
+        flag="--persistent",
     )
     sigma: float = setting(
         0.25, "denoising: noise level", "ours, measured on EB-MVAE latents (docs/results/ebmvae.md)", gt=0.0
@@ -672,7 +695,7 @@ class FitSettings:
     def resolved(self, fusion: str) -> FitSettings:
         """The objective-dependent defaults filled in (ENERGY_DEFAULTS; fusion none: EBMVAE_FIT's objective
         and epochs)."""
-        obj = self.objective or (EBMVAE_FIT["objective"] if unimodal_latents(fusion) else "ml")
+        obj = self.objective or (EBMVAE_FIT["objective"] if unimodal_latents(fusion) else ENERGY_DEFAULTS.objective)
         d, ml = ENERGY_DEFAULTS, obj == "ml"
         if obj not in TILTED_OBJECTIVES and self.base not in (None, "base"):
             raise MMVAEError(
@@ -680,6 +703,8 @@ class FitSettings:
                 f"use --objective {' or '.join(TILTED_OBJECTIVES)}"
             )
         base = self.base or ("gmm" if obj in TILTED_OBJECTIVES and not unimodal_latents(fusion) else "base")
+        if self.persistent and obj != "ml":
+            raise MMVAEError(f"--persistent keeps ml's negative chains; --objective {obj} has none")
         if self.persistent and base != "base":
             raise MMVAEError(
                 f"--persistent chains need --base base (over the {base} prior they run in its noise coordinates)"
@@ -691,7 +716,9 @@ class FitSettings:
             self,
             objective=obj,
             base=base,
-            epochs=self.epochs if self.epochs is not None else (EBMVAE_FIT["epochs"] if ebmvae else d.epochs),
+            epochs=self.epochs
+            if self.epochs is not None
+            else (EBMVAE_FIT["epochs"] if ebmvae else d.nce_epochs if obj == "nce" else d.epochs),
             standardise=self.standardise if self.standardise is not None else obj == "ncsn",
             lr=self.lr if self.lr is not None else (d.ml_lr if ml else d.sm_lr),
             betas=tuple(self.betas if self.betas is not None else (d.ml_betas if ml else d.sm_betas)),

@@ -34,7 +34,10 @@ FIT = ["--energy-hidden", "8", "--epochs", "2", "--langevin-steps", "3", "--batc
 SAMPLE = ["-n", "4", "--steps", "5", "--seed", "0", *CPU]
 # the refits measured: (bundle copied, fit-ebm flags); the energy weights and JSON stdout recorded
 REFITS = {
-    "vae-ml": ("vae", ["--overwrite", *FIT, "--seed", "3"]),
+    "vae-ml": (
+        "vae",
+        ["--overwrite", *FIT, "--seed", "3", "--base", "base", "--objective", "ml"],
+    ),  # 0.2's default (0.4: nce over the gmm)
     "ebmvae-denoising": ("ebmvae", ["--overwrite", *FIT, "--seed", "3"]),
 }
 

@@ -80,7 +80,11 @@ def test_energy_defaults_have_one_source():
         e.activation("denoising") == d.sm_activation
         and config.EnergySettings(energy_activation="elu").activation("ml") == "elu"
     )
-    ml, sm = config.FitSettings().resolved("mopoe"), config.FitSettings(objective="sliced").resolved("mopoe")
+    ml, sm = (
+        config.FitSettings(objective="ml").resolved("mopoe"),
+        config.FitSettings(objective="sliced").resolved("mopoe"),
+    )
+    assert config.FitSettings().resolved("mopoe").objective == d.objective
     assert (ml.epochs, ml.lr, ml.betas) == (d.epochs, d.ml_lr, d.ml_betas)
     assert (sm.epochs, sm.lr, sm.betas) == (d.epochs, d.sm_lr, d.sm_betas)
     for name in ("fit-ebm", "fit-prior"):

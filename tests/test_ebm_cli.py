@@ -68,7 +68,7 @@ def test_fit_ebm_round_trips_the_bundle(runs, capsys):
     )
     assert code == 0, err
     res = json.loads(out)
-    assert res["objective"] == "ml" and res["density"] == "tilted" and res["loss_curve"]["epochs"] == 2
+    assert res["objective"] == "nce" and res["density"] == "tilted" and res["loss_curve"]["epochs"] == 2
     assert set(res["joint_coherence"]) == {"base", "ebm", "n_joint"}
     m, ebm = manifest(r), energy_section(r)
     assert ebm["energy"] == {"dim": 6, "hidden": 16, "layers": 4, "activation": "gelu"}
@@ -189,11 +189,14 @@ def test_a_diverging_chain_is_reported_and_nothing_is_written(runs, capsys):
     r = tmp / "div"
     shutil.copytree(tmp / "mopoe", r)
     before = (r / "manifest.json").read_bytes()
-    code, _, err = run(["fit-ebm", r, "--data-root", root, *TINY_EBM, "--step-size", "1e4"], capsys)
+    code, _, err = run(
+        ["fit-ebm", r, "--data-root", root, *TINY_EBM, "--objective", "ml", "--step-size", "1e4"], capsys
+    )
     assert code == 3
     assert err.strip().splitlines()[-1].startswith("error: Langevin chain diverged") and "--step-size" in err
     assert (r / "manifest.json").read_bytes() == before and not (r / "prior-ebm.safetensors").exists()
-    assert run(["fit-ebm", r, "--data-root", root, *TINY_EBM, "--persistent", "--base", "base"], capsys)[0] == 0
+    persistent = ["--persistent", "--base", "base", "--objective", "ml"]
+    assert run(["fit-ebm", r, "--data-root", root, *TINY_EBM, *persistent], capsys)[0] == 0
     assert energy_section(r)["fit"]["persistent"] is True
     code, _, err = run(
         ["sample", r, "--prior", "ebm", "--step-size", "1e4", "-n", "4", "--out", tmp / "d.png", "--device", "cpu"],
@@ -452,6 +455,8 @@ def test_fit_prior_kind_ebm_is_fit_ebm(runs, capsys):
         "--persistent",
         "--base",
         "base",
+        "--objective",
+        "ml",
         "--seed",
         "3",
         "--langevin-steps",

@@ -195,7 +195,19 @@ def test_noise_conditional_energy_on_a_shared_latent(tiny, tmp_path, capsys):
     r = tmp_path / "r"
     shutil.copytree(tmp / "vae", r)
     code, out, err = run(
-        ["fit-ebm", r, "--objective", "ncsn", "--noise-levels", "3", "--json", "--data-root", root, *TINY_FIT_EBM, *CPU],
+        [
+            "fit-ebm",
+            r,
+            "--objective",
+            "ncsn",
+            "--noise-levels",
+            "3",
+            "--json",
+            "--data-root",
+            root,
+            *TINY_FIT_EBM,
+            *CPU,
+        ],
         capsys,
     )
     assert code == 0, err
@@ -203,5 +215,7 @@ def test_noise_conditional_energy_on_a_shared_latent(tiny, tmp_path, capsys):
     assert set(m["priors"]) == {"ebm"} and m["priors"]["ebm"]["prior"]["density"] == "gibbs"
     assert "base" not in m["priors"]["ebm"]["prior"] and len(m["priors"]["ebm"]["fit"]["sigmas"]) == 3
     for extra in ([], ["--sampler", "sir", "--proposals", "5", "--steps", "0"]):
-        code, _, err = run(["sample", r, "--prior", "ebm", "-n", "4", "--out", tmp_path / "n.png", *extra, *CPU], capsys)
+        code, _, err = run(
+            ["sample", r, "--prior", "ebm", "-n", "4", "--out", tmp_path / "n.png", *extra, *CPU], capsys
+        )
         assert code == 0, err

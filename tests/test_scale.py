@@ -162,6 +162,8 @@ def test_fit_ebm_sigterm_mid_epoch_then_resume_is_bit_identical(data_root, tmp_p
         "--persistent",
         "--base",
         "base",
+        "--objective",
+        "ml",
         "--seed",
         "5",
         "--device",
