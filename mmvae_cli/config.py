@@ -377,12 +377,9 @@ class EnergyDefaults:
         choices=ENERGY_ACTIVATIONS,
     )
     epochs: int = setting(
-        20, "fit-ebm: passes over the training set", "ours, measured (docs/results/ebm-post-hoc.md)", min=1
-    )
-    nce_epochs: int = setting(
-        50,
-        "fit-ebm --objective nce: passes over the training set",
-        "ours, measured (docs/results/priors.md: joint coherence against fit epochs, training split only)",
+        20,
+        "fit-ebm: passes over the training set",
+        "ours, measured (docs/results/priors.md: the nce budget curve; docs/results/ebm-post-hoc.md)",
         min=1,
     )
     ml_lr: float = setting(1e-4, "fit-ebm: Adam learning rate of the energy for ml", "ours", gt=0.0)
@@ -625,8 +622,8 @@ class FitSettings:
     )
     epochs: int | None = setting(
         None,
-        f"passes over the training set (default: {ENERGY_DEFAULTS.nce_epochs} for nce, {ENERGY_DEFAULTS.epochs} for "
-        f"the others; {EBMVAE_FIT['epochs']} for denoising score matching on EB-MVAE bundles)",
+        f"passes over the training set (default: {ENERGY_DEFAULTS.epochs}; {EBMVAE_FIT['epochs']} for denoising "
+        "score matching on EB-MVAE bundles)",
         "ours, measured (docs/results/priors.md, docs/results/ebm-post-hoc.md, docs/results/ebmvae.md)",
         min=1,
         optional=True,
@@ -716,9 +713,7 @@ class FitSettings:
             self,
             objective=obj,
             base=base,
-            epochs=self.epochs
-            if self.epochs is not None
-            else (EBMVAE_FIT["epochs"] if ebmvae else d.nce_epochs if obj == "nce" else d.epochs),
+            epochs=self.epochs if self.epochs is not None else (EBMVAE_FIT["epochs"] if ebmvae else d.epochs),
             standardise=self.standardise if self.standardise is not None else obj == "ncsn",
             lr=self.lr if self.lr is not None else (d.ml_lr if ml else d.sm_lr),
             betas=tuple(self.betas if self.betas is not None else (d.ml_betas if ml else d.sm_betas)),

@@ -698,7 +698,7 @@ def test_fit_ebm_divergence_exits_3_and_leaves_run_unchanged(
     (the progress lines printed before the fit started are allowed here), RUN byte-for-byte unchanged."""
     monkeypatch.setenv("MMVAE_DATA", str(bundles["root"]))
     copy_bundle(bundles["run"], tmp_path / "run")
-    argv = [a.format(run=tmp_path / "run") for a in FIT] + ["--step-size", "1e4"]
+    argv = [a.format(run=tmp_path / "run") for a in FIT] + ["--objective", "ml", "--step-size", "1e4"]
     before = snapshot(tmp_path)
     code, out, err = run(argv, capsys)
     changes = diff(before, snapshot(tmp_path))
