@@ -6,17 +6,11 @@ python benchmarks/ebm_budget_table.py runs/budget
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
 
-
-def load(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text().strip().splitlines()[-1])
-    except (OSError, ValueError, IndexError):
-        return None
+from posthoc_priors_table import load  # the last JSON line of a result file (same folder)
 
 
 def main(out: Path) -> None:
