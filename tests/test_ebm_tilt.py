@@ -177,8 +177,18 @@ def test_fit_ebm_tilts_the_bundles_gmm_fitting_it_when_missing(tiny, tmp_path, c
         (["--base", "gmm", "--objective", "sliced"], "tilts no prior"),
         (["--proposals", "0"], "--proposals"),
         (["--sampler", "mcmc"], "--sampler"),
+        (["--persistent"], "--persistent keeps ml's negative chains"),
+        (["--persistent", "--objective", "ml"], "--persistent chains need --base base"),
     ],
-    ids=["base-gmm-missing", "base-flow-missing", "base-with-score-matching", "proposals-0", "sampler-unknown"],
+    ids=[
+        "base-gmm-missing",
+        "base-flow-missing",
+        "base-with-score-matching",
+        "proposals-0",
+        "sampler-unknown",
+        "persistent-with-nce",
+        "persistent-over-a-fitted-base",
+    ],
 )
 def test_bad_base_flags_are_one_line_and_write_nothing(tiny, capsys, argv, needle):
     tmp, root = tiny

@@ -184,8 +184,7 @@ class FitPriorJob:
             section["joint_coherence"] = coherence
         self.tman.pop(PRIOR_FIT_STATE, None)
         self.tman.setdefault("files", {}).pop(PRIOR_CHECKPOINT, None)
-        tilted = cls.tilts(self.settings)
-        stale = []
+        stale = []  # `tilted`: the base checked above
         if tilted is not None and tilted not in (self.tman.get("priors") or {}):  # fitted here, or RUN's into --out
             stale += write_prior(self.target, model.priors[tilted], self.tman, base_section or self.sources[tilted])
         stale += write_prior(self.target, prior, self.tman, section)

@@ -52,6 +52,26 @@ from .net import EnergyConfig, EnergyNet
 DENSITIES = ("tilted", "gibbs")
 
 
+@torch.no_grad()
+def importance_resample(draw, log_weight, n: int, proposals: int):
+    """Sampling-importance-resampling (NCP-VAE, Aneja et al. 2021): for each of n samples, K = `proposals`
+    draws (x_k, c_k) = draw(K) and one of them kept with probability w_k / sum_j w_j, log w = log_weight(x, c)
+    = log p~(x) - log r(x) for draws from r. As K grows the kept draws' law tends to p ∝ p~; at K = 1 it is
+    r itself. draw(m) -> (x (m, D), c (m,) or None); returns (x, c) of n kept draws, in chunks of 65,536."""
+    if proposals == 1:
+        return draw(n)
+    xs, cs, chunk = [], [], max(1, 65536 // proposals)
+    for i in range(0, n, chunk):
+        m = min(chunk, n - i)
+        x, c = draw(m * proposals)
+        logw = log_weight(x, c).view(m, proposals)
+        k = torch.multinomial(torch.softmax(logw.double(), 1), 1).squeeze(1)
+        rows = torch.arange(m, device=x.device)
+        xs.append(x.view(m, proposals, -1)[rows, k])
+        cs.append(None if c is None else c.view(m, proposals)[rows, k])
+    return torch.cat(xs), (None if cs[0] is None else torch.cat(cs))
+
+
 class EnergyPrior(LatentPrior):
     kind = "ebm"
     title = "energy-based prior"
@@ -178,19 +198,12 @@ class EnergyPrior(LatentPrior):
             w = w - torch.distributions.Normal(self.init_loc, self.init_scale).log_prob(z).sum(-1)
         return w
 
-    @torch.no_grad()
     def resample(self, n: int, proposals: int) -> torch.Tensor:
-        """Sampling-importance-resampling (NCP-VAE, Aneja et al. 2021): for each of n samples, `proposals`
-        starts z_1..z_K ~ r and one of them drawn with probability w_k / sum_j w_j (`start_log_weight`).
-        As K grows the draws' law tends to p ∝ exp(-E) p_b; at K = 1 it is r itself. (n, D)"""
-        out, chunk = [], max(1, 65536 // proposals)
-        for i in range(0, n, chunk):
-            m = min(chunk, n - i)
-            z = self.start(m * proposals)
-            logw = self.start_log_weight(z).view(m, proposals)
-            k = torch.multinomial(torch.softmax(logw.double(), 1), 1).squeeze(1)
-            out.append(z.view(m, proposals, -1)[torch.arange(m, device=z.device), k])
-        return torch.cat(out)
+        """n chain starts z ~ r (`start`), each importance-resampled from `proposals` by the weights of
+        `start_log_weight` (`importance_resample`). (n, D)"""
+        return importance_resample(
+            lambda m: (self.start(m), None), lambda z, _: self.start_log_weight(z), n, proposals
+        )[0]
 
     def sampler_settings(self, **overrides) -> dict:
         """LangevinSettings' defaults < the settings stored with the energy < overrides (None = keep)."""
@@ -314,22 +327,10 @@ class EnergyPrior(LatentPrior):
         with torch.no_grad():
             return LangevinResult(base.push(u, c), [base.push(x, c) for x in res.chain])
 
-    @torch.no_grad()
     def resample_noise(self, base: LatentPrior, n: int, proposals: int):
         """n draws (u, c) of p_b's noise coordinates, each importance-resampled from `proposals` by
-        weights exp(-E(T(u; c))) (`resample` in noise coordinates; 1: p_b's own draws)."""
-        if proposals == 1:
-            return base.noise(n)
-        us, cs, chunk = [], [], max(1, 65536 // proposals)
-        for i in range(0, n, chunk):
-            m = min(chunk, n - i)
-            u, c = base.noise(m * proposals)
-            logw = -self.energy(base.push(u, c)).view(m, proposals)
-            k = torch.multinomial(torch.softmax(logw.double(), 1), 1).squeeze(1)
-            rows = torch.arange(m, device=u.device)
-            us.append(u.view(m, proposals, -1)[rows, k])
-            cs.append(None if c is None else c.view(m, proposals)[rows, k])
-        return torch.cat(us), (None if cs[0] is None else torch.cat(cs))
+        weights exp(-E(T(u; c))) (`importance_resample`; 1: p_b's own draws)."""
+        return importance_resample(base.noise, lambda u, c: -self.energy(base.push(u, c)), n, proposals)
 
     def sample_given(self, z: torch.Tensor, free: torch.Tensor, **langevin) -> torch.Tensor:
         """EB-MVAE eq. 2-3: the free coordinates restarted from the chains' start, then Langevin with the

@@ -1,5 +1,6 @@
-"""The energy's training losses: maximum likelihood (Yuan et al. eq. 10), noise-contrastive estimation, score matching (EB-MVAE eq. 1:
-exact, sliced, denoising) and multi-scale denoising score matching (NCSN, Song & Ermon 2019)."""
+"""The energy's training losses: maximum likelihood (Yuan et al. eq. 10), noise-contrastive estimation,
+score matching (EB-MVAE eq. 1: exact, sliced, denoising) and multi-scale denoising score matching (NCSN,
+Song & Ermon 2019)."""
 
 from __future__ import annotations
 
