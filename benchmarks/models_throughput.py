@@ -1,4 +1,4 @@
-"""Training throughput (samples/s) on PolyMNIST-shaped data (5 x 3x28x28 uint8), current device.
+"""Training throughput (samples/s) of every model on PolyMNIST-shaped data (5 x 3x28x28 uint8), current device.
 
     python benchmarks/models_throughput.py [--batch-size 256] [--steps 10] [--device auto]
                                           [--models mopoe,...]
@@ -27,13 +27,22 @@ MODELS = {  # every model of the papers (recipes/polymnist-*.toml), at --latent-
     "mopoe": dict(fusion="mopoe", objective="elbo"),
     "mmvaeplus-k1": dict(fusion="moe", objective="dreg", k=1, private_dim=32, posterior="laplace", prior="laplace"),
     "mmvaeplus-k10": dict(fusion="moe", objective="dreg", k=10, private_dim=32, posterior="laplace", prior="laplace"),
+    # the peer models (recipes/polymnist-{jmvae,mmjsd,mvtcae,dmvae,cmvae}.toml, docs/peer-models.md)
+    "jmvae": dict(fusion="joint", objective="jmvae"),
+    "mmjsd": dict(fusion="moe", objective="mmjsd"),
+    "mvtcae": dict(fusion="poe", objective="mvtcae"),
+    "dmvae": dict(fusion="poe", objective="dmvae", private_dim=32, latent_dim=512),
+    "cmvae": dict(
+        fusion="moe", objective="cmvae", private_dim=32, posterior="laplace", prior="laplace", extra={"clusters": 40}
+    ),
 }
 
 
 def measure(name: str, kw: dict, batch: int, steps: int, device: torch.device, latent: int) -> float:
     torch.manual_seed(0)
+    kw = dict(kw)
     if kw.get("private_dim"):
-        latent = 32  # MMVAE+ paper: z 32-d, w_m 32-d
+        latent = kw.pop("latent_dim", 32)  # MMVAE+ paper: z 32-d, w_m 32-d (DMVAE's recipe: z 512-d)
     cfg = ModelConfig([ModalitySpec(f"m{i}", [3, 28, 28]) for i in range(5)], latent_dim=latent, **kw)
     model = MultimodalVAE(cfg).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=5e-4)

@@ -1,6 +1,6 @@
 """Seconds per training epoch: ours against the peer library MultiVae (PyPI `multivae`), side by side.
 
-    python benchmarks/peer.py [--quick] [--models mopoe,mmvae,mvae,mmvaeplus] [--batch-sizes 32,64,256]
+    python benchmarks/peer.py [--quick] [--models mopoe,mmvae,mvae,mmvaeplus,mvtcae,jmvae] [--batch-sizes 32,64,256]
                               [--tuples 4000] [--rounds 2] [--threads N] [--workdir DIR]
 
 One command from a fresh clone. On first use it creates benchmarks/.peer-venv (git-ignored) with
@@ -39,6 +39,12 @@ betas (0.9, 0.999), no learning-rate schedule; ours/peer mapping):
   mmvaeplus  ours fusion moe, objective dreg, k 1, Laplace posterior/prior, z 32 + w_m 32 (the recipe)
              peer MMVAEPlus(MMVAEPlusConfig(latent_dim=32, modalities_specific_dim=32, K=1,
              loss="dreg_looser", prior_and_posterior_dist="laplace_with_softmax", beta=2.5))
+  mvtcae     ours fusion poe, objective mvtcae (alpha 5/6), Gaussian posterior/prior, latent 512
+             peer MVTCAE(MVTCAEConfig(latent_dim=512, alpha=5/6, beta=2.5))
+  jmvae      ours fusion joint, objective jmvae (alpha 0.1), joint encoder: five conv28 embedding encoders of
+             their own and two ReLU layers of 512 units; latent 512; no KL warm-up on either side
+             peer JMVAE(JMVAEConfig(latent_dim=512, alpha=0.1, warmup=0, beta=2.5)) with its default joint
+             encoder (MultipleHeadJointEncoder over copies of the unimodal encoders, 512 hidden units)
 
 Nets: ours are the PolyMNIST reference conv nets (nets/conv.py: Conv28Encoder/Decoder: 3 stride-2
 convs, Linear(2048, 512), Linear heads; mirrored decoder). The peer's are its
@@ -67,8 +73,24 @@ HERE = Path(__file__).resolve().parent
 VENV = HERE / ".peer-venv"
 PEER_VERSION = "1.0.3"
 M, SCALE, BETA, LR = 5, 0.75, 2.5, 1e-3
-MODELS = ("mopoe", "mmvae", "mvae", "mmvaeplus")
+MODELS = ("mopoe", "mmvae", "mvae", "mmvaeplus", "mvtcae", "jmvae")
 WARMUP_STEPS = 3
+# multivae's and pythae's requirements other than torch and torchvision (and torchmetrics' own); not
+# `dataclasses`, a backport for Python 3.6 that they still list
+PEER_DEPS = (
+    "cloudpickle>=2.1.0",
+    "pydantic>=2.0",
+    "scikit-learn",
+    "scipy>=1.7.1",
+    "numpy>=1.19",
+    "tqdm",
+    "typing_extensions",
+    "pandas",
+    "nltk",
+    "matplotlib",
+    "imageio",
+    "lightning-utilities",
+)
 
 
 # --- the peer's venv -------------------------------------------------------------------------------
@@ -87,9 +109,15 @@ def peer_python() -> Path:
         capture_output=True,
         text=True,
     ).stdout.strip()
-    # our interpreter's packages (torch, torchvision, numpy, ...) after the venv's own
-    Path(site, "_mmvae_ours.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([str(py), "-m", "pip", "install", "-q", f"multivae=={PEER_VERSION}"], check=True)
+    # our interpreter's packages (torch, torchvision, numpy, ...) after the venv's own: its purelib and
+    # every site-packages on its path (a venv made with --system-site-packages has torch in its base's)
+    ours = [sysconfig.get_paths()["purelib"]] + [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+    Path(site, "_mmvae_ours.pth").write_text("".join(p + "\n" for p in dict.fromkeys(ours)))
+    # --no-deps for the packages that require torch: pip would otherwise resolve our torch build's own
+    # requirements (its CUDA wheels) and download them; torch and torchvision come through the .pth
+    pip = [str(py), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "--no-deps", f"multivae=={PEER_VERSION}", "pythae", "torchmetrics"], check=True)
+    subprocess.run([*pip, *PEER_DEPS], check=True)
     return py
 
 
@@ -100,7 +128,20 @@ def peer_worker(cfg: dict) -> None:
     torch.set_num_threads(cfg["threads"])
     from multivae.data.datasets import MMNISTDataset
     from multivae.data.utils import set_inputs_to_device
-    from multivae.models import MMVAE, MVAE, MMVAEConfig, MMVAEPlus, MMVAEPlusConfig, MoPoE, MoPoEConfig, MVAEConfig
+    from multivae.models import (
+        JMVAE,
+        MMVAE,
+        MVAE,
+        MVTCAE,
+        JMVAEConfig,
+        MMVAEConfig,
+        MMVAEPlus,
+        MMVAEPlusConfig,
+        MoPoE,
+        MoPoEConfig,
+        MVAEConfig,
+        MVTCAEConfig,
+    )
     from multivae.models.base import BaseAEConfig
     from multivae.models.nn.mmnist import DecoderConvMMNIST, EncoderConvMMNIST, EncoderConvMMNIST_multilatents
     from multivae.trainers import BaseTrainer, BaseTrainerConfig
@@ -143,6 +184,10 @@ def peer_worker(cfg: dict) -> None:
                 latent_dim=512, K=1, loss="iwae_looser", prior_and_posterior_dist="normal", learn_prior=False, **common
             )
             model = MMVAE(conf, encoders, decoders)
+        elif name == "mvtcae":
+            model = MVTCAE(MVTCAEConfig(latent_dim=512, alpha=5 / 6, **common), encoders, decoders)
+        elif name == "jmvae":
+            model = JMVAE(JMVAEConfig(latent_dim=512, alpha=0.1, warmup=0, **common), encoders, decoders)
         else:
             raise SystemExit(f"unknown model {name}")
     data = MMNISTDataset(cfg["data"], split="train")
@@ -231,6 +276,8 @@ OUR_MODELS = {
     "mmvaeplus": dict(
         fusion="moe", objective="dreg", k=1, latent_dim=32, private_dim=32, posterior="laplace", prior="laplace"
     ),
+    "mvtcae": dict(fusion="poe", objective="mvtcae", extra={"mvtcae_alpha": 5 / 6}),
+    "jmvae": dict(fusion="joint", objective="jmvae", extra={"jmvae_alpha": 0.1, "joint_hidden": 512}),
 }
 
 
