@@ -65,8 +65,10 @@ def main():
         )
     sel = load(r / "cmvae-clusters.json")
     if sel:
-        keep = sel.get("selected") or sel.get("kept")
-        print(f"\nCMVAE's selection: {json.dumps(keep)[:300]}")
+        print(
+            f"\nCMVAE's selection: {sel.get('selected')} of {sel.get('clusters_before')} clusters kept "
+            f"({sel.get('kept')}), purity {fmt(sel.get('purity'))}, NMI {fmt(sel.get('nmi'))}"
+        )
 
 
 if __name__ == "__main__":
