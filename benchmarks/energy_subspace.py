@@ -26,6 +26,7 @@ from mmvae_cli.evaluate.coherence import joint_coherence
 from mmvae_cli.model_io import load_model
 from mmvae_cli.priors.bank import ExpertBank
 from mmvae_cli.priors.ebm import importance_resample
+from mmvae_cli.priors.ebm.losses import nce_loss
 from mmvae_cli.recipe import TrainConfig
 
 
@@ -68,12 +69,13 @@ def main() -> None:
                 pos = bank.sample(idx)
                 with torch.no_grad():
                     noise = gmm.sample(len(idx))
-                e_pos, e_noise = energy(pos), energy(noise)
-                loss = nn.functional.softplus(e_pos).mean() + nn.functional.softplus(-e_noise).mean()
+                with torch.no_grad():  # the classifier's accuracy before the step
+                    e_pos, e_noise = energy(pos), energy(noise)
+                accs.append(0.5 * ((e_pos < 0).float().mean() + (e_noise > 0).float().mean()).item())
+                loss = nce_loss(energy, pos, noise)  # fit-ebm's loss
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                accs.append(0.5 * ((e_pos < 0).float().mean() + (e_noise > 0).float().mean()).item())
         fit_s = time.perf_counter() - t0
         torch.manual_seed(0)
         with torch.no_grad():

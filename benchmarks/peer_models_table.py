@@ -14,6 +14,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from posthoc_priors_table import _pm, load  # a result file's JSON, a mean ± s.e. (same folder)
+
 MODELS = [
     ("mopoe", "MoPoE"),
     ("mvtcae", "MVTCAE"),
@@ -26,19 +28,15 @@ MODELS = [
 ]
 
 
-def load(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
 def seconds_per_epoch(bundle: Path) -> str:
-    m = load(bundle / "manifest.json")
+    try:
+        m = json.loads((bundle / "manifest.json").read_text())
+    except (OSError, ValueError):
+        m = None
     secs = [e["seconds"] for e in (m or {}).get("history", []) if "seconds" in e]
     return f"{statistics.mean(secs):.1f}" if secs else "-"
 
@@ -56,7 +54,7 @@ def main():
         if not c:
             continue
         cond = c.get("conditional", {})
-        joint = f"{fmt(c.get('joint'))} ± {fmt(c.get('joint_se'))}"
+        joint = _pm(c.get("joint"), c.get("joint_se"))
         print(
             f"| {label} | "
             + " | ".join(fmt(cond.get(str(k))) for k in range(1, 5))
