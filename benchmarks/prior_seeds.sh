@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Issue 25: how much of "the energy beats the mixture" survives another fit? For each seed s, RUN's
+# Gaussian mixture fitted again with --seed s (EM's initialisation and the posterior draws), and
+# `mmvae fit-ebm` over it with --seed s; joint coherence and the coherent samples' class entropy of both
+# (2,000 joint samples; conditional coherence is the prior's business of neither, so --limit 10 skips
+# most of it). The energy's gain is read per seed, paired with the mixture it tilts.
+#
+#   RUN=runs/mopoe CLF=runs/clf OUT=runs/seeds-mopoe COMPONENTS=10 COVARIANCE=full bash benchmarks/prior_seeds.sh
+#   python benchmarks/prior_seeds_table.py runs/seeds-mopoe
+#
+# A seed whose results exist is skipped (rerun = resume).
+set -euo pipefail
+MMVAE=${MMVAE:-mmvae}
+RUN=${RUN:?RUN=trained bundle}
+CLF=${CLF:?CLF=classifier bundle}
+OUT=${OUT:-runs/seeds}
+DEVICE=${DEVICE:-auto}
+SEEDS=${SEEDS:-0 1 2 3 4}
+COMPONENTS=${COMPONENTS:-10}
+COVARIANCE=${COVARIANCE:-full}
+N_JOINT=${N_JOINT:-2000}
+mkdir -p "$OUT/results"
+for s in $SEEDS; do
+    g=$OUT/gmm-seed$s e=$OUT/ebm-seed$s r=$OUT/results
+    if [ ! -d "$g" ]; then
+        rm -rf "$g.tmp" && cp -r "$RUN" "$g.tmp"
+        $MMVAE fit-prior "$g.tmp" --kind gmm --components "$COMPONENTS" --covariance "$COVARIANCE" --seed "$s" \
+            --overwrite --device "$DEVICE" --json > "$r/gmm-seed$s-fit.json"
+        mv "$g.tmp" "$g"
+    fi
+    [ -s "$r/gmm-seed$s.json" ] || $MMVAE eval coherence "$g" --classifiers "$CLF" --n-joint "$N_JOINT" --prior gmm \
+        --limit 10 --device "$DEVICE" --json > "$r/gmm-seed$s.json"
+    [ -d "$e" ] || $MMVAE fit-ebm "$g" --out "$e" --seed "$s" --device "$DEVICE" --json > "$r/ebm-seed$s-fit.json"
+    [ -s "$r/ebm-seed$s.json" ] || $MMVAE eval coherence "$e" --classifiers "$CLF" --n-joint "$N_JOINT" --prior ebm \
+        --limit 10 --device "$DEVICE" --json > "$r/ebm-seed$s.json"
+    echo "[$(date +%H:%M:%S)] seed $s done" >&2
+done
