@@ -749,6 +749,15 @@ class GMMSettings:
     )
     max_iter: int = setting(100, "EM iterations at most", "scikit-learn's default", min=1)
     reg_covar: float = setting(1e-6, "added to the covariances' diagonal", "scikit-learn's default", gt=0.0)
+    n_init: int = setting(
+        5,
+        "EM runs from as many k-means initialisations; the one with the highest lower bound on the "
+        "training log-likelihood is kept",
+        "ours, measured (docs/results/priors.md): on MoPoE's 512-d latent the 10-component mixture's joint "
+        "coherence ranks with that bound over seeds, and the best of 5 gained 0.03-0.15 over one run, "
+        "level or better on MMVAE and MMVAE+ (scikit-learn's default: 1)",
+        min=1,
+    )
 
 
 @dataclass(frozen=True)

@@ -474,6 +474,8 @@ CASES = [
     case("fit-prior-components-0", [*PFIT, "--kind", "gmm", "--components", "0"]),
     case("fit-prior-components-above-samples", [*PFIT, "--kind", "gmm", "--components", "21"]),
     case("fit-prior-reg-covar-0", [*PFIT, "--kind", "gmm", "--reg-covar", "0"]),
+    case("fit-prior-n-init-0", [*PFIT, "--kind", "gmm", "--n-init", "0"]),
+    case("fit-prior-n-init-for-flow", [*PFIT, "--kind", "flow", "--n-init", "3"]),
     case("fit-prior-flow-flag-for-gmm", [*PFIT, "--kind", "gmm", "--transforms", "2"]),
     case("fit-prior-flow-epochs-0", [*PFIT, "--kind", "flow", "--epochs", "0"]),
     case("fit-prior-flow-lr-neg", [*PFIT, "--kind", "flow", "--lr", "-1"]),

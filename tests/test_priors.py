@@ -190,6 +190,24 @@ def test_fit_prior_sample_and_likelihood_end_to_end(tiny, tmp_path, capsys):
     assert code == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1
 
 
+def test_gmm_n_init_keeps_the_run_with_the_highest_lower_bound(tiny, tmp_path, capsys):
+    """--n-init N: N EM runs from k-means starts drawn from one seeded generator, the first of them the
+    single run of --n-init 1; the kept one has the highest training lower bound, so at least that run's."""
+    import shutil
+
+    tmp, root = tiny
+    bounds = {}
+    for n in (1, 4):
+        r = tmp_path / f"n{n}"
+        shutil.copytree(tmp / "vae", r)
+        argv = ["fit-prior", r, "--kind", "gmm", "--components", "3", "--n-init", str(n), "--seed", "1"]
+        code, out, err = run([*argv, "--data-root", root, "--json", *CPU], capsys)
+        assert code == 0, err
+        bounds[n] = json.loads(out)["lower_bound"]
+        assert manifest(r)["priors"]["gmm"]["settings"]["n_init"] == n
+    assert bounds[4] >= bounds[1]
+
+
 def test_fit_prior_out_makes_a_prior_only_bundle(tiny, tmp_path, capsys):
     tmp, root = tiny
     child = tmp_path / "child"

@@ -134,6 +134,7 @@ class GMMPrior(LatentPrior):
             covariance_type=s.covariance,
             max_iter=s.max_iter,
             reg_covar=s.reg_covar,
+            n_init=s.n_init,
             random_state=common.seed,
         )
         try:
