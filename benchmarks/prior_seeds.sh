@@ -8,8 +8,12 @@
 #   RUN=runs/mopoe CLF=runs/clf OUT=runs/seeds-mopoe COMPONENTS=10 COVARIANCE=full bash benchmarks/prior_seeds.sh
 #   python benchmarks/prior_seeds_table.py runs/seeds-mopoe
 #
+# GMM_ARGS: more fit-prior flags (e.g. --n-init 1, the single EM run of 0.4.2's table). EBM_ARGS and TAG:
+# another energy over the same mixtures, e.g. TAG=-nu8 EBM_ARGS="--noise-ratio 8" (dirs ebm-nu8-seedS),
+# then `prior_seeds_table.py OUT "" -nu8` pairs the two energies.
 # A seed whose results exist is skipped (rerun = resume).
 set -euo pipefail
+# shellcheck disable=SC2086  # GMM_ARGS and EBM_ARGS are word lists
 MMVAE=${MMVAE:-mmvae}
 RUN=${RUN:?RUN=trained bundle}
 CLF=${CLF:?CLF=classifier bundle}
@@ -19,19 +23,23 @@ SEEDS=${SEEDS:-0 1 2 3 4}
 COMPONENTS=${COMPONENTS:-10}
 COVARIANCE=${COVARIANCE:-full}
 N_JOINT=${N_JOINT:-2000}
+GMM_ARGS=${GMM_ARGS:-}
+EBM_ARGS=${EBM_ARGS:-}
+TAG=${TAG:-}
 mkdir -p "$OUT/results"
 for s in $SEEDS; do
-    g=$OUT/gmm-seed$s e=$OUT/ebm-seed$s r=$OUT/results
+    g=$OUT/gmm-seed$s e=$OUT/ebm$TAG-seed$s r=$OUT/results
     if [ ! -d "$g" ]; then
         rm -rf "$g.tmp" && cp -r "$RUN" "$g.tmp"
         $MMVAE fit-prior "$g.tmp" --kind gmm --components "$COMPONENTS" --covariance "$COVARIANCE" --seed "$s" \
-            --overwrite --device "$DEVICE" --json > "$r/gmm-seed$s-fit.json"
+            $GMM_ARGS --overwrite --device "$DEVICE" --json > "$r/gmm-seed$s-fit.json"
         mv "$g.tmp" "$g"
     fi
     [ -s "$r/gmm-seed$s.json" ] || $MMVAE eval coherence "$g" --classifiers "$CLF" --n-joint "$N_JOINT" --prior gmm \
         --limit 10 --device "$DEVICE" --json > "$r/gmm-seed$s.json"
-    [ -d "$e" ] || $MMVAE fit-ebm "$g" --out "$e" --seed "$s" --device "$DEVICE" --json > "$r/ebm-seed$s-fit.json"
-    [ -s "$r/ebm-seed$s.json" ] || $MMVAE eval coherence "$e" --classifiers "$CLF" --n-joint "$N_JOINT" --prior ebm \
-        --limit 10 --device "$DEVICE" --json > "$r/ebm-seed$s.json"
+    [ -d "$e" ] || $MMVAE fit-ebm "$g" --out "$e" --seed "$s" $EBM_ARGS --device "$DEVICE" --json \
+        > "$r/ebm$TAG-seed$s-fit.json"
+    [ -s "$r/ebm$TAG-seed$s.json" ] || $MMVAE eval coherence "$e" --classifiers "$CLF" --n-joint "$N_JOINT" \
+        --prior ebm --limit 10 --device "$DEVICE" --json > "$r/ebm$TAG-seed$s.json"
     echo "[$(date +%H:%M:%S)] seed $s done" >&2
 done

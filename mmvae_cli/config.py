@@ -649,6 +649,13 @@ class FitSettings:
         optional=True,
     )
     reg: float = setting(0.0, "ml: weight of an L2 penalty on the energies", "ours (0 = off)", min=0.0)
+    noise_ratio: int = setting(
+        1,
+        "nce: base samples per aggregate-posterior sample (nu); the logit is -E(z) - log nu, whose optimum "
+        "E = -log(q / p_b) is the same for every nu",
+        "Gutmann & Hyvarinen 2010 (NCP-VAE uses 1)",
+        min=1,
+    )
     persistent: bool = setting(
         False,
         "ml over --base base: continue each batch's negative chains from the previous batch's",
@@ -700,6 +707,8 @@ class FitSettings:
                 f"use --objective {' or '.join(TILTED_OBJECTIVES)}"
             )
         base = self.base or ("gmm" if obj in TILTED_OBJECTIVES and not unimodal_latents(fusion) else "base")
+        if self.noise_ratio != 1 and obj != "nce":
+            raise MMVAEError(f"--noise-ratio is nce's; --objective {obj} draws no noise samples")
         if self.persistent and obj != "ml":
             raise MMVAEError(f"--persistent keeps ml's negative chains; --objective {obj} has none")
         if self.persistent and base != "base":

@@ -458,6 +458,8 @@ CASES = [
     case("fit-ebm-sigma-max-0", [*FIT, "--objective", "ncsn", "--sigma-max", "0"]),
     case("fit-ebm-sigma-min-neg", [*FIT, "--objective", "ncsn", "--sigma-min", "-0.1"]),
     case("fit-ebm-sigma-min-above-max", [*FIT, "--objective", "ncsn", "--sigma-min", "2", "--sigma-max", "1"]),
+    case("fit-ebm-noise-ratio-0", [*FIT, "--objective", "nce", "--noise-ratio", "0"]),
+    case("fit-ebm-noise-ratio-for-ml", [*FIT, "--objective", "ml", "--noise-ratio", "4"]),
     case("fit-ebm-n-joint-0", [*FIT, "--classifiers", "{clf}", "--n-joint", "0"]),
     case("fit-ebm-missing-classifiers", [*FIT, "--classifiers", "{tmp}/missing-clf"]),
     case("fit-ebm-out-equals-run", [*FIT, "--out", "{run}"]),

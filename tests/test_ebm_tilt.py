@@ -35,19 +35,21 @@ class Quadratic(torch.nn.Module):
         return a * z * z + b * z + c
 
 
-def test_nce_optimum_is_the_log_density_ratio_with_its_constant():
-    """q = N(1, 0.5^2), p_b = N(0, 1): the population NCE loss, by quadrature, is minimised at
-    E* = -log(q / p_b) = 1.5 z^2 - 4 z + 2 - log 2 exactly (the normaliser included)."""
+@pytest.mark.parametrize("nu", [1, 4])
+def test_nce_optimum_is_the_log_density_ratio_with_its_constant(nu):
+    """q = N(1, 0.5^2), p_b = N(0, 1): the population NCE loss with nu noise samples per data sample, by
+    quadrature, is minimised at E* = -log(q / p_b) = 1.5 z^2 - 4 z + 2 - log 2 exactly (the normaliser
+    included) for every nu."""
     z = torch.linspace(-10, 10, 20001, dtype=torch.float64)[:, None]
     dz = float(z[1] - z[0])
     q = torch.distributions.Normal(1.0, 0.5).log_prob(z[:, 0]).exp()
     pb = torch.distributions.Normal(0.0, 1.0).log_prob(z[:, 0]).exp()
     energy = Quadratic()
-    sp = torch.nn.functional.softplus
+    sp, log_nu = torch.nn.functional.softplus, math.log(nu)
 
-    def population_loss():  # E_q softplus(E) + E_pb softplus(-E)
+    def population_loss():  # E_q softplus(E + log nu) + nu E_pb softplus(-E - log nu)
         e = energy(z)
-        return (q * sp(e)).sum() * dz + (pb * sp(-e)).sum() * dz
+        return (q * sp(e + log_nu)).sum() * dz + nu * (pb * sp(-e - log_nu)).sum() * dz
 
     opt = torch.optim.LBFGS(energy.parameters(), lr=1, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14)
 
@@ -64,9 +66,9 @@ def test_nce_optimum_is_the_log_density_ratio_with_its_constant():
     # the sampled loss (losses.nce_loss) is the same function: its value at the optimum matches the quadrature
     g = torch.Generator().manual_seed(0)
     zq = 1 + 0.5 * torch.randn(200_000, 1, generator=g, dtype=torch.float64)
-    zb = torch.randn(200_000, 1, generator=g, dtype=torch.float64)
+    zb = torch.randn(200_000 * nu, 1, generator=g, dtype=torch.float64)
     with torch.no_grad():
-        assert abs(float(nce_loss(energy, zq, zb)) - float(population_loss())) < 0.01
+        assert abs(float(nce_loss(energy, zq, zb, nu)) - float(population_loss())) < 0.01 * nu
 
 
 def linear_tilt(base: str = "gmm"):
@@ -148,12 +150,15 @@ def test_fit_ebm_tilts_the_bundles_gmm_fitting_it_when_missing(tiny, tmp_path, c
     # --out: the energy's bundle holds its base too
     child = tmp_path / "child"
     code, _, err = run(
-        ["fit-ebm", r, "--out", child, "--objective", "nce", "--data-root", root, *TINY_FIT_EBM, *CPU], capsys
+        ["fit-ebm", r, "--out", child, "--objective", "nce", "--noise-ratio", "3", "--data-root", root]
+        + [*TINY_FIT_EBM, *CPU],
+        capsys,
     )
     assert code == 0, err
     mc = manifest(child)
     assert set(mc["priors"]) == {"gmm", "ebm"} and mc["priors"]["gmm"] == m["priors"]["gmm"]
-    assert mc["priors"]["ebm"]["settings"]["fit"]["objective"] == "nce"
+    fit = mc["priors"]["ebm"]["settings"]["fit"]
+    assert (fit["objective"], fit["noise_ratio"]) == ("nce", 3)
     code, _, err = run(
         ["sample", child, "--prior", "ebm", "-n", "4", "--out", tmp_path / "c.safetensors", *CPU], capsys
     )

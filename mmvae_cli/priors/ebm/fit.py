@@ -9,8 +9,8 @@ and the energy is fitted to them by one of
              loss = mean E(z_pos) - mean E(z_neg), z_neg by short-run Langevin from p_b (eq. 11), or
              continued from the previous batch's chains (persistent); p_b the prior it tilts (`base`:
              p0, or the bundle's gmm or flow);
-  nce        noise-contrastive estimation of the same tilt (losses.nce_loss): z_pos against as many fresh
-             p_b samples, optimum E = -log(q / p_b); no chains while fitting (NCP-VAE);
+  nce        noise-contrastive estimation of the same tilt (losses.nce_loss): z_pos against noise_ratio
+             times as many fresh p_b samples, optimum E = -log(q / p_b); no chains while fitting (NCP-VAE);
   exact | sliced | denoising
              score matching for the Gibbs density p(z) ∝ exp(-E(z)) (EB-MVAE eq. 1), see
              losses.score_matching_loss;
@@ -194,8 +194,8 @@ class _EnergyFit(FitLoop):
             return loss, {"loss": loss.item(), "e_pos": e_pos, "e_neg": e_neg}, 1
         if s.objective == "nce":
             with torch.no_grad():
-                z_noise = prior.start(len(idx))
-            loss = nce_loss(prior.energy, z_pos, z_noise)
+                z_noise = prior.start(s.noise_ratio * len(idx))
+            loss = nce_loss(prior.energy, z_pos, z_noise, s.noise_ratio)
             with torch.no_grad():
                 e_pos, e_neg = prior.energy(z_pos), prior.energy(z_noise)
                 acc = 0.5 * ((e_pos < 0).float().mean() + (e_neg > 0).float().mean())

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import math
+
 import torch
 
 # --------------------------------------------------------------------------- maximum likelihood (Yuan et al.)
@@ -49,21 +51,23 @@ def maximum_likelihood_loss(
 
 
 def nce_loss(
-    energy: Callable[[torch.Tensor], torch.Tensor], z_pos: torch.Tensor, z_noise: torch.Tensor
+    energy: Callable[[torch.Tensor], torch.Tensor],
+    z_pos: torch.Tensor,
+    z_noise: torch.Tensor,
+    noise_ratio: float = 1.0,
 ) -> torch.Tensor:
     """Noise-contrastive estimation of a tilt (Gutmann & Hyvarinen 2010; Aneja et al. 2021, NCP-VAE eq. 4):
-    logistic regression of data z_pos ~ q against as many noise samples z_noise ~ p_b with the logit
-    h(z) = -E(z),
+    logistic regression of data z_pos ~ q against nu = noise_ratio times as many noise samples
+    z_noise ~ p_b with the logit G(z) = -E(z) - log nu,
 
-        loss = mean softplus(E(z_pos)) + mean softplus(-E(z_noise))
-             = -mean log sigmoid(h(z_pos)) - mean log(1 - sigmoid(h(z_noise))),
+        loss = mean softplus(E(z_pos) + log nu) + nu mean softplus(-E(z_noise) - log nu)
+             = -E_q log sigmoid(G) - nu E_pb log(1 - sigmoid(G)),
 
-    whose minimiser over all functions is h*(z) = log(q(z) / p_b(z)): E* = -log(q / p_b), with its
-    constant too, so exp(-E*) p_b = q is normalised. z_noise: always detached."""
-    return (
-        torch.nn.functional.softplus(energy(z_pos)).mean()
-        + torch.nn.functional.softplus(-energy(z_noise.detach())).mean()
-    )
+    whose minimiser over all functions is sigmoid(G*) = q / (q + nu p_b), i.e. E* = -log(q / p_b) for
+    every nu, with its constant too, so exp(-E*) p_b = q is normalised; a larger nu lowers the
+    estimator's variance (Gutmann & Hyvarinen 2012). z_noise: always detached."""
+    sp, log_nu = torch.nn.functional.softplus, math.log(noise_ratio)
+    return sp(energy(z_pos) + log_nu).mean() + noise_ratio * sp(-energy(z_noise.detach()) - log_nu).mean()
 
 
 # --------------------------------------------------------------------------- score matching (EB-MVAE)
