@@ -649,6 +649,13 @@ class FitSettings:
         optional=True,
     )
     reg: float = setting(0.0, "ml: weight of an L2 penalty on the energies", "ours (0 = off)", min=0.0)
+    ensemble: int = setting(
+        1,
+        "nce: fit K energies side by side (each its own initialisation, posterior and noise draws; the same "
+        "batches) and tilt by their mean, E = (1/K) sum_k E_k: a lower-variance estimate of -log(q / p_b)",
+        "ours, measured (docs/results/priors.md); deep ensembles (Lakshminarayanan et al. 2017)",
+        min=1,
+    )
     noise_ratio: int = setting(
         1,
         "nce: base samples per aggregate-posterior sample (nu); the logit is -E(z) - log nu, whose optimum "
@@ -707,6 +714,8 @@ class FitSettings:
                 f"use --objective {' or '.join(TILTED_OBJECTIVES)}"
             )
         base = self.base or ("gmm" if obj in TILTED_OBJECTIVES and not unimodal_latents(fusion) else "base")
+        if self.ensemble != 1 and obj != "nce":
+            raise MMVAEError(f"--ensemble is nce's; --objective {obj} fits one energy")
         if self.noise_ratio != 1 and obj != "nce":
             raise MMVAEError(f"--noise-ratio is nce's; --objective {obj} draws no noise samples")
         if self.persistent and obj != "ml":

@@ -460,6 +460,8 @@ CASES = [
     case("fit-ebm-sigma-min-above-max", [*FIT, "--objective", "ncsn", "--sigma-min", "2", "--sigma-max", "1"]),
     case("fit-ebm-noise-ratio-0", [*FIT, "--objective", "nce", "--noise-ratio", "0"]),
     case("fit-ebm-noise-ratio-for-ml", [*FIT, "--objective", "ml", "--noise-ratio", "4"]),
+    case("fit-ebm-ensemble-0", [*FIT, "--objective", "nce", "--ensemble", "0"]),
+    case("fit-ebm-ensemble-for-ml", [*FIT, "--objective", "ml", "--ensemble", "3"]),
     case("fit-ebm-n-joint-0", [*FIT, "--classifiers", "{clf}", "--n-joint", "0"]),
     case("fit-ebm-missing-classifiers", [*FIT, "--classifiers", "{tmp}/missing-clf"]),
     case("fit-ebm-out-equals-run", [*FIT, "--out", "{run}"]),

@@ -234,3 +234,36 @@ def test_noise_conditional_energy_on_a_shared_latent(tiny, tmp_path, capsys):
             ["sample", r, "--prior", "ebm", "-n", "4", "--out", tmp_path / "n.png", *extra, *CPU], capsys
         )
         assert code == 0, err
+
+
+def test_an_ensemble_energy_is_the_mean_of_members_fitted_each_by_its_own_loss(tiny, tmp_path, capsys):
+    """fit-ebm --ensemble 3: E = (1/3) sum_k E_k, stored and loaded as one energy; the members start from
+    their own initialisations and each learns only from its own nce loss, so they differ after the fit;
+    a one-member energy's manifest is as before (no `members` key)."""
+    tmp, root = tiny
+    r = tmp_path / "r"
+    shutil.copytree(tmp / "vae", r)
+    code, _, err = run(["fit-ebm", r, "--ensemble", "3", "--data-root", root, *TINY_FIT_EBM, *CPU], capsys)
+    assert code == 0, err
+    m = manifest(r)["priors"]["ebm"]
+    assert m["prior"]["energy"]["members"] == 3 and m["settings"]["fit"]["ensemble"] == 3
+    from mmvae_cli.model_io import load_model
+
+    net = load_model(r)[0].priors["ebm"].energy
+    z = torch.randn(5, 3)
+    members = torch.stack([net.member(k)(z) for k in range(3)])
+    torch.testing.assert_close(net(z), members.mean(0))
+    assert (members[0] - members[1]).abs().max() > 1e-4 and (members[1] - members[2]).abs().max() > 1e-4
+    # one member's gradient is its own loss's: the summed loss does not couple the members
+    zq, zb = torch.randn(8, 3), torch.randn(8, 3)
+    net.requires_grad_(True)
+    total = sum(nce_loss(net.member(k), zq, zb) for k in range(3))
+    g_total = torch.autograd.grad(total, list(net.nets[1].parameters()))
+    g_own = torch.autograd.grad(nce_loss(net.member(1), zq, zb), list(net.nets[1].parameters()))
+    for a, b in zip(g_total, g_own):
+        torch.testing.assert_close(a, b)
+    code, _, err = run(["sample", r, "--prior", "ebm", "-n", "4", "--out", tmp_path / "e.safetensors", *CPU], capsys)
+    assert code == 0, err
+    assert "members" not in EnergyConfig(dim=3).to_dict()
+    with pytest.raises(Exception, match="noise-conditional"):
+        EnergyConfig(dim=3, members=2, noise_levels=3)

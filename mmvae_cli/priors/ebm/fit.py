@@ -90,6 +90,7 @@ def resolve(given: dict, fusion: str, z_dim: int) -> EnergyFit:
         activation=es.activation(s.objective),
         noise_levels=s.noise_levels if s.objective == "ncsn" else 0,
         standardise=bool(s.standardise),
+        members=s.ensemble,
     )
     if s.objective not in config.TILTED_OBJECTIVES and energy.activation == "leaky_relu":
         raise MMVAEError(
@@ -192,16 +193,25 @@ class _EnergyFit(FitLoop):
             with torch.no_grad():
                 e_pos, e_neg = prior.energy(z_pos).mean().item(), prior.energy(z_neg).mean().item()
             return loss, {"loss": loss.item(), "e_pos": e_pos, "e_neg": e_neg}, 1
-        if s.objective == "nce":
-            with torch.no_grad():
-                z_noise = prior.start(s.noise_ratio * len(idx))
-            loss = nce_loss(prior.energy, z_pos, z_noise, s.noise_ratio)
-            with torch.no_grad():
-                e_pos, e_neg = prior.energy(z_pos), prior.energy(z_noise)
+        if s.objective == "nce":  # each ensemble member by its own loss, on its own posterior and noise draws
+            net, loss, draws = prior.energy, 0.0, []
+            for k in range(s.ensemble):
+                zp = z_pos if k == 0 else self.bank.sample(idx.to(self.bank.device))
+                with torch.no_grad():
+                    draws.append(prior.start(s.noise_ratio * len(idx)))
+                loss = loss + nce_loss(net.member(k), zp, draws[k], s.noise_ratio)
+            z_noise = draws[0]
+            with torch.no_grad():  # the ensemble's mean energy on the first member's draws
+                e_pos, e_neg = net(z_pos), net(z_noise)
                 acc = 0.5 * ((e_pos < 0).float().mean() + (e_neg > 0).float().mean())
             return (
                 loss,
-                {"loss": loss.item(), "e_pos": e_pos.mean().item(), "e_neg": e_neg.mean().item(), "acc": acc.item()},
+                {
+                    "loss": loss.item() / s.ensemble,
+                    "e_pos": e_pos.mean().item(),
+                    "e_neg": e_neg.mean().item(),
+                    "acc": acc.item(),
+                },
                 1,
             )
         if s.objective == "ncsn":

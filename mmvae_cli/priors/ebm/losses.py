@@ -4,9 +4,8 @@ Song & Ermon 2019)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import math
+from collections.abc import Callable
 
 import torch
 

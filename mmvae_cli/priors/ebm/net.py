@@ -46,9 +46,10 @@ class EnergyConfig:
     activation: str = ACTIVATION
     noise_levels: int = 0  # > 0: noise-conditional energy E(z, sigma) over that many levels (ncsn)
     standardise: bool = False  # the energy sees u = (z - shift) / scale (aggregate mean and std)
+    members: int = 1  # > 1: an ensemble, E = mean of that many MLPs' energies (fitted each by its own loss)
 
     def __post_init__(self):
-        for name in ("dim", "hidden", "layers"):
+        for name in ("dim", "hidden", "layers", "members"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise MMVAEError(f"energy {name} must be a positive integer, got {v!r}")
@@ -57,6 +58,8 @@ class EnergyConfig:
             raise MMVAEError(f"energy noise_levels must be a non-negative integer, got {v!r}")
         if not isinstance(self.standardise, bool):
             raise MMVAEError(f"energy standardise must be true or false, got {self.standardise!r}")
+        if self.members > 1 and self.noise_levels:
+            raise MMVAEError("an ensemble energy cannot be noise-conditional")
         if self.activation not in ACTIVATIONS:
             raise MMVAEError(f"unknown energy activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
 
@@ -67,6 +70,8 @@ class EnergyConfig:
             del d["noise_levels"]
         if not d["standardise"]:
             del d["standardise"]
+        if d["members"] == 1:
+            del d["members"]
         return d
 
     @classmethod
@@ -100,6 +105,8 @@ class EnergyNet(nn.Module):
     over the L levels of the buffer `sigmas` (geometric, largest first, in u units), the energy of
     the data smoothed by N(0, sigma^2 I). forward(z) without sigma is the smallest level's energy,
     so every plain use (log densities, plain Langevin) sees the least smoothed density.
+    members K > 1 (nce): an ensemble of K MLPs, E(z) = (1/K) sum_k E_k(z), each member fitted by its own
+    loss (`member_energies`): the mean of K estimates of the same log-ratio, of lower variance.
     """
 
     def __init__(
@@ -110,6 +117,7 @@ class EnergyNet(nn.Module):
         activation: str = ACTIVATION,
         noise_levels: int = 0,
         standardise: bool = False,
+        members: int = 1,
     ):
         super().__init__()
         self.config = EnergyConfig(
@@ -119,14 +127,22 @@ class EnergyNet(nn.Module):
             activation=activation,
             noise_levels=noise_levels,
             standardise=standardise,
+            members=members,
         )
         sizes = [dim + (1 if noise_levels else 0)] + [hidden] * (layers - 1) + [1]
-        mods: list[nn.Module] = []
-        for i in range(layers):
-            mods.append(nn.Linear(sizes[i], sizes[i + 1]))
-            if i < layers - 1:
-                mods.append(ACTIVATIONS[activation]())
-        self.net = nn.Sequential(*mods)
+
+        def mlp() -> nn.Sequential:
+            mods: list[nn.Module] = []
+            for i in range(layers):
+                mods.append(nn.Linear(sizes[i], sizes[i + 1]))
+                if i < layers - 1:
+                    mods.append(ACTIVATIONS[activation]())
+            return nn.Sequential(*mods)
+
+        if members == 1:
+            self.net = mlp()
+        else:  # each member its own initialisation (drawn in turn from the global generator)
+            self.nets = nn.ModuleList(mlp() for _ in range(members))
         if standardise:
             self.register_buffer("shift", torch.zeros(dim))
             self.register_buffer("scale", torch.ones(dim))
@@ -149,6 +165,8 @@ class EnergyNet(nn.Module):
         (noise-conditional energies; None = the smallest level)."""
         if u.shape[-1] != self.config.dim:
             raise ValueError(f"EnergyNet expects latents of size {self.config.dim}, got shape {tuple(u.shape)}")
+        if self.config.members > 1:
+            return self.member_energies_u(u).mean(0)
         if not self.noise_conditional:
             return self.net(u).squeeze(-1)
         if sigma is None:
@@ -156,6 +174,16 @@ class EnergyNet(nn.Module):
         sig = torch.as_tensor(sigma, dtype=u.dtype, device=u.device)
         sig = torch.broadcast_to(sig, u.shape[:-1]).unsqueeze(-1)
         return (self.net(torch.cat([u, sig.log()], -1)) / sig).squeeze(-1)
+
+    def member_energies_u(self, u: torch.Tensor) -> torch.Tensor:
+        """An ensemble's members' energies E_k(u): (B, dim) -> (K, B); forward is their mean."""
+        return torch.stack([net(u).squeeze(-1) for net in self.nets])
+
+    def member(self, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """z -> E_k(z), the k-th member's energy (a plain energy is its own only member)."""
+        if self.config.members == 1:
+            return self
+        return lambda z: self.nets[k](self.to_u(z)).squeeze(-1)
 
     @classmethod
     def from_config(cls, config: EnergyConfig | dict) -> EnergyNet:
