@@ -11,6 +11,8 @@
 # GMM_ARGS: more fit-prior flags (e.g. --n-init 1, the single EM run of 0.4.2's table). EBM_ARGS and TAG:
 # another energy over the same mixtures, e.g. TAG=-nu8 EBM_ARGS="--noise-ratio 8" (dirs ebm-nu8-seedS),
 # then `prior_seeds_table.py OUT "" -nu8` pairs the two energies.
+# QUALITY=1: also the Frechet distance in the classifiers' feature space (eval fid) and the memorisation
+# check (eval prior) of the mixture and the energy (NAME-fd.json, NAME-prior.json).
 # A seed whose results exist is skipped (rerun = resume).
 set -euo pipefail
 # shellcheck disable=SC2086  # GMM_ARGS and EBM_ARGS are word lists
@@ -26,6 +28,16 @@ N_JOINT=${N_JOINT:-2000}
 GMM_ARGS=${GMM_ARGS:-}
 EBM_ARGS=${EBM_ARGS:-}
 TAG=${TAG:-}
+QUALITY=${QUALITY:-0}
+N_FD=${N_FD:-2000}
+N_PRIOR=${N_PRIOR:-1000}
+quality() {  # BUNDLE PRIOR NAME: the Frechet distance and the memorisation check
+    [ "$QUALITY" = 1 ] || return 0
+    [ -s "$r/$3-fd.json" ] || $MMVAE eval fid "$1" --features classifier --classifiers "$CLF" --n-fid "$N_FD" \
+        --prior "$2" --device "$DEVICE" --json > "$r/$3-fd.json"
+    [ -s "$r/$3-prior.json" ] || $MMVAE eval prior "$1" --prior "$2" --n-prior "$N_PRIOR" --device "$DEVICE" \
+        --json > "$r/$3-prior.json"
+}
 mkdir -p "$OUT/results"
 for s in $SEEDS; do
     g=$OUT/gmm-seed$s e=$OUT/ebm$TAG-seed$s r=$OUT/results
@@ -41,5 +53,7 @@ for s in $SEEDS; do
         > "$r/ebm$TAG-seed$s-fit.json"
     [ -s "$r/ebm$TAG-seed$s.json" ] || $MMVAE eval coherence "$e" --classifiers "$CLF" --n-joint "$N_JOINT" \
         --prior ebm --limit 10 --device "$DEVICE" --json > "$r/ebm$TAG-seed$s.json"
+    quality "$g" gmm "gmm-seed$s"
+    quality "$e" ebm "ebm$TAG-seed$s"
     echo "[$(date +%H:%M:%S)] seed $s done" >&2
 done

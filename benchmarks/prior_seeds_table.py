@@ -27,7 +27,7 @@ def load(r: Path, name: str) -> dict | None:
 
 def main(out: Path, tags: list[str]) -> None:
     r = out / "results"
-    seeds = sorted(int(f.stem.split("seed")[1]) for f in r.glob("gmm-seed*.json") if not f.stem.endswith("-fit"))
+    seeds = sorted(int(f.stem[len("gmm-seed") :]) for f in r.glob("gmm-seed*.json") if f.stem[8:].isdigit())
     # a seed counts once every energy of every tag has its result
     done = {s: (load(r, f"gmm-seed{s}"), [load(r, f"ebm{t}-seed{s}") for t in tags]) for s in seeds}
     done = {s: (g, bs) for s, (g, bs) in done.items() if g is not None and all(b is not None for b in bs)}
@@ -55,6 +55,33 @@ def main(out: Path, tags: list[str]) -> None:
         if i:
             d = mean_se([bs[i]["joint"] - bs[0]["joint"] for _, bs in done.values()])
             print(f"  energy{t} - energy{tags[0]}: {d[0]:+.3f} ± {d[1]:.3f}")
+        quality(r, t, list(done))
+
+
+def quality(r: Path, tag: str, seeds: list[int]) -> None:
+    """With QUALITY=1's results: the mean Frechet distance (classifier features) and memorisation ratio of
+    the mixture and the energy per seed, and the energy's paired FD change."""
+    fd = [(fid(r, f"gmm-seed{s}"), fid(r, f"ebm{tag}-seed{s}")) for s in seeds]
+    mem = [(memo(r, f"gmm-seed{s}"), memo(r, f"ebm{tag}-seed{s}")) for s in seeds]
+    have = [i for i, (a, b) in enumerate(fd) if a is not None and b is not None]
+    if not have:
+        return
+    rows = ", ".join(f"{seeds[i]}: {fd[i][0]:.1f} -> {fd[i][1]:.1f}" for i in have)
+    d = mean_se([fd[i][1] - fd[i][0] for i in have])
+    print(f"  FD, classifier features (gmm -> energy{tag}), {rows}; change {d[0]:+.1f} ± {d[1]:.1f}")
+    m = [f"{seeds[i]}: {a:.2f} -> {b:.2f}" for i, (a, b) in enumerate(mem) if a is not None and b is not None]
+    if m:
+        print(f"  memorisation ratio (gmm -> energy{tag}), {', '.join(m)}")
+
+
+def fid(r: Path, name: str) -> float | None:
+    d = load(r, f"{name}-fd")
+    return None if d is None else d.get("unconditional_mean")
+
+
+def memo(r: Path, name: str) -> float | None:
+    d = load(r, f"{name}-prior")
+    return None if d is None else (d.get("memorisation") or {}).get("ratio")
 
 
 if __name__ == "__main__":

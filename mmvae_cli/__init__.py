@@ -5,4 +5,4 @@ MoPoE) x objective (ELBO, IWAE, DReG, MVAE sub-sampling) x prior (Gaussian,
 Laplace, energy-based) x decoders (likelihoods).
 """
 
-__version__ = "0.4.2"
+__version__ = "0.4.3"

@@ -71,7 +71,7 @@ def test_fit_ebm_round_trips_the_bundle(runs, capsys):
     assert res["objective"] == "nce" and res["density"] == "tilted" and res["loss_curve"]["epochs"] == 2
     assert set(res["joint_coherence"]) == {"base", "ebm", "n_joint"}
     m, ebm = manifest(r), energy_section(r)
-    assert ebm["energy"] == {"dim": 6, "hidden": 16, "layers": 4, "activation": "gelu"}
+    assert ebm["energy"] == {"dim": 6, "hidden": 16, "layers": 4, "activation": "gelu", "members": 5}
     assert ebm["langevin"]["steps"] == 5 and ebm["training"] == "post-hoc"
     assert m["files"]["prior-ebm.safetensors"]["sha256"]
     assert m["files"]["model.safetensors"] == manifest(tmp / "mopoe")["files"]["model.safetensors"]  # VAE frozen

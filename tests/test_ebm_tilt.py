@@ -14,6 +14,7 @@ import pytest
 import torch
 from helpers_cli import TINY_FIT_EBM, run, write_tiny_polymnist
 
+from mmvae_cli.config import ENERGY_DEFAULTS
 from mmvae_cli.priors.ebm import EnergyPrior
 from mmvae_cli.priors.ebm.losses import nce_loss
 from mmvae_cli.priors.ebm.net import EnergyConfig
@@ -138,6 +139,7 @@ def test_fit_ebm_tilts_the_bundles_gmm_fitting_it_when_missing(tiny, tmp_path, c
     assert set(m["priors"]) == {"gmm", "ebm"}  # the default base, fitted here and stored with the energy
     ebm, gmm = m["priors"]["ebm"], m["priors"]["gmm"]
     assert ebm["prior"]["base"] == "gmm" and ebm["settings"]["fit"]["base"] == "gmm"
+    assert ebm["settings"]["fit"]["ensemble"] == ebm["prior"]["energy"]["members"] == ENERGY_DEFAULTS.ensemble > 1
     assert gmm["settings"]["components"] == 10 and gmm["command"].endswith("(its base)")
     from mmvae_cli.model_io import load_model
 

@@ -24,8 +24,9 @@ def fit_ebm(as_json, **kw):
     Shared latent (poe, moe, mopoe): the energy-based prior p(z) ∝ exp(-E(z)) p_b(z), a tilt of
     the base prior p_b (--base: by default the bundle's Gaussian mixture, fitted first with
     fit-prior's defaults when it has none), fitted to the aggregate posterior by noise-contrastive
-    estimation against p_b's samples (optimum E = -log(q / p_b) + c; NCP-VAE) and sampled by
-    importance resampling of p_b's draws; --objective ml is Yuan et al.'s maximum likelihood
+    estimation against p_b's samples (optimum E = -log(q / p_b) + c; NCP-VAE; E the mean of an
+    ensemble of such fits, --ensemble) and sampled by importance resampling of p_b's draws;
+    --objective ml is Yuan et al.'s maximum likelihood
     (eq. 10) with short-run Langevin negatives (eq. 11). `mmvae sample RUN --prior ebm` samples it.
     EB-MVAE (--fusion none bundles): a joint density exp(-E(z_1, ..., z_M)) over the unimodal
     latents, fitted by score matching (eq. 1); cross-generate and eval coherence then sample the

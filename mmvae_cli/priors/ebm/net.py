@@ -106,7 +106,7 @@ class EnergyNet(nn.Module):
     the data smoothed by N(0, sigma^2 I). forward(z) without sigma is the smallest level's energy,
     so every plain use (log densities, plain Langevin) sees the least smoothed density.
     members K > 1 (nce): an ensemble of K MLPs, E(z) = (1/K) sum_k E_k(z), each member fitted by its own
-    loss (`member_energies`): the mean of K estimates of the same log-ratio, of lower variance.
+    loss (`member`): the mean of K estimates of the same log-ratio, of lower variance.
     """
 
     def __init__(
