@@ -19,9 +19,11 @@ import sys
 from pathlib import Path
 
 import torch
+from scipy.stats import spearmanr
 
 from mmvae_cli.commands.train import run_training_data
 from mmvae_cli.data import load_dataset
+from mmvae_cli.evaluate.prior import mean_se
 from mmvae_cli.model_io import load_model
 from mmvae_cli.priors.bank import ExpertBank
 from mmvae_cli.priors.ebm.losses import nce_loss
@@ -30,31 +32,19 @@ from mmvae_cli.recipe import TrainConfig
 REPEATS = 20  # fresh posterior and base draws per loss
 
 
-def heldout_loss(prior, bank: ExpertBank) -> tuple[float, float]:
+def heldout_loss(prior, bank: ExpertBank) -> dict:
     """The nce loss of prior.energy on every tuple of bank, one posterior draw each, against as many base
-    draws: its mean over REPEATS draws and the standard error of that mean."""
+    draws: {mean, se, n} over REPEATS draws (evaluate.prior.mean_se)."""
     torch.manual_seed(0)
     with torch.no_grad():
-        xs = torch.tensor(
-            [
-                float(nce_loss(prior.energy, z, prior.start(len(z))))
-                for z in (bank.sample(torch.arange(bank.n)) for _ in range(REPEATS))
-            ]
+        return mean_se(
+            torch.tensor(
+                [
+                    float(nce_loss(prior.energy, z, prior.start(len(z))))
+                    for z in (bank.sample(torch.arange(bank.n)) for _ in range(REPEATS))
+                ]
+            )
         )
-    return float(xs.mean()), float(xs.std() / REPEATS**0.5)
-
-
-def ranks(xs: list[float]) -> list[int]:
-    order = sorted(range(len(xs)), key=xs.__getitem__)
-    r = [0] * len(xs)
-    for i, j in enumerate(order):
-        r[j] = i
-    return r
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    ra, rb, n = ranks(a), ranks(b), len(a)
-    return 1 - 6 * sum((x - y) ** 2 for x, y in zip(ra, rb)) / (n * (n * n - 1))
 
 
 def main(out: Path, tag: str = "") -> None:
@@ -78,11 +68,10 @@ def main(out: Path, tag: str = "") -> None:
     print("| seed | gain over the mixture | nce loss, training tuples | nce loss, test tuples |")
     print("| --- | --- | --- | --- |")
     for s, gain, tr, te in rows:
-        print(f"| {s} | {gain:+.3f} | {tr[0]:.4f} ± {tr[1]:.4f} | {te[0]:.4f} ± {te[1]:.4f} |")
+        print(f"| {s} | {gain:+.3f} | {tr['mean']:.4f} ± {tr['se']:.4f} | {te['mean']:.4f} ± {te['se']:.4f} |")
     if len(rows) > 2:
-        print(
-            f"\nSpearman rank correlation of the test loss with the gain: {spearman([r[3][0] for r in rows], [r[1] for r in rows]):+.2f}"
-        )
+        rho = spearmanr([r[3]["mean"] for r in rows], [r[1] for r in rows]).statistic
+        print(f"\nSpearman rank correlation of the test loss with the gain: {rho:+.2f}")
 
 
 if __name__ == "__main__":

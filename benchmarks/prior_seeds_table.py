@@ -7,22 +7,23 @@ python benchmarks/prior_seeds_table.py OUT "" -nu8     # and those of TAG=-nu8, 
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 from pathlib import Path
 
+import torch
+from posthoc_priors_table import load as load_file  # a result file's JSON, None while it is empty (same folder)
+
+from mmvae_cli.evaluate.prior import mean_se as _mean_se
+
 
 def mean_se(xs: list[float]) -> tuple[float, float]:
-    """The mean and its standard error over seeds (nan for one seed)."""
-    n = len(xs)
-    mean = sum(xs) / n
-    return mean, math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1) / n) if n > 1 else float("nan")
+    """The mean over seeds and its standard error (evaluate.prior.mean_se)."""
+    d = _mean_se(torch.tensor(xs))
+    return d["mean"], d["se"]
 
 
 def load(r: Path, name: str) -> dict | None:
-    f = r / f"{name}.json"
-    return json.loads(f.read_text()) if f.exists() and f.stat().st_size else None  # empty: still running
+    return load_file(r / f"{name}.json")
 
 
 def main(out: Path, tags: list[str]) -> None:
