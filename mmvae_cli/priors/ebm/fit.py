@@ -35,7 +35,7 @@ from ...config import FitSettings
 from ...errors import MMVAEError
 from ...loop import FitLoop
 from .langevin import check_tweedie_level, geometric_sigmas
-from .losses import maximum_likelihood_loss, nce_loss, ncsn_loss, score_matching_loss
+from .losses import maximum_likelihood_loss, nce_loss_of_energies, ncsn_loss, score_matching_loss
 from .net import EnergyConfig
 
 OBJECTIVES = ("ml", "nce", "exact", "sliced", "denoising", "ncsn")
@@ -194,26 +194,19 @@ class _EnergyFit(FitLoop):
                 e_pos, e_neg = prior.energy(z_pos).mean().item(), prior.energy(z_neg).mean().item()
             return loss, {"loss": loss.item(), "e_pos": e_pos, "e_neg": e_neg}, 1
         if s.objective == "nce":  # each ensemble member by its own loss, on its own posterior and noise draws
-            net, loss, draws = prior.energy, 0.0, []
+            loss, logged = 0.0, torch.zeros(3)
             for k in range(s.ensemble):
                 zp = z_pos if k == 0 else self.bank.sample(idx.to(self.bank.device))
                 with torch.no_grad():
-                    draws.append(prior.start(s.noise_ratio * len(idx)))
-                loss = loss + nce_loss(net.member(k), zp, draws[k], s.noise_ratio)
-            z_noise = draws[0]
-            with torch.no_grad():  # the ensemble's mean energy on the first member's draws
-                e_pos, e_neg = net(z_pos), net(z_noise)
-                acc = 0.5 * ((e_pos < 0).float().mean() + (e_neg > 0).float().mean())
-            return (
-                loss,
-                {
-                    "loss": loss.item() / s.ensemble,
-                    "e_pos": e_pos.mean().item(),
-                    "e_neg": e_neg.mean().item(),
-                    "acc": acc.item(),
-                },
-                1,
-            )
+                    zn = prior.start(s.noise_ratio * len(idx))
+                member = prior.energy.member(k)
+                e_pos, e_neg = member(zp), member(zn)
+                loss = loss + nce_loss_of_energies(e_pos, e_neg, s.noise_ratio)
+                with torch.no_grad():  # logged: the members' mean of their energies and accuracies
+                    acc = 0.5 * ((e_pos < 0).float().mean() + (e_neg > 0).float().mean())
+                    logged += torch.stack([e_pos.mean(), e_neg.mean(), acc]).cpu() / s.ensemble
+            e_pos, e_neg, acc = logged.tolist()
+            return loss, {"loss": loss.item() / s.ensemble, "e_pos": e_pos, "e_neg": e_neg, "acc": acc}, 1
         if s.objective == "ncsn":
             net = prior.energy
             loss = ncsn_loss(net.energy_u, net.to_u(z_pos).repeat(s.projections, 1), net.sigmas)

@@ -65,8 +65,13 @@ def nce_loss(
     whose minimiser over all functions is sigmoid(G*) = q / (q + nu p_b), i.e. E* = -log(q / p_b) for
     every nu, with its constant too, so exp(-E*) p_b = q is normalised; a larger nu lowers the
     estimator's variance (Gutmann & Hyvarinen 2012). z_noise: always detached."""
+    return nce_loss_of_energies(energy(z_pos), energy(z_noise.detach()), noise_ratio)
+
+
+def nce_loss_of_energies(e_pos: torch.Tensor, e_noise: torch.Tensor, noise_ratio: float = 1.0) -> torch.Tensor:
+    """`nce_loss` from the energies E(z_pos) and E(z_noise) already computed."""
     sp, log_nu = torch.nn.functional.softplus, math.log(noise_ratio)
-    return sp(energy(z_pos) + log_nu).mean() + noise_ratio * sp(-energy(z_noise.detach()) - log_nu).mean()
+    return sp(e_pos + log_nu).mean() + noise_ratio * sp(-e_noise - log_nu).mean()
 
 
 # --------------------------------------------------------------------------- score matching (EB-MVAE)

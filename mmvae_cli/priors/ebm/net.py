@@ -166,7 +166,7 @@ class EnergyNet(nn.Module):
         if u.shape[-1] != self.config.dim:
             raise ValueError(f"EnergyNet expects latents of size {self.config.dim}, got shape {tuple(u.shape)}")
         if self.config.members > 1:
-            return self.member_energies_u(u).mean(0)
+            return torch.stack([net(u).squeeze(-1) for net in self.nets]).mean(0)
         if not self.noise_conditional:
             return self.net(u).squeeze(-1)
         if sigma is None:
@@ -174,10 +174,6 @@ class EnergyNet(nn.Module):
         sig = torch.as_tensor(sigma, dtype=u.dtype, device=u.device)
         sig = torch.broadcast_to(sig, u.shape[:-1]).unsqueeze(-1)
         return (self.net(torch.cat([u, sig.log()], -1)) / sig).squeeze(-1)
-
-    def member_energies_u(self, u: torch.Tensor) -> torch.Tensor:
-        """An ensemble's members' energies E_k(u): (B, dim) -> (K, B); forward is their mean."""
-        return torch.stack([net(u).squeeze(-1) for net in self.nets])
 
     def member(self, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """z -> E_k(z), the k-th member's energy (a plain energy is its own only member)."""
